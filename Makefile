@@ -1,0 +1,63 @@
+# Everything a newcomer or CI needs, each target doing its own set-up.
+# `make cluster-up` and `make test` are the two commands the README promises.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY_SOURCES := operator tests
+
+.DEFAULT_GOAL := help
+.PHONY: help deps system-deps cluster-up cluster-down cluster-status cluster-build \
+        test lint unit kind-up kind-down clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+system-deps: ## Debian packages (prometheus) and a check of the Go toolchain
+	@cluster/install-system-deps
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+deps: system-deps $(VENV)/.installed ## everything below needs these
+
+cluster-up: deps ## build (first time: many minutes) and start the local cluster; print its GPU nodes
+	$(BIN)/breaker cluster up
+
+cluster-down: ## stop the local cluster and remove its state
+	@if [ -x $(BIN)/breaker ]; then $(BIN)/breaker cluster down; else echo "no $(BIN): nothing was started"; fi
+
+cluster-status: deps ## what runs, and the GPU nodes
+	$(BIN)/breaker cluster status
+
+cluster-build: deps ## only build the Go binaries into the cache
+	$(BIN)/breaker cluster build
+
+lint: deps ## ruff and mypy --strict
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/ruff format --check $(PY_SOURCES)
+	$(BIN)/mypy
+
+unit: deps ## the tests that need no cluster
+	$(BIN)/pytest tests/unit
+
+test: lint ## lint, then every test against the real local cluster and Prometheus
+	$(BIN)/pytest
+
+kind-up: ## a kind cluster with fake GPU capacity on its workers (needs Docker and kind)
+	@command -v kind >/dev/null || { echo "kind is not installed: see https://kind.sigs.k8s.io (needs Docker)"; exit 1; }
+	kind create cluster --config kind-config.yaml
+	for node in $$(kubectl get nodes -l nvidia.com/gpu.present=true -o name); do \
+	  kubectl patch $$node --subresource=status --type=json \
+	    -p '[{"op":"add","path":"/status/capacity/nvidia.com~1gpu","value":"8"}]'; \
+	done
+	kubectl get nodes -o custom-columns=NODE:.metadata.name,GPUS:.status.allocatable.nvidia\\.com/gpu
+
+kind-down: ## delete the kind cluster
+	kind delete cluster --name breaker
+
+clean: cluster-down ## remove the virtualenv too (the Go build cache in ~/.cache/breaker stays)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

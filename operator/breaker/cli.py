@@ -1,0 +1,168 @@
+"""The `breaker` and `kubectl-breaker` command lines.
+
+`breaker` runs the project's own tooling (for now the local cluster); `kubectl-breaker` is
+the kubectl plugin admins use on a live cluster. Both print errors as one clear message
+and exit non-zero, never with a traceback for a failure the user can act on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib.metadata import version as package_version
+
+from breaker.localcluster import ClusterError, LocalCluster
+from breaker.localcluster.cluster import GPU_RESOURCE, GpuNodes, node_ready
+
+
+def _cluster(args: argparse.Namespace) -> LocalCluster:
+    nodes = (
+        GpuNodes(count=args.nodes, gpus=args.gpus_per_node)
+        if hasattr(args, "nodes")
+        else GpuNodes()
+    )
+    return LocalCluster(nodes=nodes)
+
+
+def _cluster_up(args: argparse.Namespace) -> int:
+    cluster = _cluster(args)
+    cluster.up()
+    _print_nodes(cluster)
+    print(f"\nexport KUBECONFIG={cluster.kubeconfig}")
+    print(f"export PATH={cluster.bin_dir}:$PATH   # kubectl and helm of the cluster's version")
+    print(f"Prometheus: {cluster.prometheus_url}")
+    return 0
+
+
+def _cluster_down(args: argparse.Namespace) -> int:
+    _cluster(args).down()
+    return 0
+
+
+def _cluster_status(args: argparse.Namespace) -> int:
+    cluster = _cluster(args)
+    for name, state in cluster.status():
+        print(f"{name:<26}{state}")
+    if not cluster.healthy():
+        print("\nThe local cluster is not (fully) up: run `breaker cluster up`.")
+        return 1
+    print()
+    _print_nodes(cluster)
+    print(f"\nKUBECONFIG={cluster.kubeconfig}\nPrometheus: {cluster.prometheus_url}")
+    return 0
+
+
+def _cluster_build(args: argparse.Namespace) -> int:
+    from breaker.localcluster.tools import ensure_built
+
+    toolbox = ensure_built()
+    for name, path in sorted(toolbox.binaries.items()):
+        print(f"{name:<26}{path}")
+    return 0
+
+
+def _print_nodes(cluster: LocalCluster) -> None:
+    nodes = cluster.gpu_nodes()
+    rows = [("NODE", "READY", "GPUS", "CPU", "MEMORY", "GPU MODEL")]
+    total = 0
+    for node in nodes:
+        allocatable: dict[str, str] = node["status"].get("allocatable", {})
+        gpus = allocatable.get(GPU_RESOURCE, "0")
+        total += int(gpus)
+        rows.append(
+            (
+                node["metadata"]["name"],
+                "True" if node_ready(node) else "False",
+                gpus,
+                allocatable.get("cpu", "?"),
+                allocatable.get("memory", "?"),
+                node["metadata"].get("labels", {}).get("nvidia.com/gpu.product", ""),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    print(f"{len(nodes)} GPU nodes, {total} {GPU_RESOURCE} allocatable in all")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="breaker",
+        description="A circuit breaker for GPU training jobs run by autonomous agents.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"breaker {package_version('breaker')}"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    cluster = commands.add_parser(
+        "cluster",
+        help="the local control plane (API server, controllers, kwok GPU nodes) and Prometheus",
+        description=(
+            "A real Kubernetes control plane and Prometheus on loopback, for development and "
+            "tests. The first `up` builds the control plane from Go modules (many minutes)."
+        ),
+    )
+    actions = cluster.add_subparsers(dest="action", required=True, metavar="ACTION")
+    up = actions.add_parser("up", help="build if needed, start everything, print the GPU nodes")
+    up.add_argument("--nodes", type=_positive, default=GpuNodes.count, help="GPU nodes (default 4)")
+    up.add_argument(
+        "--gpus-per-node",
+        type=_positive,
+        default=GpuNodes.gpus,
+        help="nvidia.com/gpu per node (default 8)",
+    )
+    up.set_defaults(handler=_cluster_up)
+    actions.add_parser("down", help="stop everything and remove the cluster's state").set_defaults(
+        handler=_cluster_down
+    )
+    actions.add_parser("status", help="what runs, and the GPU nodes").set_defaults(
+        handler=_cluster_status
+    )
+    actions.add_parser("build", help="build the Go binaries into the cache only").set_defaults(
+        handler=_cluster_build
+    )
+    return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except ClusterError as error:
+        print(f"breaker: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def kubectl_main(argv: Sequence[str] | None = None) -> int:
+    """`kubectl breaker`: the admin's plugin. Its commands arrive with the breaker itself."""
+    parser = argparse.ArgumentParser(
+        prog="kubectl breaker",
+        description="Inspect and operate circuit breakers around GPU training jobs.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"kubectl-breaker {package_version('breaker')}"
+    )
+    parser.parse_args(argv)
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

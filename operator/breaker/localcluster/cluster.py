@@ -1,0 +1,465 @@
+"""Bring the local control plane and Prometheus up, report on them, and take them down.
+
+Order matters both ways: etcd, the API server, the controllers and the scheduler, then
+kwok and its GPU nodes, then Prometheus; down in reverse. ``up`` on a healthy cluster
+does nothing; ``up`` after a half-finished one stops the leftovers and starts afresh
+(etcd's data is kept, so objects survive). A failure stops everything it started and
+names the component and its log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import ssl
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from breaker.localcluster import paths, pki, prometheus
+from breaker.localcluster.errors import ClusterError
+from breaker.localcluster.processes import Process, port_is_free
+from breaker.localcluster.tools import Toolbox, ensure_built
+
+GPU_RESOURCE = "nvidia.com/gpu"
+NODE_LABEL = "breaker.dev/local-gpu-node"
+SERVICE_RANGE = "10.96.0.0/16"
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Loopback ports of the local cluster; ``BREAKER_CLUSTER_PORT_OFFSET`` moves them all."""
+
+    etcd: int = 22379
+    etcd_peer: int = 22380
+    apiserver: int = 26443
+    controller_manager: int = 20257
+    scheduler: int = 20259
+    kwok: int = 20247
+    prometheus: int = 29090
+
+    @classmethod
+    def from_env(cls) -> Ports:
+        raw = os.environ.get("BREAKER_CLUSTER_PORT_OFFSET", "0")
+        try:
+            offset = int(raw)
+        except ValueError:
+            raise ClusterError(
+                "config", f"BREAKER_CLUSTER_PORT_OFFSET={raw!r} is not a whole number"
+            ) from None
+        defaults = cls()
+        return cls(**{name: port + offset for name, port in defaults.__dict__.items()})
+
+
+@dataclass(frozen=True)
+class GpuNodes:
+    """The kwok nodes to register: every one alike."""
+
+    count: int = 4
+    gpus: int = 8
+    cpu: str = "64"
+    memory: str = "512Gi"
+    pods: int = 110
+    product: str = "NVIDIA-H100-80GB-HBM3"
+
+    def names(self) -> list[str]:
+        return [f"gpu-node-{index}" for index in range(self.count)]
+
+    def manifest(self, name: str) -> dict[str, Any]:
+        capacity = {
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "pods": str(self.pods),
+            "ephemeral-storage": "1Ti",
+            GPU_RESOURCE: str(self.gpus),
+        }
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "annotations": {"kwok.x-k8s.io/node": "fake"},
+                "labels": {
+                    NODE_LABEL: "true",
+                    "type": "kwok",
+                    "kubernetes.io/hostname": name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    # What NVIDIA's GPU feature discovery labels a real GPU node with.
+                    "nvidia.com/gpu.present": "true",
+                    "nvidia.com/gpu.count": str(self.gpus),
+                    "nvidia.com/gpu.product": self.product,
+                },
+            },
+            "status": {"capacity": capacity, "allocatable": capacity},
+        }
+
+
+@dataclass
+class LocalCluster:
+    """The local cluster in one state directory."""
+
+    directory: Path = field(default_factory=paths.state_dir)
+    ports: Ports = field(default_factory=Ports.from_env)
+    nodes: GpuNodes = field(default_factory=GpuNodes)
+    say: Callable[[str], None] = field(default=lambda message: print(message, flush=True))
+
+    # -- where things are ---------------------------------------------------------------
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.directory / "kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.ports.apiserver}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.prometheus}"
+
+    @property
+    def targets(self) -> prometheus.Targets:
+        return prometheus.Targets(self.directory / "prometheus" / "targets")
+
+    @property
+    def bin_dir(self) -> Path:
+        """kubectl and helm of the cluster's version, linked for PATH."""
+        return self.directory / "bin"
+
+    @property
+    def keys(self) -> pki.Pki:
+        return pki.Pki(self.directory / "pki")
+
+    def process(self, name: str) -> Process:
+        return Process(name, self.directory)
+
+    COMPONENTS = (
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+        "prometheus",
+    )
+
+    # -- up -----------------------------------------------------------------------------
+
+    def up(self) -> None:
+        with self._lock():
+            if self.healthy():
+                self.say(f"The local cluster is already up; KUBECONFIG={self.kubeconfig}")
+                return
+            leftovers = [name for name in self.COMPONENTS if self.process(name).running()]
+            if leftovers:
+                self.say(f"Restarting a half-running cluster (running: {', '.join(leftovers)})")
+                self._stop_all()
+            tools = ensure_built(say=self.say)
+            prometheus.binary()  # fail before starting anything if it is missing
+            self._check_ports()
+            try:
+                self._start(tools)
+            except BaseException:
+                self.say("Start-up failed: stopping what was started (logs are kept)")
+                self._stop_all()
+                raise
+            self.say(f"The local cluster is up; export KUBECONFIG={self.kubeconfig}")
+
+    def _start(self, tools: Toolbox) -> None:
+        directory = self.directory
+        for sub in ("pki", "etcd", "prometheus/targets", "certs", "logs", "pids"):
+            (directory / sub).mkdir(parents=True, exist_ok=True)
+        self._link_tools(tools)
+        self.keys.ensure()
+        for identity in pki.IDENTITIES:
+            self.keys.write_kubeconfig(identity, self.server, self._kubeconfig_of(identity))
+        shutil.copyfile(self._kubeconfig_of(pki.ADMIN), self.kubeconfig)
+        self.kubeconfig.chmod(0o600)
+
+        self._step("etcd", "serving", self._start_etcd, tools, timeout=60)
+        self._step("kube-apiserver", "ready", self._start_apiserver, tools, timeout=120)
+        self._step("kube-controller-manager", "healthy", self._start_controller_manager, tools, 60)
+        self._step("kube-scheduler", "healthy", self._start_scheduler, tools, timeout=60)
+        self._step("kwok", "running", self._start_kwok, tools, timeout=30)
+        self._register_nodes()
+        self._step("prometheus", "ready", self._start_prometheus, tools, timeout=60)
+        self._wait_for_cluster()
+
+    def _step(
+        self,
+        name: str,
+        what: str,
+        start: Callable[[Toolbox], Callable[[], bool]],
+        tools: Toolbox,
+        timeout: float,
+    ) -> None:
+        began = time.monotonic()
+        ready = start(tools)
+        self.process(name).wait_until(ready, what, timeout)
+        self.say(f"  {name:<24} {what} in {time.monotonic() - began:.1f}s")
+
+    def _kubeconfig_of(self, identity: pki.Identity) -> Path:
+        return self.directory / "pki" / f"{identity.name}.kubeconfig"
+
+    def _link_tools(self, tools: Toolbox) -> None:
+        self.bin_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("kubectl", "helm", "kwok", "etcd"):
+            link = self.bin_dir / name
+            link.unlink(missing_ok=True)
+            link.symlink_to(tools[name])
+
+    def _check_ports(self) -> None:
+        owners = {
+            "etcd": (self.ports.etcd, self.ports.etcd_peer),
+            "kube-apiserver": (self.ports.apiserver,),
+            "kube-controller-manager": (self.ports.controller_manager,),
+            "kube-scheduler": (self.ports.scheduler,),
+            "kwok": (self.ports.kwok,),
+            "prometheus": (self.ports.prometheus,),
+        }
+        for component, ports in owners.items():
+            for port in ports:
+                if not port_is_free(port):
+                    raise ClusterError(
+                        component,
+                        f"port {port} on 127.0.0.1 is already taken by another program; stop "
+                        "it, or set BREAKER_CLUSTER_PORT_OFFSET (e.g. 1000) to move every port "
+                        "of the local cluster",
+                    )
+
+    def _start_etcd(self, tools: Toolbox) -> Callable[[], bool]:
+        client = f"http://127.0.0.1:{self.ports.etcd}"
+        peer = f"http://127.0.0.1:{self.ports.etcd_peer}"
+        self.process("etcd").start(
+            [
+                str(tools["etcd"]),
+                "--name=breaker-local",
+                f"--data-dir={self.directory / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=breaker-local={peer}",
+                "--log-level=warn",
+                # Test clusters are throwaway: skip the fsync latency on every write.
+                "--unsafe-no-fsync",
+            ]
+        )
+        return lambda: json.loads(_get(f"{client}/health")).get("health") == "true"
+
+    def _start_apiserver(self, tools: Toolbox) -> Callable[[], bool]:
+        keys = self.keys
+        self.process("kube-apiserver").start(
+            [
+                str(tools["kube-apiserver"]),
+                f"--etcd-servers=http://127.0.0.1:{self.ports.etcd}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.ports.apiserver}",
+                f"--cert-dir={self.directory / 'certs'}",
+                f"--tls-cert-file={keys.serving_cert}",
+                f"--tls-private-key-file={keys.serving_key}",
+                f"--client-ca-file={keys.ca_cert}",
+                "--authorization-mode=RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={keys.sa_pub}",
+                f"--service-account-signing-key-file={keys.sa_key}",
+                f"--service-cluster-ip-range={SERVICE_RANGE}",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--event-ttl=1h",
+            ]
+        )
+        return lambda: self._get_tls("/readyz") == "ok"
+
+    def _component_flags(self, identity: pki.Identity, port: int) -> list[str]:
+        kubeconfig = self._kubeconfig_of(identity)
+        return [
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={port}",
+            f"--cert-dir={self.directory / 'certs' / identity.name}",
+            "--leader-elect=false",
+        ]
+
+    def _start_controller_manager(self, tools: Toolbox) -> Callable[[], bool]:
+        keys = self.keys
+        port = self.ports.controller_manager
+        self.process("kube-controller-manager").start(
+            [
+                str(tools["kube-controller-manager"]),
+                *self._component_flags(pki.CONTROLLER_MANAGER, port),
+                f"--service-account-private-key-file={keys.sa_key}",
+                f"--root-ca-file={keys.ca_cert}",
+                "--use-service-account-credentials=true",
+                f"--cluster-signing-cert-file={keys.ca_cert}",
+                f"--cluster-signing-key-file={keys.ca_key}",
+                f"--service-cluster-ip-range={SERVICE_RANGE}",
+            ]
+        )
+        return lambda: _get(f"https://127.0.0.1:{port}/healthz", verify=False) == "ok"
+
+    def _start_scheduler(self, tools: Toolbox) -> Callable[[], bool]:
+        port = self.ports.scheduler
+        self.process("kube-scheduler").start(
+            [str(tools["kube-scheduler"]), *self._component_flags(pki.SCHEDULER, port)]
+        )
+        return lambda: _get(f"https://127.0.0.1:{port}/healthz", verify=False) == "ok"
+
+    def _start_kwok(self, tools: Toolbox) -> Callable[[], bool]:
+        stages = paths.manifests_dir() / "kwok-stages.yaml"
+        self.process("kwok").start(
+            [
+                str(tools["kwok"]),
+                f"--kubeconfig={self._kubeconfig_of(pki.KWOK)}",
+                f"--config={stages}",
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                # Fake pod addresses: never routed, never contacted.
+                "--cidr=10.64.0.0/10",
+                "--node-ip=10.63.255.1",
+                f"--server-address=127.0.0.1:{self.ports.kwok}",
+            ]
+        )
+        return lambda: _get(f"http://127.0.0.1:{self.ports.kwok}/healthz") == "ok"
+
+    def _start_prometheus(self, tools: Toolbox) -> Callable[[], bool]:
+        base = self.directory / "prometheus"
+        config = base / "prometheus.yml"
+        prometheus.write_config(config, self.targets)
+        self.process("prometheus").start(
+            prometheus.command(config, base / "data", self.ports.prometheus)
+        )
+        return lambda: _get(f"{self.prometheus_url}/-/ready").startswith("Prometheus")
+
+    def _register_nodes(self) -> None:
+        from kubernetes import client
+
+        api = client.CoreV1Api(self.api_client())
+        wanted = set(self.nodes.names())
+        existing = {node["metadata"]["name"] for node in self.gpu_nodes()}
+        for name in sorted(existing - wanted):
+            api.delete_node(name)
+        for name in sorted(wanted - existing):
+            api.create_node(self.nodes.manifest(name))  # type: ignore[arg-type]
+        began = time.monotonic()
+        self.process("kwok").wait_until(self._nodes_ready, "marking the GPU nodes Ready", 60)
+        self.say(
+            f"  {'gpu nodes':<24} {self.nodes.count} x {self.nodes.gpus} {GPU_RESOURCE} Ready "
+            f"in {time.monotonic() - began:.1f}s"
+        )
+
+    def gpu_nodes(self) -> list[dict[str, Any]]:
+        """The kwok GPU nodes as plain dicts (camelCase, as kubectl shows them)."""
+        from kubernetes import client
+
+        api_client = self.api_client()
+        listed = client.CoreV1Api(api_client).list_node(label_selector=f"{NODE_LABEL}=true")
+        nodes: list[dict[str, Any]] = api_client.sanitize_for_serialization(listed)["items"]
+        return nodes
+
+    def _nodes_ready(self) -> bool:
+        ready = [
+            node
+            for node in self.gpu_nodes()
+            if node_ready(node)
+            and node["status"].get("allocatable", {}).get(GPU_RESOURCE) == str(self.nodes.gpus)
+        ]
+        return len(ready) == self.nodes.count
+
+    def _wait_for_cluster(self) -> None:
+        """Ready for work: the controllers have made the default ServiceAccount."""
+        from kubernetes import client
+
+        api = client.CoreV1Api(self.api_client())
+        self.process("kube-controller-manager").wait_until(
+            lambda: api.read_namespaced_service_account("default", "default") is not None,
+            "creating the default ServiceAccount",
+            60,
+        )
+
+    # -- status, clients ----------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        if not all(self.process(name).running() for name in self.COMPONENTS):
+            return False
+        try:
+            return self._get_tls("/readyz") == "ok" and self._nodes_ready()
+        except Exception:
+            return False
+
+    def status(self) -> list[tuple[str, str]]:
+        rows = []
+        for name in self.COMPONENTS:
+            pid = self.process(name).pid()
+            rows.append((name, f"running, pid {pid}" if pid else "stopped"))
+        return rows
+
+    def api_client(self) -> Any:
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
+
+    def _get_tls(self, path: str) -> str:
+        context = ssl.create_default_context(cafile=str(self.keys.ca_cert))
+        return _get(f"{self.server}{path}", context=context)
+
+    def env(self) -> dict[str, str]:
+        """Environment for commands that use this cluster (kubectl and helm of its version)."""
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
+    # -- down ---------------------------------------------------------------------------
+
+    def down(self) -> None:
+        with self._lock():
+            stopped = self._stop_all()
+        shutil.rmtree(self.directory, ignore_errors=True)
+        if stopped:
+            self.say(f"Stopped {', '.join(stopped)}; removed {self.directory}")
+        else:
+            self.say(f"Nothing was running; removed {self.directory}")
+
+    def _stop_all(self) -> list[str]:
+        stopped = []
+        for name in reversed(self.COMPONENTS):
+            if self.process(name).stop():
+                stopped.append(name)
+        return stopped
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """One `up` or `down` at a time per state directory (parallel test runs, two shells)."""
+        lock_path = self.directory.parent / f".{self.directory.name}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with lock_path.open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def node_ready(node: dict[str, Any]) -> bool:
+    conditions = node.get("status", {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _get(url: str, verify: bool = True, context: ssl.SSLContext | None = None) -> str:
+    if context is None and url.startswith("https") and not verify:
+        # The controllers' self-signed serving certificates: only liveness is read here.
+        context = ssl._create_unverified_context()
+    with urllib.request.urlopen(url, timeout=2, context=context) as response:
+        body: bytes = response.read()
+    return body.decode().strip()

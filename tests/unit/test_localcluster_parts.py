@@ -1,0 +1,162 @@
+"""The local cluster's parts that need no cluster: certificates, pid files, ports, targets."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from breaker.localcluster import ClusterError, LocalCluster, tools
+from breaker.localcluster import pki as pki_module
+from breaker.localcluster.cluster import Ports
+from breaker.localcluster.processes import Process, port_is_free
+from breaker.localcluster.prometheus import Targets
+
+
+def test_certificates_chain_to_the_ca_and_name_who_they_are(tmp_path: Path) -> None:
+    keys = pki_module.Pki(tmp_path)
+    keys.ensure()
+    ca = x509.load_pem_x509_certificate(keys.ca_cert.read_bytes())
+    serving = x509.load_pem_x509_certificate(keys.serving_cert.read_bytes())
+    serving.verify_directly_issued_by(ca)
+    names = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "kubernetes.default.svc" in names.get_values_for_type(x509.DNSName)
+    assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} == {
+        "127.0.0.1",
+        "10.96.0.1",
+    }
+
+    admin = x509.load_pem_x509_certificate(keys.client_cert(pki_module.ADMIN).read_bytes())
+    admin.verify_directly_issued_by(ca)
+    organizations = admin.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
+    assert [o.value for o in organizations] == ["system:masters"]
+
+    # The files load as a TLS client identity, the way client libraries use them.
+    context = ssl.create_default_context(cafile=str(keys.ca_cert))
+    context.load_cert_chain(keys.client_cert(pki_module.ADMIN), keys.client_key(pki_module.ADMIN))
+    assert keys.client_key(pki_module.ADMIN).stat().st_mode & 0o077 == 0
+
+
+def test_certificates_are_kept_across_calls(tmp_path: Path) -> None:
+    keys = pki_module.Pki(tmp_path)
+    keys.ensure()
+    before = keys.ca_cert.read_bytes(), keys.sa_key.read_bytes()
+    keys.ensure()
+    assert (keys.ca_cert.read_bytes(), keys.sa_key.read_bytes()) == before
+
+
+def test_kubeconfig_is_self_contained(tmp_path: Path) -> None:
+    keys = pki_module.Pki(tmp_path)
+    keys.ensure()
+    config = keys.kubeconfig(pki_module.SCHEDULER, "https://127.0.0.1:1")
+    (user,) = config["users"]  # type: ignore[misc]
+    assert user["name"] == "system:kube-scheduler"
+    assert set(user["user"]) == {"client-certificate-data", "client-key-data"}
+
+
+@pytest.fixture
+def sleeper(tmp_path: Path) -> Iterator[Process]:
+    process = Process("sleeper", tmp_path)
+    yield process
+    process.stop(timeout=1)
+
+
+def test_a_process_is_found_by_its_pid_file_and_stopped(sleeper: Process) -> None:
+    pid = sleeper.start([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert sleeper.pid() == pid
+    assert sleeper.stop()
+    assert sleeper.pid() is None
+    assert not sleeper.pid_file.exists()
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+
+
+def test_a_pid_file_for_someone_elses_process_is_not_ours(sleeper: Process) -> None:
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        sleeper.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        sleeper.pid_file.write_text(f"{other.pid} 1\n")  # right pid, wrong start time
+        assert sleeper.pid() is None
+        assert not sleeper.stop()
+        assert other.poll() is None, "stop must never signal a process it did not start"
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_process_that_dies_fails_fast_and_names_its_log(sleeper: Process) -> None:
+    sleeper.start([sys.executable, "-c", "import sys; print('bad flag --x'); sys.exit(3)"])
+    with pytest.raises(ClusterError) as failure:
+        sleeper.wait_until(lambda: False, "ready", timeout=30)
+    message = str(failure.value)
+    assert message.startswith("sleeper: exited before ready")
+    assert str(sleeper.log) in message
+    assert "bad flag --x" in message
+
+
+def test_a_process_that_never_gets_ready_times_out(sleeper: Process) -> None:
+    sleeper.start([sys.executable, "-c", "import time; time.sleep(60)"])
+    with pytest.raises(ClusterError, match=r"sleeper: not serving after 1s"):
+        sleeper.wait_until(lambda: False, "serving", timeout=1)
+
+
+def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        assert not port_is_free(taken)
+        # Every other port moved out of the way of a cluster that may be running.
+        moved = {name: port + 900 for name, port in Ports().__dict__.items()}
+        ports = Ports(**{**moved, "prometheus": taken})
+        cluster = LocalCluster(directory=tmp_path, ports=ports)
+        with pytest.raises(ClusterError) as failure:
+            cluster._check_ports()
+    assert str(failure.value).startswith("prometheus: port")
+    assert "BREAKER_CLUSTER_PORT_OFFSET" in str(failure.value)
+
+
+def test_port_offset_moves_every_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BREAKER_CLUSTER_PORT_OFFSET", "1000")
+    assert Ports.from_env().apiserver == Ports().apiserver + 1000
+    monkeypatch.setenv("BREAKER_CLUSTER_PORT_OFFSET", "many")
+    with pytest.raises(ClusterError, match="BREAKER_CLUSTER_PORT_OFFSET='many'"):
+        Ports.from_env()
+
+
+def test_targets_are_file_sd_json(tmp_path: Path) -> None:
+    targets = Targets(tmp_path)
+    path = targets.add("sim", ["127.0.0.1:9400"], {"exporter": "dcgm"})
+    assert json.loads(path.read_text()) == [
+        {"targets": ["127.0.0.1:9400"], "labels": {"exporter": "dcgm"}}
+    ]
+    targets.remove("sim")
+    assert not path.exists()
+    with pytest.raises(ValueError, match="target name"):
+        targets.add("../escape", ["127.0.0.1:1"])
+
+
+def test_every_module_pins_its_version_in_go_mod() -> None:
+    for module in tools.MODULES:
+        assert module.version().startswith("v"), module.name
+
+
+def test_a_missing_go_toolchain_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(
+        ClusterError, match=r"^go: the Go toolchain is not on PATH; install Go 1\.26"
+    ):
+        tools.go_binary()
+
+
+def test_kube_version_is_stamped_for_servers_and_kubectl() -> None:
+    flags = tools._kube_ldflags("v1.36.3")
+    for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        assert f"-X {package}.gitVersion=v1.36.3" in flags
+        assert f"-X {package}.gitMinor=36" in flags
