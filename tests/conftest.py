@@ -8,26 +8,39 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 from prometheus_api_client import PrometheusConnect
 
+from breaker.api.crd import RESOURCES
 from breaker.localcluster import LocalCluster
+from breaker.localcluster.paths import repo_root
 from tests.helpers import wait_for
 
 
 @pytest.fixture(scope="session")
-def local_cluster() -> Iterator[LocalCluster]:
+def local_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     cluster = LocalCluster()
     was_up = cluster.healthy()
-    cluster.up()
+    # A cold first run builds for many minutes: show its progress, not a silent pytest.
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print()
+        cluster.up()
     yield cluster
     if not was_up and os.environ.get("BREAKER_KEEP_CLUSTER") != "1":
-        cluster.down()
+        with capture.global_and_fixture_disabled():
+            cluster.down()
 
 
 @pytest.fixture(scope="session")
