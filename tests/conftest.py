@@ -72,3 +72,71 @@ def namespace(request: pytest.FixtureRequest, core: client.CoreV1Api) -> Iterato
     )
     yield name
     core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture(scope="session")
+def crds(local_cluster: LocalCluster) -> None:
+    """The committed CRDs, installed the way an admin would, and established."""
+    subprocess.run(
+        ["kubectl", "apply", "--server-side", "--force-conflicts", "-f", str(repo_root() / "crds")],
+        env=local_cluster.env(),
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            "kubectl",
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            *(f"crd/{resource.name}" for resource in RESOURCES),
+        ],
+        env=local_cluster.env(),
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def operator(
+    local_cluster: LocalCluster, crds: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """The operator, `breaker run`, as a process of its own; yields its log file."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "breaker.cli",
+                "run",
+                "--liveness",
+                f"http://127.0.0.1:{port}/healthz",
+            ],
+            env=local_cluster.env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def live() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"the operator exited:\n{log.read_text()[-3000:]}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+            return bool(response.status == 200)
+
+    wait_for(live, "the operator's liveness endpoint", timeout=60, ignore=(OSError,))
+    yield log
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def custom(api_client: Any) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api_client)

@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from importlib.metadata import version as package_version
+from pathlib import Path
 
 from breaker.localcluster import ClusterError, LocalCluster
 from breaker.localcluster.cluster import GPU_RESOURCE, GpuNodes, node_ready
@@ -88,6 +89,27 @@ def _print_nodes(cluster: LocalCluster) -> None:
     print(f"{len(nodes)} GPU nodes, {total} {GPU_RESOURCE} allocatable in all")
 
 
+def _crds(args: argparse.Namespace) -> int:
+    from breaker.api import crd
+
+    directory = Path(args.directory)
+    if args.check:
+        stale = crd.stale(directory)
+        for path in stale:
+            print(f"{path} differs from the models: run `breaker crds`", file=sys.stderr)
+        return 1 if stale else 0
+    for path in crd.write_all(directory):
+        print(f"wrote {path}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from breaker import runner
+
+    runner.run(liveness=args.liveness, verbose=args.verbose)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="breaker",
@@ -97,6 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"breaker {package_version('breaker')}"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the operator against the current kubeconfig")
+    run.add_argument(
+        "--liveness",
+        default="http://127.0.0.1:8080/healthz",
+        help="kopf's liveness endpoint (default http://127.0.0.1:8080/healthz)",
+    )
+    run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    run.set_defaults(handler=_run)
+
+    crds = commands.add_parser(
+        "crds", help="write the CustomResourceDefinitions generated from the API models"
+    )
+    crds.add_argument("directory", nargs="?", default="crds", help="where to write (default crds/)")
+    crds.add_argument("--check", action="store_true", help="only report files that are stale")
+    crds.set_defaults(handler=_crds)
 
     cluster = commands.add_parser(
         "cluster",

@@ -1,0 +1,169 @@
+"""Breaker: one live circuit per (policy, guarded workload), written by the operator.
+
+Admins act on it through its spec: an override (ForcedOpen, Disabled) or a reset request.
+Everything the operator did is in its status, so a reset can undo exactly that.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import Field
+
+from breaker.api.common import DNS_LABEL, ApiModel, Condition
+
+BreakerState = Literal["Closed", "Open", "HalfOpen", "Locked", "ForcedOpen", "Disabled"]
+MAX_EVIDENCE = 20
+MAX_HISTORY = 50
+
+
+class PolicyRef(ApiModel):
+    """The policy this breaker enforces."""
+
+    kind: Literal["BreakerPolicy", "ClusterBreakerPolicy"] = Field(description="The policy's kind.")
+    name: str = Field(max_length=253, description="The policy's name.")
+    namespace: str | None = Field(
+        default=None, pattern=DNS_LABEL, max_length=63, description="Its namespace (BreakerPolicy)."
+    )
+
+
+class TargetRef(ApiModel):
+    """The guarded workload, in the breaker's namespace."""
+
+    api_version: str = Field(max_length=253, description="The workload's apiVersion.")
+    kind: str = Field(max_length=63, description="The workload's kind.")
+    name: str = Field(max_length=253, description="The workload's name.")
+    uid: str | None = Field(default=None, max_length=64, description="The workload's uid.")
+
+
+class BreakerSpec(ApiModel):
+    """Which policy and workload; the admin's overrides."""
+
+    policy_ref: PolicyRef = Field(description="The policy this breaker enforces.")
+    target_ref: TargetRef = Field(description="The guarded workload.")
+    override: Literal["ForcedOpen", "Disabled"] | None = Field(
+        default=None,
+        description=(
+            "ForcedOpen: trip now and stay open. Disabled: never evaluate or act. "
+            "Remove the field to hand control back to the signals."
+        ),
+    )
+    override_reason: str | None = Field(
+        default=None, max_length=1024, description="Why the override was set (shown as REASON)."
+    )
+    reset: str | None = Field(
+        default=None,
+        max_length=64,
+        description=(
+            "Set to a new value (e.g. the current time) to request a reset: the breaker "
+            "closes and every action is undone. Same effect as the breaker.dev/reset annotation."
+        ),
+    )
+
+
+class SignalEvidence(ApiModel):
+    """One signal's reading at a trip."""
+
+    name: str = Field(max_length=63, description="The signal.")
+    query: str = Field(max_length=4096, description="The PromQL that was evaluated.")
+    value: float = Field(description="The value for this workload's worst pod.")
+    pod: str | None = Field(default=None, max_length=253, description="The pod it came from.")
+    labels: dict[str, str] | None = Field(
+        default=None, description="The series' labels (bounded and escaped)."
+    )
+
+
+class PodEvidence(ApiModel):
+    """Where a pod of the workload ran."""
+
+    name: str = Field(max_length=253, description="The pod.")
+    node: str | None = Field(default=None, max_length=253, description="Its node.")
+    gpus: list[str] | None = Field(default=None, max_length=16, description="GPU UUIDs it used.")
+
+
+class Evidence(ApiModel):
+    """What was seen when the breaker tripped."""
+
+    time: dt.datetime = Field(description="When the evaluation ran.")
+    rule: str = Field(max_length=63, description="The trip rule that held.")
+    signals: list[SignalEvidence] = Field(
+        default_factory=list, max_length=64, description="The signals that fired, with values."
+    )
+    pods: list[PodEvidence] | None = Field(
+        default=None, max_length=256, description="The workload's pods, nodes and GPUs."
+    )
+    truncated: bool | None = Field(
+        default=None, description="Some of it was cut to bound the size."
+    )
+
+
+class ActionRecord(ApiModel):
+    """An action taken, with exactly what it changed, so a reset can undo it."""
+
+    type: str = Field(max_length=32, description="The action.")
+    applied_at: dt.datetime = Field(description="When it was applied.")
+    changed: dict[str, Any] | None = Field(
+        default=None, description="What it changed, in the form its undo reads."
+    )
+    reverted_at: dt.datetime | None = Field(default=None, description="When it was undone.")
+    error: str | None = Field(
+        default=None, max_length=4096, description="Why it failed, if it did."
+    )
+
+
+class Transition(ApiModel):
+    """A change of state."""
+
+    time: dt.datetime = Field(description="When.")
+    from_: str = Field(alias="from", max_length=16, description="The state before.")
+    to: str = Field(max_length=16, description="The state after.")
+    reason: str = Field(max_length=1024, description="Why.")
+
+
+class BreakerStatus(ApiModel):
+    """The circuit's state, its trips and evidence, and what the operator did."""
+
+    state: BreakerState | None = Field(default=None, description="The circuit's state.")
+    trips: int | None = Field(default=None, ge=0, description="Trips so far.")
+    last_trip: dt.datetime | None = Field(default=None, description="When it last tripped.")
+    reason: str | None = Field(default=None, max_length=1024, description="Why it is in its state.")
+    cooldown_until: dt.datetime | None = Field(
+        default=None, description="When probation may start."
+    )
+    probation_until: dt.datetime | None = Field(default=None, description="When probation ends.")
+    last_evaluation: dt.datetime | None = Field(default=None, description="The latest evaluation.")
+    handled_reset: str | None = Field(
+        default=None, max_length=64, description="The last reset request carried out."
+    )
+    evidence: list[Evidence] | None = Field(
+        default=None,
+        max_length=MAX_EVIDENCE,
+        description="The latest trips' evidence, newest last.",
+    )
+    actions: list[ActionRecord] | None = Field(
+        default=None, max_length=64, description="Actions applied and not yet undone."
+    )
+    history: list[Transition] | None = Field(
+        default=None, max_length=MAX_HISTORY, description="Recent transitions, newest last."
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The .metadata.generation this status reflects."
+    )
+    conditions: list[Condition] | None = Field(
+        default=None,
+        description=(
+            "Ready, Tripped and SignalsAvailable (Unknown while Prometheus is unreachable)."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+class Breaker(ApiModel):
+    """A circuit breaker around one workload, made by a policy."""
+
+    api_version: str = Field(default="breaker.dev/v1alpha1", description="breaker.dev/v1alpha1")
+    kind: str = Field(default="Breaker", description="Breaker")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
+    spec: BreakerSpec = Field(description="Which policy and workload; the admin's overrides.")
+    status: BreakerStatus | None = Field(default=None, description="Written by the operator.")
