@@ -1,0 +1,41 @@
+"""The operator's Kubernetes client: one ApiClient, blocking calls run off the event loop.
+
+kopf watches and indexes; this client only writes (creates, patches) and reads what no
+index holds. Every call goes through ``call`` so the loop never blocks on the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from kubernetes import client, config
+
+T = TypeVar("T")
+
+GROUP = "breaker.dev"
+VERSION = "v1alpha1"
+
+
+def api_client() -> client.ApiClient:
+    """In a pod: its ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+async def call(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return await asyncio.to_thread(functools.partial(function, *args, **kwargs))
+
+
+def to_dict(api: client.ApiClient, obj: Any) -> dict[str, Any]:
+    result: dict[str, Any] = api.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+    return result
+
+
+def is_status(error: Exception, *codes: int) -> bool:
+    return isinstance(error, client.ApiException) and error.status in codes

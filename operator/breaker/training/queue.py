@@ -1,0 +1,121 @@
+"""The GPU queue: which TrainingJobs to admit, given what the nodes have free. Pure.
+
+A job is admitted only when every one of its replicas fits on some node at once (gang
+admission): a replica needs ``gpus_per_replica`` GPUs on a single node. Jobs are
+considered by priority (higher first), then age (older first); a job that does not fit
+does not hold back a smaller one behind it that does (backfill), so GPUs never sit idle
+while something in the queue could use them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True)
+class Demand:
+    """A TrainingJob as the queue sees it."""
+
+    key: Key
+    priority: int
+    created: dt.datetime
+    replicas: int
+    gpus_per_replica: int
+    admitted: bool  # its Job is unsuspended
+    wants_gpus: bool  # not suspended, not finished, spec valid
+    bound_replicas: int = 0  # replicas whose pods the scheduler has bound
+
+    @property
+    def gpus(self) -> int:
+        return self.replicas * self.gpus_per_replica
+
+    def order(self) -> tuple[int, dt.datetime, str, str]:
+        return (-self.priority, self.created, self.key[0], self.key[1])
+
+
+@dataclass(frozen=True)
+class Plan:
+    admit: tuple[Key, ...] = ()
+    release: tuple[Key, ...] = ()  # admitted jobs that no longer want GPUs: suspend their Job
+    queued: tuple[Key, ...] = ()  # waiting, in order: position = index + 1
+    free_after: Mapping[str, int] = field(default_factory=dict)
+
+
+def place(replicas: int, per_replica: int, free: Mapping[str, int]) -> dict[str, int] | None:
+    """Where ``replicas`` replicas of ``per_replica`` GPUs each would go, or None.
+
+    Best fit: each replica takes the node with the least free GPUs that still holds it,
+    keeping large free blocks for large replicas.
+    """
+    remaining = dict(free)
+    placement: dict[str, int] = {}
+    for _ in range(replicas):
+        candidates = [(gpus, node) for node, gpus in remaining.items() if gpus >= per_replica]
+        if not candidates:
+            return None
+        _, node = min(candidates)
+        remaining[node] -= per_replica
+        placement[node] = placement.get(node, 0) + per_replica
+    return placement
+
+
+def subtract(free: Mapping[str, int], placement: Mapping[str, int]) -> dict[str, int]:
+    return {node: gpus - placement.get(node, 0) for node, gpus in free.items()}
+
+
+def free_gpus(allocatable: Mapping[str, int], bound: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """Free GPUs per schedulable node: allocatable minus what pods bound there request."""
+    free = dict(allocatable)
+    for node, gpus in bound:
+        if node in free:
+            free[node] -= gpus
+    return {node: max(0, gpus) for node, gpus in free.items()}
+
+
+def plan(demands: Iterable[Demand], free: Mapping[str, int]) -> Plan:
+    """Decide admissions. ``free`` already excludes the GPUs of every bound pod."""
+    demands = sorted(demands, key=Demand.order)
+    remaining = dict(free)
+    # Admitted jobs whose pods are not all bound yet hold their GPUs in reserve, so the
+    # same free GPUs are never promised twice while the scheduler catches up.
+    for demand in demands:
+        if demand.admitted and demand.wants_gpus and demand.bound_replicas < demand.replicas:
+            unbound = demand.replicas - demand.bound_replicas
+            reserved = place(unbound, demand.gpus_per_replica, remaining)
+            if reserved is not None:
+                remaining = subtract(remaining, reserved)
+
+    admit: list[Key] = []
+    queued: list[Key] = []
+    for demand in demands:
+        if demand.admitted or not demand.wants_gpus:
+            continue
+        placement = place(demand.replicas, demand.gpus_per_replica, remaining)
+        if placement is None:
+            queued.append(demand.key)
+        else:
+            admit.append(demand.key)
+            remaining = subtract(remaining, placement)
+    release = [d.key for d in demands if d.admitted and not d.wants_gpus]
+    return Plan(tuple(admit), tuple(release), tuple(queued), remaining)
+
+
+def never_fits(demand: Demand, allocatable: Mapping[str, int]) -> str | None:
+    """Why the job cannot run on this cluster even when it is empty, or None."""
+    largest = max(allocatable.values(), default=0)
+    if demand.gpus_per_replica > largest:
+        return (
+            f"each replica needs {demand.gpus_per_replica} nvidia.com/gpu on one node, but the "
+            f"largest node has {largest}"
+        )
+    if place(demand.replicas, demand.gpus_per_replica, allocatable) is None:
+        total = sum(allocatable.values())
+        return (
+            f"{demand.replicas} replicas of {demand.gpus_per_replica} nvidia.com/gpu do not fit "
+            f"on this cluster's nodes even when empty ({total} GPUs in all)"
+        )
+    return None
