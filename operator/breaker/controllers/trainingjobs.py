@@ -352,7 +352,9 @@ def _demand(
         replicas=spec.replicas,
         gpus_per_replica=spec.gpus_per_replica,
         admitted=job_view is not None and not job_view.suspended and not finished,
-        wants_gpus=wants and not spec.suspend and not finished and job_view is not None,
+        # A job whose Job is still being created takes its place in the plan all the same,
+        # so a lower-priority job cannot slip in ahead of it between two passes.
+        wants_gpus=wants and not spec.suspend and not finished,
         bound_replicas=bound,
     )
 
