@@ -140,3 +140,16 @@ def operator(
 @pytest.fixture(scope="session")
 def custom(api_client: Any) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(api_client)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The corpus's detection latencies, when the corpus ran."""
+    from tests.detect.test_corpus import LATENCIES
+
+    if not LATENCIES:
+        return
+    rows = [("scenario", "pod", "rule", "latency", "budget"), *sorted(LATENCIES)]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    terminalreporter.section("detection latency (default policy, from the first bad sample)")
+    for row in rows:
+        terminalreporter.write_line("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))

@@ -8,10 +8,13 @@ and exit non-zero, never with a traceback for a failure the user can act on.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import sys
 from collections.abc import Sequence
 from importlib.metadata import version as package_version
 from pathlib import Path
+from typing import Any
 
 from breaker.localcluster import ClusterError, LocalCluster
 from breaker.localcluster.cluster import GPU_RESOURCE, GpuNodes, node_ready
@@ -110,6 +113,101 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sim(args: argparse.Namespace) -> int:
+    from breaker.sim import openmetrics
+    from breaker.sim.scenario import ScenarioError, load
+
+    try:
+        scenario = load(Path(args.scenario))
+    except ScenarioError as error:
+        print(f"breaker sim: {error}", file=sys.stderr)
+        return 2
+    if args.write:
+        start = _time(args.start, "--start") if args.start else None
+        count = openmetrics.write_file(scenario, Path(args.write), start)
+        print(f"wrote {count} samples of {len(scenario.pods)} pods to {args.write}")
+        return 0
+    return _serve(scenario, args)
+
+
+def _serve(scenario: Any, args: argparse.Namespace) -> int:
+    import time
+
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from breaker.sim.exporter import ScenarioCollector
+
+    registry = CollectorRegistry()
+    registry.register(ScenarioCollector(scenario, speed=args.speed))
+    server, thread = start_http_server(args.port, addr=args.address, registry=registry)
+    address = f"{args.address}:{server.server_port}"
+    cluster = LocalCluster() if args.register else None
+    if cluster is not None:
+        cluster.targets.add(f"sim-{scenario.name}", [address])
+    print(
+        f"serving {scenario.name} ({len(scenario.pods)} pods) on http://{address}/metrics",
+        flush=True,
+    )
+    try:
+        while thread.is_alive():
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if cluster is not None:
+            cluster.targets.remove(f"sim-{scenario.name}")
+        server.shutdown()
+    return 0
+
+
+def _time(text: str, flag: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise SystemExit(
+            f"breaker: {flag} {text!r} is not an RFC 3339 time such as 2026-01-01T00:00:00Z"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _backtest(args: argparse.Namespace) -> int:
+    from breaker.api.common import parse_duration
+    from breaker.detect import backtest, engine
+    from breaker.detect.policy_file import PolicyFileError, load
+    from breaker.detect.prom import Prom, QueryError
+
+    def fail(message: str) -> int:
+        print(f"breaker backtest: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        step = parse_duration(args.step).total_seconds()
+        detector = engine.compile_policy(load(Path(args.policy) if args.policy else None))
+    except (ValueError, PolicyFileError) as error:
+        return fail(str(error))
+    try:
+        if args.prometheus:
+            if not (args.from_ and args.to):
+                return fail("--prometheus needs --from and --to")
+            start, end = _time(args.from_, "--from").timestamp(), _time(args.to, "--to").timestamp()
+            report = backtest.evaluate(detector, Prom(args.prometheus, 60), start, end, step)
+        elif args.series:
+            report = backtest.run_file(detector, Path(args.series), step)
+        else:
+            return fail("give --series FILE.om, or --prometheus URL --from T --to T")
+    except backtest.BacktestError as error:
+        return fail(str(error))
+    except QueryError as error:
+        return fail(f"Prometheus refused a query: {error}")
+    except KeyboardInterrupt:
+        return 130
+    if args.format == "json":
+        print(json.dumps(report.wire(), indent=2))
+    else:
+        print(backtest.render_text(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="breaker",
@@ -128,6 +226,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     run.set_defaults(handler=_run)
+
+    sim = commands.add_parser(
+        "sim", help="export DCGM-, cAdvisor-, Hubble- and Falco-shaped series from a scenario"
+    )
+    sim.add_argument("scenario", help="the scenario file (see breaker/sim/scenario.py)")
+    sim.add_argument("--write", metavar="FILE.om", help="write OpenMetrics with timestamps instead")
+    sim.add_argument(
+        "--start", help="with --write: the first sample's time (default: now - duration)"
+    )
+    sim.add_argument("--port", type=int, default=9400, help="port to serve on (default 9400)")
+    sim.add_argument(
+        "--address", default="127.0.0.1", help="address to serve on (default 127.0.0.1)"
+    )
+    sim.add_argument(
+        "--speed", type=float, default=1.0, help="play the timeline this many times faster"
+    )
+    sim.add_argument(
+        "--register",
+        action="store_true",
+        help="add this exporter to the local cluster's Prometheus",
+    )
+    sim.set_defaults(handler=_sim)
+
+    backtest = commands.add_parser(
+        "backtest", help="when and why a policy would have tripped, on recorded series"
+    )
+    backtest.add_argument(
+        "--policy", help="a BreakerPolicy or ClusterBreakerPolicy file (default: built-in)"
+    )
+    backtest.add_argument("--series", metavar="FILE.om", help="OpenMetrics with timestamps")
+    backtest.add_argument("--step", default="15s", help="evaluation interval (default 15s)")
+    backtest.add_argument("--format", choices=("text", "json"), default="text")
+    backtest.add_argument("--prometheus", metavar="URL", help="evaluate against a live Prometheus")
+    backtest.add_argument(
+        "--from", dest="from_", metavar="T", help="with --prometheus: start (RFC 3339)"
+    )
+    backtest.add_argument("--to", metavar="T", help="with --prometheus: end (RFC 3339)")
+    backtest.set_defaults(handler=_backtest)
 
     crds = commands.add_parser(
         "crds", help="write the CustomResourceDefinitions generated from the API models"

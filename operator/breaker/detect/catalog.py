@@ -23,15 +23,21 @@ class Param:
     help: str
 
 
+FALCO_RULES = (
+    "(?i).*(stratum|miner|ssh connection non standard port|suspicious network tool|reverse shell).*"
+)
+
 PRESETS: dict[str, dict[str, Param]] = {
     "gpu-mining-profile": {
-        "dramActiveMin": Param("number", "0.6", "DCGM_FI_PROF_DRAM_ACTIVE at or above this (0-1)"),
-        "tensorActiveMax": Param("number", "0.05", "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE at or below"),
-        "grEngineActiveMin": Param("number", "0.6", "DCGM_FI_PROF_GR_ENGINE_ACTIVE at or above"),
+        "scoreMin": Param("number", "0.5", "DRAM activity minus tensor activity at or above"),
+        "dramActiveMin": Param("number", "0.6", "DCGM_FI_PROF_DRAM_ACTIVE at or above (0-1)"),
+        "grEngineActiveMin": Param("number", "0.5", "DCGM_FI_PROF_GR_ENGINE_ACTIVE at or above"),
     },
     "tensor-collapse": {
-        "dropRatio": Param("number", "0.2", "tensor activity below this share of its baseline"),
-        "baselineWindow": Param("duration", "30m", "the pod's own baseline window"),
+        "dropRatio": Param("number", "0.2", "recent tensor activity at or below this share"),
+        "baselineWindow": Param("duration", "30m", "the pod's own baseline, before recentWindow"),
+        "recentWindow": Param("duration", "5m", "the recent window compared with it"),
+        "baselineMin": Param("number", "0.1", "only pods whose baseline used tensor cores"),
         "grEngineActiveMin": Param("number", "0.5", "while the GPU stays at least this busy"),
     },
     "gpu-busy-no-progress": {
@@ -40,27 +46,32 @@ PRESETS: dict[str, dict[str, Param]] = {
         "progressMetric": Param("metric", "training_steps_total", "the job's step counter"),
     },
     "unallocated-gpu-activity": {
-        "gpuUtilMin": Param("number", "10", "utilisation on a GPU no pod was allocated"),
+        "gpuUtilMin": Param("number", "10", "utilisation (percent) on a GPU no pod holds"),
     },
     "mining-pool-egress": {
-        "ports": Param("ports", "3333,4444,5555,7777,9999,14444,45700", "mining-pool ports"),
+        "ports": Param("ports", "3333,4444,5555,7777,9999,14433,14444,45700", "pool ports"),
         "window": Param("duration", "2m", "flows to the world on those ports within"),
     },
     "outbound-ssh": {
         "ports": Param("ports", "22", "SSH ports"),
-        "window": Param("duration", "10m", "persistent flows to the world within"),
+        "window": Param("duration", "10m", "the window persistence is measured over"),
+        "persistence": Param("number", "0.8", "share of its minutes with SSH flows (0-1)"),
     },
     "scan-fanout": {
-        "synRateMin": Param("number", "20", "SYNs per second without SYN-ACK"),
-        "window": Param("duration", "1m", "rate window"),
+        "distinctPortsMin": Param("number", "20", "distinct destination ports at or above"),
+        "synRateMin": Param("number", "0.05", "and SYNs sent per second at or above"),
+        "window": Param("duration", "5m", "within this window"),
     },
     "egress-spike": {
-        "factor": Param("number", "10", "transmit rate above this multiple of its baseline"),
-        "baselineWindow": Param("duration", "1h", "the pod's own baseline window"),
-        "minBytesPerSecond": Param("number", "10000000", "and above this absolute rate"),
+        "factor": Param("number", "10", "transmit rate at or above this multiple of baseline"),
+        "baselineWindow": Param("duration", "30m", "the pod's own baseline window"),
+        "minBytesPerSecond": Param("number", "10000000", "and at or above this rate"),
     },
     "falco-rule-hits": {
-        "rules": Param("regex", "(?i).*(stratum|miner|crypto|ssh|network tool).*", "rule names"),
+        "rules": Param("regex", FALCO_RULES, "Falco rule names (a PromQL regex)"),
+        "priorities": Param(
+            "regex", "Emergency|Alert|Critical|Error|Warning|Notice", "Falco priorities counted"
+        ),
         "window": Param("duration", "5m", "hits within"),
     },
 }

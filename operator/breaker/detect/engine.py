@@ -1,0 +1,243 @@
+"""The detection engine's pure core: query results in, firing signals and trips out.
+
+A policy compiles to a ``Detector``: one PromQL query per signal, the labels that name the
+pod in its results, a condition, a ``for`` duration and a severity, plus the trip rules.
+Each evaluation feeds the detector every signal's result vector (one query each, for all
+pods at once); ``step`` tracks how long each condition has held and ``decide`` combines
+what fires into trips. The live operator and ``breaker backtest`` both go through here,
+so they decide alike; only where the vectors come from differs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from breaker.api.common import parse_duration
+from breaker.api.policy import PolicySpecBase
+from breaker.detect import presets
+
+PodKey = tuple[str, str]  # (namespace, pod); for node-scoped signals (node, device)
+Unit = TypeVar("Unit", bound=Hashable)
+
+MAX_LABELS = 16
+MAX_LABEL_VALUE = 256
+
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    ">": lambda v, t: v > t,
+    ">=": lambda v, t: v >= t,
+    "<": lambda v, t: v < t,
+    "<=": lambda v, t: v <= t,
+    "==": lambda v, t: v == t,
+    "!=": lambda v, t: v != t,
+}
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    name: str
+    query: str
+    labels: tuple[str, str]
+    operator: str
+    threshold: float
+    for_seconds: float
+    severity: str
+    lookback_seconds: float
+    scope: str = "pod"
+
+    def holds(self, value: float) -> bool:
+        return not math.isnan(value) and _COMPARE[self.operator](value, self.threshold)
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    name: str
+    all_of: tuple[str, ...] = ()
+    any_of: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Detector:
+    """A compiled policy."""
+
+    signals: tuple[SignalSpec, ...]
+    rules: tuple[RuleSpec, ...]
+    any_critical: bool = True
+
+    @property
+    def lookback_seconds(self) -> float:
+        """How much history an evaluation needs before its answers mean anything."""
+        return max((s.lookback_seconds + s.for_seconds for s in self.signals), default=0.0)
+
+    def signal(self, name: str) -> SignalSpec:
+        return next(s for s in self.signals if s.name == name)
+
+
+def compile_policy(spec: PolicySpecBase) -> Detector:
+    signals = []
+    for signal in spec.signals:
+        if signal.preset is not None:
+            rendered = presets.render(signal.preset, signal.params)
+            query, labels, scope = rendered.query, rendered.labels, rendered.scope
+            operator, threshold = rendered.operator, rendered.threshold
+            lookback = parse_duration(rendered.lookback).total_seconds()
+        else:
+            assert signal.query is not None  # the schema requires exactly one of them
+            query, scope, lookback = signal.query, "pod", 0.0
+            labels = (signal.labels.namespace, signal.labels.pod)
+            operator, threshold = ">", 0.0
+        if signal.condition is not None:
+            operator, threshold = signal.condition.operator, signal.condition.threshold
+        signals.append(
+            SignalSpec(
+                name=signal.name,
+                query=query,
+                labels=labels,
+                operator=operator,
+                threshold=threshold,
+                for_seconds=parse_duration(signal.for_).total_seconds(),
+                severity=signal.severity,
+                lookback_seconds=lookback,
+                scope=scope,
+            )
+        )
+    rules = tuple(
+        RuleSpec(rule.name, tuple(rule.all_of or ()), tuple(rule.any_of or ()))
+        for rule in spec.trip.rules or []
+    )
+    return Detector(tuple(signals), rules, spec.trip.any_critical)
+
+
+@dataclass(frozen=True)
+class Sample:
+    value: float
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def _bounded(labels: Mapping[str, Any]) -> dict[str, str]:
+    """Labels kept as evidence: few, short, printable."""
+    kept = {}
+    for key in sorted(labels)[:MAX_LABELS]:
+        value = str(labels[key])
+        if len(value) > MAX_LABEL_VALUE:
+            value = value[: MAX_LABEL_VALUE - 1] + "…"
+        kept[str(key)[:MAX_LABEL_VALUE]] = value.encode("unicode_escape").decode("ascii")
+    return kept
+
+
+def normalize(result: Iterable[Mapping[str, Any]], labels: tuple[str, str]) -> dict[PodKey, Sample]:
+    """An instant vector as {(namespace, pod): sample}, whatever the exporter calls them.
+
+    Series without both labels (a GPU no pod holds, say) are dropped; several series for
+    one pod keep the largest value.
+    """
+    by_pod: dict[PodKey, Sample] = {}
+    namespace_label, pod_label = labels
+    for series in result:
+        metric = series.get("metric", {})
+        namespace, pod = metric.get(namespace_label), metric.get(pod_label)
+        if not namespace or not pod:
+            continue
+        try:
+            value = float(series["value"][1])
+        except (KeyError, IndexError, TypeError, ValueError):
+            continue
+        key = (str(namespace), str(pod))
+        if key not in by_pod or value > by_pod[key].value:
+            by_pod[key] = Sample(value, _bounded(metric))
+    return by_pod
+
+
+Readings = Mapping[str, Mapping[PodKey, Sample] | None]  # None: the query failed
+
+
+@dataclass
+class State:
+    """Since when each (signal, pod) condition has held, in seconds since the epoch."""
+
+    since: dict[tuple[str, PodKey], float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Firing:
+    signal: str
+    value: float
+    labels: Mapping[str, str]
+    since: float
+
+
+def step(
+    detector: Detector, state: State, readings: Readings, now: float
+) -> dict[PodKey, list[Firing]]:
+    """Advance the ``for`` clocks to ``now``; return what fires, by pod.
+
+    A signal whose query failed (None) keeps its clocks as they were: missing data neither
+    starts nor clears a condition.
+    """
+    last: dict[tuple[str, PodKey], Sample] = {}
+    for signal in detector.signals:
+        samples = readings.get(signal.name)
+        if samples is None:
+            continue
+        for key in [k for k in state.since if k[0] == signal.name and k[1] not in samples]:
+            del state.since[key]
+        for pod, sample in samples.items():
+            clock = (signal.name, pod)
+            if signal.holds(sample.value):
+                state.since.setdefault(clock, now)
+                last[clock] = sample
+            else:
+                state.since.pop(clock, None)
+
+    firing: dict[PodKey, list[Firing]] = {}
+    for (name, pod), since in state.since.items():
+        signal = detector.signal(name)
+        seen = last.get((name, pod))
+        if seen is None or now - since < signal.for_seconds:
+            continue
+        firing.setdefault(pod, []).append(Firing(name, seen.value, seen.labels, since))
+    return firing
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A trip: the rule that held and the signals behind it."""
+
+    rule: str
+    signals: tuple[Firing, ...]
+
+
+def decide(detector: Detector, firing: Iterable[Firing]) -> Decision | None:
+    """Whether these firing signals (of one pod, or one workload's pods) trip the breaker."""
+    by_name: dict[str, Firing] = {}
+    for f in firing:
+        if f.signal not in by_name or f.value > by_name[f.signal].value:
+            by_name[f.signal] = f
+    if detector.any_critical:
+        critical = [f for f in by_name.values() if detector.signal(f.signal).severity == "critical"]
+        if critical:
+            return Decision(f"critical:{critical[0].signal}", tuple(critical))
+    for rule in detector.rules:
+        if rule.all_of and all(name in by_name for name in rule.all_of):
+            return Decision(rule.name, tuple(by_name[n] for n in rule.all_of))
+        held = [by_name[n] for n in rule.any_of if n in by_name]
+        if rule.any_of and held:
+            return Decision(rule.name, tuple(held))
+    return None
+
+
+def decide_all(
+    detector: Detector, firing: Mapping[PodKey, list[Firing]], unit_of: Callable[[PodKey], Unit]
+) -> dict[Unit, Decision]:
+    """Combine what fires per unit (a pod, or a workload's pods) and decide each."""
+    grouped: dict[Unit, list[Firing]] = {}
+    for pod, fires in firing.items():
+        grouped.setdefault(unit_of(pod), []).extend(fires)
+    decisions = {}
+    for unit, fires in grouped.items():
+        decision = decide(detector, fires)
+        if decision is not None:
+            decisions[unit] = decision
+    return decisions

@@ -1,0 +1,180 @@
+"""The signal presets: PromQL over the metrics real GPU clusters export.
+
+Each preset renders to ONE instant query returning one series per pod (or per node, for
+node-scoped presets) for every pod at once; the cost of a tick grows with the number of
+signals, never with the number of jobs. The exporters, and how their labels name a pod:
+
+- NVIDIA DCGM exporter: per-GPU series labelled ``gpu``, ``UUID``, ``Hostname``, and, with
+  Kubernetes mapping on, ``namespace`` and ``pod``. ``DCGM_FI_DEV_GPU_UTIL`` is a percent;
+  the profiling fields ``DCGM_FI_PROF_*`` are 0-1 ratios.
+- cAdvisor (kubelet): ``container_network_transmit_bytes_total{namespace,pod,interface}``.
+- Cilium Hubble, with ``labelsContext=source_namespace,source_pod``: ``flows-to-world``
+  (with its ``port`` option), ``tcp``, ``port-distribution`` and ``drop`` metrics.
+- falcosidekick: ``falcosecurity_falcosidekick_falco_events_total{rule,priority,
+  k8s_ns_name,k8s_pod_name}``.
+- The job's own progress counter, ``training_steps_total{namespace,pod}`` by default.
+
+Every preset's parameters, defaults, needed exporter settings and false-positive risks are
+in docs/signals.md; ``catalog.PRESETS`` holds the parameter names and kinds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from breaker.api.common import parse_duration
+from breaker.detect.catalog import PRESETS
+
+Scope = Literal["pod", "node"]
+Op = Literal[">", ">=", "<", "<=", "==", "!="]
+
+DCGM = ("namespace", "pod")
+HUBBLE = ("source_namespace", "source_pod")
+FALCO = ("k8s_ns_name", "k8s_pod_name")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A preset with its parameters filled in."""
+
+    query: str
+    labels: tuple[str, str]  # the result's (namespace label, pod label)
+    operator: Op
+    threshold: float
+    lookback: str  # the longest range the query reads, for backtests to start after it
+    scope: Scope = "pod"
+
+
+def _ports(value: str) -> str:
+    return "|".join(p.strip() for p in value.split(",") if p.strip())
+
+
+def _plus(*durations: str) -> str:
+    """Durations added up, in seconds: how far back a query with offsets reads."""
+    return f"{int(sum(parse_duration(d).total_seconds() for d in durations))}s"
+
+
+def _gpu_mining_profile(p: Mapping[str, str]) -> Rendered:
+    # Mining (ethash-like) is memory-bound: DRAM busy, tensor cores idle, SMs busy. Training
+    # keeps tensor cores busy (mixed precision) or DRAM moderate (FP32). The score is DRAM
+    # activity minus tensor activity on GPUs that are busy and memory-bound.
+    on = "on (namespace, pod, gpu)"
+    query = (
+        "max by (namespace, pod) ("
+        f"(DCGM_FI_PROF_DRAM_ACTIVE - {on} DCGM_FI_PROF_PIPE_TENSOR_ACTIVE)"
+        f" and {on} (DCGM_FI_PROF_DRAM_ACTIVE >= {p['dramActiveMin']})"
+        f" and {on} (DCGM_FI_PROF_GR_ENGINE_ACTIVE >= {p['grEngineActiveMin']}))"
+    )
+    return Rendered(query, DCGM, ">=", float(p["scoreMin"]), "0s")
+
+
+def _tensor_collapse(p: Mapping[str, str]) -> Rendered:
+    base, recent = p["baselineWindow"], p["recentWindow"]
+    tensor = "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"
+    baseline = f"avg by (namespace, pod) (avg_over_time({tensor}[{base}] offset {recent}))"
+    query = (
+        f"(avg by (namespace, pod) (avg_over_time({tensor}[{recent}])) / {baseline})"
+        f" and on (namespace, pod) ({baseline} >= {p['baselineMin']})"
+        " and on (namespace, pod) (avg by (namespace, pod) (DCGM_FI_PROF_GR_ENGINE_ACTIVE)"
+        f" >= {p['grEngineActiveMin']})"
+    )
+    return Rendered(query, DCGM, "<=", float(p["dropRatio"]), _plus(base, recent))
+
+
+def _gpu_busy_no_progress(p: Mapping[str, str]) -> Rendered:
+    window, metric = p["window"], p["progressMetric"]
+    query = (
+        f"(avg by (namespace, pod) (DCGM_FI_DEV_GPU_UTIL) >= {p['gpuUtilMin']})"
+        f" and on (namespace, pod) (sum by (namespace, pod) (increase({metric}[{window}])) == 0)"
+    )
+    # The value is the GPU utilisation; any series left means busy without progress.
+    return Rendered(query, DCGM, ">", 0.0, window)
+
+
+def _unallocated_gpu_activity(p: Mapping[str, str]) -> Rendered:
+    query = f'max by (Hostname, gpu, UUID) (DCGM_FI_DEV_GPU_UTIL{{pod=""}}) >= {p["gpuUtilMin"]}'
+    return Rendered(query, ("Hostname", "UUID"), ">", 0.0, "0s", scope="node")
+
+
+def _mining_pool_egress(p: Mapping[str, str]) -> Rendered:
+    window = p["window"]
+    query = (
+        "sum by (source_namespace, source_pod) (increase(hubble_flows_to_world_total"
+        f'{{port=~"{_ports(p["ports"])}"}}[{window}]))'
+    )
+    return Rendered(query, HUBBLE, ">", 0.0, window)
+
+
+def _outbound_ssh(p: Mapping[str, str]) -> Rendered:
+    # Persistence, not a single flow: the share of the last `window` minutes that saw SSH
+    # flows to the world. A git clone over SSH lasts a minute; a reverse tunnel never ends.
+    window = p["window"]
+    flows = (
+        "sum by (source_namespace, source_pod) (increase(hubble_flows_to_world_total"
+        f'{{port=~"{_ports(p["ports"])}"}}[1m]))'
+    )
+    minutes = max(1, int(parse_duration(window).total_seconds() // 60))
+    query = f"count_over_time(({flows} > 0)[{window}:1m]) / {minutes}"
+    return Rendered(query, HUBBLE, ">=", float(p["persistence"]), _plus(window, "1m"))
+
+
+def _scan_fanout(p: Mapping[str, str]) -> Rendered:
+    # Fan-out: destination ports the pod had never reached until the last `window`
+    # (port-distribution series it did not have then), while it keeps sending SYNs.
+    window = p["window"]
+    ports = "hubble_port_distribution_total"
+    fresh = f"count by (source_namespace, source_pod) ({ports} unless {ports} offset {window})"
+    syns = (
+        "sum by (source_namespace, source_pod) "
+        f'(rate(hubble_tcp_flags_total{{flag="SYN"}}[{window}]))'
+    )
+    query = f"({fresh}) and on (source_namespace, source_pod) ({syns} >= {p['synRateMin']})"
+    return Rendered(query, HUBBLE, ">=", float(p["distinctPortsMin"]), window)
+
+
+def _egress_spike(p: Mapping[str, str]) -> Rendered:
+    base = p["baselineWindow"]
+    sent = (
+        "sum by (namespace, pod) "
+        '(rate(container_network_transmit_bytes_total{interface="eth0"}[5m]))'
+    )
+    baseline = f"avg_over_time(({sent})[{base}:5m] offset 5m)"
+    gpu_pods = "on (namespace, pod) (count by (namespace, pod) (DCGM_FI_DEV_GPU_UTIL))"
+    query = (
+        f"(({sent}) / ({baseline} > 0))"
+        f" and on (namespace, pod) (({sent}) >= {p['minBytesPerSecond']})"
+        f" and {gpu_pods}"
+    )
+    return Rendered(query, DCGM, ">=", float(p["factor"]), _plus(base, "5m", "5m"))
+
+
+def _falco_rule_hits(p: Mapping[str, str]) -> Rendered:
+    window = p["window"]
+    query = (
+        "sum by (k8s_ns_name, k8s_pod_name) (increase("
+        f'falcosecurity_falcosidekick_falco_events_total{{rule=~"{p["rules"]}",'
+        f'priority=~"{p["priorities"]}"}}[{window}]))'
+    )
+    return Rendered(query, FALCO, ">", 0.0, window)
+
+
+RENDERERS: dict[str, Callable[[Mapping[str, str]], Rendered]] = {
+    "gpu-mining-profile": _gpu_mining_profile,
+    "tensor-collapse": _tensor_collapse,
+    "gpu-busy-no-progress": _gpu_busy_no_progress,
+    "unallocated-gpu-activity": _unallocated_gpu_activity,
+    "mining-pool-egress": _mining_pool_egress,
+    "outbound-ssh": _outbound_ssh,
+    "scan-fanout": _scan_fanout,
+    "egress-spike": _egress_spike,
+    "falco-rule-hits": _falco_rule_hits,
+}
+
+
+def render(preset: str, params: Mapping[str, str] | None = None) -> Rendered:
+    """The preset's query with its defaults overridden by ``params`` (already checked)."""
+    values = {name: param.default for name, param in PRESETS[preset].items()}
+    values.update(params or {})
+    return RENDERERS[preset](values)

@@ -1,0 +1,274 @@
+"""What each behaviour looks like to the exporters, sample by sample. Pure and deterministic.
+
+The figures are shaped after what the real exporters report for such workloads: DCGM's
+utilisation in percent and its profiling counters as 0-1 ratios, counters that only grow
+(and reset on restart), Hubble flows labelled by source pod and destination port, Falco
+rule names as Falco's own rules spell them. Noise is a hash of (pod, time, series), so the
+same scenario always yields the same series.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from breaker.sim.scenario import GPU_BEHAVIOURS, Scenario, SimPod
+
+Labels = tuple[tuple[str, str], ...]
+
+# (utilisation %, graphics engine, tensor pipe, DRAM) ranges, and training steps per second.
+GPU_PROFILES: dict[str, tuple[tuple[float, float], ...]] = {
+    "train-mixed": ((95, 99), (0.85, 0.95), (0.35, 0.55), (0.25, 0.40)),
+    "train-fp32": ((94, 99), (0.85, 0.95), (0.0, 0.02), (0.35, 0.50)),
+    "eval": ((85, 95), (0.65, 0.80), (0.25, 0.35), (0.20, 0.30)),
+    "data-loader-stall": ((0, 8), (0.0, 0.06), (0.0, 0.01), (0.0, 0.03)),
+    "loading-checkpoint": ((0, 5), (0.0, 0.05), (0.0, 0.01), (0.05, 0.10)),
+    "mine": ((99, 100), (0.92, 0.98), (0.0, 0.01), (0.90, 0.98)),
+    "mine-while-training": ((99, 100), (0.90, 0.97), (0.12, 0.20), (0.85, 0.92)),
+    "idle": ((0, 0), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0)),
+}
+STEPS_PER_SECOND = {"train-mixed": 2.0, "train-fp32": 0.8, "mine-while-training": 0.3}
+RESTART_LOAD_SECONDS = 120.0
+BASE_TX = 50e3  # logs and metrics, bytes per second
+
+FALCO_RULES = {
+    "package-install": ("Launch Package Management Process in Container", "Error"),
+    "miner-pool-egress": ("Detect crypto miners using the Stratum protocol", "Critical"),
+    "tunnel-over-443": ("Disallowed SSH Connection Non Standard Port", "Notice"),
+    "internal-scan-fast": ("Launch Suspicious Network Tool in Container", "Notice"),
+}
+
+
+def noise(*parts: object) -> float:
+    """A deterministic number in [0, 1) for these parts."""
+    digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def between(low_high: tuple[float, float], *parts: object) -> float:
+    low, high = low_high
+    return low + (high - low) * noise(*parts)
+
+
+@dataclass
+class PodState:
+    """Counters of one pod, carried from sample to sample."""
+
+    steps: float = 0.0
+    tx: float = 0.0
+    flows: dict[int, float] = field(default_factory=dict)  # to the world, by port
+    ports: dict[int, float] = field(default_factory=dict)  # port distribution
+    syns: float = 0.0
+    drops: float = 0.0
+    falco: dict[tuple[str, str], float] = field(default_factory=dict)
+    scanned: int = 0
+    restarted_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    kind: str  # "gauge" or "counter"
+    labels: Labels
+    value: float
+
+
+def gpu_behaviour(pod: SimPod, offset: float) -> tuple[str, float]:
+    """The GPU behaviour at ``offset`` and when it started (the latest started wins)."""
+    current, started = "idle", -1.0
+    for segment in pod.timeline:
+        if segment.do in GPU_BEHAVIOURS and segment.active(offset):
+            begin = _seconds(segment.at)
+            if begin >= started:
+                current, started = segment.do, begin
+    return current, started
+
+
+def _seconds(text: str) -> float:
+    from breaker.api.common import parse_duration
+
+    return parse_duration(text).total_seconds()
+
+
+def net_behaviours(pod: SimPod, offset: float) -> list[tuple[str, float]]:
+    return [
+        (s.do, _seconds(s.at))
+        for s in pod.timeline
+        if s.do not in GPU_BEHAVIOURS and s.active(offset)
+    ]
+
+
+def advance(pod: SimPod, state: PodState, offset: float, dt: float) -> str:
+    """Move the pod's counters forward by ``dt`` seconds ending at ``offset``; the GPU profile."""
+    behaviour, started = gpu_behaviour(pod, offset)
+    profile = behaviour
+    if behaviour == "restart-from-checkpoint":
+        if state.restarted_at != started:
+            state.restarted_at, state.steps = started, 0.0  # a new process: the counter resets
+        profile = "loading-checkpoint" if offset - started < RESTART_LOAD_SECONDS else "train-mixed"
+    state.steps += STEPS_PER_SECOND.get(profile, 0.0) * dt
+
+    tx = BASE_TX
+    for name, began in net_behaviours(pod, offset):
+        since = offset - began
+        tx += _network(name, state, since, dt, pod, offset)
+    state.tx += tx * dt
+    return profile
+
+
+def _network(
+    name: str, state: PodState, since: float, dt: float, pod: SimPod, offset: float
+) -> float:
+    """Count one network behaviour's flows and return its transmit rate (bytes per second)."""
+
+    def flow(port: int, count: float) -> None:
+        state.flows[port] = state.flows.get(port, 0.0) + count
+        state.ports[port] = state.ports.get(port, 0.0) + count
+
+    def falco(per_minute: float) -> None:
+        rule = FALCO_RULES[name]
+        state.falco[rule] = state.falco.get(rule, 0.0) + per_minute * dt / 60
+
+    if name == "checkpoint-upload":
+        flow(443, 0.4 * dt)
+        state.syns += 0.2 * dt
+        return 400e6
+    if name == "nccl-allreduce":
+        for port in (29500, 29501, 29502, 29503):
+            state.ports[port] = state.ports.get(port, 0.0) + 2 * dt
+        if since < dt:
+            state.syns += 16
+        return 1.5e9
+    if name == "package-install":
+        flow(443, 1.5 * dt)
+        flow(80, 0.3 * dt)
+        state.syns += 2 * dt
+        falco(2)
+        return 2e6
+    if name == "git-over-ssh":
+        flow(22, 0.2 * dt)
+        state.syns += 0.1 * dt
+        return 1e6
+    if name == "miner-pool-egress":
+        flow(3333, 0.1 * dt)
+        falco(4)
+        return 5e3
+    if name == "miner-pool-egress-tls":
+        flow(443, 0.1 * dt)  # looks like any HTTPS client
+        return 5e3
+    if name == "reverse-ssh-tunnel":
+        flow(22, 0.1 * dt)  # keepalives on one long-lived connection
+        return 20e3
+    if name == "tunnel-over-443":
+        flow(443, 0.1 * dt)
+        falco(1)
+        return 20e3
+    if name in ("internal-scan-slow", "internal-scan-fast"):
+        rate = 0.1 if name == "internal-scan-slow" else 50.0
+        probes = rate * dt
+        # Each probe tries the next port of a target; port-distribution has one series each.
+        first, state.scanned = state.scanned, state.scanned + max(1, round(probes))
+        for port in range(1 + first, 1 + min(state.scanned, first + 200)):
+            state.ports[port] = state.ports.get(port, 0.0) + 1
+        state.syns += probes
+        state.drops += probes
+        if name == "internal-scan-fast":
+            falco(1)
+        return 50e3
+    raise ValueError(f"unknown behaviour {name}")
+
+
+def gpu_uuid(pod: SimPod, index: int) -> str:
+    digest = hashlib.sha1(f"{pod.node}/{pod.key}/{index}".encode()).hexdigest()
+    return f"GPU-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+
+
+def samples(pod: SimPod, state: PodState, profile: str, at: float) -> Iterator[Series]:
+    """Every series the exporters would show for ``pod`` now."""
+    util, engine, tensor, dram = GPU_PROFILES[profile]
+    for index in range(pod.gpus):
+        labels: Labels = (
+            ("gpu", str(index)),
+            ("UUID", gpu_uuid(pod, index)),
+            ("device", f"nvidia{index}"),
+            ("modelName", "NVIDIA H100 80GB HBM3"),
+            ("Hostname", pod.node),
+            ("container", "trainer"),
+            ("namespace", pod.namespace),
+            ("pod", pod.name),
+        )
+        yield Series(
+            "DCGM_FI_DEV_GPU_UTIL", "gauge", labels, round(between(util, pod.key, at, index, "u"))
+        )
+        yield Series(
+            "DCGM_FI_PROF_GR_ENGINE_ACTIVE",
+            "gauge",
+            labels,
+            between(engine, pod.key, at, index, "g"),
+        )
+        yield Series(
+            "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE",
+            "gauge",
+            labels,
+            between(tensor, pod.key, at, index, "t"),
+        )
+        yield Series(
+            "DCGM_FI_PROF_DRAM_ACTIVE", "gauge", labels, between(dram, pod.key, at, index, "d")
+        )
+    own = (("namespace", pod.namespace), ("pod", pod.name))
+    if pod.step_counter:
+        yield Series("training_steps_total", "counter", own, float(int(state.steps)))
+    yield Series(
+        "container_network_transmit_bytes_total", "counter", (*own, ("interface", "eth0")), state.tx
+    )
+    source = (("source_namespace", pod.namespace), ("source_pod", pod.name))
+    for port, count in sorted(state.flows.items()):
+        labels = (*source, ("protocol", "TCP"), ("port", str(port)))
+        yield Series("hubble_flows_to_world_total", "counter", labels, float(int(count)))
+    for port, count in sorted(state.ports.items()):
+        labels = (*source, ("protocol", "TCP"), ("port", str(port)))
+        yield Series("hubble_port_distribution_total", "counter", labels, float(int(count)))
+    yield Series(
+        "hubble_tcp_flags_total",
+        "counter",
+        (*source, ("family", "IPv4"), ("flag", "SYN")),
+        float(int(state.syns)),
+    )
+    if state.drops:
+        labels = (*source, ("protocol", "TCP"), ("reason", "POLICY_DENIED"))
+        yield Series("hubble_drop_total", "counter", labels, float(int(state.drops)))
+    for (rule, priority), count in sorted(state.falco.items()):
+        labels = (
+            ("rule", rule),
+            ("priority", priority),
+            ("source", "syscall"),
+            ("hostname", pod.node),
+            ("k8s_ns_name", pod.namespace),
+            ("k8s_pod_name", pod.name),
+        )
+        yield Series(
+            "falcosecurity_falcosidekick_falco_events_total", "counter", labels, float(int(count))
+        )
+    if pod.owner is not None:
+        labels = (
+            *own,
+            ("owner_kind", pod.owner.kind),
+            ("owner_name", pod.owner.name),
+            ("owner_is_controller", "true"),
+        )
+        yield Series("kube_pod_owner", "gauge", labels, 1.0)
+
+
+def run(scenario: Scenario) -> Iterator[tuple[float, list[Series]]]:
+    """Every sample time (offset in seconds from the start) and the series then."""
+    states = {pod.key: PodState() for pod in scenario.pods}
+    step = scenario.step
+    offset = 0.0
+    while offset <= scenario.seconds:
+        current: list[Series] = []
+        for pod in scenario.pods:
+            profile = advance(pod, states[pod.key], offset, step if offset > 0 else 0.0)
+            current.extend(samples(pod, states[pod.key], profile, offset))
+        yield offset, current
+        offset += step

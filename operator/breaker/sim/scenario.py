@@ -1,0 +1,143 @@
+"""The scenario format of `breaker sim`: pods, and what each does when.
+
+```yaml
+name: rome-sequence
+description: probe the network, open a reverse tunnel, then mine
+duration: 90m            # how long the scenario runs
+interval: 15s            # how often the exporters sample (DCGM's default is 30s; Hubble's 15s)
+start: 2026-01-01T00:00:00Z   # optional: where files start (default: now - duration)
+pods:
+  - namespace: team-a
+    name: rl-agent-0
+    node: gpu-node-0
+    gpus: 8
+    stepCounter: true        # the job exports training_steps_total
+    owner: {kind: Job, name: rl-agent}
+    timeline:
+      - {at: 0m, do: train-mixed}
+      - {at: 40m, until: 45m, do: internal-scan-slow}
+      - {at: 50m, do: reverse-ssh-tunnel}
+expect:
+  - pod: team-a/rl-agent-0
+    trips: true
+    from: 40m                # the first bad sample
+    within: 5m               # the detection budget from there
+```
+
+Each timeline entry runs from ``at`` until ``until`` (or the end). GPU behaviours replace
+one another (the latest started wins); network and host behaviours add up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from breaker.api.common import DNS_LABEL, ApiModel, Duration, parse_duration
+
+GpuBehaviour = Literal[
+    "train-mixed",
+    "train-fp32",
+    "eval",
+    "data-loader-stall",
+    "restart-from-checkpoint",
+    "mine",
+    "mine-while-training",
+    "idle",
+]
+NetBehaviour = Literal[
+    "checkpoint-upload",
+    "nccl-allreduce",
+    "package-install",
+    "git-over-ssh",
+    "miner-pool-egress",
+    "miner-pool-egress-tls",
+    "reverse-ssh-tunnel",
+    "tunnel-over-443",
+    "internal-scan-slow",
+    "internal-scan-fast",
+]
+GPU_BEHAVIOURS: tuple[str, ...] = GpuBehaviour.__args__  # type: ignore[attr-defined]
+
+
+class Segment(ApiModel):
+    """One behaviour over a span of the scenario."""
+
+    at: Duration = Field(description="When it starts, from the scenario's start.")
+    until: Duration | None = Field(default=None, description="When it stops (default: never).")
+    do: GpuBehaviour | NetBehaviour = Field(description="The behaviour.")
+
+    def active(self, offset: float) -> bool:
+        start = parse_duration(self.at).total_seconds()
+        end = parse_duration(self.until).total_seconds() if self.until else float("inf")
+        return start <= offset < end
+
+
+class Owner(ApiModel):
+    kind: str = Field(description="The owning workload's kind (for kube_pod_owner).")
+    name: str = Field(description="Its name.")
+
+
+class SimPod(ApiModel):
+    namespace: str = Field(pattern=DNS_LABEL, max_length=63, description="The pod's namespace.")
+    name: str = Field(max_length=253, description="The pod's name.")
+    node: str = Field(default="gpu-node-0", description="The node it runs on.")
+    gpus: int = Field(default=8, ge=0, le=16, description="GPUs allocated to it.")
+    step_counter: bool = Field(default=True, description="Whether it exports training_steps_total.")
+    owner: Owner | None = Field(default=None, description="Its controller, if any.")
+    timeline: list[Segment] = Field(min_length=1, description="What it does when.")
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class Expectation(ApiModel):
+    pod: str = Field(description="namespace/name of the pod.")
+    trips: bool = Field(description="Whether the default policy must trip it.")
+    from_: Duration | None = Field(default=None, alias="from", description="The first bad sample.")
+    within: Duration | None = Field(default=None, description="The detection budget from there.")
+
+
+class Scenario(ApiModel):
+    name: str = Field(pattern=DNS_LABEL, max_length=63, description="The scenario's name.")
+    description: str = Field(default="", description="What it replays.")
+    duration: Duration = Field(description="How long it runs.")
+    interval: Duration = Field(default="15s", description="The exporters' sampling interval.")
+    start: dt.datetime | None = Field(default=None, description="Where files start.")
+    pods: list[SimPod] = Field(min_length=1, description="The pods and their timelines.")
+    expect: list[Expectation] = Field(default_factory=list, description="Expected outcomes.")
+
+    @property
+    def seconds(self) -> float:
+        return parse_duration(self.duration).total_seconds()
+
+    @property
+    def step(self) -> float:
+        return parse_duration(self.interval).total_seconds()
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be used; the message names the file and the field."""
+
+
+def load(path: Path) -> Scenario:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ScenarioError(f"{path}: cannot read: {error}") from error
+    try:
+        scenario = Scenario.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ScenarioError(f"{path}: {where}: {first['msg']}") from error
+    names = [pod.key for pod in scenario.pods]
+    for expectation in scenario.expect:
+        if expectation.pod not in names:
+            raise ScenarioError(f"{path}: expect: pod {expectation.pod} is not in pods")
+    return scenario
