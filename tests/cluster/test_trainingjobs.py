@@ -306,7 +306,7 @@ def test_problems_show_on_the_object_and_the_rest_keeps_running(
     assert (condition["status"], condition["reason"]) == ("False", "InvalidPolicy")
     assert condition["message"] == (
         "spec.signals[0] (ssh).params.port: preset outbound-ssh has no such parameter; "
-        "it takes ports, window"
+        "it takes persistence, ports, window"
     )
     warnings = core.list_namespaced_event(
         jobs.namespace, field_selector="involvedObject.name=typo"
@@ -316,9 +316,8 @@ def test_problems_show_on_the_object_and_the_rest_keeps_running(
     jobs.wait_states({"fine": ("Running", None)}, "a valid job to run beside the broken objects")
 
 
-def test_the_examples_apply_cleanly(
-    local_cluster: LocalCluster, namespace: str, operator: Path
-) -> None:
+def test_the_examples_apply_cleanly(local_cluster: LocalCluster, jobs: Jobs) -> None:
+    namespace = jobs.namespace
     examples = repo_root() / "examples"
     env = local_cluster.env()
     subprocess.run(
@@ -349,19 +348,11 @@ def test_the_examples_apply_cleanly(
                 check=True,
                 capture_output=True,
             )
-        subprocess.run(
-            [
-                "kubectl",
-                "wait",
-                "--for=jsonpath={.status.state}=Running",
-                "--timeout=60s",
-                "-n",
-                namespace,
-                "trainingjob/llm-finetune-small",
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
+        # On an empty cluster the large job (priority 100) takes all 32 GPUs first and the
+        # small one waits for them.
+        jobs.wait_states(
+            {"rl-agent-large": ("Running", None), "llm-finetune-small": ("Queued", 1)},
+            "the large example to run and the small one to queue",
         )
     finally:
         subprocess.run(

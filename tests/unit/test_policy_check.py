@@ -28,7 +28,7 @@ def test_an_unknown_parameter_is_named_with_the_ones_that_exist() -> None:
     (problem,) = problems(spec({"name": "m", "preset": "outbound-ssh", "params": {"port": "22"}}))
     assert problem == (
         "spec.signals[0] (m).params.port: preset outbound-ssh has no such parameter; "
-        "it takes ports, window"
+        "it takes persistence, ports, window"
     )
 
 

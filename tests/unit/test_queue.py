@@ -33,8 +33,8 @@ def test_higher_priority_first_then_older_first() -> None:
         demand("old-high", 2, 8, priority=10, age=1),
     ]
     result = plan(jobs, FOUR_NODES)
-    assert result.admit == (("ns", "old-high"), ("ns", "new-high"))
-    assert result.queued == (("ns", "old-low"),)
+    assert result.admit == (("ns", "old-high"),)
+    assert result.queued == (("ns", "new-high"), ("ns", "old-low"))
 
 
 def test_a_gang_is_admitted_whole_or_not_at_all() -> None:
@@ -58,12 +58,20 @@ def test_a_blocked_job_does_not_hold_back_a_smaller_one() -> None:
     assert result.queued == (("ns", "big"),)
 
 
-def test_admitted_jobs_still_starting_keep_their_gpus_reserved() -> None:
-    starting = demand("starting", 2, 8, admitted=True, bound_replicas=0)
+def test_nothing_is_admitted_while_an_admitted_job_is_being_placed() -> None:
+    starting = demand("starting", 2, 8, admitted=True, bound_replicas=1)
     waiting = demand("waiting", 1, 8, age=1)
-    result = plan([starting, waiting], {"n0": 8, "n1": 8})
+    result = plan([starting, waiting], {"n0": 8, "n1": 8, "n2": 8})
     assert result.admit == ()
     assert result.queued == (("ns", "waiting"),)
+    placed = demand("starting", 2, 8, admitted=True, bound_replicas=2)
+    assert plan([placed, waiting], {"n2": 8}).admit == (("ns", "waiting"),)
+
+
+def test_one_admission_per_pass() -> None:
+    result = plan([demand("a", 1, 8), demand("b", 1, 8, age=1)], FOUR_NODES)
+    assert result.admit == (("ns", "a"),)
+    assert result.queued == (("ns", "b"),)
 
 
 def test_a_job_that_no_longer_wants_gpus_is_released() -> None:

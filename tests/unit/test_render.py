@@ -79,6 +79,15 @@ def test_no_allow_list_means_dns_only() -> None:
     ]
 
 
+def test_gpus_in_init_containers_are_refused_too() -> None:
+    tj = trainingjob()
+    tj["spec"]["template"]["spec"]["initContainers"] = [
+        {"name": "warm", "image": "i", "resources": {"limits": {"nvidia.com/gpu": "8"}}}
+    ]
+    with pytest.raises(InvalidTemplate, match=r"initContainers\[0\]\.resources\.limits"):
+        render_job(tj)
+
+
 def test_dns_off_and_no_allow_list_denies_everything() -> None:
     policy = render_network_policy(trainingjob(egress={"dns": False}))
     assert policy["spec"]["egress"] == []

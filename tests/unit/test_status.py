@@ -28,14 +28,12 @@ def condition(status: dict[str, object], type_: str) -> dict[str, object]:
 
 
 def test_queued_says_where_and_what_it_needs() -> None:
-    status = compute(observed(queue_position=2, queue_length=3, free_gpus=8), NOW)
+    status = compute(observed(queue_position=2, queue_length=3), NOW)
     assert status["state"] == "Queued"
     assert status["queuePosition"] == 2
     queued = condition(status, "Queued")
     assert queued["status"] == "True"
-    assert queued["message"] == (
-        "position 2 of 3; needs 16 nvidia.com/gpu (2 x 8) free at once, 8 free now"
-    )
+    assert queued["message"] == ("position 2 of 3; needs 16 nvidia.com/gpu (2 x 8) free at once")
     assert condition(status, "Ready")["status"] == "False"
 
 

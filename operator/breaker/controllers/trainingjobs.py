@@ -3,8 +3,9 @@
 kopf keeps in-memory indexes of TrainingJobs, their Jobs and NetworkPolicies, GPU pods and
 nodes. Any change to them wakes a single loop, which reconciles every TrainingJob at once
 against those indexes (the queue is global: one job's GPUs are another's admission) and
-writes only what differs. At rest it makes no API calls; a slow resync guards against a
-missed event.
+writes only what differs. With nothing changing it makes no API calls: node heartbeats
+wake it only when a node's GPUs or readiness change, and failed writes are retried with a
+backoff rather than at once. A slow resync guards against a missed event.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -32,14 +34,26 @@ log = logging.getLogger("breaker.trainingjobs")
 TJ = ("breaker.dev", "v1alpha1", "trainingjobs")
 RESYNC_SECONDS = 300.0
 DEBOUNCE_SECONDS = 0.05
+RETRY_SECONDS = 5.0
+UNSCHEDULABLE_BACKOFF_SECONDS = 60.0
+Key = tuple[str, str]
 
 
 # -- what the indexes hold ---------------------------------------------------------------
 
 
 def pod_gpus(spec: dict[str, Any]) -> int:
+    """GPUs a pod holds: its containers' requests, or its largest init container's."""
+    return max(
+        _gpus_of(spec.get("containers", [])),
+        *(_gpus_of([c]) for c in spec.get("initContainers") or []),
+        0,
+    )
+
+
+def _gpus_of(containers: list[dict[str, Any]]) -> int:
     total = 0
-    for container in spec.get("containers", []):
+    for container in containers:
         resources = container.get("resources") or {}
         amount = (resources.get("limits") or {}).get(GPU_RESOURCE) or (
             resources.get("requests") or {}
@@ -61,6 +75,7 @@ class PodInfo:
     gpus: int
     trainingjob: str | None
     deleting: bool
+    unschedulable: bool = False
 
 
 @kopf.index("pods", when=_gpu_or_training_pod)
@@ -83,18 +98,26 @@ def gpu_pods(
             gpus=pod_gpus(dict(spec)),
             trainingjob=labels.get(JOB_LABEL),
             deleting=meta.get("deletionTimestamp") is not None,
+            unschedulable=any(
+                c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable"
+                for c in status.get("conditions") or []
+            ),
         )
     }
 
 
-@kopf.index("nodes")
-def gpu_nodes(name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, int]:
-    """Allocatable GPUs of each node that can take new pods (0 when it cannot)."""
+def node_gpus(spec: kopf.Spec, status: kopf.Status) -> int:
+    """Allocatable GPUs of a node that can take new pods (0 when it cannot)."""
     ready = any(
         c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", [])
     )
     gpus = int((status.get("allocatable") or {}).get(GPU_RESOURCE, 0))
-    return {name: gpus if ready and not spec.get("unschedulable") else 0}
+    return gpus if ready and not spec.get("unschedulable") else 0
+
+
+@kopf.index("nodes")
+def gpu_nodes(name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, int]:
+    return {name: node_gpus(spec, status)}
 
 
 @kopf.index(*TJ)
@@ -111,6 +134,7 @@ def trainingjob_jobs(
     spec: kopf.Spec,
     status: kopf.Status,
     labels: kopf.Labels,
+    meta: kopf.Meta,
     **_: Any,
 ) -> dict[tuple[str | None, str], status_core.JobView]:
     return {
@@ -118,15 +142,33 @@ def trainingjob_jobs(
             name=name,
             suspended=bool(spec.get("suspend")),
             conditions=tuple(copy.deepcopy(status.get("conditions") or [])),
+            owner=_controller_uid(meta),
         )
     }
 
 
 @kopf.index("networking.k8s.io", "v1", "networkpolicies", labels={JOB_LABEL: kopf.PRESENT})
 def trainingjob_netpols(
-    namespace: str | None, name: str, spec: kopf.Spec, labels: kopf.Labels, **_: Any
+    namespace: str | None,
+    name: str,
+    spec: kopf.Spec,
+    labels: kopf.Labels,
+    meta: kopf.Meta,
+    **_: Any,
 ) -> dict[tuple[str | None, str], dict[str, Any]]:
-    return {(namespace, labels[JOB_LABEL]): {"name": name, "spec": copy.deepcopy(dict(spec))}}
+    return {
+        (namespace, labels[JOB_LABEL]): {
+            "name": name,
+            "spec": copy.deepcopy(dict(spec)),
+            "owner": _controller_uid(meta),
+        }
+    }
+
+
+def _controller_uid(meta: kopf.Meta) -> str | None:
+    return next(
+        (o.get("uid") for o in meta.get("ownerReferences") or [] if o.get("controller")), None
+    )
 
 
 def _only(index: kopf.Index[Any, Any], key: Any) -> Any:
@@ -145,6 +187,10 @@ class TrainingController:
         self.indexes = indexes
         self.wake = asyncio.Event()
         self.ready = False
+        self.retry = False
+        self.written: dict[Key, str] = {}  # the state last written, for transition Events
+        self.unschedulable_until: dict[Key, float] = {}
+        self.nodes_seen: dict[str, Any] = {}
 
     def nudge(self) -> None:
         self.ready = True  # the first handler call means kopf has filled the indexes
@@ -152,22 +198,24 @@ class TrainingController:
 
     async def run(self) -> None:
         while True:
+            timeout = RETRY_SECONDS if self.retry else RESYNC_SECONDS
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=RESYNC_SECONDS)
+                await asyncio.wait_for(self.wake.wait(), timeout=timeout)
             if not self.ready:
                 continue
             self.wake.clear()
             await asyncio.sleep(DEBOUNCE_SECONDS)  # one pass for a burst of events
             try:
-                await self.reconcile()
+                self.retry = await self.reconcile()
             except Exception:
-                log.exception("TrainingJob reconcile failed; retrying")
-                await asyncio.sleep(1)
-                self.wake.set()
+                log.exception("TrainingJob reconcile failed; retrying in %ss", RETRY_SECONDS)
+                self.retry = True
 
-    async def reconcile(self) -> None:
+    async def reconcile(self) -> bool:
+        """One pass over every TrainingJob; True if something failed and needs a retry."""
         now = dt.datetime.now(dt.UTC)
-        tjs: dict[tuple[str, str], dict[str, Any]] = {
+        failed = False
+        tjs: dict[Key, dict[str, Any]] = {
             key: _only(self.indexes["trainingjobs"], key) for key in self.indexes["trainingjobs"]
         }
         pods: list[PodInfo] = [
@@ -180,49 +228,47 @@ class TrainingController:
         bound = [(p.node, p.gpus) for p in pods if p.node and p.phase in ("Pending", "Running")]
         free = queue.free_gpus(allocatable, bound)
 
-        demands = []
-        problems: dict[tuple[str, str], tuple[str, str]] = {}
+        demands: list[queue.Demand] = []
+        problems: dict[Key, tuple[str, str]] = {}
         for key, body in tjs.items():
             if body["metadata"].get("deletionTimestamp"):
                 continue
             try:
-                problem = await self._ensure_owned(key, body)
-            except client.ApiException as error:
-                # One job's trouble is reported on that job; the rest carry on.
-                log.warning("TrainingJob %s/%s: %s", *key, error.reason)
-                problem = (
-                    "ReconcileError",
-                    f"{error.status} {error.reason}: {_api_message(error)}",
-                )
-                self.wake.set()
-            job_view: status_core.JobView | None = _only(self.indexes["trainingjob_jobs"], key)
-            demand = _demand(key, body, job_view, pods, wants=problem is None)
-            if problem is None and (reason := queue.never_fits(demand, allocatable)):
-                problem = ("Unschedulable", reason)
+                demand, problem = await self._prepare(key, body, pods, allocatable, now)
+            except Exception as error:  # one job's trouble is reported on that job only
+                log.warning("TrainingJob %s/%s: %s", *key, error)
+                failed = True
+                continue
             if problem is not None:
                 problems[key] = problem
+                failed = failed or problem[0] == "ReconcileError"
             demands.append(demand)
 
         plan = queue.plan(demands, free)
+        changed: dict[Key, bool] = {}
         for key in plan.admit:
-            await self._suspend_job(key, False, "admitted by the GPU queue")
+            if await self._suspend_job(key, False, "admitted by the GPU queue"):
+                changed[key] = False
+            else:
+                failed = True
         for key in plan.release:
-            await self._suspend_job(key, True, "released its GPUs")
+            if await self._suspend_job(key, True, "released its GPUs"):
+                changed[key] = True
+            else:
+                failed = True
 
         positions = {key: index + 1 for index, key in enumerate(plan.queued)}
         for demand in demands:
             body = tjs[demand.key]
             job_view = _only(self.indexes["trainingjob_jobs"], demand.key)
-            if demand.key in plan.admit and job_view is not None:
-                job_view = status_core.JobView(job_view.name, False, job_view.conditions)
-            if demand.key in plan.release and job_view is not None:
-                job_view = status_core.JobView(job_view.name, True, job_view.conditions)
+            if job_view is not None and demand.key in changed:
+                job_view = dataclasses.replace(job_view, suspended=changed[demand.key])
             observed = status_core.Observed(
                 replicas=demand.replicas,
                 gpus_per_replica=demand.gpus_per_replica,
                 user_suspended=bool(body["spec"].get("suspend")),
                 generation=body["metadata"].get("generation"),
-                job=job_view,
+                job=job_view if problems.get(demand.key, ("",))[0] != "NameConflict" else None,
                 pods=tuple(
                     status_core.PodView(p.name, p.node, p.phase, p.gpus, p.deleting)
                     for p in pods
@@ -230,61 +276,156 @@ class TrainingController:
                 ),
                 queue_position=positions.get(demand.key),
                 queue_length=len(plan.queued),
-                free_gpus=sum(plan.free_after.values()),
                 problem=problems.get(demand.key),
                 network_policy=render.network_policy_name(demand.key[1]),
                 previous=body.get("status") or {},
             )
-            await self._write_status(body, status_core.compute(observed, now))
+            try:
+                await self._write_status(demand.key, body, status_core.compute(observed, now))
+            except Exception as error:
+                log.warning("TrainingJob %s/%s: status not written: %s", *demand.key, error)
+                failed = True
+        for key in list(self.written):
+            if key not in tjs:
+                del self.written[key]
+        return failed
+
+    async def _prepare(
+        self,
+        key: Key,
+        body: dict[str, Any],
+        pods: list[PodInfo],
+        allocatable: dict[str, int],
+        now: dt.datetime,
+    ) -> tuple[queue.Demand, tuple[str, str] | None]:
+        """Make sure the job's Job and egress policy exist; say what the queue should know."""
+        spec = TrainingJob.model_validate(body).spec
+        uid = body["metadata"]["uid"]
+        job_view: status_core.JobView | None = _only(self.indexes["trainingjob_jobs"], key)
+        if job_view is not None and job_view.owner != uid:
+            job_view = None
+            problem: tuple[str, str] | None = (
+                "NameConflict",
+                f"a Job labelled for {key[1]} exists that this TrainingJob does not own; "
+                "delete it (or rename the TrainingJob)",
+            )
+        else:
+            try:
+                problem = await self._ensure_owned(key, body, job_view)
+            except client.ApiException as error:
+                problem = (
+                    "ReconcileError",
+                    f"{error.status} {error.reason}: {_api_message(error)}",
+                )
+        mine = [p for p in pods if p.namespace == key[0] and p.trainingjob == key[1]]
+        finished = job_view is not None and (job_view.succeeded or job_view.failed)
+        admitted = job_view is not None and not job_view.suspended and not finished
+        if admitted and any(p.unschedulable and not p.deleting for p in mine):
+            # The scheduler disagrees with the plan (taints, selectors, another pod got
+            # there first): give the GPUs back and wait before trying again.
+            self.unschedulable_until[key] = now.timestamp() + UNSCHEDULABLE_BACKOFF_SECONDS
+        backing_off = self.unschedulable_until.get(key, 0.0) > now.timestamp()
+        policy = _only(self.indexes["trainingjob_netpols"], key)
+        egress_in_place = policy is not None and policy["owner"] == uid
+        if problem is None and not admitted:
+            demand_probe = queue.Demand(
+                key, 0, now, spec.replicas, spec.gpus_per_replica, False, True
+            )
+            if reason := queue.never_fits(demand_probe, allocatable):
+                problem = ("Unschedulable", reason)
+        if admitted:
+            # Passing API trouble never takes a running job's GPUs away.
+            wants = problem is None or problem[0] in ("ReconcileError", "Unschedulable")
+            wants = wants and not backing_off
+        else:
+            wants = problem is None and egress_in_place and job_view is not None and not backing_off
+        log.debug(
+            "%s/%s: problem=%s admitted=%s egress=%s job=%s backoff=%s",
+            *key,
+            problem,
+            admitted,
+            egress_in_place,
+            job_view is not None,
+            backing_off,
+        )
+        demand = queue.Demand(
+            key=key,
+            priority=spec.priority,
+            created=dt.datetime.fromisoformat(body["metadata"]["creationTimestamp"]),
+            replicas=spec.replicas,
+            gpus_per_replica=spec.gpus_per_replica,
+            admitted=admitted,
+            wants_gpus=wants and not spec.suspend and not finished,
+            bound_replicas=sum(
+                1 for p in mine if p.node and not p.deleting and p.phase in ("Pending", "Running")
+            ),
+        )
+        return demand, problem
 
     async def _ensure_owned(
-        self, key: tuple[str, str], body: dict[str, Any]
+        self, key: Key, body: dict[str, Any], job_view: status_core.JobView | None
     ) -> tuple[str, str] | None:
         """Create the Job and the egress policy if missing; fix the policy if it drifted."""
-        namespace = key[0]
+        namespace, uid = key[0], body["metadata"]["uid"]
         wanted_policy = render.render_network_policy(body)
         existing_policy = _only(self.indexes["trainingjob_netpols"], key)
         networking = client.NetworkingV1Api(self.api)
         if existing_policy is None:
-            await self._create(
+            if not await self._create(
                 networking.create_namespaced_network_policy, namespace, wanted_policy
-            )
-        elif existing_policy["spec"] != wanted_policy["spec"]:
+            ):
+                return _conflict("NetworkPolicy", wanted_policy["metadata"]["name"])
+        elif existing_policy["owner"] != uid:
+            return _conflict("NetworkPolicy", existing_policy["name"])
+        elif _pruned(existing_policy["spec"]) != _pruned(wanted_policy["spec"]):
             await kube.call(
                 networking.patch_namespaced_network_policy,
                 existing_policy["name"],
                 namespace,
                 {"spec": wanted_policy["spec"]},
             )
-        if _only(self.indexes["trainingjob_jobs"], key) is not None:
+        if job_view is not None:
             return None
         try:
             job = render.render_job(body)
         except render.InvalidTemplate as error:
             return ("InvalidSpec", str(error))
-        await self._create(client.BatchV1Api(self.api).create_namespaced_job, namespace, job)
+        if not await self._create(
+            client.BatchV1Api(self.api).create_namespaced_job, namespace, job
+        ):
+            return _conflict("Job", job["metadata"]["name"])
         return None
 
-    async def _create(self, create: Any, namespace: str, manifest: dict[str, Any]) -> None:
+    async def _create(self, create: Any, namespace: str, manifest: dict[str, Any]) -> bool:
+        """Create it; False if something of that name is already there."""
         try:
             await kube.call(create, namespace, manifest)
         except client.ApiException as error:
-            if error.status != 409:  # already there: the index will show it
-                raise
+            if error.status == 409:
+                return False
+            raise
+        return True
 
-    async def _suspend_job(self, key: tuple[str, str], suspend: bool, why: str) -> None:
+    async def _suspend_job(self, key: Key, suspend: bool, why: str) -> bool:
         job_view = _only(self.indexes["trainingjob_jobs"], key)
         if job_view is None:
-            return
+            return True  # still being created; the next pass admits it
         log.info("Job %s/%s: suspend=%s (%s)", key[0], job_view.name, suspend, why)
-        await kube.call(
-            client.BatchV1Api(self.api).patch_namespaced_job,
-            job_view.name,
-            key[0],
-            {"spec": {"suspend": suspend}},
-        )
+        try:
+            await kube.call(
+                client.BatchV1Api(self.api).patch_namespaced_job,
+                job_view.name,
+                key[0],
+                {"spec": {"suspend": suspend}},
+            )
+        except client.ApiException as error:
+            log.warning(
+                "Job %s/%s: suspend=%s failed: %s", key[0], job_view.name, suspend, error.reason
+            )
+            return False
+        return True
 
-    async def _write_status(self, body: dict[str, Any], wanted: dict[str, Any]) -> None:
+    async def _write_status(self, key: Key, body: dict[str, Any], wanted: dict[str, Any]) -> None:
         current = body.get("status") or {}
         if _without_none(wanted) == current:
             return
@@ -302,13 +443,34 @@ class TrainingController:
             if error.status == 404:
                 return
             raise
-        event = status_core.transition_event(current.get("state"), wanted["state"])
+        # The index may lag our own writes: remember what was written, so each transition
+        # is announced once.
+        before = self.written.get(key, current.get("state"))
+        self.written[key] = wanted["state"]
+        ready = next(c for c in wanted["conditions"] if c["type"] == "Ready")
+        event = status_core.transition_event(before, wanted["state"])
         if event is not None:
-            ready = next(c for c in wanted["conditions"] if c["type"] == "Ready")
             await events.post(self.api, body, event[0], event[1], ready["message"])
         elif wanted["state"] != "Running" and _problem_changed(current, wanted):
-            ready = next(c for c in wanted["conditions"] if c["type"] == "Ready")
             await events.post(self.api, body, "Warning", ready["reason"], ready["message"])
+
+
+def _conflict(kind: str, name: str) -> tuple[str, str]:
+    return (
+        "NameConflict",
+        f"a {kind} named {name} already exists and this TrainingJob does not own it; "
+        "delete it or rename the TrainingJob",
+    )
+
+
+def _pruned(value: Any) -> Any:
+    """A spec as the API server stores it: empty lists, maps and nulls dropped."""
+    if isinstance(value, dict):
+        pruned = {k: _pruned(v) for k, v in value.items()}
+        return {k: v for k, v in pruned.items() if v not in (None, [], {})}
+    if isinstance(value, list):
+        return [_pruned(v) for v in value]
+    return value
 
 
 def _problem_changed(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
@@ -316,7 +478,8 @@ def _problem_changed(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
         ready = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
         return ready["reason"] if ready else None
 
-    return reason(wanted) in ("InvalidSpec", "Unschedulable") and reason(current) != reason(wanted)
+    problems = ("InvalidSpec", "Unschedulable", "NameConflict")
+    return reason(wanted) in problems and reason(current) != reason(wanted)
 
 
 def _without_none(value: Any) -> Any:
@@ -325,38 +488,6 @@ def _without_none(value: Any) -> Any:
     if isinstance(value, list):
         return [_without_none(v) for v in value]
     return value
-
-
-def _demand(
-    key: tuple[str, str],
-    body: dict[str, Any],
-    job_view: status_core.JobView | None,
-    pods: list[PodInfo],
-    wants: bool,
-) -> queue.Demand:
-    spec = TrainingJob.model_validate(body).spec
-    finished = job_view is not None and (job_view.succeeded or job_view.failed)
-    bound = sum(
-        1
-        for p in pods
-        if p.namespace == key[0]
-        and p.trainingjob == key[1]
-        and p.node
-        and not p.deleting
-        and p.phase in ("Pending", "Running")
-    )
-    return queue.Demand(
-        key=key,
-        priority=spec.priority,
-        created=dt.datetime.fromisoformat(body["metadata"]["creationTimestamp"]),
-        replicas=spec.replicas,
-        gpus_per_replica=spec.gpus_per_replica,
-        admitted=job_view is not None and not job_view.suspended and not finished,
-        # A job whose Job is still being created takes its place in the plan all the same,
-        # so a lower-priority job cannot slip in ahead of it between two passes.
-        wants_gpus=wants and not spec.suspend and not finished,
-        bound_replicas=bound,
-    )
 
 
 # -- kopf wiring -------------------------------------------------------------------------
@@ -382,10 +513,23 @@ async def stop_training_controller(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT})
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels={JOB_LABEL: kopf.PRESENT})
 @kopf.on.event("pods", when=_gpu_or_training_pod)
-@kopf.on.event("nodes")
 def wake_training_controller(memo: kopf.Memo, **_: Any) -> None:
     controller: TrainingController | None = memo.get("training")
     if controller is not None:
+        controller.nudge()
+
+
+@kopf.on.event("nodes")
+def wake_on_node_capacity(
+    memo: kopf.Memo, name: str, type: str | None, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> None:
+    """Nodes heartbeat every few seconds; only a change of GPUs or readiness matters."""
+    controller: TrainingController | None = memo.get("training")
+    if controller is None:
+        return
+    seen = None if type == "DELETED" else node_gpus(spec, status)
+    if controller.nodes_seen.get(name, "unseen") != seen:
+        controller.nodes_seen[name] = seen
         controller.nudge()
 
 

@@ -425,7 +425,7 @@ class LocalCluster:
     def down(self) -> None:
         with self._lock():
             stopped = self._stop_all()
-        shutil.rmtree(self.directory, ignore_errors=True)
+            shutil.rmtree(self.directory, ignore_errors=True)
         if stopped:
             self.say(f"Stopped {', '.join(stopped)}; removed {self.directory}")
         else:

@@ -98,7 +98,10 @@ class Process:
         if self.pid() is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
             while self.pid() is not None:
+                if time.monotonic() > deadline:
+                    raise ClusterError(self.name, f"pid {pid} survived SIGKILL for 10s")
                 _reap(pid)
                 time.sleep(0.05)
         self.pid_file.unlink(missing_ok=True)

@@ -77,29 +77,28 @@ def free_gpus(allocatable: Mapping[str, int], bound: Iterable[tuple[str, int]]) 
 
 
 def plan(demands: Iterable[Demand], free: Mapping[str, int]) -> Plan:
-    """Decide admissions. ``free`` already excludes the GPUs of every bound pod."""
-    demands = sorted(demands, key=Demand.order)
-    remaining = dict(free)
-    # Admitted jobs whose pods are not all bound yet hold their GPUs in reserve, so the
-    # same free GPUs are never promised twice while the scheduler catches up.
-    for demand in demands:
-        if demand.admitted and demand.wants_gpus and demand.bound_replicas < demand.replicas:
-            unbound = demand.replicas - demand.bound_replicas
-            reserved = place(unbound, demand.gpus_per_replica, remaining)
-            if reserved is not None:
-                remaining = subtract(remaining, reserved)
+    """Decide admissions. ``free`` already excludes the GPUs of every bound pod.
 
+    One job is admitted at a time: while an admitted job's pods are not all bound, nothing
+    else is. The next decision then reads the nodes as the scheduler left them, and since
+    a job's replicas are all the same size, whichever nodes the scheduler picks for them,
+    they fit wherever ``place`` found room (each replica uses up exactly one slot).
+    """
+    demands = sorted(demands, key=Demand.order)
+    placing = any(d.admitted and d.wants_gpus and d.bound_replicas < d.replicas for d in demands)
+    remaining = dict(free)
     admit: list[Key] = []
     queued: list[Key] = []
     for demand in demands:
         if demand.admitted or not demand.wants_gpus:
             continue
-        placement = place(demand.replicas, demand.gpus_per_replica, remaining)
+        placement = None if placing else place(demand.replicas, demand.gpus_per_replica, remaining)
         if placement is None:
             queued.append(demand.key)
         else:
             admit.append(demand.key)
             remaining = subtract(remaining, placement)
+            placing = True
     release = [d.key for d in demands if d.admitted and not d.wants_gpus]
     return Plan(tuple(admit), tuple(release), tuple(queued), remaining)
 

@@ -38,14 +38,21 @@ def network_policy_name(name: str) -> str:
 
 
 def check_template(job: TrainingJob) -> None:
-    for index, container in enumerate(job.spec.template.spec.containers):
-        resources = (container.model_extra or {}).get("resources") or {}
-        for kind in ("limits", "requests"):
-            if GPU_RESOURCE in (resources.get(kind) or {}):
-                raise InvalidTemplate(
-                    f"spec.template.spec.containers[{index}].resources.{kind}[{GPU_RESOURCE}] "
-                    "is set by breaker from spec.gpusPerReplica; remove it"
-                )
+    """Refuse what would let a job hold GPUs the queue does not count."""
+    spec = job.spec.template.spec
+    groups = {
+        "containers": [c.model_dump(by_alias=True) for c in spec.containers],
+        "initContainers": (spec.model_extra or {}).get("initContainers") or [],
+    }
+    for group, containers in groups.items():
+        for index, container in enumerate(containers):
+            resources = container.get("resources") or {}
+            for kind in ("limits", "requests"):
+                if GPU_RESOURCE in (resources.get(kind) or {}):
+                    raise InvalidTemplate(
+                        f"spec.template.spec.{group}[{index}].resources.{kind}[{GPU_RESOURCE}] "
+                        "is set by breaker from spec.gpusPerReplica; remove it"
+                    )
 
 
 def render_job(tj: dict[str, Any]) -> dict[str, Any]:

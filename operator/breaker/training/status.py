@@ -23,6 +23,7 @@ class JobView:
     name: str
     suspended: bool
     conditions: tuple[dict[str, Any], ...] = ()
+    owner: str | None = None  # uid of its controller
 
     @property
     def succeeded(self) -> bool:
@@ -45,7 +46,6 @@ class Observed:
     pods: tuple[PodView, ...] = ()
     queue_position: int | None = None
     queue_length: int = 0
-    free_gpus: int = 0
     problem: tuple[str, str] | None = None  # (reason, message): the spec cannot run as it is
     network_policy: str | None = None
     previous: dict[str, Any] = field(default_factory=dict)
@@ -88,8 +88,7 @@ def compute(o: Observed, now: dt.datetime) -> dict[str, Any]:
             "True" if state == "Queued" else "False",
             "WaitingForGPUs" if state == "Queued" else "NotQueued",
             (
-                f"position {o.queue_position} of {o.queue_length}; needs {need} free at "
-                f"once, {o.free_gpus} free now"
+                f"position {o.queue_position} of {o.queue_length}; needs {need} free at once"
                 if state == "Queued"
                 else ""
             ),
