@@ -1,0 +1,56 @@
+"""One live evaluation: one instant query per signal, for every pod at once, then the engine.
+
+This is the only place the live loop touches Prometheus for detection; everything it
+decides is the engine's, shared with ``breaker backtest``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from breaker.detect import engine
+from breaker.detect.prom import Prom, QueryError
+
+Unit = TypeVar("Unit", bound=Hashable)
+
+
+@dataclass
+class Evaluation(Generic[Unit]):
+    firing: dict[engine.PodKey, list[engine.Firing]]
+    decisions: dict[Unit, engine.Decision]
+    errors: dict[str, str] = field(default_factory=dict)  # signal -> why it has no data
+    queries: int = 0
+
+
+def read(
+    prom: Prom, detector: engine.Detector, at: float | None = None
+) -> tuple[dict[str, Mapping[engine.PodKey, engine.Sample] | None], dict[str, str], int]:
+    """Every signal's current vector (None where the query failed), the errors, the count."""
+    readings: dict[str, Mapping[engine.PodKey, engine.Sample] | None] = {}
+    errors: dict[str, str] = {}
+    for signal in detector.signals:
+        try:
+            readings[signal.name] = engine.normalize(prom.instant(signal.query, at), signal.labels)
+        except QueryError as error:
+            readings[signal.name] = None
+            errors[signal.name] = str(error)
+    return readings, errors, len(detector.signals)
+
+
+def evaluate(
+    prom: Prom,
+    detector: engine.Detector,
+    state: engine.State,
+    now: float,
+    unit_of: Callable[[engine.PodKey], Unit],
+) -> Evaluation[Unit]:
+    readings, errors, queries = read(prom, detector, now)
+    firing = engine.step(detector, state, readings, now)
+    pod_firing = {
+        pod: [f for f in fires if detector.signal(f.signal).scope == "pod"]
+        for pod, fires in firing.items()
+    }
+    decisions = engine.decide_all(detector, pod_firing, unit_of)
+    return Evaluation(firing, decisions, errors, queries)

@@ -1,0 +1,145 @@
+"""`breaker backtest` as a user runs it: real promtool and Prometheus, clear errors, no mess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from breaker.detect import presets
+from breaker.detect.backtest import temporary_prometheus
+from breaker.detect.policy_file import default_text
+from breaker.detect.prom import Prom
+from breaker.localcluster.paths import repo_root
+from breaker.sim import openmetrics
+from breaker.sim.scenario import load as load_scenario
+
+SCENARIOS = repo_root() / "tests" / "scenarios"
+
+
+def backtest(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "breaker.cli", "backtest", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def rome_series(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("series") / "rome.om"
+    openmetrics.write_file(load_scenario(SCENARIOS / "attack-rome-sequence.yaml"), path)
+    return path
+
+
+def test_json_report(rome_series: Path) -> None:
+    result = backtest("--series", str(rome_series), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["from"] == "2026-03-01T00:42:00Z"  # after the longest lookback (42 min)
+    assert report["to"] == "2026-03-01T01:20:00Z"
+    assert report["evaluations"] == 153
+    (trip,) = report["trips"]
+    assert trip == {
+        "namespace": "agents",
+        "pod": "rome-0",
+        "workload": "TrainingJob/rome",
+        "rule": "critical:scan",
+        "signals": ["scan"],
+        "at": "2026-03-01T00:48:15Z",
+        "values": {"scan": trip["values"]["scan"]},
+    }
+    assert "evaluating from 2026-03-01T00:42:00Z" in result.stderr
+
+
+def test_a_custom_policy_file(rome_series: Path, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "apiVersion: breaker.dev/v1alpha1\nkind: BreakerPolicy\nmetadata: {name: p}\nspec:\n"
+        "  signals:\n  - {name: tunnel, preset: outbound-ssh, severity: critical}\n"
+    )
+    result = backtest("--policy", str(policy), "--series", str(rome_series))
+    assert result.returncode == 0, result.stderr
+    assert "agents/rome-0 (TrainingJob/rome)  critical:tunnel" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "policy", "expected"),
+    [
+        (None, None, "cannot read"),
+        ("up 1\n# EOF\n", None, "a sample without a timestamp"),
+        ("up 1 1767225600\nup 1 1767225660\n# EOF\n", None, "empty range"),
+        (
+            "up 1 1767225600\n# EOF\n",
+            "kind: BreakerPolicy\nspec: {signals: [{name: m, preset: bitcoin}]}\n",
+            "spec.signals.0.preset",
+        ),
+        (
+            "up 1 1767225600\n# EOF\n",
+            "kind: BreakerPolicy\nspec:\n  signals:\n"
+            "  - {name: m, preset: outbound-ssh, params: {prt: '22'}}\n",
+            "params.prt: preset outbound-ssh has no such parameter",
+        ),
+    ],
+    ids=["unreadable", "no-timestamps", "empty-range", "invalid-policy", "unknown-param"],
+)
+def test_bad_input_exits_2_naming_the_problem(
+    tmp_path: Path, content: str | None, policy: str | None, expected: str
+) -> None:
+    series = tmp_path / "series.om"
+    if content is not None:
+        series.write_text(content)
+    args = ["--series", str(series)]
+    if policy is not None:
+        (tmp_path / "policy.yaml").write_text(policy)
+        args += ["--policy", str(tmp_path / "policy.yaml")]
+    result = backtest(*args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert expected in result.stderr
+    assert "breaker backtest: " in result.stderr
+
+
+def leftovers() -> set[str]:
+    temp = Path(os.environ.get("TMPDIR", "/tmp"))
+    return {p.name for p in temp.glob("breaker-backtest-*")}
+
+
+def test_an_interrupted_backtest_leaves_nothing_behind(rome_series: Path) -> None:
+    before = leftovers()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "breaker.cli", "backtest", "--series", str(rome_series)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    for line in process.stderr:  # interrupt once the temporary Prometheus is serving
+        if line.strip().startswith("[1/"):
+            break
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while leftovers() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert leftovers() - before == set()
+    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True)
+    assert children.stdout == ""
+
+
+def test_every_preset_is_valid_promql_on_a_real_prometheus(rome_series: Path) -> None:
+    with temporary_prometheus(rome_series, say=lambda _m: None) as url:
+        prom = Prom(url)
+        for name in presets.RENDERERS:
+            rendered = presets.render(name)
+            prom.instant(rendered.query, at=1772328000)  # raises with Prometheus's message
+
+
+def test_the_shipped_default_policy_is_the_example() -> None:
+    assert (repo_root() / "examples" / "policies" / "default.yaml").read_text() == default_text()

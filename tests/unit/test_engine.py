@@ -1,0 +1,138 @@
+"""The detection engine's pure core: normalising, for-clocks, missing data, trip rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from breaker.api.policy import BreakerPolicySpec
+from breaker.detect import engine
+from breaker.detect.engine import Detector, RuleSpec, SignalSpec
+
+
+def signal(
+    name: str,
+    severity: str = "warning",
+    for_seconds: float = 0,
+    op: str = ">",
+    threshold: float = 0,
+) -> SignalSpec:
+    return SignalSpec(name, "q", ("namespace", "pod"), op, threshold, for_seconds, severity, 0)
+
+
+def vector(*rows: tuple[dict[str, str], float]) -> list[dict[str, Any]]:
+    return [{"metric": labels, "value": [0, str(value)]} for labels, value in rows]
+
+
+def test_normalize_reads_each_exporters_labels_and_keeps_the_worst_series() -> None:
+    hubble = vector(
+        ({"source_namespace": "a", "source_pod": "p", "port": "22"}, 1),
+        ({"source_namespace": "a", "source_pod": "p", "port": "443"}, 7),
+        ({"source_namespace": "a"}, 99),  # no pod: dropped
+    )
+    result = engine.normalize(hubble, ("source_namespace", "source_pod"))
+    assert list(result) == [("a", "p")]
+    assert result[("a", "p")].value == 7
+    assert result[("a", "p")].labels["port"] == "443"
+
+
+def test_normalize_bounds_and_escapes_evidence_labels() -> None:
+    labels = {
+        "namespace": "a",
+        "pod": "p",
+        "rule": "x\n" * 500,
+        **{f"k{i}": "v" for i in range(40)},
+    }
+    sample = engine.normalize(vector((labels, 1)), ("namespace", "pod"))[("a", "p")]
+    assert len(sample.labels) == engine.MAX_LABELS
+    assert all(len(v) <= engine.MAX_LABEL_VALUE * 2 for v in sample.labels.values())
+    assert "\n" not in "".join(sample.labels.values())
+
+
+def test_a_condition_must_hold_for_its_duration() -> None:
+    detector = Detector((signal("s", for_seconds=60),), ())
+    state = engine.State()
+    high = {"s": {("a", "p"): engine.Sample(1.0)}}
+    assert engine.step(detector, state, high, 0) == {}
+    assert engine.step(detector, state, high, 59) == {}
+    fired = engine.step(detector, state, high, 60)
+    assert [f.signal for f in fired[("a", "p")]] == ["s"]
+    # It stops holding: the clock starts again.
+    assert engine.step(detector, state, {"s": {("a", "p"): engine.Sample(0.0)}}, 61) == {}
+    assert engine.step(detector, state, high, 62) == {}
+
+
+def test_missing_data_neither_starts_nor_clears_a_clock() -> None:
+    detector = Detector((signal("s", for_seconds=60),), ())
+    state = engine.State()
+    engine.step(detector, state, {"s": {("a", "p"): engine.Sample(1.0)}}, 0)
+    engine.step(detector, state, {"s": None}, 30)  # Prometheus unreachable
+    assert state.since == {("s", ("a", "p")): 0}
+    fired = engine.step(detector, state, {"s": {("a", "p"): engine.Sample(1.0)}}, 60)
+    assert ("a", "p") in fired
+
+
+def firing(*names: str) -> list[engine.Firing]:
+    return [engine.Firing(name, 1.0, {}, 0) for name in names]
+
+
+def test_a_critical_signal_trips_alone_and_weak_ones_only_together() -> None:
+    detector = Detector(
+        (signal("mining", "critical"), signal("ssh"), signal("idle")),
+        (RuleSpec("tunnel-while-idle", all_of=("ssh", "idle")),),
+    )
+    assert engine.decide(detector, firing("ssh")) is None
+    both = engine.decide(detector, firing("ssh", "idle"))
+    assert both is not None and both.rule == "tunnel-while-idle"
+    critical = engine.decide(detector, firing("mining"))
+    assert critical is not None and critical.rule == "critical:mining"
+
+
+def test_any_of_rules_and_turning_critical_off() -> None:
+    detector = Detector(
+        (signal("a", "critical"), signal("b")),
+        (RuleSpec("either", any_of=("a", "b")),),
+        any_critical=False,
+    )
+    decision = engine.decide(detector, firing("b"))
+    assert decision is not None and decision.rule == "either"
+
+
+def test_signals_of_a_workloads_pods_combine() -> None:
+    detector = Detector(
+        (signal("ssh"), signal("idle")), (RuleSpec("both", all_of=("ssh", "idle")),)
+    )
+    fires = {("a", "job-0"): firing("ssh"), ("a", "job-1"): firing("idle")}
+    by_pod = engine.decide_all(detector, fires, lambda pod: pod)
+    assert by_pod == {}
+    by_job = engine.decide_all(detector, fires, lambda pod: pod[1].rsplit("-", 1)[0])
+    assert list(by_job) == ["job"]
+
+
+def test_compiling_a_policy() -> None:
+    spec = BreakerPolicySpec.model_validate(
+        {
+            "signals": [
+                {"name": "m", "preset": "gpu-mining-profile", "for": "3m", "severity": "critical"},
+                {"name": "q", "query": "up", "labels": {"namespace": "ns", "pod": "po"}},
+                {
+                    "name": "t",
+                    "preset": "outbound-ssh",
+                    "condition": {"operator": ">=", "threshold": 0.5},
+                },
+            ],
+            "trip": {"rules": [{"name": "r", "anyOf": ["q"]}]},
+        }
+    )
+    detector = engine.compile_policy(spec)
+    mining, custom, ssh = detector.signals
+    assert (mining.for_seconds, mining.severity, mining.operator, mining.threshold) == (
+        180,
+        "critical",
+        ">=",
+        0.5,
+    )
+    assert "DCGM_FI_PROF_DRAM_ACTIVE" in mining.query
+    assert (custom.labels, custom.operator, custom.threshold) == (("ns", "po"), ">", 0.0)
+    assert (ssh.operator, ssh.threshold) == (">=", 0.5)
+    assert detector.rules == (RuleSpec("r", any_of=("q",)),)
+    assert detector.lookback_seconds == 660  # outbound-ssh: 10m window + 1m rate

@@ -1,0 +1,92 @@
+"""The simulator: its scenario format, the shapes it emits, and its OpenMetrics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from pathlib import Path
+
+import pytest
+
+from breaker.sim import model, openmetrics
+from breaker.sim.scenario import Scenario, ScenarioError, load
+
+START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def scenario(*timeline: dict[str, str], **pod: object) -> Scenario:
+    return Scenario.model_validate(
+        {
+            "name": "t",
+            "duration": "2m",
+            "pods": [{"namespace": "a", "name": "p", "gpus": 1, "timeline": list(timeline), **pod}],
+        }
+    )
+
+
+def test_a_bad_scenario_names_the_file_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: s\nduration: 1m\npods:\n- {namespace: a, name: p, timeline: [{at: 0m, do: dance}]}\n"
+    )
+    with pytest.raises(ScenarioError, match=r"s\.yaml: pods\.0\.timeline\.0\.do"):
+        load(path)
+    path.write_text(
+        "name: s\nduration: 1m\npods:\n- {namespace: a, name: p, timeline: [{at: 0m, do: idle}]}\n"
+        "expect: [{pod: a/q, trips: false}]\n"
+    )
+    with pytest.raises(ScenarioError, match="expect: pod a/q is not in pods"):
+        load(path)
+
+
+def test_series_are_shaped_like_the_exporters() -> None:
+    ((_, first), *_rest) = model.run(scenario({"at": "0m", "do": "train-mixed"}))
+    names = {s.name for s in first}
+    assert {
+        "DCGM_FI_DEV_GPU_UTIL",
+        "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE",
+        "training_steps_total",
+    } <= names
+    util = next(s for s in first if s.name == "DCGM_FI_DEV_GPU_UTIL")
+    assert 90 <= util.value <= 100  # a percent
+    tensor = next(s for s in first if s.name == "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE")
+    assert 0 <= tensor.value <= 1  # a ratio
+    assert {"gpu", "UUID", "Hostname", "namespace", "pod"} <= {k for k, _ in util.labels}
+
+
+def test_counters_grow_and_reset_on_restart() -> None:
+    run = list(
+        model.run(
+            scenario(
+                {"at": "0m", "do": "train-mixed"}, {"at": "1m", "do": "restart-from-checkpoint"}
+            )
+        )
+    )
+
+    def steps(index: int) -> float:
+        return next(s.value for s in run[index][1] if s.name == "training_steps_total")
+
+    assert steps(1) < steps(3)
+    assert steps(5) == 0  # restarted at 60s: a new process counts from zero
+
+
+def test_the_same_scenario_gives_the_same_series() -> None:
+    s = scenario({"at": "0m", "do": "mine"}, {"at": "0m", "do": "miner-pool-egress"})
+    first, second = io.StringIO(), io.StringIO()
+    openmetrics.write(s, first, START)
+    openmetrics.write(s, second, START)
+    assert first.getvalue() == second.getvalue()
+
+
+def test_openmetrics_groups_families_escapes_and_ends() -> None:
+    s = scenario({"at": "0m", "do": "tunnel-over-443"}, name='odd"pod\\name')
+    out = io.StringIO()
+    count = openmetrics.write(s, out, START)
+    text = out.getvalue()
+    assert text.endswith("# EOF\n")
+    assert count == sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+    types = [line for line in text.splitlines() if line.startswith("# TYPE")]
+    assert len(types) == len(set(types)), "each family once, its samples together"
+    assert "# TYPE falcosecurity_falcosidekick_falco_events counter" in types
+    assert 'pod="odd\\"pod\\\\name"' in text
+    assert f" {START.timestamp():.3f}" in text
