@@ -143,3 +143,40 @@ def test_every_preset_is_valid_promql_on_a_real_prometheus(rome_series: Path) ->
 
 def test_the_shipped_default_policy_is_the_example() -> None:
     assert (repo_root() / "examples" / "policies" / "default.yaml").read_text() == default_text()
+
+
+def test_against_a_live_prometheus(rome_series: Path) -> None:
+    with temporary_prometheus(rome_series, say=lambda _m: None) as url:
+        result = backtest(
+            "--prometheus",
+            url,
+            "--from",
+            "2026-03-01T00:42:00Z",
+            "--to",
+            "2026-03-01T01:20:00Z",
+            "--format",
+            "json",
+        )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [(t["pod"], t["at"]) for t in report["trips"]] == [("rome-0", "2026-03-01T00:48:15Z")]
+
+
+def test_long_ranges_are_asked_in_pieces() -> None:
+    from breaker.detect.backtest import MAX_POINTS, _range
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list[tuple[float, float]] = []
+
+        def range(
+            self, query: str, start: float, end: float, step: float
+        ) -> list[dict[str, object]]:
+            self.calls.append((start, end))
+            return []
+
+    recorder = Recorder()
+    _range(recorder, "up", 0, 15 * 25_000, 15)  # type: ignore[arg-type]
+    assert len(recorder.calls) == 3
+    assert all((end - start) / 15 + 1 <= MAX_POINTS for start, end in recorder.calls)
+    assert recorder.calls[0][0] == 0 and recorder.calls[-1][1] == 15 * 25_000

@@ -31,6 +31,9 @@ OWNER_QUERY = (
 )
 
 
+MAX_POINTS = 10_000
+
+
 class BacktestError(ValueError):
     """Bad input: the message names the file or field and what to do."""
 
@@ -227,7 +230,7 @@ def evaluate(
     pod_signals = [s for s in detector.signals if s.scope == "pod"]
     for index, signal_spec in enumerate(pod_signals, start=1):
         say(f"  [{index}/{len(pod_signals)}] {signal_spec.name}")
-        for series in prom.range(signal_spec.query, start, end, step):
+        for series in _range(prom, signal_spec.query, start, end, step):
             for stamp, value in series["values"]:
                 vector = [{"metric": series["metric"], "value": [stamp, value]}]
                 for pod, sample in engine.normalize(vector, signal_spec.labels).items():
@@ -263,6 +266,17 @@ def evaluate(
         stamp += step
     report.trips.sort(key=lambda t: (t.at, t.namespace, t.pod))
     return report
+
+
+def _range(prom: Prom, query: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+    """A range query in pieces Prometheus accepts (it refuses over 11,000 points a series)."""
+    pieces = []
+    begin = start
+    while begin <= end:
+        stop = min(end, begin + step * (MAX_POINTS - 1))
+        pieces.extend(prom.range(query, begin, stop, step))
+        begin = stop + step
+    return pieces
 
 
 def run_file(
