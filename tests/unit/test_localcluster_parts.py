@@ -160,3 +160,25 @@ def test_kube_version_is_stamped_for_servers_and_kubectl() -> None:
     for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
         assert f"-X {package}.gitVersion=v1.36.3" in flags
         assert f"-X {package}.gitMinor=36" in flags
+
+
+def test_a_failing_build_names_the_module_and_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module_dir = tmp_path / "cluster" / "go" / "broken"
+    module_dir.mkdir(parents=True)
+    (module_dir / "go.mod").write_text("module example.invalid/broken\n\ngo 1.26.0\n")
+    (module_dir / "main.go").write_text("package main\n\nfunc main() { undefined() }\n")
+    monkeypatch.setenv("BREAKER_REPO", str(tmp_path))
+    module = tools.GoModule("broken", "example.invalid/broken", {"broken": "."})
+    monkeypatch.setattr(module.__class__, "version", lambda self: "v0.0.1")
+    target = tmp_path / "cache" / "broken-v0.0.1"
+    target.parent.mkdir()
+    with pytest.raises(ClusterError) as failure:
+        tools._build(tools.go_binary(), module, target, "[1/1]", lambda _m: None)
+    message = str(failure.value)
+    assert message.startswith("broken: `go build .` failed with exit code 1")
+    assert "undefined: undefined" in message
+    assert str(target.with_name(target.name + ".build.log")) in message
+    assert not target.exists(), "a failed build leaves nothing in the cache"
+    assert not target.with_name(target.name + ".partial").exists()

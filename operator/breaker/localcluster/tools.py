@@ -236,6 +236,7 @@ def _build(go: str, module: GoModule, target: Path, step: str, say: Callable[[st
             stop.set()
             reporter.join()
             if code != 0:
+                shutil.rmtree(staging, ignore_errors=True)
                 raise ClusterError(
                     module.name,
                     f"`go build {package}` failed with exit code {code}",
