@@ -123,7 +123,11 @@ def _sim(args: argparse.Namespace) -> int:
         print(f"breaker sim: {error}", file=sys.stderr)
         return 2
     if args.write:
-        start = _time(args.start, "--start") if args.start else None
+        try:
+            start = _time(args.start, "--start") if args.start else None
+        except ValueError as error:
+            print(f"breaker sim: {error}", file=sys.stderr)
+            return 2
         count = openmetrics.write_file(scenario, Path(args.write), start)
         print(f"wrote {count} samples of {len(scenario.pods)} pods to {args.write}")
         return 0
@@ -164,8 +168,8 @@ def _time(text: str, flag: str) -> dt.datetime:
     try:
         parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise SystemExit(
-            f"breaker: {flag} {text!r} is not an RFC 3339 time such as 2026-01-01T00:00:00Z"
+        raise ValueError(
+            f"{flag} {text!r} is not an RFC 3339 time such as 2026-01-01T00:00:00Z"
         ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
@@ -195,7 +199,7 @@ def _backtest(args: argparse.Namespace) -> int:
             report = backtest.run_file(detector, Path(args.series), step)
         else:
             return fail("give --series FILE.om, or --prometheus URL --from T --to T")
-    except backtest.BacktestError as error:
+    except (backtest.BacktestError, ValueError) as error:
         return fail(str(error))
     except QueryError as error:
         return fail(f"Prometheus refused a query: {error}")

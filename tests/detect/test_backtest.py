@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -180,3 +181,40 @@ def test_long_ranges_are_asked_in_pieces() -> None:
     assert len(recorder.calls) == 3
     assert all((end - start) / 15 + 1 <= MAX_POINTS for start, end in recorder.calls)
     assert recorder.calls[0][0] == 0 and recorder.calls[-1][1] == 15 * 25_000
+
+
+def test_a_single_falco_event_counts(tmp_path: Path) -> None:
+    # falcosidekick creates the counter at 1 on the first hit; increase() alone sees nothing.
+    t0 = 1772323200
+    lines = ["# TYPE falcosecurity_falcosidekick_falco_events counter"]
+    labels = (
+        'rule="Detect crypto miners using the Stratum protocol",priority="2",'
+        'priority_raw="critical",k8s_ns_name="a",k8s_pod_name="p"'
+    )
+    lines += [
+        f"falcosecurity_falcosidekick_falco_events_total{{{labels}}} 1 {t0 + s}"
+        for s in range(600, 1200, 15)
+    ]
+    lines += ["# TYPE up gauge", *(f"up 1 {t0 + s}" for s in range(0, 1200, 15)), "# EOF"]
+    series = tmp_path / "one-event.om"
+    series.write_text("\n".join(lines) + "\n")
+    policy = tmp_path / "falco.yaml"
+    policy.write_text(
+        "kind: BreakerPolicy\nspec:\n  signals:\n"
+        "  - {name: falco, preset: falco-rule-hits, severity: critical}\n"
+    )
+    result = backtest("--policy", str(policy), "--series", str(series), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    (trip,) = json.loads(result.stdout)["trips"]
+    assert (trip["pod"], trip["at"]) == ("p", "2026-03-01T00:10:00Z")
+
+
+def test_sub_second_timestamps_are_evaluated(tmp_path: Path) -> None:
+    scenario = load_scenario(SCENARIOS / "attack-tunnel-over-443.yaml")
+    start = scenario.start
+    assert start is not None
+    series = tmp_path / "offset.om"
+    openmetrics.write_file(scenario, series, start + dt.timedelta(seconds=0.4))
+    result = backtest("--series", str(series), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert [t["pod"] for t in json.loads(result.stdout)["trips"]] == ["rl-443-0"]

@@ -129,7 +129,7 @@ def test_compiling_a_policy() -> None:
         180,
         "critical",
         ">=",
-        0.5,
+        0.65,
     )
     assert "DCGM_FI_PROF_DRAM_ACTIVE" in mining.query
     assert (custom.labels, custom.operator, custom.threshold) == (("ns", "po"), ">", 0.0)

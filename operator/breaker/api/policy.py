@@ -35,6 +35,7 @@ PresetName = Literal[
     "mining-pool-egress",
     "outbound-ssh",
     "scan-fanout",
+    "policy-drops",
     "egress-spike",
     "falco-rule-hits",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 import shutil
 import signal
 import socket
@@ -27,7 +28,8 @@ from breaker.detect import engine
 from breaker.detect.prom import Prom, QueryError
 
 OWNER_QUERY = (
-    'max by (namespace, pod, owner_kind, owner_name) (kube_pod_owner{owner_is_controller="true"})'
+    "max by (namespace, pod, owner_kind, owner_name) "
+    '(max_over_time(kube_pod_owner{{owner_is_controller="true"}}[{span}s]))'
 )
 
 
@@ -114,8 +116,16 @@ def temporary_prometheus(series: Path, say: Callable[[str], None]) -> Iterator[s
     """A Prometheus on loopback serving the series in ``series``; yields its URL."""
     from breaker.localcluster import prometheus as local_prometheus
 
-    binary = local_prometheus.binary()
+    try:
+        binary = local_prometheus.binary()
+    except Exception as error:
+        raise BacktestError(str(error)) from error
     promtool = shutil.which("promtool") or str(Path(binary).with_name("promtool"))
+    if not Path(promtool).exists():
+        raise BacktestError(
+            "promtool is not installed; it comes with Debian's prometheus package "
+            "(`sudo apt-get install --no-install-recommends prometheus`)"
+        )
     workdir = Path(tempfile.mkdtemp(prefix="breaker-backtest-"))
     process: subprocess.Popen[bytes] | None = None
     previous = signal.getsignal(signal.SIGTERM)
@@ -196,10 +206,12 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def owners(prom: Prom, at: float) -> dict[engine.PodKey, str]:
-    """Pod -> "Kind/name" of its controller, from kube-state-metrics' kube_pod_owner."""
+def owners(prom: Prom, at: float, span: float) -> dict[engine.PodKey, str]:
+    """Pod -> "Kind/name" of its controller, from kube_pod_owner in the ``span`` before ``at``
+
+    (pods that ended before the range's end keep their owner)."""
     try:
-        result = prom.instant(OWNER_QUERY, at)
+        result = prom.instant(OWNER_QUERY.format(span=max(1, int(span))), at)
     except QueryError:
         return {}
     found = {}
@@ -221,6 +233,10 @@ def evaluate(
     say: Callable[[str], None] = _say,
 ) -> Report:
     """Evaluate at every step in [start, end]; one range query per signal."""
+    if step <= 0:
+        raise BacktestError(f"--step must be positive, not {step:g}s")
+    # Prometheus answers range queries at whole seconds; evaluate on the same grid.
+    start = math.ceil(start / step) * step
     if end <= start:
         raise BacktestError(
             f"empty range: {rfc3339(start)} to {rfc3339(end)} (the data must cover more than "
@@ -234,17 +250,17 @@ def evaluate(
             for stamp, value in series["values"]:
                 vector = [{"metric": series["metric"], "value": [stamp, value]}]
                 for pod, sample in engine.normalize(vector, signal_spec.labels).items():
-                    readings = per_step.setdefault(round(float(stamp), 3), {})
+                    readings = per_step.setdefault(round(float(stamp)), {})
                     previous = readings.setdefault(signal_spec.name, {}).get(pod)
                     if previous is None or sample.value > previous.value:
                         readings[signal_spec.name][pod] = sample
     report = Report(start=start, end=end)
-    workloads = owners(prom, end)
+    workloads = owners(prom, end, end - start + step)
     state = engine.State()
     tripped: set[engine.PodKey] = set()
     stamp = start
     while stamp <= end + 1e-6:
-        readings = per_step.get(round(stamp, 3), {})
+        readings = per_step.get(round(stamp), {})
         full = {s.name: readings.get(s.name, {}) for s in pod_signals}
         firing = engine.step(detector, state, full, stamp)
         for pod, decision in engine.decide_all(detector, firing, lambda p: p).items():

@@ -24,13 +24,14 @@ class Param:
 
 
 FALCO_RULES = (
-    "(?i).*(stratum|miner|ssh connection non standard port|suspicious network tool|reverse shell).*"
+    "(?i).*(stratum|miner|ssh connection non standard port|suspicious network tool"
+    "|reverse shell|redirect stdout/stdin to network connection).*"
 )
 
 PRESETS: dict[str, dict[str, Param]] = {
     "gpu-mining-profile": {
-        "scoreMin": Param("number", "0.5", "DRAM activity minus tensor activity at or above"),
-        "dramActiveMin": Param("number", "0.6", "DCGM_FI_PROF_DRAM_ACTIVE at or above (0-1)"),
+        "scoreMin": Param("number", "0.65", "DRAM activity minus tensor activity at or above"),
+        "dramActiveMin": Param("number", "0.85", "DCGM_FI_PROF_DRAM_ACTIVE at or above (0-1)"),
         "grEngineActiveMin": Param("number", "0.5", "DCGM_FI_PROF_GR_ENGINE_ACTIVE at or above"),
     },
     "tensor-collapse": {
@@ -62,6 +63,10 @@ PRESETS: dict[str, dict[str, Param]] = {
         "synRateMin": Param("number", "0.05", "and SYNs sent per second at or above"),
         "window": Param("duration", "5m", "within this window"),
     },
+    "policy-drops": {
+        "perMinuteMin": Param("number", "30", "egress drops by NetworkPolicy per minute"),
+        "window": Param("duration", "5m", "the rate's window"),
+    },
     "egress-spike": {
         "factor": Param("number", "10", "transmit rate at or above this multiple of baseline"),
         "baselineWindow": Param("duration", "30m", "the pod's own baseline window"),
@@ -70,7 +75,9 @@ PRESETS: dict[str, dict[str, Param]] = {
     "falco-rule-hits": {
         "rules": Param("regex", FALCO_RULES, "Falco rule names (a PromQL regex)"),
         "priorities": Param(
-            "regex", "Emergency|Alert|Critical|Error|Warning|Notice", "Falco priorities counted"
+            "regex",
+            "(?i)emergency|alert|critical|error|warning|notice|informational|debug",
+            "Falco priorities counted (falcosidekick's priority_raw label)",
         ),
         "window": Param("duration", "5m", "hits within"),
     },

@@ -47,6 +47,23 @@ class Rendered:
     scope: Scope = "pod"
 
 
+def _counted(selector: str, window: str) -> str:
+    """Counter growth over ``window``, including series born inside it.
+
+    ``increase`` needs two samples, and exporters create a counter at its first event
+    (falcosidekick at 1), so a single event would count as nothing; a series that did
+    not exist ``window`` ago counts with its whole value.
+    """
+    return (
+        f"((increase({selector}[{window}]) > 0) or ({selector} unless {selector} offset {window}))"
+    )
+
+
+def _string(value: str) -> str:
+    """A PromQL double-quoted string literal."""
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def _ports(value: str) -> str:
     return "|".join(p.strip() for p in value.split(",") if p.strip())
 
@@ -60,24 +77,27 @@ def _gpu_mining_profile(p: Mapping[str, str]) -> Rendered:
     # Mining (ethash-like) is memory-bound: DRAM busy, tensor cores idle, SMs busy. Training
     # keeps tensor cores busy (mixed precision) or DRAM moderate (FP32). The score is DRAM
     # activity minus tensor activity on GPUs that are busy and memory-bound.
-    on = "on (namespace, pod, gpu)"
+    # Joined on the GPU's own identity (UUID, and the MIG instance where there is one):
+    # GPU indexes repeat across nodes and idle GPUs carry no pod.
+    on = "on (namespace, pod, Hostname, UUID, GPU_I_ID)"
+    held = '{pod!=""}'
     query = (
         "max by (namespace, pod) ("
-        f"(DCGM_FI_PROF_DRAM_ACTIVE - {on} DCGM_FI_PROF_PIPE_TENSOR_ACTIVE)"
-        f" and {on} (DCGM_FI_PROF_DRAM_ACTIVE >= {p['dramActiveMin']})"
-        f" and {on} (DCGM_FI_PROF_GR_ENGINE_ACTIVE >= {p['grEngineActiveMin']}))"
+        f"(DCGM_FI_PROF_DRAM_ACTIVE{held} - {on} DCGM_FI_PROF_PIPE_TENSOR_ACTIVE{held})"
+        f" and {on} (DCGM_FI_PROF_DRAM_ACTIVE{held} >= {p['dramActiveMin']})"
+        f" and {on} (DCGM_FI_PROF_GR_ENGINE_ACTIVE{held} >= {p['grEngineActiveMin']}))"
     )
     return Rendered(query, DCGM, ">=", float(p["scoreMin"]), "0s")
 
 
 def _tensor_collapse(p: Mapping[str, str]) -> Rendered:
     base, recent = p["baselineWindow"], p["recentWindow"]
-    tensor = "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"
+    tensor = 'DCGM_FI_PROF_PIPE_TENSOR_ACTIVE{pod!=""}'
     baseline = f"avg by (namespace, pod) (avg_over_time({tensor}[{base}] offset {recent}))"
     query = (
         f"(avg by (namespace, pod) (avg_over_time({tensor}[{recent}])) / {baseline})"
         f" and on (namespace, pod) ({baseline} >= {p['baselineMin']})"
-        " and on (namespace, pod) (avg by (namespace, pod) (DCGM_FI_PROF_GR_ENGINE_ACTIVE)"
+        ' and on (namespace, pod) (avg by (namespace, pod) (DCGM_FI_PROF_GR_ENGINE_ACTIVE{pod!=""})'
         f" >= {p['grEngineActiveMin']})"
     )
     return Rendered(query, DCGM, "<=", float(p["dropRatio"]), _plus(base, recent))
@@ -86,7 +106,7 @@ def _tensor_collapse(p: Mapping[str, str]) -> Rendered:
 def _gpu_busy_no_progress(p: Mapping[str, str]) -> Rendered:
     window, metric = p["window"], p["progressMetric"]
     query = (
-        f"(avg by (namespace, pod) (DCGM_FI_DEV_GPU_UTIL) >= {p['gpuUtilMin']})"
+        f'(avg by (namespace, pod) (DCGM_FI_DEV_GPU_UTIL{{pod!=""}}) >= {p["gpuUtilMin"]})'
         f" and on (namespace, pod) (sum by (namespace, pod) (increase({metric}[{window}])) == 0)"
     )
     # The value is the GPU utilisation; any series left means busy without progress.
@@ -100,10 +120,8 @@ def _unallocated_gpu_activity(p: Mapping[str, str]) -> Rendered:
 
 def _mining_pool_egress(p: Mapping[str, str]) -> Rendered:
     window = p["window"]
-    query = (
-        "sum by (source_namespace, source_pod) (increase(hubble_flows_to_world_total"
-        f'{{port=~"{_ports(p["ports"])}"}}[{window}]))'
-    )
+    flows = f'hubble_flows_to_world_total{{port=~"{_ports(p["ports"])}"}}'
+    query = f"sum by (source_namespace, source_pod) ({_counted(flows, window)})"
     return Rendered(query, HUBBLE, ">", 0.0, window)
 
 
@@ -111,12 +129,11 @@ def _outbound_ssh(p: Mapping[str, str]) -> Rendered:
     # Persistence, not a single flow: the share of the last `window` minutes that saw SSH
     # flows to the world. A git clone over SSH lasts a minute; a reverse tunnel never ends.
     window = p["window"]
-    flows = (
-        "sum by (source_namespace, source_pod) (increase(hubble_flows_to_world_total"
-        f'{{port=~"{_ports(p["ports"])}"}}[1m]))'
-    )
+    selector = f'hubble_flows_to_world_total{{port=~"{_ports(p["ports"])}"}}'
+    flows = f"sum by (source_namespace, source_pod) ({_counted(selector, '1m')})"
     minutes = max(1, int(parse_duration(window).total_seconds() // 60))
-    query = f"count_over_time(({flows} > 0)[{window}:1m]) / {minutes}"
+    # A subquery may return one point more than the window has minutes: cap at 1.
+    query = f"clamp_max(count_over_time(({flows} > 0)[{window}:1m]) / {minutes}, 1)"
     return Rendered(query, HUBBLE, ">=", float(p["persistence"]), _plus(window, "1m"))
 
 
@@ -132,6 +149,17 @@ def _scan_fanout(p: Mapping[str, str]) -> Rendered:
     )
     query = f"({fresh}) and on (source_namespace, source_pod) ({syns} >= {p['synRateMin']})"
     return Rendered(query, HUBBLE, ">=", float(p["distinctPortsMin"]), window)
+
+
+def _policy_drops(p: Mapping[str, str]) -> Rendered:
+    # A scan of what the pod may not reach: breaker's own baseline policy drops it, and
+    # Hubble reports it only as drops.
+    window = p["window"]
+    query = (
+        "sum by (source_namespace, source_pod) "
+        f'(rate(hubble_drop_total{{reason="POLICY_DENIED"}}[{window}])) * 60'
+    )
+    return Rendered(query, HUBBLE, ">=", float(p["perMinuteMin"]), window)
 
 
 def _egress_spike(p: Mapping[str, str]) -> Rendered:
@@ -152,11 +180,12 @@ def _egress_spike(p: Mapping[str, str]) -> Rendered:
 
 def _falco_rule_hits(p: Mapping[str, str]) -> Rendered:
     window = p["window"]
-    query = (
-        "sum by (k8s_ns_name, k8s_pod_name) (increase("
-        f'falcosecurity_falcosidekick_falco_events_total{{rule=~"{p["rules"]}",'
-        f'priority=~"{p["priorities"]}"}}[{window}]))'
+    # falcosidekick's `priority` label is a number; the name is in `priority_raw`.
+    selector = (
+        f'falcosecurity_falcosidekick_falco_events_total{{rule=~"{_string(p["rules"])}",'
+        f'priority_raw=~"{_string(p["priorities"])}"}}'
     )
+    query = f"sum by (k8s_ns_name, k8s_pod_name) ({_counted(selector, window)})"
     return Rendered(query, FALCO, ">", 0.0, window)
 
 
@@ -168,6 +197,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, str]], Rendered]] = {
     "mining-pool-egress": _mining_pool_egress,
     "outbound-ssh": _outbound_ssh,
     "scan-fanout": _scan_fanout,
+    "policy-drops": _policy_drops,
     "egress-spike": _egress_spike,
     "falco-rule-hits": _falco_rule_hits,
 }

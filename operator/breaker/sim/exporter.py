@@ -36,14 +36,17 @@ class ScenarioCollector(Collector):
         while self.offset + step <= target:
             self.offset += step
             for pod in self.scenario.pods:
-                self.profiles[pod.key] = model.advance(pod, self.states[pod.key], self.offset, step)
+                if pod.exists(self.offset):
+                    self.profiles[pod.key] = model.advance(
+                        pod, self.states[pod.key], self.offset, step
+                    )
         return self.offset
 
     def collect(self) -> Iterator[Metric]:
         with self.lock:
             offset = self._catch_up()
             families: dict[str, Metric] = {}
-            for pod in self.scenario.pods:
+            for pod in (p for p in self.scenario.pods if p.exists(offset)):
                 state, profile = self.states[pod.key], self.profiles[pod.key]
                 for s in model.samples(pod, state, profile, offset):
                     family = families.get(s.name)

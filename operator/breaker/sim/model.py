@@ -25,7 +25,9 @@ GPU_PROFILES: dict[str, tuple[tuple[float, float], ...]] = {
     "data-loader-stall": ((0, 8), (0.0, 0.06), (0.0, 0.01), (0.0, 0.03)),
     "loading-checkpoint": ((0, 5), (0.0, 0.05), (0.0, 0.01), (0.05, 0.10)),
     "mine": ((99, 100), (0.92, 0.98), (0.0, 0.01), (0.90, 0.98)),
-    "mine-while-training": ((99, 100), (0.90, 0.97), (0.12, 0.20), (0.85, 0.92)),
+    "mine-while-training": ((99, 100), (0.90, 0.97), (0.12, 0.20), (0.88, 0.95)),
+    # RL rollouts and LLM decode: memory-bound, light tensor use, the step counter flat.
+    "rollout": ((90, 100), (0.60, 0.80), (0.05, 0.15), (0.55, 0.80)),
     "idle": ((0, 0), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0)),
 }
 STEPS_PER_SECOND = {"train-mixed": 2.0, "train-fp32": 0.8, "mine-while-training": 0.3}
@@ -38,6 +40,8 @@ FALCO_RULES = {
     "tunnel-over-443": ("Disallowed SSH Connection Non Standard Port", "Notice"),
     "internal-scan-fast": ("Launch Suspicious Network Tool in Container", "Notice"),
 }
+# falcosidekick labels `priority` with Falco's number for it and `priority_raw` with its name.
+FALCO_PRIORITY = {"Critical": "2", "Error": "3", "Warning": "4", "Notice": "5"}
 
 
 def noise(*parts: object) -> float:
@@ -164,6 +168,12 @@ def _network(
         flow(443, 0.1 * dt)
         falco(1)
         return 20e3
+    if name == "internal-scan-blocked":
+        # Probes the pod's NetworkPolicy drops: Hubble counts them as drops, nothing more.
+        probes = 2.0 * dt
+        state.syns += probes
+        state.drops += probes
+        return 10e3
     if name in ("internal-scan-slow", "internal-scan-fast"):
         rate = 0.1 if name == "internal-scan-slow" else 50.0
         probes = rate * dt
@@ -241,7 +251,8 @@ def samples(pod: SimPod, state: PodState, profile: str, at: float) -> Iterator[S
     for (rule, priority), count in sorted(state.falco.items()):
         labels = (
             ("rule", rule),
-            ("priority", priority),
+            ("priority", FALCO_PRIORITY[priority]),
+            ("priority_raw", priority.lower()),
             ("source", "syscall"),
             ("hostname", pod.node),
             ("k8s_ns_name", pod.namespace),
@@ -268,7 +279,10 @@ def run(scenario: Scenario) -> Iterator[tuple[float, list[Series]]]:
     while offset <= scenario.seconds:
         current: list[Series] = []
         for pod in scenario.pods:
-            profile = advance(pod, states[pod.key], offset, step if offset > 0 else 0.0)
+            if not pod.exists(offset):
+                continue
+            born = offset - step < _seconds(pod.start)
+            profile = advance(pod, states[pod.key], offset, 0.0 if born else step)
             current.extend(samples(pod, states[pod.key], profile, offset))
         yield offset, current
         offset += step

@@ -49,7 +49,7 @@ def write(scenario: Scenario, out: TextIO, start: dt.datetime) -> int:
         for labels, points in by_labels.items():
             rendered = _labels(labels)
             for timestamp, value in points:
-                out.write(f"{name}{{{rendered}}} {value:.6g} {timestamp:.3f}\n")
+                out.write(f"{name}{{{rendered}}} {value!r} {timestamp:.3f}\n")
                 count += 1
     out.write("# EOF\n")
     return count

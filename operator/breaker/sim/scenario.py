@@ -12,6 +12,7 @@ pods:
     node: gpu-node-0
     gpus: 8
     stepCounter: true        # the job exports training_steps_total
+    start: 0m                # when the pod appears (default: at the start)
     owner: {kind: Job, name: rl-agent}
     timeline:
       - {at: 0m, do: train-mixed}
@@ -47,6 +48,7 @@ GpuBehaviour = Literal[
     "restart-from-checkpoint",
     "mine",
     "mine-while-training",
+    "rollout",
     "idle",
 ]
 NetBehaviour = Literal[
@@ -60,6 +62,7 @@ NetBehaviour = Literal[
     "tunnel-over-443",
     "internal-scan-slow",
     "internal-scan-fast",
+    "internal-scan-blocked",
 ]
 GPU_BEHAVIOURS: tuple[str, ...] = GpuBehaviour.__args__  # type: ignore[attr-defined]
 
@@ -87,6 +90,9 @@ class SimPod(ApiModel):
     name: str = Field(max_length=253, description="The pod's name.")
     node: str = Field(default="gpu-node-0", description="The node it runs on.")
     gpus: int = Field(default=8, ge=0, le=16, description="GPUs allocated to it.")
+    start: Duration = Field(
+        default="0s", description="When the pod appears (its series start then)."
+    )
     step_counter: bool = Field(default=True, description="Whether it exports training_steps_total.")
     owner: Owner | None = Field(default=None, description="Its controller, if any.")
     timeline: list[Segment] = Field(min_length=1, description="What it does when.")
@@ -94,6 +100,9 @@ class SimPod(ApiModel):
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    def exists(self, offset: float) -> bool:
+        return offset >= parse_duration(self.start).total_seconds()
 
 
 class Expectation(ApiModel):
