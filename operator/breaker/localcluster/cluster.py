@@ -154,6 +154,8 @@ class LocalCluster:
     def up(self) -> None:
         with self._lock():
             if self.healthy():
+                if len(self.gpu_nodes()) != self.nodes.count:
+                    self._register_nodes()
                 self.say(f"The local cluster is already up; KUBECONFIG={self.kubeconfig}")
                 return
             leftovers = [name for name in self.COMPONENTS if self.process(name).running()]
@@ -367,6 +369,7 @@ class LocalCluster:
         return nodes
 
     def _nodes_ready(self) -> bool:
+        """The requested GPU nodes are all registered and Ready."""
         ready = [
             node
             for node in self.gpu_nodes()
@@ -374,6 +377,11 @@ class LocalCluster:
             and node["status"].get("allocatable", {}).get(GPU_RESOURCE) == str(self.nodes.gpus)
         ]
         return len(ready) == self.nodes.count
+
+    def _some_nodes_ready(self) -> bool:
+        """Whatever GPU nodes were registered (by any `up --nodes`) are Ready."""
+        nodes = self.gpu_nodes()
+        return bool(nodes) and all(node_ready(node) for node in nodes)
 
     def _wait_for_cluster(self) -> None:
         """Ready for work: the controllers have made the default ServiceAccount."""
@@ -392,7 +400,7 @@ class LocalCluster:
         if not all(self.process(name).running() for name in self.COMPONENTS):
             return False
         try:
-            return self._get_tls("/readyz") == "ok" and self._nodes_ready()
+            return self._get_tls("/readyz") == "ok" and self._some_nodes_ready()
         except Exception:
             return False
 

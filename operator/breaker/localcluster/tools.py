@@ -10,6 +10,7 @@ unchanged one never does.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import os
 import re
@@ -177,6 +178,15 @@ def _say(message: str) -> None:
 def ensure_built(say: Callable[[str], None] = _say) -> Toolbox:
     """Build whatever is missing from the cache; return where every binary is."""
     go = go_binary()
+    lock_path = paths.cache_dir() / "tools" / ".build.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    # One build at a time per cache, whichever cluster directory asked for it.
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_built(go, say)
+
+
+def _ensure_built(go: str, say: Callable[[str], None]) -> Toolbox:
     targets = [(module, module_dir_in_cache(module, go)) for module in MODULES]
     missing = [(m, d) for m, d in targets if not (d / ".complete").exists()]
     if missing:
