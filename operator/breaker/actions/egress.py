@@ -1,0 +1,128 @@
+"""The effective egress of a pod across every NetworkPolicy in its namespace. Pure.
+
+NetworkPolicies are additive allow-lists: a pod is egress-isolated as soon as one policy
+with ``Egress`` in its policyTypes selects it, and then it may reach whatever ANY
+selecting policy allows. A deny-all policy alone therefore revokes nothing that another
+policy still allows; this module answers "what can this pod still reach?" so the
+operator, its tests and ``kubectl breaker egress POD`` can check that revocation really
+revokes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from breaker.selectors import matches
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a connection goes: an address outside, or a pod inside the cluster."""
+
+    port: int
+    protocol: str = "TCP"
+    ip: str | None = None
+    namespace: str | None = None
+    namespace_labels: Mapping[str, str] = field(default_factory=dict)
+    pod_labels: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """One egress rule of one policy that selects the pod."""
+
+    policy: str
+    rule: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class EffectiveEgress:
+    isolated: bool  # some policy with Egress selects the pod: only allowances get out
+    allowances: tuple[Allowance, ...] = ()
+    selecting: tuple[str, ...] = ()  # names of every policy that selects the pod for egress
+
+    def allows(self, destination: Destination, pod_namespace: str) -> bool:
+        if not self.isolated:
+            return True
+        return any(_rule_allows(a.rule, destination, pod_namespace) for a in self.allowances)
+
+    @property
+    def open_to_everything(self) -> bool:
+        """Some rule allows every destination on every port."""
+        return not self.isolated or any(
+            not a.rule.get("to") and not a.rule.get("ports") for a in self.allowances
+        )
+
+
+def _types(spec: Mapping[str, Any]) -> list[str]:
+    """policyTypes as the API server defaults them."""
+    declared = spec.get("policyTypes")
+    if declared:
+        return list(declared)
+    return ["Ingress", "Egress"] if spec.get("egress") else ["Ingress"]
+
+
+def effective_egress(
+    pod_labels: Mapping[str, str], policies: Iterable[Mapping[str, Any]]
+) -> EffectiveEgress:
+    """``policies`` are the NetworkPolicy objects (dicts) of the pod's namespace."""
+    selecting: list[str] = []
+    allowances: list[Allowance] = []
+    for policy in policies:
+        spec = policy.get("spec") or {}
+        if "Egress" not in _types(spec) or not matches(spec.get("podSelector") or {}, pod_labels):
+            continue
+        name = policy.get("metadata", {}).get("name", "")
+        selecting.append(name)
+        allowances.extend(Allowance(name, rule) for rule in spec.get("egress") or [])
+    return EffectiveEgress(bool(selecting), tuple(allowances), tuple(selecting))
+
+
+def _port_allows(ports: list[Mapping[str, Any]] | None, destination: Destination) -> bool:
+    if not ports:
+        return True
+    for port in ports:
+        if port.get("protocol", "TCP") != destination.protocol:
+            continue
+        number = port.get("port")
+        if number is None:
+            return True
+        if isinstance(number, str):
+            continue  # a named port: only the destination pod knows its number
+        end = port.get("endPort", number)
+        if number <= destination.port <= end:
+            return True
+    return False
+
+
+def _peer_allows(peer: Mapping[str, Any], destination: Destination, pod_namespace: str) -> bool:
+    block = peer.get("ipBlock")
+    if block is not None:
+        if destination.ip is None:
+            return False
+        address = ipaddress.ip_address(destination.ip)
+        if address not in ipaddress.ip_network(block["cidr"], strict=False):
+            return False
+        return not any(
+            address in ipaddress.ip_network(e, strict=False) for e in block.get("except") or []
+        )
+    if destination.pod_labels is None:
+        return False  # a pod or namespace selector never matches an outside address
+    if "namespaceSelector" in peer:
+        if not matches(peer["namespaceSelector"], destination.namespace_labels):
+            return False
+    elif destination.namespace != pod_namespace:
+        return False
+    return "podSelector" not in peer or matches(peer["podSelector"], destination.pod_labels)
+
+
+def _rule_allows(rule: Mapping[str, Any], destination: Destination, pod_namespace: str) -> bool:
+    if not _port_allows(rule.get("ports"), destination):
+        return False
+    peers = rule.get("to")
+    if not peers:
+        return True  # no `to`: every destination
+    return any(_peer_allows(peer, destination, pod_namespace) for peer in peers)
