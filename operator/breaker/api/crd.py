@@ -122,6 +122,13 @@ class PrinterColumn:
 
 AGE = PrinterColumn("Age", ".metadata.creationTimestamp", "date")
 READY = PrinterColumn("Ready", '.status.conditions[?(@.type=="Ready")].status')
+POLICY_COLUMNS = (
+    PrinterColumn("Mode", ".spec.mode"),
+    READY,
+    PrinterColumn("Breakers", ".status.breakers", "integer"),
+    PrinterColumn("Open", ".status.open", "integer"),
+    AGE,
+)
 
 
 @dataclass(frozen=True)
@@ -228,26 +235,14 @@ RESOURCES: tuple[Resource, ...] = (
         plural="breakerpolicies",
         scope="Namespaced",
         short_names=("bp",),
-        columns=(
-            PrinterColumn("Mode", ".spec.mode"),
-            READY,
-            PrinterColumn("Breakers", ".status.breakers", "integer"),
-            PrinterColumn("Open", ".status.open", "integer"),
-            AGE,
-        ),
+        columns=POLICY_COLUMNS,
     ),
     Resource(
         ClusterBreakerPolicy,
         plural="clusterbreakerpolicies",
         scope="Cluster",
         short_names=("cbp",),
-        columns=(
-            PrinterColumn("Mode", ".spec.mode"),
-            READY,
-            PrinterColumn("Breakers", ".status.breakers", "integer"),
-            PrinterColumn("Open", ".status.open", "integer"),
-            AGE,
-        ),
+        columns=POLICY_COLUMNS,
     ),
     Resource(
         Breaker,

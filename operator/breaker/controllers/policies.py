@@ -50,21 +50,11 @@ def _check(
 @kopf.on.resume(*POLICY)
 @kopf.on.create(*POLICY)
 @kopf.on.update(*POLICY, field="spec")
-def check_policy(
-    spec: kopf.Spec,
-    status: kopf.Status,
-    meta: kopf.Meta,
-    body: kopf.Body,
-    patch: kopf.Patch,
-    **_: Any,
-) -> None:
-    _check(BreakerPolicySpec, spec, status, meta, body, patch)
-
-
 @kopf.on.resume(*CLUSTER_POLICY)
 @kopf.on.create(*CLUSTER_POLICY)
 @kopf.on.update(*CLUSTER_POLICY, field="spec")
-def check_cluster_policy(
+def check_policy(
+    resource: kopf.Resource,
     spec: kopf.Spec,
     status: kopf.Status,
     meta: kopf.Meta,
@@ -72,4 +62,5 @@ def check_cluster_policy(
     patch: kopf.Patch,
     **_: Any,
 ) -> None:
-    _check(ClusterBreakerPolicySpec, spec, status, meta, body, patch)
+    model = ClusterBreakerPolicySpec if resource.plural == CLUSTER_POLICY[2] else BreakerPolicySpec
+    _check(model, spec, status, meta, body, patch)
