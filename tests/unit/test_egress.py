@@ -121,3 +121,32 @@ def test_port_ranges() -> None:
     assert effective.allows(Destination(port=8050, ip="192.0.2.1"), "team")
     assert not effective.allows(Destination(port=8101, ip="192.0.2.1"), "team")
     assert not effective.allows(Destination(port=8050, protocol="UDP", ip="192.0.2.1"), "team")
+
+
+def test_revocation_really_revokes_and_restores_exactly() -> None:
+    from breaker.actions.egress import QUARANTINE_LABEL, plan_revocation, restore_patch
+
+    team_open = policy("team-open", {"matchLabels": {"app": "train"}}, [{}], ["Egress"])
+    unrelated = policy("other-app", {"matchLabels": {"app": "serve"}}, [{}], ["Egress"])
+    plan = plan_revocation("brk-rl", "team", [POD], [team_open, unrelated, DENY_ALL])
+    assert set(plan.patches) == {"team-open"}, "every policy that lets the pods out, only those"
+    assert "other-app" not in plan.narrowed
+
+    def applied(obj: dict[str, Any]) -> dict[str, Any]:
+        name = obj["metadata"]["name"]
+        if name not in plan.patches:
+            return obj
+        return {**obj, "spec": {**obj["spec"], **plan.patches[name]["spec"]}}
+
+    quarantined = {**POD, QUARANTINE_LABEL: "brk-rl"}
+    after = [applied(team_open), applied(unrelated), applied(DENY_ALL), plan.quarantine]
+    effective = effective_egress(quarantined, after)
+    assert not effective.allows(POOL, "team")
+    assert not effective.allows(OUTSIDE, "team")
+    assert effective.allows(DNS, "team"), "DNS stays, as asked"
+    assert set(effective.selecting) == {"quarantine", "brk-rl"}
+
+    restored = restore_patch(plan.narrowed["team-open"])
+    assert restored == {
+        "spec": {"podSelector": {"matchLabels": {"app": "train"}, "matchExpressions": None}}
+    }

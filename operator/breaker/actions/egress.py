@@ -126,3 +126,103 @@ def _rule_allows(rule: Mapping[str, Any], destination: Destination, pod_namespac
     if not peers:
         return True  # no `to`: every destination
     return any(_peer_allows(peer, destination, pod_namespace) for peer in peers)
+
+
+QUARANTINE_LABEL = "breaker.dev/quarantined"
+_EXCLUDED = {"key": QUARANTINE_LABEL, "operator": "DoesNotExist"}
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """What revoking a workload's egress changes, and what undoing it restores."""
+
+    quarantine: dict[str, Any]  # the NetworkPolicy to create
+    narrowed: dict[str, dict[str, Any]]  # policy name -> its podSelector as it was
+    patches: dict[str, dict[str, Any]]  # policy name -> merge patch that narrows it
+
+
+def quarantine_policy(
+    name: str, namespace: str, allow_dns: bool, allow_services: Iterable[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
+    """Deny all egress from quarantined pods, except DNS and named in-cluster services."""
+    rules: list[dict[str, Any]] = []
+    if allow_dns:
+        rules.append(
+            {
+                "to": [
+                    {
+                        "namespaceSelector": {},
+                        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                    }
+                ],
+                "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+            }
+        )
+    # Services are reached through their pods; the caller resolves each Service's selector.
+    for service in allow_services:
+        rules.append(
+            {
+                "to": [
+                    {
+                        "namespaceSelector": {
+                            "matchLabels": {"kubernetes.io/metadata.name": service["namespace"]}
+                        },
+                        "podSelector": {"matchLabels": dict(service["selector"])},
+                    }
+                ]
+            }
+        )
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "breaker"},
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {QUARANTINE_LABEL: name}},
+            "policyTypes": ["Egress"],
+            "egress": rules,
+        },
+    }
+
+
+def plan_revocation(
+    name: str,
+    namespace: str,
+    pod_labels: Iterable[Mapping[str, str]],
+    policies: Iterable[Mapping[str, Any]],
+    allow_dns: bool = True,
+) -> Revocation:
+    """Quarantine the pods (labelled ``breaker.dev/quarantined: <name>``) and take them out of
+    every other policy that selects them for egress, since policies add up."""
+    quarantine = quarantine_policy(name, namespace, allow_dns)
+    pods = list(pod_labels)
+    narrowed: dict[str, dict[str, Any]] = {}
+    patches: dict[str, dict[str, Any]] = {}
+    for policy in policies:
+        spec = policy.get("spec") or {}
+        policy_name = policy.get("metadata", {}).get("name", "")
+        if policy_name == name or "Egress" not in _types(spec) or not spec.get("egress"):
+            continue  # not an egress policy, or one that allows nothing anyway
+        selector = dict(spec.get("podSelector") or {})
+        if _EXCLUDED in (selector.get("matchExpressions") or []):
+            continue  # already excludes quarantined pods
+        if not any(matches(selector, labels) for labels in pods):
+            continue
+        narrowed[policy_name] = selector
+        expressions = [*(selector.get("matchExpressions") or []), _EXCLUDED]
+        patches[policy_name] = {
+            "spec": {"podSelector": {**selector, "matchExpressions": expressions}}
+        }
+    return Revocation(quarantine, narrowed, patches)
+
+
+def restore_patch(original_selector: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch that puts a narrowed policy's podSelector back exactly."""
+    restored: dict[str, Any] = {
+        "matchLabels": original_selector.get("matchLabels"),
+        "matchExpressions": original_selector.get("matchExpressions"),
+    }  # None deletes a key the original did not have
+    return {"spec": {"podSelector": restored}}
