@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from breaker.api.common import DNS_LABEL, ApiModel, Condition
+from breaker.api.common import DNS_LABEL, ApiModel, Condition, KubeObject
 
 BreakerState = Literal["Closed", "Open", "HalfOpen", "Locked", "ForcedOpen", "Disabled"]
 MAX_EVIDENCE = 20
@@ -159,11 +159,9 @@ class BreakerStatus(ApiModel):
     )
 
 
-class Breaker(ApiModel):
+class Breaker(KubeObject):
     """A circuit breaker around one workload, made by a policy."""
 
-    api_version: str = Field(default="breaker.dev/v1alpha1", description="breaker.dev/v1alpha1")
     kind: str = Field(default="Breaker", description="Breaker")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
     spec: BreakerSpec = Field(description="Which policy and workload; the admin's overrides.")
     status: BreakerStatus | None = Field(default=None, description="Written by the operator.")

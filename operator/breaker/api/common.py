@@ -51,6 +51,13 @@ class ApiModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+class KubeObject(ApiModel):
+    """The parts every breaker.dev object shares; subclasses add kind, spec and status."""
+
+    api_version: str = Field(default=API_VERSION, description=API_VERSION)
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
+
+
 class LabelSelectorRequirement(ApiModel):
     """One requirement of a label selector."""
 

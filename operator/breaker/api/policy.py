@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
-from breaker.api.common import DNS_LABEL, ApiModel, Condition, Duration, LabelSelector, defaults_of
+from breaker.api.common import (
+    DNS_LABEL,
+    ApiModel,
+    Condition,
+    Duration,
+    KubeObject,
+    LabelSelector,
+    defaults_of,
+)
 
 SignalName = Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
 
@@ -445,21 +453,17 @@ class PolicyStatus(ApiModel):
     )
 
 
-class BreakerPolicy(ApiModel):
+class BreakerPolicy(KubeObject):
     """A breaker policy for the workloads of one namespace."""
 
-    api_version: str = Field(default="breaker.dev/v1alpha1", description="breaker.dev/v1alpha1")
     kind: str = Field(default="BreakerPolicy", description="BreakerPolicy")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
     spec: BreakerPolicySpec = Field(description="What to watch and what to do.")
     status: PolicyStatus | None = Field(default=None, description="Written by the operator.")
 
 
-class ClusterBreakerPolicy(ApiModel):
+class ClusterBreakerPolicy(KubeObject):
     """A breaker policy for workloads across the namespaces it selects."""
 
-    api_version: str = Field(default="breaker.dev/v1alpha1", description="breaker.dev/v1alpha1")
     kind: str = Field(default="ClusterBreakerPolicy", description="ClusterBreakerPolicy")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
     spec: ClusterBreakerPolicySpec = Field(description="What to watch and what to do.")
     status: PolicyStatus | None = Field(default=None, description="Written by the operator.")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 from pydantic.config import JsonDict
 
-from breaker.api.common import ApiModel, Condition, LabelSelector
+from breaker.api.common import ApiModel, Condition, KubeObject, LabelSelector
 
 MAX_REPLICAS = 1024
 MAX_GPUS_PER_REPLICA = 16
@@ -249,12 +249,10 @@ class TrainingJobStatus(ApiModel):
     )
 
 
-class TrainingJob(ApiModel):
+class TrainingJob(KubeObject):
     """A GPU training run, queued until the cluster has GPUs for all its replicas."""
 
-    api_version: str = Field(default="breaker.dev/v1alpha1", description="breaker.dev/v1alpha1")
     kind: str = Field(default="TrainingJob", description="TrainingJob")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
     spec: TrainingJobSpec = Field(description="What to run and what it may reach.")
     status: TrainingJobStatus | None = Field(default=None, description="Written by the operator.")
 
