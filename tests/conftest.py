@@ -97,14 +97,21 @@ def crds(local_cluster: LocalCluster) -> None:
     )
 
 
+OPERATOR_METRICS: list[str] = []  # the running operator's /metrics URL
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
 def operator(
     local_cluster: LocalCluster, crds: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Path]:
     """The operator, `breaker run`, as a process of its own; yields its log file."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port, metrics_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -115,6 +122,10 @@ def operator(
                 "run",
                 "--liveness",
                 f"http://127.0.0.1:{port}/healthz",
+                "--prometheus-url",
+                local_cluster.prometheus_url,
+                "--metrics-port",
+                str(metrics_port),
             ],
             env=local_cluster.env(),
             stdout=out,
@@ -128,6 +139,7 @@ def operator(
             return bool(response.status == 200)
 
     wait_for(live, "the operator's liveness endpoint", timeout=60, ignore=(OSError,))
+    OPERATOR_METRICS.append(f"http://127.0.0.1:{metrics_port}/metrics")
     yield log
     process.send_signal(signal.SIGTERM)
     try:

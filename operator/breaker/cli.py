@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import version as package_version
@@ -109,7 +110,13 @@ def _crds(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from breaker import runner
 
-    runner.run(liveness=args.liveness, verbose=args.verbose)
+    runner.run(
+        liveness=args.liveness,
+        verbose=args.verbose,
+        prometheus_url=args.prometheus_url,
+        metrics_port=args.metrics_port or None,
+        operator_namespace=args.namespace,
+    )
     return 0
 
 
@@ -227,6 +234,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--liveness",
         default="http://127.0.0.1:8080/healthz",
         help="kopf's liveness endpoint (default http://127.0.0.1:8080/healthz)",
+    )
+    run.add_argument(
+        "--prometheus-url",
+        default=os.environ.get("BREAKER_PROMETHEUS_URL", "http://127.0.0.1:9090"),
+        help="Prometheus for policies that name none ($BREAKER_PROMETHEUS_URL; "
+        "default http://127.0.0.1:9090)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("BREAKER_METRICS_PORT", "8081")),
+        help="serve the operator's metrics on 127.0.0.1:PORT/metrics (0: off; default 8081)",
+    )
+    run.add_argument(
+        "--namespace",
+        default=os.environ.get("BREAKER_NAMESPACE", "breaker-system"),
+        help="the operator's own namespace: where webhook Secrets of cluster policies live",
     )
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     run.set_defaults(handler=_run)

@@ -39,3 +39,14 @@ def to_dict(api: client.ApiClient, obj: Any) -> dict[str, Any]:
 
 def is_status(error: Exception, *codes: int) -> bool:
     return isinstance(error, client.ApiException) and error.status in codes
+
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+async def merge_patch(function: Callable[..., T], *args: Any) -> T:
+    """A JSON merge patch (RFC 7386): a None value deletes the key.
+
+    The generated client would otherwise send a dict as a JSON patch to the built-in APIs.
+    """
+    return await call(function, *args, _content_type=MERGE_PATCH)

@@ -11,10 +11,12 @@ from typing import Any
 
 import kopf
 
-# Importing the controllers registers their handlers and indexes.
-from breaker.controllers import policies, trainingjobs
+from breaker import metrics
 
-CONTROLLERS = (policies, trainingjobs)
+# Importing the controllers registers their handlers and indexes.
+from breaker.controllers import breakers, inventory, policies, trainingjobs
+
+CONTROLLERS = (policies, trainingjobs, inventory, breakers)
 
 
 @kopf.on.startup()
@@ -29,9 +31,21 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 30
 
 
-def run(liveness: str | None, verbose: bool) -> None:
+def run(
+    liveness: str | None,
+    verbose: bool,
+    prometheus_url: str,
+    metrics_port: int | None,
+    operator_namespace: str,
+) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:
+        # kopf logs every event handler's success at INFO: thousands a minute on a busy cluster.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    breakers.OPTIONS.update(prometheus_url=prometheus_url, operator_namespace=operator_namespace)
+    if metrics_port is not None:
+        metrics.serve(metrics_port)
     kopf.run(clusterwide=True, standalone=True, liveness_endpoint=liveness)

@@ -66,4 +66,12 @@ def test_optional_becomes_nullable_and_open_maps_keep_unknown_fields() -> None:
 def test_printer_columns_answer_the_first_question() -> None:
     columns = {r.kind: [c.name for c in r.columns if not c.priority] for r in RESOURCES}
     assert columns["TrainingJob"] == ["GPUs", "State", "Position", "Nodes", "Age"]
-    assert columns["Breaker"] == ["Target", "State", "Trips", "Last Trip", "Reason", "Age"]
+    assert columns["Breaker"] == [
+        "Target",
+        "State",
+        "Signals",
+        "Trips",
+        "Last Trip",
+        "Reason",
+        "Age",
+    ]

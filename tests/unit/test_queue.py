@@ -92,3 +92,17 @@ def test_never_fits_says_why() -> None:
     )
     assert "do not fit" in (never_fits(demand("x", 5, 8), FOUR_NODES) or "")
     assert never_fits(demand("x", 4, 8), FOUR_NODES) is None
+
+
+def test_a_namespace_quota_holds_its_jobs_back_without_stalling_others() -> None:
+    clamped = demand("a", 1, 8, priority=9, key=("tripped", "a"))
+    other = demand("b", 1, 8, priority=1)
+    result = plan([clamped, other], {"n1": 8}, quota_room={"tripped": 0})
+    assert result.admit == (other.key,)
+    assert result.queued == (clamped.key,)
+
+
+def test_a_job_owed_its_gpus_goes_ahead_of_higher_priority() -> None:
+    owed = demand("owed", 1, 8, priority=0, first=True)
+    urgent = demand("urgent", 1, 8, priority=100)
+    assert plan([urgent, owed], {"n1": 8}).admit == (owed.key,)

@@ -70,7 +70,11 @@ def test_a_template_that_sets_gpus_itself_is_refused_by_name() -> None:
 
 def test_no_allow_list_means_dns_only() -> None:
     policy = render_network_policy(trainingjob())
-    assert policy["spec"]["podSelector"] == {"matchLabels": {JOB_LABEL: "tj"}}
+    assert policy["spec"]["podSelector"] == {
+        "matchLabels": {JOB_LABEL: "tj"},
+        # A quarantined pod must fall out of its own allow-list, or revocation revokes nothing.
+        "matchExpressions": [{"key": "breaker.dev/quarantined", "operator": "DoesNotExist"}],
+    }
     assert policy["spec"]["policyTypes"] == ["Egress"]
     (dns,) = policy["spec"]["egress"]
     assert dns["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]

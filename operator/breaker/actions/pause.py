@@ -58,6 +58,16 @@ def _patch(path: tuple[str, ...], value: Any) -> dict[str, Any]:
     return patch
 
 
+def field_value(kind: str, obj: Mapping[str, Any]) -> Any:
+    """The value at the kind's pause switch, as found (None when unset)."""
+    return _get(obj, KINDS[kind].path)
+
+
+def with_field(kind: str, value: Any) -> dict[str, Any]:
+    """A fragment holding only the pause switch: what ``is_paused`` and ``pause`` read."""
+    return _patch(KINDS[kind].path, value)
+
+
 def is_paused(kind: str, obj: Mapping[str, Any]) -> bool:
     adapter = KINDS[kind]
     value = _get(obj, adapter.path)

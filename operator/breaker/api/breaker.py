@@ -110,6 +110,10 @@ class ActionRecord(ApiModel):
     error: str | None = Field(
         default=None, max_length=4096, description="Why it failed, if it did."
     )
+    dry_run: bool | None = Field(
+        default=None,
+        description="The policy is DryRun: this is what would have changed; nothing did.",
+    )
 
 
 class Transition(ApiModel):
@@ -126,6 +130,21 @@ class BreakerStatus(ApiModel):
 
     state: BreakerState | None = Field(default=None, description="The circuit's state.")
     trips: int | None = Field(default=None, ge=0, description="Trips so far.")
+    contained: bool | None = Field(
+        default=None, description="Actions are applied and not yet undone (a reset undoes them)."
+    )
+    signals: Literal["Available", "Unknown"] | None = Field(
+        default=None,
+        description="Unknown while Prometheus cannot be queried: the state is held, not acted on.",
+    )
+    dry_run: bool | None = Field(
+        default=None, description="The policy is DryRun: transitions are recorded, nothing acted."
+    )
+    time_to_contain_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="From the evaluation that saw the trip to the last containment action done.",
+    )
     last_trip: dt.datetime | None = Field(default=None, description="When it last tripped.")
     reason: str | None = Field(default=None, max_length=1024, description="Why it is in its state.")
     cooldown_until: dt.datetime | None = Field(

@@ -127,6 +127,7 @@ POLICY_COLUMNS = (
     READY,
     PrinterColumn("Breakers", ".status.breakers", "integer"),
     PrinterColumn("Open", ".status.open", "integer"),
+    PrinterColumn("Unknown", ".status.unknown", "integer", priority=1),
     AGE,
 )
 
@@ -253,6 +254,7 @@ RESOURCES: tuple[Resource, ...] = (
             PrinterColumn("Target", ".spec.targetRef.name", description="The guarded workload"),
             PrinterColumn("Kind", ".spec.targetRef.kind", priority=1),
             PrinterColumn("State", ".status.state"),
+            PrinterColumn("Signals", ".status.signals", description="Available or Unknown"),
             PrinterColumn("Trips", ".status.trips", "integer"),
             PrinterColumn("Last Trip", ".status.lastTrip", "date"),
             PrinterColumn("Reason", ".status.reason"),

@@ -240,7 +240,11 @@ class NotifyAction(ApiModel):
         description="Webhook URL that receives a JSON description of each transition.",
     )
     secret_ref: SecretKeyRef | None = Field(
-        default=None, description="A Secret key whose value signs the payload (HMAC-SHA256)."
+        default=None,
+        description=(
+            "A Secret key whose value is sent as `Authorization: Bearer <value>`; the Secret "
+            "is read from the policy's namespace (a ClusterBreakerPolicy: the operator's)."
+        ),
     )
 
 
@@ -443,6 +447,9 @@ class PolicyStatus(ApiModel):
 
     breakers: int | None = Field(default=None, ge=0, description="Breakers the policy has made.")
     open: int | None = Field(default=None, ge=0, description="Of them, how many are not Closed.")
+    unknown: int | None = Field(
+        default=None, ge=0, description="Of them, how many cannot read their signals now."
+    )
     observed_generation: int | None = Field(
         default=None, ge=0, description="The .metadata.generation this status reflects."
     )

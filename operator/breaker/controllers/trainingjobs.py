@@ -17,6 +17,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,13 @@ DEBOUNCE_SECONDS = 0.05
 RETRY_SECONDS = 5.0
 UNSCHEDULABLE_BACKOFF_SECONDS = 60.0
 Key = tuple[str, str]
+
+# Written by the breaker controller. PAUSED_BY: a breaker holds this job paused, whoever
+# flips spec.suspend back. RECLAIM_FROM (on a job a breaker reset resumes): the job that
+# was handed its GPUs gives them back, and this one goes first in the queue.
+PAUSED_BY = "breaker.dev/paused-by"
+RECLAIM_FROM = "breaker.dev/reclaim-from"
+QUOTA_KEY = "requests.nvidia.com/gpu"
 
 
 # -- what the indexes hold ---------------------------------------------------------------
@@ -191,6 +199,21 @@ class TrainingController:
         self.written: dict[Key, str] = {}  # the state last written, for transition Events
         self.unschedulable_until: dict[Key, float] = {}
         self.nodes_seen: dict[str, Any] = {}
+        # Admissions, for the breaker's GPU hand-off to learn who got the freed GPUs.
+        self.admissions: list[tuple[float, Key]] = []
+        self.admitted = asyncio.Condition()
+
+    async def admitted_since(self, since: float, wait_seconds: float) -> list[Key]:
+        """Jobs admitted at or after ``since`` (monotonic time), waiting up to ``wait_seconds``."""
+        deadline = time.monotonic() + wait_seconds
+        async with self.admitted:
+            while True:
+                found = [key for at, key in self.admissions if at >= since]
+                left = deadline - time.monotonic()
+                if found or left <= 0:
+                    return found
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.admitted.wait(), timeout=left)
 
     def nudge(self) -> None:
         self.ready = True  # the first handler call means kopf has filled the indexes
@@ -227,6 +250,9 @@ class TrainingController:
         allocatable = {node: gpus for node, gpus in allocatable.items() if gpus > 0}
         bound = [(p.node, p.gpus) for p in pods if p.node and p.phase in ("Pending", "Running")]
         free = queue.free_gpus(allocatable, bound)
+        reclaims = {
+            _reclaim_from(body): key for key, body in tjs.items() if _reclaim_from(body) is not None
+        }
 
         demands: list[queue.Demand] = []
         problems: dict[Key, tuple[str, str]] = {}
@@ -234,7 +260,7 @@ class TrainingController:
             if body["metadata"].get("deletionTimestamp"):
                 continue
             try:
-                demand, problem = await self._prepare(key, body, pods, allocatable, now)
+                demand, problem = await self._prepare(key, body, pods, allocatable, now, reclaims)
             except Exception as error:  # one job's trouble is reported on that job only
                 log.warning("TrainingJob %s/%s: %s", *key, error)
                 failed = True
@@ -244,18 +270,22 @@ class TrainingController:
                 failed = failed or problem[0] == "ReconcileError"
             demands.append(demand)
 
-        plan = queue.plan(demands, free)
+        plan = queue.plan(demands, free, self._quota_room(pods))
         changed: dict[Key, bool] = {}
-        for key in plan.admit:
-            if await self._suspend_job(key, False, "admitted by the GPU queue"):
-                changed[key] = False
-            else:
-                failed = True
         for key in plan.release:
             if await self._suspend_job(key, True, "released its GPUs"):
                 changed[key] = True
             else:
                 failed = True
+        for key in plan.admit:
+            if await self._suspend_job(key, False, "admitted by the GPU queue"):
+                changed[key] = False
+                await self._record_admission(key)
+            else:
+                failed = True
+        for demand in demands:
+            if demand.first and demand.admitted and demand.bound_replicas >= demand.replicas:
+                failed = not await self._reclaimed(demand.key, tjs[demand.key]) or failed
 
         positions = {key: index + 1 for index, key in enumerate(plan.queued)}
         for demand in demands:
@@ -290,6 +320,53 @@ class TrainingController:
                 del self.written[key]
         return failed
 
+    def _quota_room(self, pods: list[PodInfo]) -> dict[str, int]:
+        """GPUs each namespace's ResourceQuotas still allow (namespaces without one: absent)."""
+        quotas = self.indexes.get("breaker_quotas")
+        if quotas is None:
+            return {}
+        hard: dict[str, int] = {}
+        for key in quotas:
+            quota = _only(quotas, key)
+            limit = ((quota or {}).get("spec", {}).get("hard") or {}).get(QUOTA_KEY)
+            if limit is None:
+                continue
+            namespace = key[0]
+            hard[namespace] = min(hard.get(namespace, 1 << 30), _quantity(limit))
+        used: dict[str, int] = {}
+        for pod in pods:
+            if pod.namespace in hard and pod.phase in ("Pending", "Running") and not pod.deleting:
+                used[pod.namespace] = used.get(pod.namespace, 0) + pod.gpus
+        return {ns: max(0, limit - used.get(ns, 0)) for ns, limit in hard.items()}
+
+    async def _record_admission(self, key: Key) -> None:
+        async with self.admitted:
+            now = time.monotonic()
+            self.admissions = [(at, k) for at, k in self.admissions if now - at < 300] + [
+                (now, key)
+            ]
+            self.admitted.notify_all()
+
+    async def _reclaimed(self, key: Key, body: dict[str, Any]) -> bool:
+        """The job owed its GPUs has them again: the debt is settled."""
+        try:
+            await kube.call(
+                client.CustomObjectsApi(self.api).patch_namespaced_custom_object,
+                *TJ[:2],
+                key[0],
+                TJ[2],
+                key[1],
+                {"metadata": {"annotations": {RECLAIM_FROM: None}}},
+            )
+        except client.ApiException as error:
+            if error.status != 404:
+                log.warning("TrainingJob %s/%s: %s not cleared: %s", *key, RECLAIM_FROM, error)
+                return False
+        await events.post(
+            self.api, body, "Normal", "GPUsReclaimed", "got back the GPUs a breaker handed on"
+        )
+        return True
+
     async def _prepare(
         self,
         key: Key,
@@ -297,6 +374,7 @@ class TrainingController:
         pods: list[PodInfo],
         allocatable: dict[str, int],
         now: dt.datetime,
+        reclaims: dict[Key | None, Key],
     ) -> tuple[queue.Demand, tuple[str, str] | None]:
         """Make sure the job's Job and egress policy exist; say what the queue should know."""
         spec = TrainingJob.model_validate(body).spec
@@ -333,6 +411,10 @@ class TrainingController:
             )
             if reason := queue.never_fits(demand_probe, allocatable):
                 problem = ("Unschedulable", reason)
+        annotations = body["metadata"].get("annotations") or {}
+        held = PAUSED_BY in annotations  # a breaker holds it, whatever spec.suspend says
+        owed = reclaims.get(key)
+        owes = owed is not None and not _is_admitted(self.indexes, owed)
         if admitted:
             # Passing API trouble never takes a running job's GPUs away.
             wants = problem is None or problem[0] in ("ReconcileError", "Unschedulable")
@@ -355,10 +437,11 @@ class TrainingController:
             replicas=spec.replicas,
             gpus_per_replica=spec.gpus_per_replica,
             admitted=admitted,
-            wants_gpus=wants and not spec.suspend and not finished,
+            wants_gpus=wants and not spec.suspend and not finished and not held and not owes,
             bound_replicas=sum(
                 1 for p in mine if p.node and not p.deleting and p.phase in ("Pending", "Running")
             ),
+            first=RECLAIM_FROM in annotations and not spec.suspend and not held,
         )
         return demand, problem
 
@@ -378,7 +461,7 @@ class TrainingController:
         elif existing_policy["owner"] != uid:
             return _conflict("NetworkPolicy", existing_policy["name"])
         elif _pruned(existing_policy["spec"]) != _pruned(wanted_policy["spec"]):
-            await kube.call(
+            await kube.merge_patch(
                 networking.patch_namespaced_network_policy,
                 existing_policy["name"],
                 namespace,
@@ -412,7 +495,7 @@ class TrainingController:
             return True  # still being created; the next pass admits it
         log.info("Job %s/%s: suspend=%s (%s)", key[0], job_view.name, suspend, why)
         try:
-            await kube.call(
+            await kube.merge_patch(
                 client.BatchV1Api(self.api).patch_namespaced_job,
                 job_view.name,
                 key[0],
@@ -453,6 +536,27 @@ class TrainingController:
             await events.post(self.api, body, event[0], event[1], ready["message"])
         elif wanted["state"] != "Running" and _problem_changed(current, wanted):
             await events.post(self.api, body, "Warning", ready["reason"], ready["message"])
+
+
+def _reclaim_from(body: dict[str, Any]) -> Key | None:
+    value = (body["metadata"].get("annotations") or {}).get(RECLAIM_FROM)
+    if not value or "/" not in value:
+        return None
+    namespace, name = value.split("/", 1)
+    return (namespace, name)
+
+
+def _is_admitted(indexes: dict[str, kopf.Index[Any, Any]], key: Key) -> bool:
+    job: status_core.JobView | None = _only(indexes["trainingjob_jobs"], key)
+    return job is not None and not job.suspended
+
+
+def _quantity(value: Any) -> int:
+    """A GPU count as a quota writes it ("8", 8)."""
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0
 
 
 def _conflict(kind: str, name: str) -> tuple[str, str]:
@@ -497,7 +601,10 @@ def _without_none(value: Any) -> Any:
 async def start_training_controller(memo: kopf.Memo, **kwargs: Any) -> None:
     # kopf passes the (still filling) indexes to startup handlers; they stay live.
     names = ("trainingjobs", "trainingjob_jobs", "trainingjob_netpols", "gpu_pods", "gpu_nodes")
-    controller = TrainingController(kube.api_client(), {name: kwargs[name] for name in names})
+    # breaker_quotas belongs to the breaker inventory; the queue reads it when it is there.
+    shared = ("breaker_quotas",)
+    indexes = {name: kwargs[name] for name in (*names, *shared) if name in kwargs}
+    controller = TrainingController(kube.api_client(), indexes)
     memo["training"] = controller
     memo["training_task"] = asyncio.create_task(controller.run(), name="trainingjob-controller")
 
@@ -513,6 +620,7 @@ async def stop_training_controller(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT})
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels={JOB_LABEL: kopf.PRESENT})
 @kopf.on.event("pods", when=_gpu_or_training_pod)
+@kopf.on.event("resourcequotas")
 def wake_training_controller(memo: kopf.Memo, **_: Any) -> None:
     controller: TrainingController | None = memo.get("training")
     if controller is not None:

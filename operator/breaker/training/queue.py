@@ -28,13 +28,14 @@ class Demand:
     admitted: bool  # its Job is unsuspended
     wants_gpus: bool  # not suspended, not finished, spec valid
     bound_replicas: int = 0  # replicas whose pods the scheduler has bound
+    first: bool = False  # a breaker reset gives it back the GPUs it handed on: ahead of all
 
     @property
     def gpus(self) -> int:
         return self.replicas * self.gpus_per_replica
 
-    def order(self) -> tuple[int, dt.datetime, str, str]:
-        return (-self.priority, self.created, self.key[0], self.key[1])
+    def order(self) -> tuple[bool, int, dt.datetime, str, str]:
+        return (not self.first, -self.priority, self.created, self.key[0], self.key[1])
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,16 @@ def free_gpus(allocatable: Mapping[str, int], bound: Iterable[tuple[str, int]]) 
     return {node: max(0, gpus) for node, gpus in free.items()}
 
 
-def plan(demands: Iterable[Demand], free: Mapping[str, int]) -> Plan:
+def plan(
+    demands: Iterable[Demand],
+    free: Mapping[str, int],
+    quota_room: Mapping[str, int] | None = None,
+) -> Plan:
     """Decide admissions. ``free`` already excludes the GPUs of every bound pod.
+
+    ``quota_room`` is what each namespace's GPU ResourceQuota still allows (absent: no
+    limit). A job its quota cannot hold waits: admitting it would leave its pods refused
+    by the API server and the queue stalled behind them.
 
     One job is admitted at a time: while an admitted job's pods are not all bound, nothing
     else is. The next decision then reads the nodes as the scheduler left them, and since
@@ -87,17 +96,26 @@ def plan(demands: Iterable[Demand], free: Mapping[str, int]) -> Plan:
     demands = sorted(demands, key=Demand.order)
     placing = any(d.admitted and d.wants_gpus and d.bound_replicas < d.replicas for d in demands)
     remaining = dict(free)
+    room = dict(quota_room or {})
     admit: list[Key] = []
     queued: list[Key] = []
     for demand in demands:
         if demand.admitted or not demand.wants_gpus:
             continue
-        placement = None if placing else place(demand.replicas, demand.gpus_per_replica, remaining)
+        namespace = demand.key[0]
+        within_quota = namespace not in room or demand.gpus <= room[namespace]
+        placement = (
+            None
+            if placing or not within_quota
+            else place(demand.replicas, demand.gpus_per_replica, remaining)
+        )
         if placement is None:
             queued.append(demand.key)
         else:
             admit.append(demand.key)
             remaining = subtract(remaining, placement)
+            if namespace in room:
+                room[namespace] -= demand.gpus
             placing = True
     release = [d.key for d in demands if d.admitted and not d.wants_gpus]
     return Plan(tuple(admit), tuple(release), tuple(queued), remaining)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from breaker.actions.egress import QUARANTINE_LABEL
 from breaker.api.trainingjob import Egress, PortRange, TrainingJob
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -131,7 +132,11 @@ def egress_rules(egress: Egress) -> list[dict[str, Any]]:
 
 
 def render_network_policy(tj: dict[str, Any]) -> dict[str, Any]:
-    """Deny all egress from the job's pods except its allow-list (DNS only by default)."""
+    """Deny all egress from the job's pods except its allow-list (DNS only by default).
+
+    Pods a breaker has quarantined fall out of it (NetworkPolicies add up, so the
+    quarantine policy alone would leave this allow-list open to them).
+    """
     job = TrainingJob.model_validate(tj)
     name = tj["metadata"]["name"]
     return {
@@ -144,7 +149,10 @@ def render_network_policy(tj: dict[str, Any]) -> dict[str, Any]:
             "ownerReferences": [owner_reference(tj)],
         },
         "spec": {
-            "podSelector": {"matchLabels": {JOB_LABEL: name}},
+            "podSelector": {
+                "matchLabels": {JOB_LABEL: name},
+                "matchExpressions": [{"key": QUARANTINE_LABEL, "operator": "DoesNotExist"}],
+            },
             "policyTypes": ["Egress"],
             "egress": egress_rules(job.spec.egress),
         },

@@ -1,0 +1,398 @@
+"""Carrying out the breaker's actions on the cluster, and undoing them exactly.
+
+The pure modules beside this one decide what to change; this one makes the API calls.
+Every action is idempotent (applying it twice changes nothing the second time) and
+returns what it changed in the form its undo reads; where a crash could separate the
+change from that record, the record also travels on the changed object itself, in a
+``breaker.dev/`` annotation written in the same patch.
+
+In DryRun the same plans are computed and returned with ``dryRun``, and nothing is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client
+
+from breaker import kube
+from breaker.actions import egress, node, pause, quota
+from breaker.controllers.inventory import PAUSED_BY, PodView, WorkloadView
+from breaker.controllers.trainingjobs import RECLAIM_FROM
+
+log = logging.getLogger("breaker.actions")
+
+ORIGINAL_SELECTOR = "breaker.dev/original-pod-selector"
+NARROWED_FOR = "breaker.dev/narrowed-for"
+PAUSED_WAS = "breaker.dev/paused-was"
+MANAGED = {"app.kubernetes.io/managed-by": "breaker"}
+
+
+@dataclass
+class Scene:
+    """What one breaker's actions act on, read from the indexes just before acting."""
+
+    api: client.ApiClient
+    breaker: str  # the Breaker's name: the quarantine label's value
+    namespace: str
+    workload: WorkloadView | None
+    pods: list[PodView]  # the workload's pods
+    netpols: list[dict[str, Any]]  # every NetworkPolicy of the namespace
+    quotas: list[dict[str, Any]]  # every ResourceQuota of the namespace
+    namespace_pods: list[PodView]  # every pod of the namespace
+    dry_run: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+# -- revokeEgress -----------------------------------------------------------------------
+
+
+def quarantine_name(breaker: str) -> str:
+    return f"{breaker[:232]}-quarantine"
+
+
+async def revoke_egress(scene: Scene, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Quarantine the pods, and take them out of every other policy that lets them out."""
+    name = quarantine_name(scene.breaker)
+    allow_dns = bool(settings.get("allowDns", True))
+    labelled = [{**p.labels, egress.QUARANTINE_LABEL: scene.breaker} for p in scene.pods]
+    plan = egress.plan_revocation(name, scene.namespace, labelled, scene.netpols, allow_dns)
+    policy = plan.quarantine
+    policy["metadata"]["labels"] = {**MANAGED, "breaker.dev/breaker": scene.breaker[:63]}
+    policy["spec"]["podSelector"] = {"matchLabels": {egress.QUARANTINE_LABEL: scene.breaker}}
+    for service in settings.get("allowServices") or []:
+        selector = await _service_selector(scene, service)
+        if selector:
+            policy["spec"]["egress"].append(_service_rule(service["namespace"], selector))
+    changed: dict[str, Any] = {
+        "quarantinePolicy": name,
+        "pods": sorted(p.name for p in scene.pods),
+        "narrowed": {n: plan.narrowed[n] for n in sorted(plan.narrowed)},
+    }
+    if scene.dry_run:
+        return changed
+    networking = client.NetworkingV1Api(scene.api)
+    existing = next((p for p in scene.netpols if p["metadata"]["name"] == name), None)
+    if existing is None:
+        try:
+            await kube.call(networking.create_namespaced_network_policy, scene.namespace, policy)
+        except client.ApiException as error:
+            if error.status != 409:
+                raise
+    elif existing.get("spec") != policy["spec"]:
+        await kube.call(
+            networking.replace_namespaced_network_policy,
+            name,
+            scene.namespace,
+            {**policy, "metadata": {**policy["metadata"], **_version(existing)}},
+        )
+    await label_pods(scene, scene.pods)
+    for policy_name, patch in plan.patches.items():
+        original = plan.narrowed[policy_name]
+        current = next(p for p in scene.netpols if p["metadata"]["name"] == policy_name)
+        annotations = current["metadata"].get("annotations") or {}
+        holders = _holders(annotations) | {scene.breaker}
+        patch["metadata"] = {
+            "annotations": {
+                # The first narrowing keeps the original; later ones must not overwrite it.
+                ORIGINAL_SELECTOR: annotations.get(ORIGINAL_SELECTOR) or json.dumps(original),
+                NARROWED_FOR: ",".join(sorted(holders)),
+            }
+        }
+        await kube.merge_patch(
+            networking.patch_namespaced_network_policy, policy_name, scene.namespace, patch
+        )
+    return changed
+
+
+async def label_pods(scene: Scene, pods: Iterable[PodView]) -> list[str]:
+    """Mark the pods quarantined (the quarantine policy selects them by it); those it did."""
+    done = []
+    core = client.CoreV1Api(scene.api)
+    for pod in pods:
+        if pod.labels.get(egress.QUARANTINE_LABEL) == scene.breaker or pod.deleting:
+            continue
+        patch = {"metadata": {"labels": {egress.QUARANTINE_LABEL: scene.breaker}}}
+        try:
+            await kube.merge_patch(core.patch_namespaced_pod, pod.name, scene.namespace, patch)
+        except client.ApiException as error:
+            if error.status != 404:
+                raise
+        done.append(pod.name)
+    return done
+
+
+def narrowing_needed(scene: Scene) -> bool:
+    """Some policy still lets a quarantined pod of this breaker out (someone widened it)."""
+    labelled = [{**p.labels, egress.QUARANTINE_LABEL: scene.breaker} for p in scene.pods]
+    name = quarantine_name(scene.breaker)
+    return bool(egress.plan_revocation(name, scene.namespace, labelled, scene.netpols).patches)
+
+
+async def restore_egress(scene: Scene, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Unlabel the pods, give narrowed policies back their selectors, drop the quarantine."""
+    core = client.CoreV1Api(scene.api)
+    networking = client.NetworkingV1Api(scene.api)
+    for pod in scene.namespace_pods:
+        if pod.labels.get(egress.QUARANTINE_LABEL) != scene.breaker:
+            continue
+        unlabel = {"metadata": {"labels": {egress.QUARANTINE_LABEL: None}}}
+        await _ignore_404(
+            kube.merge_patch(core.patch_namespaced_pod, pod.name, pod.namespace, unlabel)
+        )
+    restored, kept = [], []
+    for policy in scene.netpols:
+        annotations = policy["metadata"].get("annotations") or {}
+        holders = _holders(annotations)
+        if scene.breaker not in holders:
+            continue
+        name = policy["metadata"]["name"]
+        others = holders - {scene.breaker}
+        if others:
+            # Another breaker's pods still need this policy narrowed.
+            patch: dict[str, Any] = {
+                "metadata": {"annotations": {NARROWED_FOR: ",".join(sorted(others))}}
+            }
+            kept.append(name)
+        else:
+            original = json.loads(annotations.get(ORIGINAL_SELECTOR) or "{}")
+            patch = egress.restore_patch(original)
+            patch["metadata"] = {"annotations": {ORIGINAL_SELECTOR: None, NARROWED_FOR: None}}
+            restored.append(name)
+        await _ignore_404(
+            kube.merge_patch(
+                networking.patch_namespaced_network_policy, name, scene.namespace, patch
+            )
+        )
+    await _ignore_404(
+        kube.call(
+            networking.delete_namespaced_network_policy,
+            record.get("quarantinePolicy") or quarantine_name(scene.breaker),
+            scene.namespace,
+        )
+    )
+    return {"restored": restored, "stillNarrowedForOthers": kept}
+
+
+def _holders(annotations: Mapping[str, str]) -> set[str]:
+    return {h for h in (annotations.get(NARROWED_FOR) or "").split(",") if h}
+
+
+async def _service_selector(scene: Scene, service: Mapping[str, Any]) -> dict[str, str] | None:
+    try:
+        found = await kube.call(
+            client.CoreV1Api(scene.api).read_namespaced_service,
+            service["name"],
+            service["namespace"],
+        )
+    except client.ApiException as error:
+        if error.status != 404:
+            raise
+        scene.notes.append(f"service {service['namespace']}/{service['name']} not found")
+        return None
+    selector = found.spec.selector if found.spec is not None else None
+    return dict(selector or {}) or None
+
+
+def _service_rule(namespace: str, selector: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "to": [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "podSelector": {"matchLabels": dict(selector)},
+            }
+        ]
+    }
+
+
+# -- pause ------------------------------------------------------------------------------
+
+
+def _workload_api(scene: Scene) -> tuple[client.CustomObjectsApi, pause.Kind]:
+    assert scene.workload is not None
+    return client.CustomObjectsApi(scene.api), pause.KINDS[scene.workload.kind]
+
+
+async def pause_workload(scene: Scene) -> dict[str, Any]:
+    """Suspend (or scale to zero) through the kind's adapter; remember what it was."""
+    workload = scene.workload
+    if workload is None:
+        return {"skipped": "the workload is gone"}
+    annotations = workload.body["metadata"]["annotations"]
+    if annotations.get(PAUSED_BY) == scene.breaker and PAUSED_WAS in annotations:
+        record = json.loads(annotations[PAUSED_WAS])  # paused before: keep the first record
+    else:
+        _, record = pause.pause(workload.kind, workload.body)
+    changed = {"kind": workload.kind, "name": workload.name, **record}
+    if scene.dry_run:
+        return changed
+    patch, _ = pause.pause(workload.kind, workload.body)
+    patch["metadata"] = {"annotations": {PAUSED_BY: scene.breaker, PAUSED_WAS: json.dumps(record)}}
+    objects, kind = _workload_api(scene)
+    await kube.call(
+        objects.patch_namespaced_custom_object,
+        kind.group,
+        kind.version,
+        scene.namespace,
+        kind.plural,
+        workload.name,
+        patch,
+    )
+    return changed
+
+
+async def resume_workload(scene: Scene, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Put the pause switch back to what the breaker found, and let go of the workload."""
+    workload = scene.workload
+    if workload is None:
+        return {"skipped": "the workload is gone"}
+    patch = pause.resume(workload.kind, record)
+    patch["metadata"] = {"annotations": {PAUSED_BY: None, PAUSED_WAS: None}}
+    objects, kind = _workload_api(scene)
+    await _ignore_404(
+        kube.call(
+            objects.patch_namespaced_custom_object,
+            kind.group,
+            kind.version,
+            scene.namespace,
+            kind.plural,
+            workload.name,
+            patch,
+        )
+    )
+    return {"restored": {record.get("field", ""): record.get("was")}}
+
+
+# -- reassignGPUs: the quota half (the queue hands the GPUs on) ---------------------------
+
+
+def freed_gpus(pods: Iterable[PodView]) -> list[dict[str, Any]]:
+    per_node: dict[str, int] = {}
+    for pod in pods:
+        if pod.node and pod.gpus and not pod.deleting and pod.phase in ("Pending", "Running"):
+            per_node[pod.node] = per_node.get(pod.node, 0) + pod.gpus
+    return [{"node": n, "gpus": per_node[n]} for n in sorted(per_node)]
+
+
+async def clamp_quota(scene: Scene) -> dict[str, Any]:
+    """Cap the namespace's GPU requests at what its other pods hold now."""
+    mine = {p.name for p in scene.pods}
+    in_use = sum(
+        p.gpus
+        for p in scene.namespace_pods
+        if p.name not in mine and not p.deleting and p.phase in ("Pending", "Running")
+    )
+    operations, record = quota.plan_clamp(scene.quotas, scene.namespace, in_use, scene.breaker)
+    if not scene.dry_run:
+        await _run_quota(scene, operations)
+    return record
+
+
+async def restore_quota(scene: Scene, record: Mapping[str, Any]) -> dict[str, Any]:
+    operations, skipped = quota.plan_restore(record, scene.quotas)
+    await _run_quota(scene, operations)
+    return {"skipped": skipped} if skipped else {}
+
+
+async def _run_quota(scene: Scene, operations: Iterable[quota.Operation]) -> None:
+    core = client.CoreV1Api(scene.api)
+    for operation in operations:
+        if isinstance(operation, quota.Create):
+            try:
+                await kube.call(
+                    core.create_namespaced_resource_quota, scene.namespace, operation.body
+                )
+            except client.ApiException as error:
+                if error.status != 409:
+                    raise
+        elif isinstance(operation, quota.Patch):
+            await kube.merge_patch(
+                core.patch_namespaced_resource_quota,
+                operation.name,
+                scene.namespace,
+                operation.patch,
+            )
+        else:
+            await _ignore_404(
+                kube.call(core.delete_namespaced_resource_quota, operation.name, scene.namespace)
+            )
+
+
+async def owe_gpus(scene: Scene, recipients: Iterable[str]) -> None:
+    """On reset: the job that was handed this TrainingJob's GPUs gives them back."""
+    workload = scene.workload
+    recipients = list(recipients)
+    if workload is None or workload.kind != "TrainingJob" or not recipients:
+        return
+    objects, kind = _workload_api(scene)
+    patch = {"metadata": {"annotations": {RECLAIM_FROM: recipients[0]}}}
+    await _ignore_404(
+        kube.call(
+            objects.patch_namespaced_custom_object,
+            kind.group,
+            kind.version,
+            scene.namespace,
+            kind.plural,
+            workload.name,
+            patch,
+        )
+    )
+
+
+# -- quarantineNode ---------------------------------------------------------------------
+
+
+async def quarantine_nodes(
+    scene: Scene, nodes: Iterable[str], settings: Mapping[str, Any]
+) -> dict[str, Any]:
+    core = client.CoreV1Api(scene.api)
+    records: dict[str, Any] = {}
+    for name in sorted(set(nodes)):
+        found = kube.to_dict(scene.api, await kube.call(core.read_node, name))
+        patch, record = node.quarantine(
+            found,
+            scene.breaker,
+            cordon=bool(settings.get("cordon", True)),
+            taint=bool(settings.get("taint", True)),
+        )
+        records[name] = record
+        if patch is not None and not scene.dry_run:
+            await kube.merge_patch(core.patch_node, name, patch)
+    return {"nodes": records}
+
+
+async def release_nodes(scene: Scene, record: Mapping[str, Any]) -> dict[str, Any]:
+    core = client.CoreV1Api(scene.api)
+    released = []
+    for name, node_record in (record.get("nodes") or {}).items():
+        try:
+            found = kube.to_dict(scene.api, await kube.call(core.read_node, name))
+        except client.ApiException as error:
+            if error.status == 404:
+                continue
+            raise
+        patch = node.release(found, node_record)
+        if patch is not None:
+            await kube.merge_patch(core.patch_node, name, patch)
+            released.append(name)
+    return {"released": released}
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _version(obj: Mapping[str, Any]) -> dict[str, Any]:
+    version = obj["metadata"].get("resourceVersion")
+    return {"resourceVersion": version} if version else {}
+
+
+async def _ignore_404(pending: Any) -> None:
+    try:
+        await pending
+    except client.ApiException as error:
+        if error.status != 404:
+            raise

@@ -1,0 +1,151 @@
+"""Between the cluster's objects and the state machine. Pure.
+
+Which Breakers should exist, the machine's memory read from and written to a Breaker's
+status, a policy's recovery settings, and the reset token an admin sets. The loop in
+``controllers/breakers.py`` feeds these from its indexes and writes what they return.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from breaker.api.common import parse_duration
+from breaker.circuit import machine
+from breaker.circuit.selection import Policy, Workload, breaker_name, desired_breaker, selects
+
+RESET_ANNOTATION = "breaker.dev/reset"
+CONTAINED_STATES = frozenset({"Open", "Locked", "ForcedOpen", "HalfOpen"})
+PAUSED_STATES = frozenset({"Open", "Locked", "ForcedOpen"})  # HalfOpen runs on probation
+
+
+def settings_of(spec: Mapping[str, Any]) -> machine.Settings:
+    recovery = spec.get("recovery") or {}
+    prometheus = spec.get("prometheus") or {}
+    defaults = machine.Settings()
+    return machine.Settings(
+        cooldown=_duration(recovery.get("cooldown"), defaults.cooldown),
+        cooldown_cap=_duration(recovery.get("cooldownCap"), defaults.cooldown_cap),
+        backoff_factor=float(recovery.get("backoffFactor", defaults.backoff_factor)),
+        probation=_duration(recovery.get("probation"), defaults.probation),
+        max_trips=int(recovery.get("maxTrips", defaults.max_trips)),
+        half_open=recovery.get("mode") == "HalfOpen",
+        dry_run=spec.get("mode", "DryRun") == "DryRun",
+        trip_when_unreachable=prometheus.get("onUnreachable") == "Trip",
+    )
+
+
+def _duration(value: Any, default: dt.timedelta) -> dt.timedelta:
+    return parse_duration(value) if value else default
+
+
+def _time(value: Any) -> dt.datetime | None:
+    if not value:
+        return None
+    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def stamp(moment: dt.datetime | None) -> str | None:
+    """RFC 3339 in UTC with milliseconds: containment happens within a second."""
+    if moment is None:
+        return None
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def memory(status: Mapping[str, Any]) -> machine.Breaker:
+    """The machine's memory, as the Breaker's status keeps it."""
+    return machine.Breaker(
+        state=status.get("state") or "Closed",
+        trips=int(status.get("trips") or 0),
+        last_trip=_time(status.get("lastTrip")),
+        cooldown_until=_time(status.get("cooldownUntil")),
+        probation_until=_time(status.get("probationUntil")),
+        handled_reset=status.get("handledReset"),
+        reason=status.get("reason") or "",
+        contained=bool(status.get("contained")),
+        signals_known=status.get("signals") != "Unknown",
+    )
+
+
+def status_of(breaker: machine.Breaker) -> dict[str, Any]:
+    """The status fields the machine owns (None clears a field in a merge patch)."""
+    return {
+        "state": breaker.state,
+        "trips": breaker.trips,
+        "lastTrip": stamp(breaker.last_trip),
+        "cooldownUntil": stamp(breaker.cooldown_until),
+        "probationUntil": stamp(breaker.probation_until),
+        "handledReset": breaker.handled_reset,
+        "reason": breaker.reason[:1024] or None,
+        "contained": breaker.contained,
+        "signals": "Available" if breaker.signals_known else "Unknown",
+    }
+
+
+def reset_token(body: Mapping[str, Any]) -> str | None:
+    """What the admin set to ask for a reset: spec.reset or the breaker.dev/reset annotation.
+
+    Either one changing is a new request; an unchanged token is one already carried out.
+    """
+    spec_value = (body.get("spec") or {}).get("reset")
+    annotation = ((body.get("metadata") or {}).get("annotations") or {}).get(RESET_ANNOTATION)
+    if not spec_value and not annotation:
+        return None
+    return f"{spec_value or ''}|{annotation or ''}"[:64]
+
+
+@dataclass(frozen=True)
+class BreakerPlan:
+    create: tuple[dict[str, Any], ...]
+    delete: tuple[tuple[str, str], ...]
+    guarded: Mapping[tuple[str, str], tuple[Policy, Workload]]  # breaker key -> its pair
+
+
+def plan_breakers(
+    policies: Iterable[Policy],
+    workloads: Iterable[Workload],
+    namespace_labels: Mapping[str, Mapping[str, str]],
+    existing: Mapping[tuple[str, str], Mapping[str, Any]],
+    now: dt.datetime,
+) -> BreakerPlan:
+    """One Breaker per (policy, selected workload); remove those no longer wanted.
+
+    A Breaker that holds a workload contained is never removed here: only an admin's reset
+    releases it. One that tripped keeps its evidence until the policy's evidenceRetention
+    has passed since its last trip, even when its workload is gone (the tenant must not
+    erase the evidence by deleting its job).
+    """
+    workloads = list(workloads)
+    wanted: dict[tuple[str, str], tuple[Policy, Workload]] = {}
+    for policy in policies:
+        for workload in workloads:
+            if selects(policy, workload, namespace_labels.get(workload.namespace, {})):
+                key = (workload.namespace, breaker_name(policy, workload))
+                wanted.setdefault(key, (policy, workload))
+    create = tuple(desired_breaker(p, w) for key, (p, w) in wanted.items() if key not in existing)
+    delete = []
+    for key, body in existing.items():
+        if key in wanted:
+            continue
+        status = body.get("status") or {}
+        if status.get("contained"):
+            continue
+        last_trip = _time(status.get("lastTrip"))
+        if last_trip is not None:
+            retention = dt.timedelta(days=30)
+            for policy in policies:
+                if _policy_ref(policy) == body.get("spec", {}).get("policyRef"):
+                    retention = _duration(policy.spec.get("evidenceRetention"), retention)
+            if now - last_trip < retention:
+                continue  # tripped: the evidence stays, whether or not the workload does
+        delete.append(key)
+    return BreakerPlan(create, tuple(delete), wanted)
+
+
+def _policy_ref(policy: Policy) -> dict[str, Any]:
+    ref: dict[str, Any] = {"kind": policy.kind, "name": policy.name}
+    if policy.namespace:
+        ref["namespace"] = policy.namespace
+    return ref

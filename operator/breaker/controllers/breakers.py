@@ -1,0 +1,946 @@
+"""The breaker loop: policies to Breakers, one evaluation for all, the machine, the actions.
+
+One asyncio task does everything for every breaker:
+
+- when a watched object changes (policy, workload, pod, NetworkPolicy, quota, Breaker,
+  namespace) it converges at once: Breakers created or removed as policies select
+  workloads, admin overrides and resets carried out, and containment enforced (a workload
+  unsuspended while its breaker is open is suspended again, a widened NetworkPolicy is
+  narrowed again), all from kopf's in-memory indexes;
+- every policy's ``prometheus.interval`` it evaluates that policy: one instant query per
+  signal for all pods at once (``detect/live.py``), the decisions mapped from pods to their
+  workloads, then each breaker's state machine stepped.
+
+Nothing here is per object: no kopf timer or daemon per Breaker. With nothing changing and
+nothing firing, the loop makes no API call; the Breaker's status is written only when its
+state, signals or actions change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from kubernetes import client
+
+from breaker import events, kube, metrics
+from breaker.actions import evidence as evidence_core
+from breaker.actions import executor
+from breaker.actions.egress import QUARANTINE_LABEL
+from breaker.actions.notify import (
+    Notifier,
+    Result,
+    decode_secret,
+    payload,
+    secret_namespace_allowed,
+)
+from breaker.actions.pause import KINDS
+from breaker.api.conditions import Cond, merge
+from breaker.api.policy import BreakerPolicySpec, ClusterBreakerPolicySpec, PolicySpecBase
+from breaker.circuit import machine, plan
+from breaker.circuit.ownership import WorkloadKey, workload_of
+from breaker.circuit.policy_check import problems
+from breaker.circuit.selection import Policy, Workload
+from breaker.controllers import inventory
+from breaker.controllers.inventory import PodView, WorkloadView, items, only
+from breaker.controllers.trainingjobs import TrainingController
+from breaker.detect import engine, live
+from breaker.detect.prom import Prom
+
+log = logging.getLogger("breaker.breakers")
+
+GROUP, VERSION = "breaker.dev", "v1alpha1"
+DEBOUNCE_SECONDS = 0.02
+RETRY_SECONDS = 5.0
+RESYNC_SECONDS = 300.0
+HANDOFF_WAIT_SECONDS = 5.0
+DEFAULT_PROMETHEUS = "http://127.0.0.1:9090"
+BreakerKey = tuple[str, str]
+PolicyKey = tuple[str, str | None, str]  # (kind, namespace, name)
+
+
+@dataclass
+class Compiled:
+    generation: int | None
+    detector: engine.Detector | None
+    spec: PolicySpecBase | None
+    problem: str | None
+    state: engine.State = dataclasses.field(default_factory=engine.State)
+    due: float = 0.0  # monotonic time of the next evaluation
+    known: bool = True  # the last evaluation read every signal
+
+
+@dataclass(frozen=True)
+class Trip:
+    """What an evaluation saw, for the actions and the evidence."""
+
+    decision: engine.Decision
+    detector: engine.Detector
+    seen_at: float  # monotonic, when the evaluation returned
+
+
+class BreakerController:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        indexes: Mapping[str, kopf.Index[Any, Any]],
+        training: TrainingController | None,
+        prometheus_url: str,
+        operator_namespace: str,
+    ) -> None:
+        self.api = api
+        self.indexes = indexes
+        self.training = training
+        self.prometheus_url = prometheus_url
+        self.operator_namespace = operator_namespace
+        self.wake = asyncio.Event()
+        self.ready = False
+        self.retry = False
+        self.compiled: dict[PolicyKey, Compiled] = {}
+        self.proms: dict[tuple[str, float], Prom] = {}
+        # The status last written per Breaker: the index may lag our own writes, and acting
+        # twice on a stale status would apply the actions twice.
+        self.written: dict[BreakerKey, dict[str, Any]] = {}
+        self.busy: dict[BreakerKey, asyncio.Task[None]] = {}
+        self.policy_status: dict[PolicyKey, dict[str, Any]] = {}
+        self.notifier = Notifier()
+
+    def nudge(self) -> None:
+        self.ready = True
+        self.wake.set()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            now = time.monotonic()
+            due = min((c.due for c in self.compiled.values() if c.detector), default=now + 60)
+            timeout = max(0.0, min(due - now, RETRY_SECONDS if self.retry else RESYNC_SECONDS))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=timeout)
+            if not self.ready:
+                continue
+            self.wake.clear()
+            await asyncio.sleep(DEBOUNCE_SECONDS)
+            try:
+                trips, known = await self.evaluate_due()
+                self.retry = await self.converge(trips, known)
+            except Exception:
+                log.exception("breaker pass failed; retrying in %ss", RETRY_SECONDS)
+                self.retry = True
+
+    # -- evaluation -----------------------------------------------------------------------
+
+    async def evaluate_due(self) -> tuple[dict[BreakerKey, Trip], dict[PolicyKey, bool]]:
+        """Evaluate every policy whose interval has come: one query per signal each."""
+        self._compile_policies()
+        trips: dict[BreakerKey, Trip] = {}
+        known: dict[PolicyKey, bool] = {}
+        now = time.monotonic()
+        due = [k for k, c in self.compiled.items() if c.detector is not None and c.due <= now]
+        if not due:
+            return trips, known
+        breakers_of = self._breakers_by_policy()
+        pods = self.indexes["breaker_pods"]
+        owners = self._owner_lookup()
+        kinds = frozenset(
+            kind
+            for key in due
+            for kind in (self.compiled[key].spec.targets.kinds if self.compiled[key].spec else [])  # type: ignore[union-attr]
+        )
+
+        def unit_of(pod_key: engine.PodKey) -> WorkloadKey | None:
+            pod: PodView | None = only(pods, pod_key)
+            if pod is None:
+                return None
+            return workload_of(pod.namespace, pod.owner, owners, kinds)
+
+        for key in due:
+            compiled = self.compiled[key]
+            assert compiled.detector is not None and compiled.spec is not None
+            settings = compiled.spec.prometheus
+            interval = _seconds(settings.interval)
+            compiled.due = now + interval
+            mine = breakers_of.get(key, [])
+            if not mine:
+                continue
+            prom = self._prom(settings.url or self.prometheus_url, _seconds(settings.timeout))
+            started = time.monotonic()
+            evaluation = await asyncio.to_thread(
+                live.evaluate, prom, compiled.detector, compiled.state, time.time(), unit_of
+            )
+            seen_at = time.monotonic()
+            label = _policy_label(key)
+            metrics.EVALUATION_SECONDS.labels(label).observe(seen_at - started)
+            metrics.QUERIES.labels(label).set(evaluation.queries)
+            for signal in evaluation.errors:
+                metrics.PROMETHEUS_ERRORS.labels(label, signal).inc()
+            if evaluation.errors:
+                log.warning(
+                    "%s: %d of %d signals unreadable: %s",
+                    label,
+                    len(evaluation.errors),
+                    evaluation.queries,
+                    next(iter(evaluation.errors.values()))[:300],
+                )
+            compiled.known = known[key] = not evaluation.errors
+            by_workload = {
+                unit: decision for unit, decision in evaluation.decisions.items() if unit
+            }
+            for breaker_key, body in mine:
+                target = body["spec"]["targetRef"]
+                unit = (breaker_key[0], target["kind"], target["name"])
+                if unit in by_workload:
+                    trips[breaker_key] = Trip(by_workload[unit], compiled.detector, seen_at)
+        return trips, known
+
+    def _compile_policies(self) -> None:
+        seen: set[PolicyKey] = set()
+        for key, body in self._policy_bodies():
+            seen.add(key)
+            generation = body["metadata"].get("generation")
+            current = self.compiled.get(key)
+            if current is not None and current.generation == generation:
+                continue
+            model = (
+                ClusterBreakerPolicySpec if key[0] == "ClusterBreakerPolicy" else BreakerPolicySpec
+            )
+            try:
+                spec = model.model_validate(body["spec"])
+                found = problems(spec)
+                detector = None if found else engine.compile_policy(spec)
+                problem = "; ".join(found) or None
+            except Exception as error:  # a policy the operator cannot use is skipped, loudly
+                spec, detector, problem = None, None, str(error)
+            if problem:
+                log.warning("%s: not evaluated: %s", _policy_label(key), problem[:300])
+            # A changed policy starts its `for` clocks afresh: its conditions changed too.
+            self.compiled[key] = Compiled(generation, detector, spec, problem)
+        for key in set(self.compiled) - seen:
+            del self.compiled[key]
+
+    # -- convergence ----------------------------------------------------------------------
+
+    async def converge(
+        self, trips: Mapping[BreakerKey, Trip], known: Mapping[PolicyKey, bool]
+    ) -> bool:
+        """Breakers exist as policies want; each one's machine stepped; containment held."""
+        failed = False
+        now = dt.datetime.now(dt.UTC)
+        self._compile_policies()
+        policies = self._policies()
+        workloads = self._workloads()
+        namespaces = {key: labels for key, labels in items(self.indexes["breaker_namespaces"])}
+        existing = {key: body for key, body in items(self.indexes["breaker_breakers"])}
+        wanted = plan.plan_breakers(
+            [p for p, _ in policies.values()],
+            [_as_workload(w) for w in workloads.values()],
+            namespaces,
+            existing,
+            now,
+        )
+        objects = client.CustomObjectsApi(self.api)
+        for body in wanted.create:
+            meta = body["metadata"]
+            try:
+                await kube.call(
+                    objects.create_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    meta["namespace"],
+                    "breakers",
+                    body,
+                )
+                log.info("Breaker %s/%s created", meta["namespace"], meta["name"])
+            except client.ApiException as error:
+                if error.status not in (409, 404):  # exists already; namespace going away
+                    log.warning("Breaker %s/%s: %s", meta["namespace"], meta["name"], error)
+                    failed = True
+        for namespace, name in wanted.delete:
+            with contextlib.suppress(client.ApiException):
+                await kube.call(
+                    objects.delete_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    "breakers",
+                    name,
+                )
+            self.written.pop((namespace, name), None)
+        metrics.GUARDED.set(len(existing))
+
+        for key, body in existing.items():
+            if key in self.busy or key in wanted.delete:
+                continue
+            policy_key = _policy_key(body["spec"]["policyRef"])
+            policy = policies.get(policy_key)
+            if policy is None:
+                continue  # its policy is gone; the plan removes it unless it holds containment
+            compiled = self.compiled.get(policy_key)
+            target = body["spec"]["targetRef"]
+            workload = workloads.get((key[0], target["kind"], target["name"]))
+            if workload is not None and target.get("uid") and workload.uid != target["uid"]:
+                workload = None  # a new workload of the same name is not the one guarded
+            try:
+                await self._advance(
+                    key,
+                    body,
+                    policy[1],
+                    workload,
+                    trips.get(key),
+                    known.get(policy_key, compiled.known if compiled else True),
+                    now,
+                )
+            except Exception as error:
+                log.exception("Breaker %s/%s: %s", *key, error)
+                failed = True
+        await self._write_policy_statuses(existing)
+        for key in list(self.written):
+            if key not in existing:
+                del self.written[key]
+        return failed
+
+    async def _advance(
+        self,
+        key: BreakerKey,
+        body: dict[str, Any],
+        spec: Mapping[str, Any],
+        workload: WorkloadView | None,
+        trip: Trip | None,
+        known: bool,
+        now: dt.datetime,
+    ) -> None:
+        status = self.written.get(key) or body.get("status") or {}
+        settings = plan.settings_of(spec)
+        before = plan.memory(status)
+        seen = machine.Observation(
+            now=now,
+            tripped=_reason(trip) if trip else None,
+            signals_known=known,
+            override=body["spec"].get("override"),
+            reset=plan.reset_token(body),
+        )
+        transition = machine.step(before, seen, settings)
+        after = transition.after
+        records: list[dict[str, Any]] = list(status.get("actions") or [])
+        if not status:
+            # A new Breaker: say it guards, once.
+            await self._write(key, body, status, after, records, settings, spec)
+            return
+        if transition.effects or transition.changed or before.signals_known != after.signals_known:
+            task = asyncio.create_task(
+                self._act(key, body, spec, workload, transition, trip, status, settings),
+                name=f"breaker-{key[0]}-{key[1]}",
+            )
+            self.busy[key] = task
+            task.add_done_callback(lambda _: self._done(key))
+            return
+        if after.contained and not settings.dry_run and workload is not None:
+            await self._hold(key, body, spec, workload, after, records)
+
+    def _done(self, key: BreakerKey) -> None:
+        task = self.busy.pop(key, None)
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            log.error("Breaker %s/%s: actions failed: %s", *key, task.exception())
+            self.retry = True
+        self.wake.set()  # whatever changed meanwhile is looked at again
+
+    async def _act(
+        self,
+        key: BreakerKey,
+        body: dict[str, Any],
+        spec: Mapping[str, Any],
+        workload: WorkloadView | None,
+        transition: machine.Transition,
+        trip: Trip | None,
+        status: dict[str, Any],
+        settings: machine.Settings,
+    ) -> None:
+        """Carry out a transition's effects, then record it all in one status write."""
+        after = transition.after
+        records: list[dict[str, Any]] = list(status.get("actions") or [])
+        extra: dict[str, Any] = {}
+        scene = self._scene(key, workload, settings.dry_run)
+        order = [a["type"] for a in spec.get("actions") or _DEFAULT_ACTIONS]
+        settings_of = {a["type"]: a for a in spec.get("actions") or _DEFAULT_ACTIONS}
+        for effect in transition.effects:
+            if effect in ("apply", "repause"):
+                evidence = self._evidence(trip, scene, after)
+                extra["evidence"] = evidence_core.append(status.get("evidence"), evidence)
+                if trip is not None:
+                    for signal in trip.decision.signals:
+                        metrics.TRIPS.labels(
+                            _policy_label(_policy_key(body["spec"]["policyRef"])), signal.signal
+                        ).inc()
+                records = await self._apply(scene, order, settings_of, records, trip, after)
+                if trip is not None and not settings.dry_run:
+                    took = time.monotonic() - trip.seen_at + _evaluation_lag(trip)
+                    extra["timeToContainSeconds"] = round(took, 3)
+                    metrics.TIME_TO_CONTAIN.observe(took)
+            elif effect == "resume":
+                records = await self._undo(scene, records, only_types=("pause", "reassignGPUs"))
+            elif effect == "revert":
+                records = await self._undo(scene, records, only_types=None)
+        if transition.changed and after.state in ("Open", "Locked", "ForcedOpen"):
+            await self._release_ownership(key, body)
+        await self._write(key, body, status, after, records, settings, spec, extra, transition)
+        event = transition.event
+        if event is not None:
+            message = _event_message(after, records, settings.dry_run)
+            await events.post(self.api, body, event[0], event[1], message)
+            if workload is not None:
+                await events.post(self.api, workload.body, event[0], event[1], message)
+            await self._notify(spec, body, event[1], after, extra)
+
+    async def _apply(
+        self,
+        scene: executor.Scene,
+        order: list[str],
+        settings_of: Mapping[str, Mapping[str, Any]],
+        records: list[dict[str, Any]],
+        trip: Trip | None,
+        after: machine.Breaker,
+    ) -> list[dict[str, Any]]:
+        done = {r["type"]: r for r in records}
+        handoff_since = time.monotonic()
+        if "reassignGPUs" in order and "reassignGPUs" not in done:
+            # The quota is clamped before the pause frees anything, so the tenant's own
+            # queued jobs cannot take the GPUs back in between.
+            done["reassignGPUs"] = await self._record(
+                "reassignGPUs",
+                scene,
+                self._clamp(scene),
+            )
+        for action in order:
+            if action in ("captureEvidence", "notify") or (
+                action in done and action != "reassignGPUs"
+            ):
+                continue  # evidence is kept apart; notify goes out with the Event
+            if action == "revokeEgress":
+                done[action] = await self._record(
+                    action,
+                    scene,
+                    executor.revoke_egress(scene, settings_of[action].get("revokeEgress") or {}),
+                )
+            elif action == "pause":
+                done[action] = await self._record(action, scene, executor.pause_workload(scene))
+            elif action == "reassignGPUs":
+                await self._handed_to(scene, done[action], handoff_since)
+            elif action == "quarantineNode":
+                nodes = {p.node for p in scene.pods if p.node}
+                done[action] = await self._record(
+                    action,
+                    scene,
+                    executor.quarantine_nodes(
+                        scene, nodes, settings_of[action].get("quarantineNode") or {}
+                    ),
+                )
+        return [done[a] for a in _ordered(done, order)]
+
+    async def _clamp(self, scene: executor.Scene) -> dict[str, Any]:
+        return {
+            "freed": executor.freed_gpus(scene.pods),
+            "quota": await executor.clamp_quota(scene),
+        }
+
+    async def _handed_to(self, scene: executor.Scene, record: dict[str, Any], since: float) -> None:
+        """Wait (briefly) for the queue to admit the job that takes the freed GPUs."""
+        changed = record.setdefault("changed", {})
+        if scene.dry_run or self.training is None or not changed.get("freed"):
+            changed.setdefault("to", [])
+            return
+        admitted = await self.training.admitted_since(since, HANDOFF_WAIT_SECONDS)
+        changed["to"] = [f"{ns}/{name}" for ns, name in admitted if True]
+        record["appliedAt"] = plan.stamp(dt.datetime.now(dt.UTC))
+        if not admitted:
+            scene.notes.append("no queued TrainingJob fits the freed GPUs; they stay free")
+
+    async def _record(self, action: str, scene: executor.Scene, work: Any) -> dict[str, Any]:
+        record: dict[str, Any] = {"type": action}
+        try:
+            record["changed"] = await work
+            metrics.ACTIONS.labels(action, "apply", "ok").inc()
+        except client.ApiException as error:
+            record["error"] = f"{error.status} {error.reason}: {_message(error)}"[:4096]
+            metrics.ACTIONS.labels(action, "apply", "error").inc()
+            log.warning(
+                "Breaker %s/%s: %s failed: %s",
+                scene.namespace,
+                scene.breaker,
+                action,
+                record["error"],
+            )
+        record["appliedAt"] = plan.stamp(dt.datetime.now(dt.UTC))
+        if scene.dry_run:
+            record["dryRun"] = True
+        return record
+
+    async def _undo(
+        self,
+        scene: executor.Scene,
+        records: list[dict[str, Any]],
+        only_types: tuple[str, ...] | None,
+    ) -> list[dict[str, Any]]:
+        """Undo the recorded actions, newest first; return those still applied."""
+        kept: list[dict[str, Any]] = []
+        for record in reversed(records):
+            action, changed = record["type"], record.get("changed") or {}
+            if only_types is not None and action not in only_types:
+                kept.insert(0, record)
+                continue
+            if record.get("dryRun") or (record.get("error") and not changed):
+                continue
+            try:
+                if action == "revokeEgress":
+                    await executor.restore_egress(scene, changed)
+                elif action == "pause":
+                    await executor.resume_workload(scene, changed)
+                elif action == "reassignGPUs":
+                    await executor.restore_quota(scene, changed.get("quota") or {})
+                    if only_types is None:
+                        await executor.owe_gpus(scene, changed.get("to") or [])
+                elif action == "quarantineNode":
+                    await executor.release_nodes(scene, changed)
+                metrics.ACTIONS.labels(action, "undo", "ok").inc()
+            except client.ApiException as error:
+                metrics.ACTIONS.labels(action, "undo", "error").inc()
+                record = {**record, "error": f"undo failed: {error.status} {error.reason}"}
+                kept.insert(0, record)
+                log.warning(
+                    "Breaker %s/%s: undo %s failed: %s",
+                    scene.namespace,
+                    scene.breaker,
+                    action,
+                    error,
+                )
+        return kept
+
+    async def _hold(
+        self,
+        key: BreakerKey,
+        body: dict[str, Any],
+        spec: Mapping[str, Any],
+        workload: WorkloadView,
+        after: machine.Breaker,
+        records: list[dict[str, Any]],
+    ) -> None:
+        """Containment holds whatever the tenant does: undo an escape as soon as it is seen."""
+        scene = self._scene(key, workload, dry_run=False)
+        done = {r["type"]: r for r in records if not r.get("error")}
+        escapes: list[str] = []
+        held = "pause" in done and after.state in plan.PAUSED_STATES
+        if held and (not workload.paused or workload.paused_by != key[1]):
+            await executor.pause_workload(scene)
+            escapes.append(f"{workload.kind} {workload.name} was resumed: paused again")
+        if "revokeEgress" in done:
+            names = {p["metadata"]["name"] for p in scene.netpols}
+            unlabelled = [p for p in scene.pods if p.labels.get(QUARANTINE_LABEL) != key[1]]
+            quarantine_missing = executor.quarantine_name(key[1]) not in names
+            if quarantine_missing or executor.narrowing_needed(scene):
+                settings: Mapping[str, Any] = next(
+                    (a for a in spec.get("actions") or [] if a["type"] == "revokeEgress"), {}
+                )
+                await executor.revoke_egress(scene, settings.get("revokeEgress") or {})
+                escapes.append("the egress quarantine was weakened: restored")
+            elif unlabelled and (labelled := await executor.label_pods(scene, unlabelled)):
+                escapes.append(f"pods {', '.join(labelled)} quarantined")
+        if "reassignGPUs" in done and after.state in plan.PAUSED_STATES:
+            clamp = await executor.clamp_quota(dataclasses.replace(scene, dry_run=True))
+            if clamp.get("lowered") or clamp.get("created"):
+                await executor.clamp_quota(scene)
+                escapes.append("the namespace's GPU quota was raised: clamped again")
+        for escape in escapes:
+            log.warning("Breaker %s/%s: %s", *key, escape)
+            await events.post(self.api, body, "Warning", "ContainmentRestored", escape)
+            await events.post(self.api, workload.body, "Warning", "ContainmentRestored", escape)
+
+    # -- status ---------------------------------------------------------------------------
+
+    async def _write(
+        self,
+        key: BreakerKey,
+        body: dict[str, Any],
+        status: dict[str, Any],
+        after: machine.Breaker,
+        records: list[dict[str, Any]],
+        settings: machine.Settings,
+        spec: Mapping[str, Any],
+        extra: Mapping[str, Any] | None = None,
+        transition: machine.Transition | None = None,
+    ) -> None:
+        now = dt.datetime.now(dt.UTC)
+        wanted: dict[str, Any] = {**plan.status_of(after), **(extra or {})}
+        wanted["actions"] = records or None
+        wanted["dryRun"] = settings.dry_run or None
+        wanted["observedGeneration"] = body["metadata"].get("generation")
+        if transition is not None and transition.changed:
+            history = list(status.get("history") or [])
+            history.append(
+                {
+                    "time": plan.stamp(now),
+                    "from": transition.before.state,
+                    "to": after.state,
+                    "reason": after.reason[:1024] or after.state,
+                }
+            )
+            wanted["history"] = history[-50:]
+        tripped = after.state in plan.CONTAINED_STATES
+        wanted["conditions"] = merge(
+            status.get("conditions"),
+            [
+                Cond("Ready", "True", "Guarding", "the breaker evaluates its policy's signals")
+                if after.state != "Disabled"
+                else Cond("Ready", "False", "Disabled", "disabled by an admin"),
+                Cond(
+                    "Tripped",
+                    "True" if tripped else "False",
+                    after.state if tripped else "Closed",
+                    after.reason or after.state,
+                ),
+                Cond("SignalsAvailable", "True", "QueriesAnswered", "every signal was read")
+                if after.signals_known
+                else Cond(
+                    "SignalsAvailable",
+                    "Unknown",
+                    "PrometheusUnreachable",
+                    "signals cannot be read: the state is held and nothing is acted on",
+                ),
+            ],
+            now,
+            body["metadata"].get("generation"),
+        )
+        merged = {**status, **{k: v for k, v in wanted.items()}}
+        merged = {k: v for k, v in merged.items() if v is not None}
+        if merged == status:
+            return
+        try:
+            await kube.call(
+                client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                key[0],
+                "breakers",
+                key[1],
+                {"status": wanted},
+            )
+        except client.ApiException as error:
+            if error.status == 404:
+                return
+            raise
+        self.written[key] = merged
+        policy = body["spec"]["policyRef"]["name"]
+        metrics.set_state(key[0], key[1], policy, after.state)
+
+    async def _release_ownership(self, key: BreakerKey, body: dict[str, Any]) -> None:
+        """Tripped: the Breaker must outlive its workload, or deleting the job erases it."""
+        if not body["metadata"].get("ownerReferences"):
+            return
+        with contextlib.suppress(client.ApiException):
+            await kube.call(
+                client.CustomObjectsApi(self.api).patch_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                key[0],
+                "breakers",
+                key[1],
+                {"metadata": {"ownerReferences": None}},
+            )
+
+    async def _write_policy_statuses(self, breakers: Mapping[BreakerKey, dict[str, Any]]) -> None:
+        counts: dict[PolicyKey, dict[str, int]] = {}
+        for breaker_key, breaker in breakers.items():
+            status = self.written.get(breaker_key) or breaker.get("status") or {}
+            tally = counts.setdefault(
+                _policy_key(breaker["spec"]["policyRef"]), {"breakers": 0, "open": 0, "unknown": 0}
+            )
+            tally["breakers"] += 1
+            tally["open"] += status.get("state") not in (None, "Closed", "Disabled")
+            tally["unknown"] += status.get("signals") == "Unknown"
+        for key, body in self._policy_bodies():
+            tally = counts.get(key, {"breakers": 0, "open": 0, "unknown": 0})
+            current = body.get("status") or {}
+            if self.policy_status.get(key) == tally or all(
+                current.get(k) == v for k, v in tally.items()
+            ):
+                self.policy_status[key] = tally
+                continue
+            objects = client.CustomObjectsApi(self.api)
+            try:
+                if key[0] == "ClusterBreakerPolicy":
+                    await kube.call(
+                        objects.patch_cluster_custom_object_status,
+                        GROUP,
+                        VERSION,
+                        "clusterbreakerpolicies",
+                        key[2],
+                        {"status": tally},
+                    )
+                else:
+                    await kube.call(
+                        objects.patch_namespaced_custom_object_status,
+                        GROUP,
+                        VERSION,
+                        key[1],
+                        "breakerpolicies",
+                        key[2],
+                        {"status": tally},
+                    )
+                self.policy_status[key] = tally
+            except client.ApiException as error:
+                log.warning("%s: status not written: %s", _policy_label(key), error.reason)
+
+    # -- reading the indexes ----------------------------------------------------------------
+
+    def _policy_bodies(self) -> Iterable[tuple[PolicyKey, dict[str, Any]]]:
+        for (namespace, name), body in items(self.indexes["breaker_policies"]):
+            yield ("BreakerPolicy", namespace, name), body
+        for name, body in items(self.indexes["breaker_cluster_policies"]):
+            yield ("ClusterBreakerPolicy", None, name), body
+
+    def _policies(self) -> dict[PolicyKey, tuple[Policy, dict[str, Any]]]:
+        found = {}
+        for key, body in self._policy_bodies():
+            if body["metadata"].get("deletionTimestamp"):
+                continue
+            found[key] = (Policy(key[0], key[2], key[1], body["spec"]), body["spec"])
+        return found
+
+    def _workloads(self) -> dict[WorkloadKey, WorkloadView]:
+        found: dict[WorkloadKey, WorkloadView] = {}
+        for index_name in inventory.WORKLOAD_INDEXES:
+            index = self.indexes.get(index_name)
+            if index is None:
+                continue
+            for key, view in items(index):
+                if not view.deleting:
+                    found[key] = view
+        return found
+
+    def _breakers_by_policy(self) -> dict[PolicyKey, list[tuple[BreakerKey, dict[str, Any]]]]:
+        grouped: dict[PolicyKey, list[tuple[BreakerKey, dict[str, Any]]]] = {}
+        for key, body in items(self.indexes["breaker_breakers"]):
+            grouped.setdefault(_policy_key(body["spec"]["policyRef"]), []).append((key, body))
+        return grouped
+
+    def _owner_lookup(self) -> Any:
+        jobs = self.indexes["breaker_job_owners"]
+        replicasets = self.indexes["breaker_replicaset_owners"]
+
+        def owner_of(namespace: str, kind: str, name: str) -> Any:
+            index = jobs if kind == "Job" else replicasets if kind == "ReplicaSet" else None
+            return only(index, (namespace, name)) if index is not None else None
+
+        return owner_of
+
+    def _scene(
+        self, key: BreakerKey, workload: WorkloadView | None, dry_run: bool
+    ) -> executor.Scene:
+        namespace = key[0]
+        owners = self._owner_lookup()
+        kinds = frozenset({workload.kind}) if workload else frozenset()
+        namespace_pods = [
+            pod for (ns, _), pod in items(self.indexes["breaker_pods"]) if ns == namespace
+        ]
+        mine = [
+            pod
+            for pod in namespace_pods
+            if workload is not None
+            and workload_of(namespace, pod.owner, owners, kinds)
+            == (namespace, workload.kind, workload.name)
+        ]
+        return executor.Scene(
+            api=self.api,
+            breaker=key[1],
+            namespace=namespace,
+            workload=workload,
+            pods=mine,
+            netpols=[p for (ns, _), p in items(self.indexes["breaker_netpols"]) if ns == namespace],
+            quotas=[q for (ns, _), q in items(self.indexes["breaker_quotas"]) if ns == namespace],
+            namespace_pods=namespace_pods,
+            dry_run=dry_run,
+        )
+
+    def _evidence(
+        self, trip: Trip | None, scene: executor.Scene, after: machine.Breaker
+    ) -> dict[str, Any]:
+        pods: list[dict[str, Any]] = [
+            {"name": p.name, "node": p.node, "gpus": []} for p in scene.pods
+        ]
+        now = dt.datetime.now(dt.UTC)
+        if trip is None:
+            return {
+                "time": plan.stamp(now),
+                "rule": after.state[:63],
+                "signals": [],
+                "pods": pods,
+            }
+        record = evidence_core.capture(trip.decision, trip.detector, pods, now)
+        record["time"] = plan.stamp(now)
+        return record
+
+    def _prom(self, url: str, timeout: float) -> Prom:
+        key = (url, timeout)
+        if key not in self.proms:
+            self.proms[key] = Prom(url, timeout)
+        return self.proms[key]
+
+    async def _notify(
+        self,
+        spec: Mapping[str, Any],
+        body: dict[str, Any],
+        reason: str,
+        after: machine.Breaker,
+        extra: Mapping[str, Any],
+    ) -> None:
+        """Post the optional webhook in the background: containment never waits for it."""
+        for action in spec.get("actions") or []:
+            settings = action.get("notify") if action.get("type") == "notify" else None
+            if not settings or not settings.get("url"):
+                continue
+            token = None
+            if settings.get("secretRef"):
+                try:
+                    token = await self._webhook_token(body, settings["secretRef"])
+                except (ValueError, client.ApiException) as error:
+                    message = f"webhook not sent: {getattr(error, 'reason', None) or error}"
+                    await events.post(self.api, body, "Warning", "WebhookFailed", message)
+                    continue
+            snapshot = {**body, "status": {**plan.status_of(after), **extra}}
+            document = payload(reason, snapshot, dt.datetime.now(dt.UTC))
+
+            async def delivered(result: Result, breaker: dict[str, Any] = body) -> None:
+                outcome = "ok" if result.ok else "error"
+                metrics.ACTIONS.labels("notify", "webhook", outcome).inc()
+                if not result.ok:
+                    why = f"after {result.attempts} attempts: {result.error or result.status}"
+                    await events.post(self.api, breaker, "Warning", "WebhookFailed", why)
+
+            self.notifier.submit(settings["url"], document, token, delivered)
+
+    async def _webhook_token(self, body: dict[str, Any], ref: Mapping[str, Any]) -> str:
+        """The Secret is read from the policy's namespace, or (cluster policies) the operator's."""
+        policy_namespace = body["spec"]["policyRef"].get("namespace")
+        namespace = policy_namespace or self.operator_namespace
+        if not secret_namespace_allowed(namespace, self.operator_namespace, policy_namespace):
+            raise ValueError(f"Secret {ref['name']} is outside the namespaces it may be read from")
+        secret = await kube.call(
+            client.CoreV1Api(self.api).read_namespaced_secret, ref["name"], namespace
+        )
+        data = {key: str(value) for key, value in (secret.data or {}).items()}
+        return decode_secret(data, ref["key"], ref["name"])
+
+
+_DEFAULT_ACTIONS = [
+    {"type": t} for t in ("captureEvidence", "revokeEgress", "pause", "reassignGPUs")
+]
+
+
+def _ordered(done: Mapping[str, Any], order: list[str]) -> list[str]:
+    return [a for a in order if a in done] + [a for a in done if a not in order]
+
+
+def _reason(trip: Trip) -> str:
+    fired = ", ".join(f"{f.signal}={f.value:.3g}" for f in trip.decision.signals[:6])
+    return f"{trip.decision.rule}: {fired}"
+
+
+def _evaluation_lag(trip: Trip) -> float:
+    return 0.0
+
+
+def _event_message(after: machine.Breaker, records: list[dict[str, Any]], dry_run: bool) -> str:
+    done = ", ".join(r["type"] for r in records if not r.get("error"))
+    failed = ", ".join(r["type"] for r in records if r.get("error"))
+    message = after.reason or after.state
+    if done:
+        message += f"; {'would have applied' if dry_run else 'applied'}: {done}"
+    if failed:
+        message += f"; FAILED: {failed} (see status.actions)"
+    if dry_run:
+        message += " (DryRun: nothing was changed)"
+    return message
+
+
+def _policy_key(ref: Mapping[str, Any]) -> PolicyKey:
+    return (ref["kind"], ref.get("namespace"), ref["name"])
+
+
+def _policy_label(key: PolicyKey) -> str:
+    return f"{key[1]}/{key[2]}" if key[1] else key[2]
+
+
+def _as_workload(view: WorkloadView) -> Workload:
+    return Workload(view.api_version, view.kind, view.namespace, view.name, view.uid, view.labels)
+
+
+def _seconds(duration: str) -> float:
+    from breaker.api.common import parse_duration
+
+    return parse_duration(duration).total_seconds()
+
+
+def _message(error: client.ApiException) -> str:
+    import json
+
+    try:
+        return str(json.loads(error.body or "{}").get("message", ""))[:1000]
+    except ValueError:
+        return str(error.body or "")[:1000]
+
+
+# -- kopf wiring -------------------------------------------------------------------------
+
+OPTIONS: dict[str, str] = {}  # set by the runner: prometheus_url, operator_namespace
+
+
+@kopf.on.startup()
+async def start_breaker_controller(memo: kopf.Memo, **kwargs: Any) -> None:
+    indexes = {name: kwargs[name] for name in inventory.INDEX_NAMES if name in kwargs}
+    controller = BreakerController(
+        kube.api_client(),
+        indexes,
+        memo.get("training"),
+        OPTIONS.get("prometheus_url", DEFAULT_PROMETHEUS),
+        OPTIONS.get("operator_namespace", "breaker-system"),
+    )
+    memo["breakers"] = controller
+    memo["breakers_task"] = asyncio.create_task(controller.run(), name="breaker-loop")
+
+
+@kopf.on.cleanup()
+async def stop_breaker_controller(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("breakers_task")
+    if task is not None:
+        task.cancel()
+    controller: BreakerController | None = memo.get("breakers")
+    if controller is not None:
+        await controller.notifier.close()
+
+
+def _wake(memo: kopf.Memo, **_: Any) -> None:
+    controller: BreakerController | None = memo.get("breakers")
+    if controller is not None:
+        controller.nudge()
+
+
+for _resource in (
+    (GROUP, VERSION, "breakerpolicies"),
+    (GROUP, VERSION, "clusterbreakerpolicies"),
+    (GROUP, VERSION, "breakers"),
+    ("namespaces",),
+    ("networking.k8s.io", "v1", "networkpolicies"),
+    ("resourcequotas",),
+    ("pods",),
+    ("batch", "v1", "jobs"),
+    ("apps", "v1", "replicasets"),
+    *((k.group, k.version, k.plural) for k in KINDS.values()),
+):
+    kopf.on.event(*_resource, id=f"wake-breakers-{'.'.join(_resource)}")(_wake)

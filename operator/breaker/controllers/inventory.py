@@ -1,0 +1,252 @@
+"""What the breaker loop knows about the cluster, kept by kopf indexes from watches.
+
+Policies, Breakers, namespaces' labels, every kind of workload a policy can guard, the
+owners between pods and workloads (Jobs, ReplicaSets), pods with an owner, and every
+NetworkPolicy and ResourceQuota. The loop reads these in memory, so an evaluation of
+thousands of workloads lists nothing. Each index keeps only the fields the loop reads.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from breaker.actions.pause import KINDS, field_value, is_paused, with_field
+from breaker.circuit.ownership import OwnerRef
+from breaker.controllers.trainingjobs import pod_gpus
+
+GROUP = "breaker.dev"
+VERSION = "v1alpha1"
+PAUSED_BY = "breaker.dev/paused-by"
+
+
+@dataclass(frozen=True)
+class WorkloadView:
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+    labels: dict[str, str]
+    paused: bool
+    paused_by: str | None
+    pause_field: Any  # the value at the kind's pause path, as found
+    deleting: bool
+    body: dict[str, Any] = field(repr=False, compare=False)  # metadata and the pause field
+
+
+@dataclass(frozen=True)
+class PodView:
+    namespace: str
+    name: str
+    uid: str
+    owner: OwnerRef | None
+    labels: dict[str, str]
+    node: str | None
+    gpus: int
+    phase: str
+    deleting: bool
+
+
+def _controller(meta: kopf.Meta) -> OwnerRef | None:
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller"):
+            return OwnerRef(ref["kind"], ref["name"], ref["uid"])
+    return None
+
+
+def _workload(kind: str, body: kopf.Body) -> dict[tuple[str, str, str], WorkloadView]:
+    meta = body["metadata"]
+    value = field_value(kind, body)
+    slim = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": kind,
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta.get("namespace"),
+            "uid": meta["uid"],
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": {
+                k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(GROUP)
+            },
+        },
+        "spec": copy.deepcopy(dict(body.get("spec") or {})) if kind == "TrainingJob" else {},
+    }
+    if kind != "TrainingJob":
+        slim.update(with_field(kind, value))
+    view = WorkloadView(
+        api_version=str(body.get("apiVersion")),
+        kind=kind,
+        namespace=str(meta.get("namespace")),
+        name=meta["name"],
+        uid=meta["uid"],
+        labels=dict(meta.get("labels") or {}),
+        paused=is_paused(kind, slim),
+        paused_by=(meta.get("annotations") or {}).get(PAUSED_BY),
+        pause_field=value,
+        deleting=meta.get("deletionTimestamp") is not None,
+        body=slim,
+    )
+    return {(view.namespace, kind, view.name): view}
+
+
+# One index per guardable kind. kopf serves only the resources the cluster has, so the
+# JobSet, Kubeflow, Trainer and Ray indexes stay empty where those CRDs are not installed.
+WORKLOAD_INDEXES: list[str] = []
+
+
+def _register(kind: str) -> None:
+    adapter = KINDS[kind]
+    index_name = f"workloads_{kind.lower()}"
+
+    def index(body: kopf.Body, **_: Any) -> dict[tuple[str, str, str], WorkloadView]:
+        return _workload(kind, body)
+
+    index.__name__ = index_name
+    kopf.index(adapter.group, adapter.version, adapter.plural, id=index_name)(index)
+    WORKLOAD_INDEXES.append(index_name)
+
+
+for _kind in KINDS:
+    _register(_kind)
+
+
+@kopf.index("batch", "v1", "jobs")
+def breaker_job_owners(
+    namespace: str | None, name: str, meta: kopf.Meta, **_: Any
+) -> dict[tuple[str | None, str], OwnerRef | None]:
+    """Jobs and ReplicaSets: the controller above each, for the pod → workload walk."""
+    return {(namespace, name): _controller(meta)}
+
+
+@kopf.index("apps", "v1", "replicasets")
+def breaker_replicaset_owners(
+    namespace: str | None, name: str, meta: kopf.Meta, **_: Any
+) -> dict[tuple[str | None, str], OwnerRef | None]:
+    return {(namespace, name): _controller(meta)}
+
+
+@kopf.index("pods")
+def breaker_pods(
+    namespace: str | None,
+    name: str,
+    meta: kopf.Meta,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    labels: kopf.Labels,
+    **_: Any,
+) -> dict[tuple[str | None, str], PodView]:
+    assert namespace is not None
+    return {
+        (namespace, name): PodView(
+            namespace=namespace,
+            name=name,
+            uid=str(meta.get("uid")),
+            owner=_controller(meta),
+            labels=dict(labels),
+            node=spec.get("nodeName"),
+            gpus=pod_gpus(dict(spec)),
+            phase=status.get("phase", "Pending"),
+            deleting=meta.get("deletionTimestamp") is not None,
+        )
+    }
+
+
+@kopf.index("networking.k8s.io", "v1", "networkpolicies")
+def breaker_netpols(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str | None, str], dict[str, Any]]:
+    return {(namespace, name): _slim(body)}
+
+
+@kopf.index("resourcequotas")
+def breaker_quotas(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str | None, str], dict[str, Any]]:
+    return {(namespace, name): _slim(body, status=True)}
+
+
+@kopf.index("namespaces")
+def breaker_namespaces(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+    return {name: dict(labels)}
+
+
+@kopf.index(GROUP, VERSION, "breakerpolicies")
+def breaker_policies(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str | None, str], dict[str, Any]]:
+    return {(namespace, name): _slim(body, status=True)}
+
+
+@kopf.index(GROUP, VERSION, "clusterbreakerpolicies")
+def breaker_cluster_policies(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    return {name: _slim(body, status=True)}
+
+
+@kopf.index(GROUP, VERSION, "breakers")
+def breaker_breakers(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str | None, str], dict[str, Any]]:
+    return {(namespace, name): _slim(body, status=True)}
+
+
+def _slim(body: kopf.Body, status: bool = False) -> dict[str, Any]:
+    meta = body["metadata"]
+    kept: dict[str, Any] = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {
+            key: copy.deepcopy(meta[key])
+            for key in (
+                "name",
+                "namespace",
+                "uid",
+                "labels",
+                "annotations",
+                "ownerReferences",
+                "generation",
+                "resourceVersion",
+                "creationTimestamp",
+                "deletionTimestamp",
+            )
+            if key in meta
+        },
+        "spec": copy.deepcopy(dict(body.get("spec") or {})),
+    }
+    annotations = kept["metadata"].get("annotations")
+    if annotations:
+        # kubectl's last-applied copy doubles the size of every object; the loop never reads it.
+        annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
+    if status:
+        kept["status"] = copy.deepcopy(dict(body.get("status") or {}))
+    return kept
+
+
+INDEX_NAMES = (
+    *WORKLOAD_INDEXES,
+    "breaker_job_owners",
+    "breaker_replicaset_owners",
+    "breaker_pods",
+    "breaker_netpols",
+    "breaker_quotas",
+    "breaker_namespaces",
+    "breaker_policies",
+    "breaker_cluster_policies",
+    "breaker_breakers",
+)
+
+
+def only(index: kopf.Index[Any, Any], key: Any) -> Any:
+    values = list(index.get(key, []))
+    return values[0] if values else None
+
+
+def items(index: kopf.Index[Any, Any]) -> Iterator[tuple[Any, Any]]:
+    for key in index:
+        value = only(index, key)
+        if value is not None:
+            yield key, value

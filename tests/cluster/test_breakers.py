@@ -1,0 +1,458 @@
+"""The breaker end to end: the real control plane, the real Prometheus scraping the
+simulator, and the operator as its own process.
+
+Each attack runs on one TrainingJob of a full cluster with another job queued for GPUs:
+it must end with the job's egress effectively closed (by the effective-egress function,
+over every NetworkPolicy of its namespace, including one that allows everything), the
+job suspended, and its GPUs running the queued job. A reset must put every object it
+changed back as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from breaker.actions.egress import Destination, effective_egress
+from breaker.localcluster import LocalCluster
+from tests.conftest import free_port
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.cluster
+
+GROUP, VERSION = "breaker.dev", "v1alpha1"
+OUTSIDE_POOL = Destination(port=3333, ip="203.0.113.7")
+OUTSIDE_SSH = Destination(port=22, ip="198.51.100.4")
+
+
+def trainingjob(name: str, replicas: int, gpus: int, priority: int = 0) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingJob",
+        "metadata": {"name": name, "labels": {"team": "agents"}},
+        "spec": {
+            "replicas": replicas,
+            "gpusPerReplica": gpus,
+            "priority": priority,
+            "template": {"spec": {"containers": [{"name": "trainer", "image": "trainer:1"}]}},
+        },
+    }
+
+
+def policy(
+    mode: str = "Enforce",
+    kinds: tuple[str, ...] = ("TrainingJob",),
+    recovery: dict[str, Any] | None = None,
+    url: str | None = None,
+) -> dict[str, Any]:
+    """Fast signals for tests: evaluated every second, firing at once."""
+    spec: dict[str, Any] = {
+        "targets": {"kinds": list(kinds)},
+        "signals": [
+            {"name": "pool", "preset": "mining-pool-egress", "for": "0s", "severity": "critical"},
+            {"name": "ssh", "preset": "outbound-ssh", "for": "0s", "severity": "critical"},
+            {"name": "scan", "preset": "scan-fanout", "for": "0s", "severity": "critical"},
+        ],
+        "mode": mode,
+        "prometheus": {"interval": "1s", "timeout": "2s"},
+    }
+    if recovery:
+        spec["recovery"] = recovery
+    if url:
+        spec["prometheus"]["url"] = url
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "BreakerPolicy",
+        "metadata": {"name": "guard"},
+        "spec": spec,
+    }
+
+
+ALLOW_ALL = {
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "NetworkPolicy",
+    "metadata": {"name": "allow-all-egress"},
+    # Every pod of the namespace may go anywhere: revocation must close this too.
+    "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]},
+}
+
+
+class Cluster:
+    """One test namespace, read and written through the real API."""
+
+    def __init__(self, api: Any, namespace: str, local: LocalCluster, tmp: Path) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.net = client.NetworkingV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.ns, self.local, self.tmp = namespace, local, tmp
+        self.other = namespace
+
+    def create(self, plural: str, body: dict[str, Any], namespace: str | None = None) -> None:
+        self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace or self.ns, plural, body
+        )
+
+    def get(self, plural: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        found: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace or self.ns, plural, name
+        )
+        return found
+
+    def patch(self, plural: str, name: str, body: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, plural, name, body)
+
+    def state(self, tj: str, namespace: str | None = None) -> str | None:
+        return self.get("trainingjobs", tj, namespace).get("status", {}).get("state")
+
+    def breaker(self, name: str) -> dict[str, Any]:
+        """The Breaker, or {} while the operator has not made it yet."""
+        try:
+            return self.get("breakers", name)
+        except client.ApiException as error:
+            if error.status == 404:
+                return {}
+            raise
+
+    def pods_of(self, tj: str) -> list[Any]:
+        pods = self.core.list_namespaced_pod(
+            self.ns, label_selector=f"breaker.dev/trainingjob={tj}"
+        )
+        return [p for p in pods.items if p.metadata.deletion_timestamp is None]
+
+    def netpols(self) -> list[dict[str, Any]]:
+        listed = self.net.list_namespaced_network_policy(self.ns)
+        return [client.ApiClient().sanitize_for_serialization(p) for p in listed.items]
+
+    def egress_of(self, pod: Any) -> Any:
+        return effective_egress(pod.metadata.labels or {}, self.netpols())
+
+    def running(self, tj: str, replicas: int) -> list[Any]:
+        def ready() -> list[Any] | None:
+            pods = self.pods_of(tj)
+            ok = len(pods) == replicas and all(p.status.phase == "Running" for p in pods)
+            return pods if ok and self.state(tj) == "Running" else None
+
+        result: list[Any] = wait_for(ready, f"{tj} running", timeout=60)
+        return result
+
+    @contextlib.contextmanager
+    def sim(self, pods: list[Any], timeline: list[dict[str, str]]) -> Iterator[None]:
+        """Play the simulator for these pods, scraped by the local Prometheus."""
+        scenario = {
+            "name": f"e2e-{self.ns}"[:63],
+            "duration": "30m",
+            "interval": "1s",
+            "pods": [
+                {
+                    "namespace": self.ns,
+                    "name": p.metadata.name,
+                    "node": p.spec.node_name,
+                    "gpus": 8,
+                    "timeline": timeline,
+                }
+                for p in pods
+            ],
+        }
+        path = self.tmp / "scenario.yaml"
+        path.write_text(json.dumps(scenario))
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "breaker.cli",
+                "sim",
+                str(path),
+                "--port",
+                str(free_port()),
+                "--register",
+            ],
+            env=self.local.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=20)
+
+    def specs(self) -> dict[str, Any]:
+        """Every spec a breaker may change in this namespace, to compare after a reset."""
+        tjs = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, "trainingjobs")
+        quotas = self.core.list_namespaced_resource_quota(self.ns)
+        return {
+            "trainingjobs": {t["metadata"]["name"]: t["spec"] for t in tjs["items"]},
+            "networkpolicies": {p["metadata"]["name"]: p["spec"] for p in self.netpols()},
+            "quotas": {q.metadata.name: q.spec.to_dict() for q in quotas.items},
+        }
+
+
+@pytest.fixture
+def cluster(
+    api_client: Any,
+    namespace: str,
+    core: client.CoreV1Api,
+    local_cluster: LocalCluster,
+    operator: Path,
+    tmp_path: Path,
+) -> Iterator[Cluster]:
+    """The tenant's namespace, and another tenant's (``cluster.other``) queued for GPUs."""
+    other = f"{namespace[:56]}-other"
+    core.create_namespace({"metadata": {"name": other, "labels": {"breaker.dev/test": "true"}}})
+    wait_for(
+        lambda: core.read_namespaced_service_account("default", other),
+        "the other namespace's ServiceAccount",
+        ignore=(client.ApiException,),
+    )
+    found = Cluster(api_client, namespace, local_cluster, tmp_path)
+    found.other = other
+    yield found
+    core.delete_namespace(other, propagation_policy="Background")
+
+
+def full_cluster(c: Cluster) -> list[Any]:
+    """rl (16 GPUs) and filler (16 GPUs) fill the 32; another tenant's waiting (16) queues."""
+    c.create("trainingjobs", trainingjob("rl", 2, 8, priority=1))
+    c.create("trainingjobs", trainingjob("filler", 2, 8, priority=1))
+    pods = c.running("rl", 2)
+    c.running("filler", 2)
+    c.create("trainingjobs", trainingjob("waiting", 2, 8, priority=5), c.other)
+    wait_for(lambda: c.state("waiting", c.other) == "Queued", "waiting to queue")
+    c.net.create_namespaced_network_policy(c.ns, ALLOW_ALL)
+    assert c.egress_of(pods[0]).allows(OUTSIDE_POOL, c.ns)  # before: wide open
+    return pods
+
+
+ATTACKS = {
+    "mining-mid-run": [
+        {"at": "0s", "do": "train-mixed"},
+        {"at": "4s", "do": "mine"},
+        {"at": "4s", "do": "miner-pool-egress"},
+    ],
+    "reverse-tunnel": [{"at": "0s", "do": "train-mixed"}, {"at": "4s", "do": "reverse-ssh-tunnel"}],
+    "internal-scan": [{"at": "0s", "do": "train-mixed"}, {"at": "4s", "do": "internal-scan-fast"}],
+}
+
+
+def contained(c: Cluster, pods: list[Any]) -> dict[str, Any]:
+    breaker = wait_for(
+        lambda: (b := c.breaker("rl-guard")).get("status", {}).get("state") == "Open" and b,
+        "the breaker to trip",
+        timeout=90,
+    )
+    status = breaker["status"]
+    assert [a["type"] for a in status["actions"]] == ["revokeEgress", "pause", "reassignGPUs"]
+    assert all("error" not in a for a in status["actions"]), status["actions"]
+    assert status["evidence"][-1]["signals"], "the evidence names what fired"
+    # Egress: closed to the outside across every policy, the allow-all one included.
+    for pod in pods:
+        labels = {**(pod.metadata.labels or {}), "breaker.dev/quarantined": "rl-guard"}
+        egress = effective_egress(labels, c.netpols())
+        assert not egress.allows(OUTSIDE_POOL, c.ns)
+        assert not egress.allows(OUTSIDE_SSH, c.ns)
+    assert c.get("trainingjobs", "rl")["spec"]["suspend"] is True
+    wait_for(
+        lambda: c.state("waiting", c.other) == "Running",
+        "the queued job to get the GPUs",
+        timeout=30,
+    )
+    handoff = next(a for a in status["actions"] if a["type"] == "reassignGPUs")["changed"]
+    assert handoff["to"] == [f"{c.other}/waiting"]
+    assert sum(f["gpus"] for f in handoff["freed"]) == 16
+    quota = c.core.read_namespaced_resource_quota("breaker-gpu-clamp", c.ns)
+    assert quota.spec.hard["requests.nvidia.com/gpu"] == "16"  # filler's, and no more
+    return status
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_an_attack_is_contained(cluster: Cluster, attack: str) -> None:
+    pods = full_cluster(cluster)
+    cluster.create("breakerpolicies", policy())
+    with cluster.sim(pods, ATTACKS[attack]):
+        status = contained(cluster, pods)
+    assert status["timeToContainSeconds"] < 10
+
+
+def test_a_reset_restores_every_changed_spec(cluster: Cluster) -> None:
+    pods = full_cluster(cluster)
+    cluster.create("breakerpolicies", policy())
+    before = cluster.specs()
+    with cluster.sim(pods, ATTACKS["mining-mid-run"]):
+        contained(cluster, pods)
+    cluster.patch("breakers", "rl-guard", {"metadata": {"annotations": {"breaker.dev/reset": "1"}}})
+    wait_for(
+        lambda: cluster.breaker("rl-guard").get("status", {})["state"] == "Closed",
+        "the reset",
+        timeout=30,
+    )
+    wait_for(lambda: cluster.specs() == before, "every spec back as it was", timeout=30)
+    # The GPUs go back to the job that was tripped; the one that took them queues again.
+    wait_for(lambda: cluster.state("rl") == "Running", "rl running again", timeout=60)
+    wait_for(
+        lambda: cluster.state("waiting", cluster.other) == "Queued",
+        "waiting queued again",
+        timeout=30,
+    )
+    status = cluster.breaker("rl-guard").get("status", {})
+    assert not status.get("actions") and status["trips"] == 1 and status["evidence"]
+
+
+def test_benign_training_is_never_contained(cluster: Cluster) -> None:
+    pods = full_cluster(cluster)
+    cluster.create("breakerpolicies", policy())
+    with cluster.sim(
+        pods,
+        [
+            {"at": "0s", "do": "train-mixed"},
+            {"at": "0s", "do": "checkpoint-upload"},
+            {"at": "0s", "do": "nccl-allreduce"},
+        ],
+    ):
+        wait_for(lambda: cluster.breaker("rl-guard").get("status"), "the breaker", timeout=30)
+        time.sleep(15)  # fifteen evaluations
+    status = cluster.breaker("rl-guard").get("status", {})
+    assert status["state"] == "Closed" and not status.get("actions")
+    assert cluster.state("rl") == "Running"
+
+
+def test_dry_run_records_and_changes_nothing(cluster: Cluster) -> None:
+    pods = full_cluster(cluster)
+    cluster.create("breakerpolicies", policy(mode="DryRun"))
+    before = cluster.specs()
+    with cluster.sim(pods, ATTACKS["mining-mid-run"]):
+        breaker = wait_for(
+            lambda: (
+                (b := cluster.breaker("rl-guard")).get("status", {}).get("state") == "Open" and b
+            ),
+            "the dry-run trip",
+            timeout=90,
+        )
+    assert breaker["status"]["dryRun"] is True
+    assert all(a.get("dryRun") for a in breaker["status"]["actions"])
+    assert cluster.specs() == before
+    assert cluster.state("rl") == "Running" and cluster.state("waiting", cluster.other) == "Queued"
+
+
+def test_unreachable_prometheus_holds_and_reports_unknown(cluster: Cluster) -> None:
+    cluster.create("trainingjobs", trainingjob("rl", 1, 8))
+    cluster.running("rl", 1)
+    cluster.create("breakerpolicies", policy(url=f"http://127.0.0.1:{free_port()}"))
+    breaker = wait_for(
+        lambda: (
+            (b := cluster.breaker("rl-guard")).get("status", {}).get("signals") == "Unknown" and b
+        ),
+        "signals Unknown",
+        timeout=30,
+    )
+    assert breaker["status"]["state"] == "Closed" and not breaker["status"].get("actions")
+    signals = next(c for c in breaker["status"]["conditions"] if c["type"] == "SignalsAvailable")
+    assert signals["status"] == "Unknown" and signals["reason"] == "PrometheusUnreachable"
+    assert cluster.get("breakerpolicies", "guard")["status"]["unknown"] == 1
+    assert cluster.state("rl") == "Running"
+
+
+def test_a_job_unsuspended_while_open_is_suspended_again_at_once(cluster: Cluster) -> None:
+    pods = full_cluster(cluster)
+    cluster.create("breakerpolicies", policy())
+    with cluster.sim(pods, ATTACKS["mining-mid-run"]):
+        contained(cluster, pods)
+    cluster.patch("trainingjobs", "rl", {"spec": {"suspend": False}})
+    changed = time.monotonic()
+    wait_for(
+        lambda: cluster.get("trainingjobs", "rl")["spec"]["suspend"] is True,
+        "the job suspended again",
+        timeout=5,
+        interval=0.02,
+    )
+    assert time.monotonic() - changed < 1.0
+    assert cluster.state("waiting", cluster.other) == "Running"
+
+
+def test_half_open_retrips_on_relapse_and_closes_when_clean(cluster: Cluster) -> None:
+    pods = full_cluster(cluster)
+    recovery = {"mode": "HalfOpen", "cooldown": "3s", "probation": "8s", "maxTrips": 5}
+    cluster.create("breakerpolicies", policy(recovery=recovery))
+    relapse = [{"at": "0s", "do": "train-mixed"}, {"at": "4s", "do": "miner-pool-egress"}]
+    with cluster.sim(pods, relapse):
+        contained(cluster, pods)
+        wait_for(
+            lambda: cluster.breaker("rl-guard").get("status", {}).get("trips") == 2,
+            "a relapse in probation to trip again",
+            timeout=90,
+        )
+    history = [h["to"] for h in cluster.breaker("rl-guard").get("status", {})["history"]]
+    assert history[:3] == ["Open", "HalfOpen", "Open"]
+    # Clean now: the next probation passes, the breaker closes and undoes everything.
+    wait_for(
+        lambda: cluster.breaker("rl-guard").get("status", {})["state"] == "Closed",
+        "a clean probation to close the breaker",
+        timeout=120,
+    )
+    assert cluster.get("trainingjobs", "rl")["spec"].get("suspend") in (False, None)
+
+
+@pytest.mark.parametrize("kind", ["Job", "Deployment"])
+def test_foreign_workloads_are_paused_through_their_adapters(cluster: Cluster, kind: str) -> None:
+    labels = {"app": "agent"}
+    template = {
+        "metadata": {"labels": labels},
+        "spec": {
+            "restartPolicy": "Never" if kind == "Job" else "Always",
+            "containers": [
+                {"name": "c", "image": "agent:1", "resources": {"limits": {"nvidia.com/gpu": "1"}}}
+            ],
+        },
+    }
+    if kind == "Job":
+        cluster.batch.create_namespaced_job(
+            cluster.ns,
+            {"metadata": {"name": "agent"}, "spec": {"parallelism": 1, "template": template}},
+        )
+    else:
+        cluster.apps.create_namespaced_deployment(
+            cluster.ns,
+            {
+                "metadata": {"name": "agent"},
+                "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": template},
+            },
+        )
+    cluster.create("breakerpolicies", policy(kinds=(kind,)))
+
+    def running() -> list[Any] | None:
+        listed = cluster.core.list_namespaced_pod(cluster.ns, label_selector="app=agent")
+        pods = [p for p in listed.items if p.status.phase == "Running"]
+        return pods or None
+
+    pods = wait_for(running, f"the {kind}'s pods", timeout=60)
+    with cluster.sim(pods, ATTACKS["reverse-tunnel"]):
+        wait_for(
+            lambda: cluster.breaker("agent-guard").get("status", {}).get("state") == "Open",
+            "the breaker to trip",
+            timeout=90,
+        )
+    if kind == "Job":
+        assert cluster.batch.read_namespaced_job("agent", cluster.ns).spec.suspend is True
+    else:
+        assert cluster.apps.read_namespaced_deployment("agent", cluster.ns).spec.replicas == 0
+    cluster.patch("breakers", "agent-guard", {"spec": {"reset": "now"}})
+    wait_for(
+        lambda: cluster.breaker("agent-guard").get("status", {})["state"] == "Closed",
+        "reset",
+        timeout=30,
+    )
+    if kind == "Job":
+        assert not cluster.batch.read_namespaced_job("agent", cluster.ns).spec.suspend
+    else:
+        assert cluster.apps.read_namespaced_deployment("agent", cluster.ns).spec.replicas == 2
