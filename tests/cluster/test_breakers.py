@@ -54,13 +54,27 @@ def policy(
     kinds: tuple[str, ...] = ("TrainingJob",),
     recovery: dict[str, Any] | None = None,
     url: str | None = None,
+    actions: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Fast signals for tests: evaluated every second, firing at once."""
     spec: dict[str, Any] = {
         "targets": {"kinds": list(kinds)},
         "signals": [
-            {"name": "pool", "preset": "mining-pool-egress", "for": "0s", "severity": "critical"},
-            {"name": "ssh", "preset": "outbound-ssh", "for": "0s", "severity": "critical"},
+            {
+                "name": "pool",
+                "preset": "mining-pool-egress",
+                "params": {"window": "20s"},
+                "for": "0s",
+                "severity": "critical",
+            },
+            {
+                "name": "ssh",
+                "preset": "outbound-ssh",
+                # Persistence measured per whole minute: over one minute here, not ten.
+                "params": {"window": "1m", "persistence": "0.5"},
+                "for": "0s",
+                "severity": "critical",
+            },
             {"name": "scan", "preset": "scan-fanout", "for": "0s", "severity": "critical"},
         ],
         "mode": mode,
@@ -70,6 +84,8 @@ def policy(
         spec["recovery"] = recovery
     if url:
         spec["prometheus"]["url"] = url
+    if actions:
+        spec["actions"] = [{"type": a} for a in actions]
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "BreakerPolicy",
@@ -250,7 +266,7 @@ def contained(c: Cluster, pods: list[Any]) -> dict[str, Any]:
     breaker = wait_for(
         lambda: (b := c.breaker("rl-guard")).get("status", {}).get("state") == "Open" and b,
         "the breaker to trip",
-        timeout=90,
+        timeout=150,  # outbound-ssh's persistence is counted in whole minutes
     )
     status = breaker["status"]
     assert [a["type"] for a in status["actions"]] == ["revokeEgress", "pause", "reassignGPUs"]
@@ -306,7 +322,9 @@ def test_a_reset_restores_every_changed_spec(cluster: Cluster) -> None:
         timeout=30,
     )
     status = cluster.breaker("rl-guard").get("status", {})
-    assert not status.get("actions") and status["trips"] == 1 and status["evidence"]
+    # The count starts afresh (maxTrips counts from the reset); the evidence stays.
+    assert not status.get("actions") and status["trips"] == 0 and status["evidence"]
+    assert [h["to"] for h in status["history"]][-2:] == ["Open", "Closed"]
 
 
 def test_benign_training_is_never_contained(cluster: Cluster) -> None:
@@ -359,7 +377,10 @@ def test_unreachable_prometheus_holds_and_reports_unknown(cluster: Cluster) -> N
     assert breaker["status"]["state"] == "Closed" and not breaker["status"].get("actions")
     signals = next(c for c in breaker["status"]["conditions"] if c["type"] == "SignalsAvailable")
     assert signals["status"] == "Unknown" and signals["reason"] == "PrometheusUnreachable"
-    assert cluster.get("breakerpolicies", "guard")["status"]["unknown"] == 1
+    wait_for(
+        lambda: cluster.get("breakerpolicies", "guard").get("status", {}).get("unknown") == 1,
+        "the policy to count the breaker Unknown",
+    )
     assert cluster.state("rl") == "Running"
 
 
@@ -381,26 +402,66 @@ def test_a_job_unsuspended_while_open_is_suspended_again_at_once(cluster: Cluste
 
 
 def test_half_open_retrips_on_relapse_and_closes_when_clean(cluster: Cluster) -> None:
-    pods = full_cluster(cluster)
-    recovery = {"mode": "HalfOpen", "cooldown": "3s", "probation": "8s", "maxTrips": 5}
-    cluster.create("breakerpolicies", policy(recovery=recovery))
-    relapse = [{"at": "0s", "do": "train-mixed"}, {"at": "4s", "do": "miner-pool-egress"}]
-    with cluster.sim(pods, relapse):
-        contained(cluster, pods)
+    # A StatefulSet's pods keep their names when it scales back up, so the simulator's
+    # series follow them through probation.
+    labels = {"app": "agent"}
+    cluster.apps.create_namespaced_stateful_set(
+        cluster.ns,
+        {
+            "metadata": {"name": "agent"},
+            "spec": {
+                "replicas": 2,
+                "serviceName": "agent",
+                "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels}, "spec": gpu_pod_spec("Always")},
+            },
+        },
+    )
+    recovery = {"mode": "HalfOpen", "cooldown": "3s", "probation": "10s", "maxTrips": 5}
+    cluster.create(
+        "breakerpolicies",
+        policy(
+            kinds=("StatefulSet",),
+            recovery=recovery,
+            actions=("captureEvidence", "revokeEgress", "pause"),
+        ),
+    )
+    pods = wait_for(lambda: running_pods(cluster, 2), "the StatefulSet's pods", timeout=60)
+    with cluster.sim(pods, ATTACKS["mining-mid-run"]):
         wait_for(
-            lambda: cluster.breaker("rl-guard").get("status", {}).get("trips") == 2,
+            lambda: cluster.breaker("agent-guard").get("status", {}).get("trips") == 2,
             "a relapse in probation to trip again",
-            timeout=90,
+            timeout=120,
         )
-    history = [h["to"] for h in cluster.breaker("rl-guard").get("status", {})["history"]]
+    history = [h["to"] for h in cluster.breaker("agent-guard")["status"]["history"]]
     assert history[:3] == ["Open", "HalfOpen", "Open"]
     # Clean now: the next probation passes, the breaker closes and undoes everything.
     wait_for(
-        lambda: cluster.breaker("rl-guard").get("status", {})["state"] == "Closed",
+        lambda: cluster.breaker("agent-guard").get("status", {}).get("state") == "Closed",
         "a clean probation to close the breaker",
-        timeout=120,
+        timeout=150,
     )
-    assert cluster.get("trainingjobs", "rl")["spec"].get("suspend") in (False, None)
+    assert cluster.apps.read_namespaced_stateful_set("agent", cluster.ns).spec.replicas == 2
+    assert not cluster.net.list_namespaced_network_policy(cluster.ns).items
+
+
+def gpu_pod_spec(restart: str) -> dict[str, Any]:
+    return {
+        "restartPolicy": restart,
+        "containers": [
+            {"name": "c", "image": "agent:1", "resources": {"limits": {"nvidia.com/gpu": "1"}}}
+        ],
+    }
+
+
+def running_pods(cluster: Cluster, count: int) -> list[Any] | None:
+    listed = cluster.core.list_namespaced_pod(cluster.ns, label_selector="app=agent")
+    pods = [
+        p
+        for p in listed.items
+        if p.status.phase == "Running" and p.metadata.deletion_timestamp is None
+    ]
+    return pods if len(pods) == count else None
 
 
 @pytest.mark.parametrize("kind", ["Job", "Deployment"])
@@ -430,13 +491,10 @@ def test_foreign_workloads_are_paused_through_their_adapters(cluster: Cluster, k
         )
     cluster.create("breakerpolicies", policy(kinds=(kind,)))
 
-    def running() -> list[Any] | None:
-        listed = cluster.core.list_namespaced_pod(cluster.ns, label_selector="app=agent")
-        pods = [p for p in listed.items if p.status.phase == "Running"]
-        return pods or None
-
-    pods = wait_for(running, f"the {kind}'s pods", timeout=60)
-    with cluster.sim(pods, ATTACKS["reverse-tunnel"]):
+    pods = wait_for(
+        lambda: running_pods(cluster, 1 if kind == "Job" else 2), f"the {kind}'s pods", timeout=60
+    )
+    with cluster.sim(pods, ATTACKS["mining-mid-run"]):
         wait_for(
             lambda: cluster.breaker("agent-guard").get("status", {}).get("state") == "Open",
             "the breaker to trip",
