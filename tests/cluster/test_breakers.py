@@ -514,3 +514,102 @@ def test_foreign_workloads_are_paused_through_their_adapters(cluster: Cluster, k
         assert not cluster.batch.read_namespaced_job("agent", cluster.ns).spec.suspend
     else:
         assert cluster.apps.read_namespaced_deployment("agent", cluster.ns).spec.replicas == 2
+
+
+def stand_in_crd(group: str, version: str, kind: str, plural: str, scope: str) -> dict[str, Any]:
+    """A schemaless CRD serving the API a network plugin would: enough to see what the
+    operator writes there (nothing enforces it here; the effective-egress checks above
+    cover the NetworkPolicies that this cluster does have)."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{plural}.{group}",
+            # *.k8s.io groups are protected; a stand-in says it is not the approved API.
+            "annotations": {"api-approved.kubernetes.io": "unapproved, a test stand-in"},
+        },
+        "spec": {
+            "group": group,
+            "scope": scope,
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+            "versions": [
+                {
+                    "name": version,
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def test_deny_policies_are_added_where_the_cluster_serves_their_apis(
+    cluster: Cluster, api_client: Any
+) -> None:
+    extensions = client.ApiextensionsV1Api(api_client)
+    crds = [
+        stand_in_crd(
+            "policy.networking.k8s.io",
+            "v1alpha1",
+            "AdminNetworkPolicy",
+            "adminnetworkpolicies",
+            "Cluster",
+        ),
+        stand_in_crd(
+            "cilium.io", "v2", "CiliumNetworkPolicy", "ciliumnetworkpolicies", "Namespaced"
+        ),
+    ]
+    for crd in crds:
+        extensions.create_custom_resource_definition(crd)
+    try:
+        for crd in crds:
+            wait_for(
+                lambda crd=crd: any(
+                    c.type == "Established" and c.status == "True"
+                    for c in extensions.read_custom_resource_definition(
+                        crd["metadata"]["name"]
+                    ).status.conditions
+                    or []
+                ),
+                f"{crd['metadata']['name']} established",
+            )
+        pods = full_cluster(cluster)
+        cluster.create("breakerpolicies", policy())
+        with cluster.sim(pods, ATTACKS["mining-mid-run"]):
+            status = contained(cluster, pods)
+        revoked = status["actions"][0]["changed"]
+        anp = cluster.custom.get_cluster_custom_object(
+            "policy.networking.k8s.io",
+            "v1alpha1",
+            "adminnetworkpolicies",
+            revoked["adminNetworkPolicy"],
+        )
+        assert anp["spec"]["egress"][-1]["action"] == "Deny"
+        assert anp["spec"]["subject"]["pods"]["podSelector"] == {
+            "matchLabels": {"breaker.dev/quarantined": "rl-guard"}
+        }
+        cilium = cluster.custom.get_namespaced_custom_object(
+            "cilium.io", "v2", cluster.ns, "ciliumnetworkpolicies", revoked["ciliumPolicy"]
+        )
+        assert cilium["spec"]["egressDeny"] == [{"toEntities": ["world"]}]
+        cluster.patch("breakers", "rl-guard", {"spec": {"reset": "after-review"}})
+        wait_for(
+            lambda: (
+                not cluster.custom.list_cluster_custom_object(
+                    "policy.networking.k8s.io", "v1alpha1", "adminnetworkpolicies"
+                )["items"]
+            ),
+            "the AdminNetworkPolicy removed on reset",
+        )
+        assert not cluster.custom.list_namespaced_custom_object(
+            "cilium.io", "v2", cluster.ns, "ciliumnetworkpolicies"
+        )["items"]
+    finally:
+        for crd in crds:
+            extensions.delete_custom_resource_definition(crd["metadata"]["name"])

@@ -20,7 +20,7 @@ from typing import Any
 from kubernetes import client
 
 from breaker import kube
-from breaker.actions import egress, node, pause, quota
+from breaker.actions import admin_policy, egress, node, pause, quota
 from breaker.controllers.inventory import PAUSED_BY, PodView, WorkloadView
 from breaker.controllers.trainingjobs import RECLAIM_FROM
 
@@ -91,6 +91,7 @@ async def revoke_egress(scene: Scene, settings: Mapping[str, Any]) -> dict[str, 
             {**policy, "metadata": {**policy["metadata"], **_version(existing)}},
         )
     await label_pods(scene, scene.pods)
+    changed.update(await _deny_above_network_policies(scene, allow_dns))
     for policy_name, patch in plan.patches.items():
         original = plan.narrowed[policy_name]
         current = next(p for p in scene.netpols if p["metadata"]["name"] == policy_name)
@@ -175,7 +176,75 @@ async def restore_egress(scene: Scene, record: Mapping[str, Any]) -> dict[str, A
             scene.namespace,
         )
     )
+    objects = client.CustomObjectsApi(scene.api)
+    if record.get("adminNetworkPolicy"):
+        await _ignore_404(
+            kube.call(
+                objects.delete_cluster_custom_object,
+                admin_policy.ANP_GROUP,
+                admin_policy.ANP_VERSION,
+                admin_policy.ANP_PLURAL,
+                record["adminNetworkPolicy"],
+            )
+        )
+    if record.get("ciliumPolicy"):
+        await _ignore_404(
+            kube.call(
+                objects.delete_namespaced_custom_object,
+                admin_policy.CILIUM_GROUP,
+                admin_policy.CILIUM_VERSION,
+                scene.namespace,
+                admin_policy.CILIUM_PLURAL,
+                record["ciliumPolicy"],
+            )
+        )
     return {"restored": restored, "stillNarrowedForOthers": kept}
+
+
+async def served(api: client.ApiClient, group: str, version: str) -> bool:
+    """Whether the API server serves this group version (asked at trip time: CRDs come
+    and go, and one discovery call per trip costs nothing)."""
+    groups = await kube.call(client.ApisApi(api).get_api_versions)
+    return any(
+        g.name == group and any(v.version == version for v in g.versions)
+        for g in groups.groups or []
+    )
+
+
+async def _deny_above_network_policies(scene: Scene, allow_dns: bool) -> dict[str, Any]:
+    """An AdminNetworkPolicy and a Cilium deny, for the APIs this cluster has."""
+    objects = client.CustomObjectsApi(scene.api)
+    made: dict[str, Any] = {}
+    if await served(scene.api, admin_policy.ANP_GROUP, admin_policy.ANP_VERSION):
+        body = admin_policy.admin_network_policy(scene.namespace, scene.breaker, allow_dns)
+        await _create_or_keep(
+            objects.create_cluster_custom_object,
+            admin_policy.ANP_GROUP,
+            admin_policy.ANP_VERSION,
+            admin_policy.ANP_PLURAL,
+            body,
+        )
+        made["adminNetworkPolicy"] = body["metadata"]["name"]
+    if await served(scene.api, admin_policy.CILIUM_GROUP, admin_policy.CILIUM_VERSION):
+        body = admin_policy.cilium_policy(scene.namespace, scene.breaker)
+        await _create_or_keep(
+            objects.create_namespaced_custom_object,
+            admin_policy.CILIUM_GROUP,
+            admin_policy.CILIUM_VERSION,
+            scene.namespace,
+            admin_policy.CILIUM_PLURAL,
+            body,
+        )
+        made["ciliumPolicy"] = body["metadata"]["name"]
+    return made
+
+
+async def _create_or_keep(create: Any, *args: Any) -> None:
+    try:
+        await kube.call(create, *args)
+    except client.ApiException as error:
+        if error.status != 409:
+            raise
 
 
 def _holders(annotations: Mapping[str, str]) -> set[str]:

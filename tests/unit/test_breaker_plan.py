@@ -1,0 +1,120 @@
+"""Between objects and the machine: which Breakers exist, status round trips, resets,
+owner chains, and the deny rules for clusters with an API above NetworkPolicies."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from breaker.actions.admin_policy import admin_network_policy, anp_name, cilium_policy
+from breaker.circuit import machine, plan
+from breaker.circuit.ownership import OwnerRef, workload_of
+from breaker.circuit.selection import Policy, Workload
+
+NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
+POLICY = Policy("BreakerPolicy", "guard", "team-a", {"targets": {"kinds": ["TrainingJob"]}})
+RL = Workload("breaker.dev/v1alpha1", "TrainingJob", "team-a", "rl", "u1", {})
+
+
+def test_each_selected_workload_gets_one_breaker() -> None:
+    planned = plan.plan_breakers([POLICY], [RL], {}, {}, NOW)
+    assert [b["metadata"]["name"] for b in planned.create] == ["rl-guard"]
+    again = plan.plan_breakers([POLICY], [RL], {}, {("team-a", "rl-guard"): {}}, NOW)
+    assert not again.create and not again.delete
+
+
+def test_a_breaker_holding_containment_is_never_removed() -> None:
+    contained = {"spec": {}, "status": {"contained": True}}
+    idle = {"spec": {}, "status": {"state": "Closed"}}
+    existing = {("team-a", "held"): contained, ("team-a", "idle"): idle}
+    assert plan.plan_breakers([], [], {}, existing, NOW).delete == (("team-a", "idle"),)
+
+
+def test_tripped_evidence_outlives_the_workload_for_the_retention() -> None:
+    ref = {"kind": "BreakerPolicy", "name": "guard", "namespace": "team-a"}
+    tripped = {
+        "spec": {"policyRef": ref},
+        "status": {"lastTrip": "2026-11-23T11:00:00.000Z", "trips": 1},
+    }
+    policy = Policy("BreakerPolicy", "guard", "team-a", {"evidenceRetention": "2h"})
+    existing = {("team-a", "rl-guard"): tripped}
+    assert not plan.plan_breakers([policy], [], {}, existing, NOW).delete
+    later = NOW + dt.timedelta(hours=2)
+    assert plan.plan_breakers([policy], [], {}, existing, later).delete == (("team-a", "rl-guard"),)
+
+
+def test_the_machine_memory_round_trips_through_status() -> None:
+    memory = machine.Breaker(
+        state="Open",
+        trips=2,
+        last_trip=NOW,
+        cooldown_until=NOW + dt.timedelta(minutes=20),
+        contained=True,
+        reason="critical:pool",
+        signals_known=False,
+    )
+    assert plan.memory(plan.status_of(memory)) == memory
+
+
+def test_a_reset_is_asked_by_spec_or_annotation() -> None:
+    assert plan.reset_token({"spec": {}}) is None
+    by_spec = plan.reset_token({"spec": {"reset": "1"}})
+    by_annotation = plan.reset_token(
+        {"spec": {"reset": "1"}, "metadata": {"annotations": {"breaker.dev/reset": "x"}}}
+    )
+    assert by_spec and by_annotation and by_spec != by_annotation
+
+
+def test_policy_settings_default_to_dry_run_and_manual_recovery() -> None:
+    settings = plan.settings_of({})
+    assert settings.dry_run and not settings.half_open
+    enforced = plan.settings_of(
+        {"mode": "Enforce", "recovery": {"mode": "HalfOpen", "cooldown": "30s", "maxTrips": 2}}
+    )
+    assert not enforced.dry_run and enforced.half_open and enforced.max_trips == 2
+    assert enforced.cooldown == dt.timedelta(seconds=30)
+
+
+def test_pods_map_to_the_topmost_guarded_owner() -> None:
+    owners = {
+        ("ns", "Job", "rl"): OwnerRef("TrainingJob", "rl", "u1"),
+        ("ns", "ReplicaSet", "web-5f"): OwnerRef("Deployment", "web", "u2"),
+        ("ns", "Job", "bare"): None,
+    }
+
+    def owner_of(namespace: str, kind: str, name: str) -> OwnerRef | None:
+        return owners.get((namespace, kind, name))
+
+    kinds = frozenset({"TrainingJob", "Job", "Deployment"})
+    assert workload_of("ns", OwnerRef("Job", "rl", "j"), owner_of, kinds) == (
+        "ns",
+        "TrainingJob",
+        "rl",
+    )
+    assert workload_of("ns", OwnerRef("Job", "bare", "j"), owner_of, kinds) == ("ns", "Job", "bare")
+    assert workload_of("ns", OwnerRef("ReplicaSet", "web-5f", "r"), owner_of, kinds) == (
+        "ns",
+        "Deployment",
+        "web",
+    )
+    assert workload_of("ns", None, owner_of, kinds) is None
+    assert (
+        workload_of("ns", OwnerRef("Job", "bare", "j"), owner_of, frozenset({"TrainingJob"}))
+        is None
+    )
+
+
+def test_the_admin_network_policy_denies_after_allowing_dns() -> None:
+    anp = admin_network_policy("team-a", "rl-guard", allow_dns=True)
+    assert [r["action"] for r in anp["spec"]["egress"]] == ["Allow", "Deny"]
+    assert anp["spec"]["subject"]["pods"]["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "team-a"}
+    }
+    assert [r["action"] for r in admin_network_policy("a", "b", False)["spec"]["egress"]] == [
+        "Deny"
+    ]
+    assert len(anp_name("n" * 63, "b" * 63 * 4)) <= 253
+
+
+def test_cilium_denies_the_world_only() -> None:
+    policy = cilium_policy("team-a", "rl-guard")
+    assert policy["spec"]["egressDeny"] == [{"toEntities": ["world"]}]
