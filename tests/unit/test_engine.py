@@ -15,8 +15,11 @@ def signal(
     for_seconds: float = 0,
     op: str = ">",
     threshold: float = 0,
+    scope: str = "pod",
 ) -> SignalSpec:
-    return SignalSpec(name, "q", ("namespace", "pod"), op, threshold, for_seconds, severity, 0)
+    return SignalSpec(
+        name, "q", ("namespace", "pod"), op, threshold, for_seconds, severity, 0, scope
+    )
 
 
 def vector(*rows: tuple[dict[str, str], float]) -> list[dict[str, Any]]:
@@ -136,3 +139,22 @@ def test_compiling_a_policy() -> None:
     assert (ssh.operator, ssh.threshold) == (">=", 0.5)
     assert detector.rules == (RuleSpec("r", any_of=("q",)),)
     assert detector.lookback_seconds == 660  # outbound-ssh: 10m window + 1m rate
+
+
+def test_a_node_signal_counts_for_every_workload_on_that_node() -> None:
+    detector = Detector(
+        (
+            signal("stray-gpu", severity="critical", scope="node"),
+            signal("pool", severity="critical"),
+        ),
+        (),
+    )
+    firing = {
+        ("gpu-node-1", "GPU-abc"): [
+            engine.Firing("stray-gpu", 97.0, {"Hostname": "gpu-node-1"}, 0)
+        ],
+    }
+    on_node = {"gpu-node-1": ["team-a/rl", "team-b/eval"], "gpu-node-2": ["team-c/other"]}
+    decisions = engine.decide_with_nodes(detector, firing, lambda pod: None, on_node)
+    assert set(decisions) == {"team-a/rl", "team-b/eval"}
+    assert decisions["team-a/rl"].signals[0].signal == "stray-gpu"

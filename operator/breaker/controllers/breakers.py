@@ -73,6 +73,7 @@ class Compiled:
     detector: engine.Detector | None
     spec: PolicySpecBase | None
     problem: str | None
+    kinds: frozenset[str] = frozenset()  # the workload kinds it targets
     state: engine.State = dataclasses.field(default_factory=engine.State)
     due: float = 0.0  # monotonic time of the next evaluation
     known: bool = True  # the last evaluation read every signal
@@ -151,17 +152,21 @@ class BreakerController:
         breakers_of = self._breakers_by_policy()
         pods = self.indexes["breaker_pods"]
         owners = self._owner_lookup()
-        kinds = frozenset(
-            kind
-            for key in due
-            for kind in (self.compiled[key].spec.targets.kinds if self.compiled[key].spec else [])  # type: ignore[union-attr]
-        )
+        kinds = frozenset(kind for key in due for kind in self.compiled[key].kinds)
 
         def unit_of(pod_key: engine.PodKey) -> WorkloadKey | None:
             pod: PodView | None = only(pods, pod_key)
             if pod is None:
                 return None
             return workload_of(pod.namespace, pod.owner, owners, kinds)
+
+        def units_on_node() -> dict[str, set[WorkloadKey]]:
+            found: dict[str, set[WorkloadKey]] = {}
+            for pod_key, pod in items(pods):
+                unit = unit_of(pod_key) if pod.node else None
+                if unit is not None and pod.node is not None:
+                    found.setdefault(pod.node, set()).add(unit)
+            return found
 
         for key in due:
             compiled = self.compiled[key]
@@ -175,7 +180,13 @@ class BreakerController:
             prom = self._prom(settings.url or self.prometheus_url, _seconds(settings.timeout))
             started = time.monotonic()
             evaluation = await asyncio.to_thread(
-                live.evaluate, prom, compiled.detector, compiled.state, time.time(), unit_of
+                live.evaluate,
+                prom,
+                compiled.detector,
+                compiled.state,
+                time.time(),
+                unit_of,
+                units_on_node,
             )
             seen_at = time.monotonic()
             label = _policy_label(key)
@@ -223,7 +234,8 @@ class BreakerController:
             if problem:
                 log.warning("%s: not evaluated: %s", _policy_label(key), problem[:300])
             # A changed policy starts its `for` clocks afresh: its conditions changed too.
-            self.compiled[key] = Compiled(generation, detector, spec, problem)
+            kinds = frozenset((body["spec"].get("targets") or {}).get("kinds") or ["TrainingJob"])
+            self.compiled[key] = Compiled(generation, detector, spec, problem, kinds)
         for key in set(self.compiled) - seen:
             del self.compiled[key]
 
@@ -382,7 +394,7 @@ class BreakerController:
                         ).inc()
                 records = await self._apply(scene, order, settings_of, records, trip, after)
                 if trip is not None and not settings.dry_run:
-                    took = time.monotonic() - trip.seen_at + _evaluation_lag(trip)
+                    took = time.monotonic() - trip.seen_at
                     extra["timeToContainSeconds"] = round(took, 3)
                     metrics.TIME_TO_CONTAIN.observe(took)
             elif effect == "resume":
@@ -435,7 +447,8 @@ class BreakerController:
             elif action == "reassignGPUs":
                 await self._handed_to(scene, done[action], handoff_since)
             elif action == "quarantineNode":
-                nodes = {p.node for p in scene.pods if p.node}
+                named = _nodes_named(trip)
+                nodes = named or {p.node for p in scene.pods if p.node}
                 done[action] = await self._record(
                     action,
                     scene,
@@ -843,6 +856,17 @@ _DEFAULT_ACTIONS = [
 ]
 
 
+def _nodes_named(trip: Trip | None) -> set[str]:
+    """Nodes that node-scoped signals of the trip point at (their Hostname label)."""
+    if trip is None:
+        return set()
+    return {
+        f.labels["Hostname"]
+        for f in trip.decision.signals
+        if trip.detector.signal(f.signal).scope == "node" and f.labels.get("Hostname")
+    }
+
+
 def _ordered(done: Mapping[str, Any], order: list[str]) -> list[str]:
     return [a for a in order if a in done] + [a for a in done if a not in order]
 
@@ -850,10 +874,6 @@ def _ordered(done: Mapping[str, Any], order: list[str]) -> list[str]:
 def _reason(trip: Trip) -> str:
     fired = ", ".join(f"{f.signal}={f.value:.3g}" for f in trip.decision.signals[:6])
     return f"{trip.decision.rule}: {fired}"
-
-
-def _evaluation_lag(trip: Trip) -> float:
-    return 0.0
 
 
 def _event_message(after: machine.Breaker, records: list[dict[str, Any]], dry_run: bool) -> str:

@@ -241,3 +241,32 @@ def decide_all(
         if decision is not None:
             decisions[unit] = decision
     return decisions
+
+
+def decide_with_nodes(
+    detector: Detector,
+    firing: Mapping[PodKey, list[Firing]],
+    unit_of: Callable[[PodKey], Unit | None],
+    units_on_node: Mapping[str, Iterable[Unit]],
+) -> dict[Unit, Decision]:
+    """Like ``decide_all``, with node-scoped signals counted for every unit on that node.
+
+    A GPU busy that no pod was allocated (``unallocated-gpu-activity``) names a node, not a
+    pod: a process escaped its allocation there. Each guarded workload with a pod on the
+    node is a suspect, and the signal joins whatever its own pods fire.
+    """
+    grouped: dict[Unit, list[Firing]] = {}
+    for key, fires in firing.items():
+        pod_fires = [f for f in fires if detector.signal(f.signal).scope == "pod"]
+        node_fires = [f for f in fires if detector.signal(f.signal).scope == "node"]
+        unit = unit_of(key) if pod_fires else None
+        if unit is not None:
+            grouped.setdefault(unit, []).extend(pod_fires)
+        for suspect in units_on_node.get(key[0], ()) if node_fires else ():
+            grouped.setdefault(suspect, []).extend(node_fires)
+    decisions = {}
+    for unit, fires in grouped.items():
+        decision = decide(detector, fires)
+        if decision is not None:
+            decisions[unit] = decision
+    return decisions

@@ -6,7 +6,7 @@ decides is the engine's, shared with ``breaker backtest``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -45,12 +45,20 @@ def evaluate(
     state: engine.State,
     now: float,
     unit_of: Callable[[engine.PodKey], Unit],
+    units_on_node: Callable[[], Mapping[str, Iterable[Unit]]] | None = None,
 ) -> Evaluation[Unit]:
+    """``units_on_node`` is asked only when a node-scoped signal fires."""
     readings, errors, queries = read(prom, detector, now)
     firing = engine.step(detector, state, readings, now)
-    pod_firing = {
-        pod: [f for f in fires if detector.signal(f.signal).scope == "pod"]
-        for pod, fires in firing.items()
-    }
-    decisions = engine.decide_all(detector, pod_firing, unit_of)
+    node_signal = any(
+        detector.signal(f.signal).scope == "node" for fires in firing.values() for f in fires
+    )
+    if node_signal and units_on_node is not None:
+        decisions = engine.decide_with_nodes(detector, firing, unit_of, units_on_node())
+    else:
+        pod_firing = {
+            pod: [f for f in fires if detector.signal(f.signal).scope == "pod"]
+            for pod, fires in firing.items()
+        }
+        decisions = engine.decide_all(detector, pod_firing, unit_of)
     return Evaluation(firing, decisions, errors, queries)
