@@ -8,7 +8,7 @@ PY_SOURCES := operator tests
 
 .DEFAULT_GOAL := help
 .PHONY: help deps system-deps cluster-up cluster-down cluster-status cluster-build \
-        test lint unit bench-detect kind-up kind-down clean
+        test lint unit demo bench-detect bench-contain kind-up kind-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ unit: deps ## the tests that need no cluster
 
 test: lint ## lint, then every test against the real local cluster and Prometheus
 	$(BIN)/pytest
+
+demo: deps ## the ROME incident on the local cluster: detected, contained, reset (KEEP=1 leaves it running)
+	$(BIN)/breaker demo $(if $(KEEP),--keep,)
 
 bench-detect: deps ## one evaluation of every preset over 100, 1,000 and 10,000 pods
 	$(BIN)/python bench/detect_eval.py

@@ -107,6 +107,12 @@ def _crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from breaker import demo
+
+    return demo.run(keep=args.keep)
+
+
 def _run(args: argparse.Namespace) -> int:
     from breaker import runner
 
@@ -254,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     run.set_defaults(handler=_run)
+
+    demo = commands.add_parser(
+        "demo",
+        help="replay the ROME incident on the local cluster: contained, then reset",
+    )
+    demo.add_argument(
+        "--keep", action="store_true", help="leave the cluster, operator and simulator running"
+    )
+    demo.set_defaults(handler=_demo)
 
     sim = commands.add_parser(
         "sim", help="export DCGM-, cAdvisor-, Hubble- and Falco-shaped series from a scenario"
