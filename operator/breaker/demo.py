@@ -505,13 +505,14 @@ def run(keep: bool) -> int:
             if not (keep and ok):
                 demo.cleanup()
     if ok and keep:
+        pids = " ".join(str(p.pid) for p in demo.processes)
         print(
             "\n--keep: everything is still running.\n"
             f"  export KUBECONFIG={demo.cluster.kubeconfig}\n"
             f"  export PATH={demo.cluster.bin_dir}:$PATH\n"
             "  kubectl get trainingjobs,breakers -A\n"
             f"  operator log: {demo.workdir / 'operator.log'}\n"
-            f"  stop the operator and simulator: kill {' '.join(str(p.pid) for p in demo.processes)}"
+            f"  stop the operator and simulator: kill {pids}"
             "\n  then the cluster: make cluster-down"
         )
     return 0 if ok else 1
