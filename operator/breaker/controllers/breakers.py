@@ -467,11 +467,14 @@ class BreakerController:
     async def _handed_to(self, scene: executor.Scene, record: dict[str, Any], since: float) -> None:
         """Wait (briefly) for the queue to admit the job that takes the freed GPUs."""
         changed = record.setdefault("changed", {})
-        if scene.dry_run or self.training is None or not changed.get("freed"):
+        training = self.training
+        waiting = [k for k in training.queued if k[0] != scene.namespace] if training else []
+        if training is None or scene.dry_run or not waiting or not changed.get("freed"):
+            # Nobody (of another tenant) waits: the GPUs stay free for whoever comes next.
             changed.setdefault("to", [])
             return
-        admitted = await self.training.admitted_since(since, HANDOFF_WAIT_SECONDS)
-        changed["to"] = [f"{ns}/{name}" for ns, name in admitted if True]
+        admitted = await training.admitted_since(since, HANDOFF_WAIT_SECONDS)
+        changed["to"] = [f"{ns}/{name}" for ns, name in admitted]
         record["appliedAt"] = plan.stamp(dt.datetime.now(dt.UTC))
         if not admitted:
             scene.notes.append("no queued TrainingJob fits the freed GPUs; they stay free")

@@ -201,6 +201,7 @@ class TrainingController:
         self.nodes_seen: dict[str, Any] = {}
         # Admissions, for the breaker's GPU hand-off to learn who got the freed GPUs.
         self.admissions: list[tuple[float, Key]] = []
+        self.queued: tuple[Key, ...] = ()  # waiting for GPUs after the latest pass
         self.admitted = asyncio.Condition()
 
     async def admitted_since(self, since: float, wait_seconds: float) -> list[Key]:
@@ -287,6 +288,7 @@ class TrainingController:
             if demand.first and demand.admitted and demand.bound_replicas >= demand.replicas:
                 failed = not await self._reclaimed(demand.key, tjs[demand.key]) or failed
 
+        self.queued = plan.queued
         positions = {key: index + 1 for index, key in enumerate(plan.queued)}
         for demand in demands:
             body = tjs[demand.key]
