@@ -368,17 +368,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def kubectl_main(argv: Sequence[str] | None = None) -> int:
-    """`kubectl breaker`: the admin's plugin. Its commands arrive with the breaker itself."""
-    parser = argparse.ArgumentParser(
-        prog="kubectl breaker",
-        description="Inspect and operate circuit breakers around GPU training jobs.",
-    )
-    parser.add_argument(
-        "--version", action="version", version=f"kubectl-breaker {package_version('breaker')}"
-    )
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    """`kubectl breaker`: the admin's plugin (see breaker/plugin.py)."""
+    from breaker import plugin
+
+    return plugin.main(argv)
 
 
 if __name__ == "__main__":

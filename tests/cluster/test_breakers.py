@@ -353,6 +353,26 @@ def test_benign_training_is_never_contained(cluster: Cluster) -> None:
     status = cluster.breaker("rl-guard").get("status", {})
     assert status["state"] == "Closed" and not status.get("actions")
     assert cluster.state("rl") == "Running"
+    # kubectl finds the plugin on PATH and shows the open policy.
+    env = cluster.local.env()
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    shown = subprocess.run(
+        [
+            "kubectl",
+            "breaker",
+            "egress",
+            pods[0].metadata.name,
+            "-n",
+            cluster.ns,
+            "--to",
+            "203.0.113.7:3333",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "allow-all-egress" in shown and "203.0.113.7:3333: ALLOWED" in shown
 
 
 def test_dry_run_records_and_changes_nothing(cluster: Cluster) -> None:

@@ -150,3 +150,21 @@ def test_revocation_really_revokes_and_restores_exactly() -> None:
     assert restored == {
         "spec": {"podSelector": {"matchLabels": {"app": "train"}, "matchExpressions": None}}
     }
+
+
+def test_the_plugin_describes_what_a_pod_may_reach() -> None:
+    from breaker.plugin import describe
+
+    policies = [
+        {
+            "metadata": {"name": "dns-only"},
+            "spec": {
+                "podSelector": {},
+                "policyTypes": ["Egress"],
+                "egress": [{"ports": [{"protocol": "UDP", "port": 53}]}],
+            },
+        }
+    ]
+    text = describe("ns/p", effective_egress({}, policies), policies)
+    assert "isolated by dns-only" in text and '"port": 53' in text
+    assert "may reach anything" in describe("ns/p", effective_egress({}, []), [])
