@@ -58,7 +58,7 @@ def wait(probe: Any, what: str, timeout: float) -> Any:
             found = probe()
             if found:
                 return found
-        time.sleep(0.5)
+        time.sleep(2.0)
     raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
@@ -68,6 +68,8 @@ def main() -> int:
     parser.add_argument("--attacks", type=int, default=30, help="jobs turned to mining")
     parser.add_argument("--keep", action="store_true", help="leave the bench cluster up")
     args = parser.parse_args()
+    # Stopped from outside (SIGTERM), still take the bench cluster down.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
     work = Path(tempfile.mkdtemp(prefix="breaker-bench-"))
     os.environ["BREAKER_CLUSTER_DIR"] = str(work / "cluster")

@@ -289,14 +289,23 @@ class BreakerController:
             self.written.pop((namespace, name), None)
         metrics.GUARDED.set(len(existing))
 
+        settings_of: dict[PolicyKey, machine.Settings] = {}
         for key, body in existing.items():
             if key in self.busy or key in wanted.delete:
                 continue
             policy_key = _policy_key(body["spec"]["policyRef"])
             policy = policies.get(policy_key)
-            if policy is None:
-                continue  # its policy is gone; the plan removes it unless it holds containment
+            if policy is None and not (body.get("status") or {}).get("contained"):
+                continue  # its policy is gone: the plan removes it
+            # A contained breaker whose policy was deleted still holds, and resets, as enforced.
+            spec = policy[1] if policy is not None else {"mode": "Enforce"}
             compiled = self.compiled.get(policy_key)
+            signals_known = known.get(policy_key, compiled.known if compiled else True)
+            status = self.written.get(key) or body.get("status") or {}
+            if signals_known and _quiet(status, body, key in trips):
+                continue  # Closed, nothing fired, nothing asked: the common case, skipped
+            if policy_key not in settings_of:
+                settings_of[policy_key] = plan.settings_of(spec)
             target = body["spec"]["targetRef"]
             workload = workloads.get((key[0], target["kind"], target["name"]))
             if workload is not None and target.get("uid") and workload.uid != target["uid"]:
@@ -305,10 +314,11 @@ class BreakerController:
                 await self._advance(
                     key,
                     body,
-                    policy[1],
+                    spec,
+                    settings_of[policy_key],
                     workload,
                     trips.get(key),
-                    known.get(policy_key, compiled.known if compiled else True),
+                    signals_known,
                     now,
                 )
             except Exception as error:
@@ -325,13 +335,13 @@ class BreakerController:
         key: BreakerKey,
         body: dict[str, Any],
         spec: Mapping[str, Any],
+        settings: machine.Settings,
         workload: WorkloadView | None,
         trip: Trip | None,
         known: bool,
         now: dt.datetime,
     ) -> None:
         status = self.written.get(key) or body.get("status") or {}
-        settings = plan.settings_of(spec)
         before = plan.memory(status)
         seen = machine.Observation(
             now=now,
@@ -857,6 +867,22 @@ class BreakerController:
 _DEFAULT_ACTIONS = [
     {"type": t} for t in ("captureEvidence", "revokeEgress", "pause", "reassignGPUs")
 ]
+
+
+def _quiet(status: Mapping[str, Any], body: Mapping[str, Any], tripped: bool) -> bool:
+    """Nothing can change for this breaker: Closed with its signals read, nothing fired, no
+    override, no new reset. (Stepping the machine would confirm it, a thousand times a pass.)"""
+    if (
+        tripped
+        or not status
+        or status.get("state") != "Closed"
+        or status.get("signals") != "Available"
+    ):
+        return False
+    if body["spec"].get("override"):
+        return False
+    token = plan.reset_token(body)
+    return token is None or token == status.get("handledReset")
 
 
 def _nodes_named(trip: Trip | None) -> set[str]:
