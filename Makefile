@@ -50,6 +50,9 @@ test: lint ## lint, then every test against the real local cluster and Prometheu
 demo: deps ## the ROME incident on the local cluster: detected, contained, reset (KEEP=1 leaves it running)
 	$(BIN)/breaker demo $(if $(KEEP),--keep,)
 
+bench-contain: deps ## time to contain with 1,000 guarded jobs, on a second local cluster (about 10 min)
+	$(BIN)/python bench/contain.py --jobs 1000 --attacks 30
+
 bench-detect: deps ## one evaluation of every preset over 100, 1,000 and 10,000 pods
 	$(BIN)/python bench/detect_eval.py
 

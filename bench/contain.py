@@ -22,6 +22,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -367,6 +368,7 @@ def main() -> int:
                 process.wait(timeout=30)
         if not args.keep:
             cluster.down()
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _rss_mb(pid: int) -> float:
