@@ -193,6 +193,11 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.recovery.cooldownCap", "cooldownCap must not be below cooldown"],
     ),
     (
+        "a namespaced policy that would cordon shared nodes",
+        edit(policy, lambda o: o["spec"].update(actions=[{"type": "quarantineNode"}])),
+        ["spec.actions", "quarantineNode acts on shared nodes"],
+    ),
+    (
         "unknown mode",
         edit(policy, lambda o: o["spec"].update(mode="Audit")),
         ["spec.mode", 'Unsupported value: "Audit"'],

@@ -358,23 +358,21 @@ class PrometheusSettings(ApiModel):
     )
 
 
+TRIP_RULES_NAME_SIGNALS = {
+    "rule": "!has(self.trip) || !has(self.trip.rules) || self.trip.rules.all(r, "
+    "(has(r.allOf) ? r.allOf : r.anyOf).all(n, "
+    "self.signals.exists(s, s.name == n)))",
+    "message": "every signal a trip rule names in allOf or anyOf must be defined in spec.signals",
+    "fieldPath": ".trip.rules",
+    "reason": "FieldValueInvalid",
+}
+
+
 class PolicySpecBase(ApiModel):
     """The parts common to both policy kinds."""
 
     model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!has(self.trip) || !has(self.trip.rules) || self.trip.rules.all(r, "
-                    "(has(r.allOf) ? r.allOf : r.anyOf).all(n, "
-                    "self.signals.exists(s, s.name == n)))",
-                    "message": "every signal a trip rule names in allOf or anyOf must be "
-                    "defined in spec.signals",
-                    "fieldPath": ".trip.rules",
-                    "reason": "FieldValueInvalid",
-                }
-            ]
-        }
+        json_schema_extra={"x-kubernetes-validations": [TRIP_RULES_NAME_SIGNALS]}
     )
 
     signals: list[Signal] = Field(
@@ -424,6 +422,24 @@ class PolicySpecBase(ApiModel):
 
 class BreakerPolicySpec(PolicySpecBase):
     """A policy for workloads in its own namespace."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                TRIP_RULES_NAME_SIGNALS,
+                {
+                    # Nodes are shared by every namespace: a namespaced policy must not
+                    # cordon them.
+                    "rule": "!has(self.actions) || !self.actions.exists(a, "
+                    "a.type == 'quarantineNode')",
+                    "message": "quarantineNode acts on shared nodes: use it in a "
+                    "ClusterBreakerPolicy",
+                    "fieldPath": ".actions",
+                    "reason": "FieldValueForbidden",
+                },
+            ]
+        }
+    )
 
     targets: Targets = Field(
         default_factory=Targets,
