@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
+from pydantic.config import JsonDict
 
 from breaker.api.common import (
     DNS_LABEL,
@@ -358,7 +359,7 @@ class PrometheusSettings(ApiModel):
     )
 
 
-TRIP_RULES_NAME_SIGNALS = {
+TRIP_RULES_NAME_SIGNALS: JsonDict = {
     "rule": "!has(self.trip) || !has(self.trip.rules) || self.trip.rules.all(r, "
     "(has(r.allOf) ? r.allOf : r.anyOf).all(n, "
     "self.signals.exists(s, s.name == n)))",
