@@ -118,3 +118,12 @@ def test_the_admin_network_policy_denies_after_allowing_dns() -> None:
 def test_cilium_denies_the_world_only() -> None:
     policy = cilium_policy("team-a", "rl-guard")
     assert policy["spec"]["egressDeny"] == [{"toEntities": ["world"]}]
+
+
+def test_a_namespaced_policy_named_like_a_cluster_one_gets_its_own_breaker() -> None:
+    cluster = Policy("ClusterBreakerPolicy", "guard", None, {"targets": {}})
+    planned = plan.plan_breakers([POLICY, cluster], [RL], {}, {}, NOW)
+    names = sorted(b["metadata"]["name"] for b in planned.create)
+    assert len(names) == 2 and "rl-guard" in names
+    plain = next(b for b in planned.create if b["metadata"]["name"] == "rl-guard")
+    assert plain["spec"]["policyRef"]["kind"] == "ClusterBreakerPolicy"

@@ -22,7 +22,6 @@ from kubernetes import client
 from breaker import kube
 from breaker.actions import admin_policy, egress, node, pause, quota
 from breaker.controllers.inventory import PAUSED_BY, PodView, WorkloadView
-from breaker.controllers.trainingjobs import RECLAIM_FROM
 
 log = logging.getLogger("breaker.actions")
 
@@ -389,27 +388,6 @@ async def _run_quota(scene: Scene, operations: Iterable[quota.Operation]) -> Non
             await _ignore_404(
                 kube.call(core.delete_namespaced_resource_quota, operation.name, scene.namespace)
             )
-
-
-async def owe_gpus(scene: Scene, recipients: Iterable[str]) -> None:
-    """On reset: the job that was handed this TrainingJob's GPUs gives them back."""
-    workload = scene.workload
-    recipients = list(recipients)
-    if workload is None or workload.kind != "TrainingJob" or not recipients:
-        return
-    objects, kind = _workload_api(scene)
-    patch = {"metadata": {"annotations": {RECLAIM_FROM: recipients[0]}}}
-    await _ignore_404(
-        kube.call(
-            objects.patch_namespaced_custom_object,
-            kind.group,
-            kind.version,
-            scene.namespace,
-            kind.plural,
-            workload.name,
-            patch,
-        )
-    )
 
 
 # -- quarantineNode ---------------------------------------------------------------------

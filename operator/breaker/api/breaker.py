@@ -125,6 +125,15 @@ class Transition(ApiModel):
     reason: str = Field(max_length=1024, description="Why.")
 
 
+class Reclaim(ApiModel):
+    """GPUs owed back after a reset: the queue suspends the job that got them."""
+
+    job: str = Field(max_length=253, description="The TrainingJob (this namespace) owed them.")
+    from_: str = Field(
+        alias="from", max_length=317, description="namespace/name of the job that got them."
+    )
+
+
 class BreakerStatus(ApiModel):
     """The circuit's state, its trips and evidence, and what the operator did."""
 
@@ -165,6 +174,9 @@ class BreakerStatus(ApiModel):
     )
     history: list[Transition] | None = Field(
         default=None, max_length=MAX_HISTORY, description="Recent transitions, newest last."
+    )
+    reclaim: Reclaim | None = Field(
+        default=None, description="After a reset, until the job has its GPUs back."
     )
     observed_generation: int | None = Field(
         default=None, ge=0, description="The .metadata.generation this status reflects."

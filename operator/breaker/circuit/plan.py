@@ -119,12 +119,17 @@ def plan_breakers(
     """
     workloads = list(workloads)
     wanted: dict[tuple[str, str], tuple[Policy, Workload]] = {}
-    for policy in policies:
+    # Cluster policies first: on a clash of plain names the admin's keeps the plain one.
+    for policy in sorted(policies, key=lambda p: (p.kind != "ClusterBreakerPolicy", p.name)):
         for workload in workloads:
             if selects(policy, workload, namespace_labels.get(workload.namespace, {})):
                 key = (workload.namespace, breaker_name(policy, workload))
-                wanted.setdefault(key, (policy, workload))
-    create = tuple(desired_breaker(p, w) for key, (p, w) in wanted.items() if key not in existing)
+                if key in wanted:
+                    key = (workload.namespace, breaker_name(policy, workload, unique=True))
+                wanted[key] = (policy, workload)
+    create = tuple(
+        desired_breaker(p, w, key[1]) for key, (p, w) in wanted.items() if key not in existing
+    )
     delete = []
     for key, body in existing.items():
         if key in wanted:

@@ -50,10 +50,15 @@ def selects(policy: Policy, workload: Workload, namespace_labels: Mapping[str, s
     return matches(targets.get("selector"), workload.labels)
 
 
-def breaker_name(policy: Policy, workload: Workload) -> str:
-    """``<workload>-<policy>``, shortened with a hash to stay a valid name."""
+def breaker_name(policy: Policy, workload: Workload, unique: bool = False) -> str:
+    """``<workload>-<policy>``, shortened with a hash to stay a valid name.
+
+    ``unique`` adds the hash of the whole pair always: for the rare pair whose plain name
+    another pair already has (a BreakerPolicy named like a ClusterBreakerPolicy, or
+    ``a-b`` + ``c`` against ``a`` + ``b-c``).
+    """
     name = f"{workload.name}-{policy.name}".lower()
-    if len(name) <= 63:
+    if len(name) <= 63 and not unique:
         return name
     digest = hashlib.sha256(
         f"{policy.kind}/{policy.namespace}/{policy.name}/{workload.uid}".encode()
@@ -61,7 +66,7 @@ def breaker_name(policy: Policy, workload: Workload) -> str:
     return f"{name[:52].rstrip('-.')}-{digest[:10]}"
 
 
-def desired_breaker(policy: Policy, workload: Workload) -> dict[str, Any]:
+def desired_breaker(policy: Policy, workload: Workload, name: str | None = None) -> dict[str, Any]:
     policy_ref: dict[str, Any] = {"kind": policy.kind, "name": policy.name}
     if policy.namespace:
         policy_ref["namespace"] = policy.namespace
@@ -69,7 +74,7 @@ def desired_breaker(policy: Policy, workload: Workload) -> dict[str, Any]:
         "apiVersion": API_VERSION,
         "kind": "Breaker",
         "metadata": {
-            "name": breaker_name(policy, workload),
+            "name": name or breaker_name(policy, workload),
             "namespace": workload.namespace,
             "labels": {POLICY_LABEL: policy.name[:63], WORKLOAD_LABEL: workload.name[:63]},
             "ownerReferences": [

@@ -152,21 +152,6 @@ class BreakerController:
         breakers_of = self._breakers_by_policy()
         pods = self.indexes["breaker_pods"]
         owners = self._owner_lookup()
-        kinds = frozenset(kind for key in due for kind in self.compiled[key].kinds)
-
-        def unit_of(pod_key: engine.PodKey) -> WorkloadKey | None:
-            pod: PodView | None = only(pods, pod_key)
-            if pod is None:
-                return None
-            return workload_of(pod.namespace, pod.owner, owners, kinds)
-
-        def units_on_node() -> dict[str, set[WorkloadKey]]:
-            found: dict[str, set[WorkloadKey]] = {}
-            for pod_key, pod in items(pods):
-                unit = unit_of(pod_key) if pod.node else None
-                if unit is not None and pod.node is not None:
-                    found.setdefault(pod.node, set()).add(unit)
-            return found
 
         for key in due:
             compiled = self.compiled[key]
@@ -177,17 +162,33 @@ class BreakerController:
             mine = breakers_of.get(key, [])
             if not mine:
                 continue
+            kinds = compiled.kinds  # a pod counts for the workload this policy guards
+
+            def unit_of(pod_key: engine.PodKey, kinds: frozenset[str] = kinds) -> Any:
+                pod: PodView | None = only(pods, pod_key)
+                if pod is None:
+                    return None
+                return workload_of(pod.namespace, pod.owner, owners, kinds)
+
+            def units_on_node(unit_of: Any = unit_of) -> dict[str, set[WorkloadKey]]:
+                found: dict[str, set[WorkloadKey]] = {}
+                for pod_key, pod in items(pods):
+                    unit = unit_of(pod_key) if pod.node else None
+                    if unit is not None and pod.node is not None:
+                        found.setdefault(pod.node, set()).add(unit)
+                return found
+
             prom = self._prom(settings.url or self.prometheus_url, _seconds(settings.timeout))
             started = time.monotonic()
-            evaluation = await asyncio.to_thread(
-                live.evaluate,
-                prom,
-                compiled.detector,
-                compiled.state,
-                time.time(),
-                unit_of,
-                units_on_node,
+            # Only the queries leave the event loop: kopf's indexes change on it, so they are
+            # read here, never from the worker thread.
+            readings, errors, queries = await asyncio.to_thread(
+                live.read, prom, compiled.detector, time.time()
             )
+            firing, decisions = live.decide(
+                compiled.detector, compiled.state, readings, time.time(), unit_of, units_on_node
+            )
+            evaluation = live.Evaluation(firing, decisions, errors, queries)
             seen_at = time.monotonic()
             label = _policy_label(key)
             metrics.EVALUATION_SECONDS.labels(label).observe(seen_at - started)
@@ -252,11 +253,18 @@ class BreakerController:
         workloads = self._workloads()
         namespaces = {key: labels for key, labels in items(self.indexes["breaker_namespaces"])}
         existing = {key: body for key, body in items(self.indexes["breaker_breakers"])}
+        # The plan judges each Breaker by the status last written (the index may lag it),
+        # and never removes one whose actions are running.
+        judged = {
+            key: {**body, "status": self.written.get(key) or body.get("status") or {}}
+            for key, body in existing.items()
+            if key not in self.busy
+        }
         wanted = plan.plan_breakers(
             [p for p, _ in policies.values()],
             [_as_workload(w) for w in workloads.values()],
             namespaces,
-            existing,
+            judged,
             now,
         )
         objects = client.CustomObjectsApi(self.api)
@@ -298,7 +306,8 @@ class BreakerController:
             if policy is None and not (body.get("status") or {}).get("contained"):
                 continue  # its policy is gone: the plan removes it
             # A contained breaker whose policy was deleted still holds, and resets, as enforced.
-            spec = policy[1] if policy is not None else {"mode": "Enforce"}
+            dry_run = bool((body.get("status") or {}).get("dryRun"))
+            spec = policy[1] if policy is not None else {"mode": "DryRun" if dry_run else "Enforce"}
             compiled = self.compiled.get(policy_key)
             signals_known = known.get(policy_key, compiled.known if compiled else True)
             status = self.written.get(key) or body.get("status") or {}
@@ -350,13 +359,14 @@ class BreakerController:
             override=body["spec"].get("override"),
             reset=plan.reset_token(body),
         )
+        if not status:
+            # A new Breaker: say it guards, once. A trip seen in this same pass is seen
+            # again by the next evaluation, and then acted on with everything recorded.
+            await self._write(key, body, status, machine.Breaker(), [], settings, spec)
+            return
         transition = machine.step(before, seen, settings)
         after = transition.after
         records: list[dict[str, Any]] = list(status.get("actions") or [])
-        if not status:
-            # A new Breaker: say it guards, once.
-            await self._write(key, body, status, after, records, settings, spec)
-            return
         if transition.effects or transition.changed or before.signals_known != after.signals_known:
             task = asyncio.create_task(
                 self._act(key, body, spec, workload, transition, trip, status, settings),
@@ -410,6 +420,7 @@ class BreakerController:
             elif effect == "resume":
                 records = await self._undo(scene, records, only_types=("pause", "reassignGPUs"))
             elif effect == "revert":
+                extra["reclaim"] = _debt(workload, records)
                 records = await self._undo(scene, records, only_types=None)
         if transition.changed and after.state in ("Open", "Locked", "ForcedOpen"):
             await self._release_ownership(key, body)
@@ -483,7 +494,9 @@ class BreakerController:
             # Nobody (of another tenant) waits: the GPUs stay free for whoever comes next.
             changed.setdefault("to", [])
             return
-        admitted = await training.admitted_since(since, HANDOFF_WAIT_SECONDS)
+        admitted = [
+            k for k in await training.admitted_since(since, HANDOFF_WAIT_SECONDS) if k in waiting
+        ]
         changed["to"] = [f"{ns}/{name}" for ns, name in admitted]
         record["appliedAt"] = plan.stamp(dt.datetime.now(dt.UTC))
         if not admitted:
@@ -531,8 +544,6 @@ class BreakerController:
                     await executor.resume_workload(scene, changed)
                 elif action == "reassignGPUs":
                     await executor.restore_quota(scene, changed.get("quota") or {})
-                    if only_types is None:
-                        await executor.owe_gpus(scene, changed.get("to") or [])
                 elif action == "quarantineNode":
                     await executor.release_nodes(scene, changed)
                 metrics.ACTIONS.labels(action, "undo", "ok").inc()
@@ -560,10 +571,12 @@ class BreakerController:
     ) -> None:
         """Containment holds whatever the tenant does: undo an escape as soon as it is seen."""
         scene = self._scene(key, workload, dry_run=False)
-        done = {r["type"]: r for r in records if not r.get("error")}
+        # What was really applied: a DryRun record changed nothing and holds nothing.
+        done = {r["type"]: r for r in records if not r.get("error") and not r.get("dryRun")}
         escapes: list[str] = []
         held = "pause" in done and after.state in plan.PAUSED_STATES
-        if held and (not workload.paused or workload.paused_by != key[1]):
+        # Paused is what matters: another breaker holding it paused is not an escape.
+        if held and not workload.paused:
             await executor.pause_workload(scene)
             escapes.append(f"{workload.kind} {workload.name} was resumed: paused again")
         if "revokeEgress" in done:
@@ -867,6 +880,17 @@ class BreakerController:
 _DEFAULT_ACTIONS = [
     {"type": t} for t in ("captureEvidence", "revokeEgress", "pause", "reassignGPUs")
 ]
+
+
+def _debt(workload: WorkloadView | None, records: list[dict[str, Any]]) -> dict[str, str] | None:
+    """On a reset: the job handed a TrainingJob's GPUs owes them back (read by the queue)."""
+    handoff = next(
+        (r for r in records if r["type"] == "reassignGPUs" and not r.get("dryRun")), None
+    )
+    recipients = ((handoff or {}).get("changed") or {}).get("to") or []
+    if workload is None or workload.kind != "TrainingJob" or not recipients:
+        return None
+    return {"job": workload.name, "from": recipients[0]}
 
 
 def _quiet(status: Mapping[str, Any], body: Mapping[str, Any], tripped: bool) -> bool:

@@ -40,10 +40,10 @@ UNSCHEDULABLE_BACKOFF_SECONDS = 60.0
 Key = tuple[str, str]
 
 # Written by the breaker controller. PAUSED_BY: a breaker holds this job paused, whoever
-# flips spec.suspend back. RECLAIM_FROM (on a job a breaker reset resumes): the job that
-# was handed its GPUs gives them back, and this one goes first in the queue.
+# flips spec.suspend back. A Breaker's status.reclaim (written on a reset, where no tenant
+# can write): the job that was handed this job's GPUs gives them back, and this one goes
+# first in the queue.
 PAUSED_BY = "breaker.dev/paused-by"
-RECLAIM_FROM = "breaker.dev/reclaim-from"
 QUOTA_KEY = "requests.nvidia.com/gpu"
 
 
@@ -251,9 +251,7 @@ class TrainingController:
         allocatable = {node: gpus for node, gpus in allocatable.items() if gpus > 0}
         bound = [(p.node, p.gpus) for p in pods if p.node and p.phase in ("Pending", "Running")]
         free = queue.free_gpus(allocatable, bound)
-        reclaims = {
-            _reclaim_from(body): key for key, body in tjs.items() if _reclaim_from(body) is not None
-        }
+        reclaims, owed_by = self._reclaims()
 
         demands: list[queue.Demand] = []
         problems: dict[Key, tuple[str, str]] = {}
@@ -261,7 +259,9 @@ class TrainingController:
             if body["metadata"].get("deletionTimestamp"):
                 continue
             try:
-                demand, problem = await self._prepare(key, body, pods, allocatable, now, reclaims)
+                demand, problem = await self._prepare(
+                    key, body, pods, allocatable, now, reclaims, key in owed_by
+                )
             except Exception as error:  # one job's trouble is reported on that job only
                 log.warning("TrainingJob %s/%s: %s", *key, error)
                 failed = True
@@ -286,7 +286,8 @@ class TrainingController:
                 failed = True
         for demand in demands:
             if demand.first and demand.admitted and demand.bound_replicas >= demand.replicas:
-                failed = not await self._reclaimed(demand.key, tjs[demand.key]) or failed
+                settled = await self._reclaimed(owed_by[demand.key], tjs[demand.key])
+                failed = not settled or failed
 
         self.queued = plan.queued
         positions = {key: index + 1 for index, key in enumerate(plan.queued)}
@@ -349,20 +350,38 @@ class TrainingController:
             ]
             self.admitted.notify_all()
 
-    async def _reclaimed(self, key: Key, body: dict[str, Any]) -> bool:
+    def _reclaims(self) -> tuple[dict[Key, Key], dict[Key, Key]]:
+        """(recipient -> the job it owes, owed job -> the Breaker that recorded the debt)."""
+        breakers = self.indexes.get("breaker_breakers")
+        reclaims: dict[Key, Key] = {}
+        owed_by: dict[Key, Key] = {}
+        for key in breakers or ():
+            body = _only(breakers, key) if breakers is not None else None
+            debt = ((body or {}).get("status") or {}).get("reclaim") or {}
+            recipient = str(debt.get("from") or "")
+            if not debt.get("job") or "/" not in recipient:
+                continue
+            owed = (key[0], str(debt["job"]))
+            namespace, name = recipient.split("/", 1)
+            reclaims[(namespace, name)] = owed
+            owed_by[owed] = key
+        return reclaims, owed_by
+
+    async def _reclaimed(self, breaker: Key, body: dict[str, Any]) -> bool:
         """The job owed its GPUs has them again: the debt is settled."""
         try:
             await kube.call(
-                client.CustomObjectsApi(self.api).patch_namespaced_custom_object,
-                *TJ[:2],
-                key[0],
-                TJ[2],
-                key[1],
-                {"metadata": {"annotations": {RECLAIM_FROM: None}}},
+                client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status,
+                "breaker.dev",
+                "v1alpha1",
+                breaker[0],
+                "breakers",
+                breaker[1],
+                {"status": {"reclaim": None}},
             )
         except client.ApiException as error:
             if error.status != 404:
-                log.warning("TrainingJob %s/%s: %s not cleared: %s", *key, RECLAIM_FROM, error)
+                log.warning("Breaker %s/%s: reclaim not cleared: %s", *breaker, error.reason)
                 return False
         await events.post(
             self.api, body, "Normal", "GPUsReclaimed", "got back the GPUs a breaker handed on"
@@ -376,7 +395,8 @@ class TrainingController:
         pods: list[PodInfo],
         allocatable: dict[str, int],
         now: dt.datetime,
-        reclaims: dict[Key | None, Key],
+        reclaims: dict[Key, Key],
+        owed: bool,
     ) -> tuple[queue.Demand, tuple[str, str] | None]:
         """Make sure the job's Job and egress policy exist; say what the queue should know."""
         spec = TrainingJob.model_validate(body).spec
@@ -415,8 +435,8 @@ class TrainingController:
                 problem = ("Unschedulable", reason)
         annotations = body["metadata"].get("annotations") or {}
         held = PAUSED_BY in annotations  # a breaker holds it, whatever spec.suspend says
-        owed = reclaims.get(key)
-        owes = owed is not None and not _is_admitted(self.indexes, owed)
+        creditor = reclaims.get(key)
+        owes = creditor is not None and not _is_admitted(self.indexes, creditor)
         if admitted:
             # Passing API trouble never takes a running job's GPUs away.
             wants = problem is None or problem[0] in ("ReconcileError", "Unschedulable")
@@ -443,7 +463,7 @@ class TrainingController:
             bound_replicas=sum(
                 1 for p in mine if p.node and not p.deleting and p.phase in ("Pending", "Running")
             ),
-            first=RECLAIM_FROM in annotations and not spec.suspend and not held,
+            first=owed and not spec.suspend and not held,
         )
         return demand, problem
 
@@ -540,14 +560,6 @@ class TrainingController:
             await events.post(self.api, body, "Warning", ready["reason"], ready["message"])
 
 
-def _reclaim_from(body: dict[str, Any]) -> Key | None:
-    value = (body["metadata"].get("annotations") or {}).get(RECLAIM_FROM)
-    if not value or "/" not in value:
-        return None
-    namespace, name = value.split("/", 1)
-    return (namespace, name)
-
-
 def _is_admitted(indexes: dict[str, kopf.Index[Any, Any]], key: Key) -> bool:
     job: status_core.JobView | None = _only(indexes["trainingjob_jobs"], key)
     return job is not None and not job.suspended
@@ -604,7 +616,7 @@ async def start_training_controller(memo: kopf.Memo, **kwargs: Any) -> None:
     # kopf passes the (still filling) indexes to startup handlers; they stay live.
     names = ("trainingjobs", "trainingjob_jobs", "trainingjob_netpols", "gpu_pods", "gpu_nodes")
     # breaker_quotas belongs to the breaker inventory; the queue reads it when it is there.
-    shared = ("breaker_quotas",)
+    shared = ("breaker_quotas", "breaker_breakers")
     indexes = {name: kwargs[name] for name in (*names, *shared) if name in kwargs}
     controller = TrainingController(kube.api_client(), indexes)
     memo["training"] = controller

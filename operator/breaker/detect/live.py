@@ -39,6 +39,28 @@ def read(
     return readings, errors, len(detector.signals)
 
 
+def decide(
+    detector: engine.Detector,
+    state: engine.State,
+    readings: Mapping[str, Mapping[engine.PodKey, engine.Sample] | None],
+    now: float,
+    unit_of: Callable[[engine.PodKey], Unit],
+    units_on_node: Callable[[], Mapping[str, Iterable[Unit]]] | None = None,
+) -> tuple[dict[engine.PodKey, list[engine.Firing]], dict[Unit, engine.Decision]]:
+    """The engine's half of an evaluation (no I/O): the for-clocks, then the decisions."""
+    firing = engine.step(detector, state, readings, now)
+    node_signal = any(
+        detector.signal(f.signal).scope == "node" for fires in firing.values() for f in fires
+    )
+    if node_signal and units_on_node is not None:
+        return firing, engine.decide_with_nodes(detector, firing, unit_of, units_on_node())
+    pod_firing = {
+        pod: [f for f in fires if detector.signal(f.signal).scope == "pod"]
+        for pod, fires in firing.items()
+    }
+    return firing, engine.decide_all(detector, pod_firing, unit_of)
+
+
 def evaluate(
     prom: Prom,
     detector: engine.Detector,
@@ -49,16 +71,5 @@ def evaluate(
 ) -> Evaluation[Unit]:
     """``units_on_node`` is asked only when a node-scoped signal fires."""
     readings, errors, queries = read(prom, detector, now)
-    firing = engine.step(detector, state, readings, now)
-    node_signal = any(
-        detector.signal(f.signal).scope == "node" for fires in firing.values() for f in fires
-    )
-    if node_signal and units_on_node is not None:
-        decisions = engine.decide_with_nodes(detector, firing, unit_of, units_on_node())
-    else:
-        pod_firing = {
-            pod: [f for f in fires if detector.signal(f.signal).scope == "pod"]
-            for pod, fires in firing.items()
-        }
-        decisions = engine.decide_all(detector, pod_firing, unit_of)
+    firing, decisions = decide(detector, state, readings, now, unit_of, units_on_node)
     return Evaluation(firing, decisions, errors, queries)
