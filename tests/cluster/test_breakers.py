@@ -681,3 +681,106 @@ def test_the_webhook_hears_of_the_trip_with_the_secrets_token(cluster: Cluster) 
     assert payload["event"] == "BreakerTripped" and payload["state"] == "Open"
     assert payload["workload"] == {"kind": "TrainingJob", "name": "rl"}
     assert payload["evidence"]["signals"], "the latest evidence travels with it"
+
+
+class PrometheusProxy:
+    """Stands between the operator and the real Prometheus, so a test can take it away
+    mid-run (stopping the session's Prometheus would stop every other test's too)."""
+
+    def __init__(self, upstream: str) -> None:
+        class Forward(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                request = urllib.request.Request(
+                    upstream + self.path,
+                    data=self.rfile.read(length) if length else None,
+                    headers={"Content-Type": self.headers.get("Content-Type", "")},
+                    method=self.command,
+                )
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    body = response.read()
+                self.send_response(response.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _forward
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_prometheus_lost_mid_run_holds_the_state_and_says_unknown(cluster: Cluster) -> None:
+    proxy = PrometheusProxy(cluster.local.prometheus_url)
+    try:
+        cluster.create("trainingjobs", trainingjob("rl", 1, 8))
+        pods = cluster.running("rl", 1)
+        cluster.create("breakerpolicies", policy(url=proxy.url))
+        with cluster.sim(pods, [{"at": "0s", "do": "train-mixed"}]):
+            wait_for(
+                lambda: cluster.breaker("rl-guard").get("status", {}).get("signals") == "Available",
+                "signals read through the proxy",
+            )
+            proxy.stop()
+            status = wait_for(
+                lambda: (
+                    (s := cluster.breaker("rl-guard").get("status", {})).get("signals") == "Unknown"
+                    and s
+                ),
+                "signals Unknown once Prometheus is gone",
+            )
+    finally:
+        proxy.stop()
+    assert status["state"] == "Closed" and not status.get("actions")
+    assert cluster.state("rl") == "Running"
+    events = cluster.core.list_namespaced_event(cluster.ns).items
+    assert not [e for e in events if e.reason == "BreakerTripped"]
+
+
+def test_node_quarantine_cordons_and_taints_and_the_reset_undoes_only_that(
+    cluster: Cluster, core: client.CoreV1Api
+) -> None:
+    cluster.create("trainingjobs", trainingjob("rl", 1, 8))
+    pods = cluster.running("rl", 1)
+    node = pods[0].spec.node_name
+    core.patch_namespace(cluster.ns, {"metadata": {"labels": {"quarantine-test": cluster.ns}}})
+    body = policy(actions=("captureEvidence", "quarantineNode"))
+    body["kind"], body["metadata"] = "ClusterBreakerPolicy", {"name": cluster.ns[:50]}
+    body["spec"]["targets"]["namespaceSelector"] = {"matchLabels": {"quarantine-test": cluster.ns}}
+    cluster.custom.create_cluster_custom_object(GROUP, VERSION, "clusterbreakerpolicies", body)
+    name = f"rl-{cluster.ns[:50]}"[:63]
+    try:
+        with cluster.sim(pods, ATTACKS["mining-mid-run"]):
+            wait_for(
+                lambda: cluster.breaker(name).get("status", {}).get("state") == "Open",
+                "the breaker to trip",
+                timeout=90,
+            )
+        quarantined = core.read_node(node)
+        assert quarantined.spec.unschedulable is True
+        assert any(t.key == "breaker.dev/quarantined" for t in quarantined.spec.taints or [])
+        cluster.patch("breakers", name, {"spec": {"reset": "node-checked"}})
+        wait_for(
+            lambda: (
+                not core.read_node(node).spec.unschedulable
+                and not any(
+                    t.key == "breaker.dev/quarantined"
+                    for t in core.read_node(node).spec.taints or []
+                )
+            ),
+            "the node released on reset",
+        )
+    finally:
+        cluster.custom.delete_cluster_custom_object(
+            GROUP, VERSION, "clusterbreakerpolicies", body["metadata"]["name"]
+        )
+        core.patch_node(node, {"spec": {"unschedulable": None}})  # never leave it cordoned
