@@ -175,18 +175,20 @@ async def restore_egress(scene: Scene, record: Mapping[str, Any]) -> dict[str, A
             scene.namespace,
         )
     )
+    # By their fixed names, recorded or not: containment may have re-created them later.
     objects = client.CustomObjectsApi(scene.api)
-    if record.get("adminNetworkPolicy"):
+    if await served(scene.api, admin_policy.ANP_GROUP, admin_policy.ANP_VERSION):
         await _ignore_404(
             kube.call(
                 objects.delete_cluster_custom_object,
                 admin_policy.ANP_GROUP,
                 admin_policy.ANP_VERSION,
                 admin_policy.ANP_PLURAL,
-                record["adminNetworkPolicy"],
+                record.get("adminNetworkPolicy")
+                or admin_policy.anp_name(scene.namespace, scene.breaker),
             )
         )
-    if record.get("ciliumPolicy"):
+    if await served(scene.api, admin_policy.CILIUM_GROUP, admin_policy.CILIUM_VERSION):
         await _ignore_404(
             kube.call(
                 objects.delete_namespaced_custom_object,
@@ -194,7 +196,8 @@ async def restore_egress(scene: Scene, record: Mapping[str, Any]) -> dict[str, A
                 admin_policy.CILIUM_VERSION,
                 scene.namespace,
                 admin_policy.CILIUM_PLURAL,
-                record["ciliumPolicy"],
+                record.get("ciliumPolicy")
+                or admin_policy.cilium_policy(scene.namespace, scene.breaker)["metadata"]["name"],
             )
         )
     return {"restored": restored, "stillNarrowedForOthers": kept}
