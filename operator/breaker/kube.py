@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -50,3 +51,12 @@ async def merge_patch(function: Callable[..., T], *args: Any) -> T:
     The generated client would otherwise send a dict as a JSON patch to the built-in APIs.
     """
     return await call(function, *args, _content_type=MERGE_PATCH)
+
+
+def api_message(error: client.ApiException) -> str:
+    """What the API server said, from the Status body of a failed call."""
+    try:
+        message = json.loads(error.body or "{}").get("message", "")
+    except ValueError:
+        message = ""
+    return str(message or error.body or "")[:1000]

@@ -283,9 +283,19 @@ def _service_rule(namespace: str, selector: Mapping[str, str]) -> dict[str, Any]
 # -- pause ------------------------------------------------------------------------------
 
 
-def _workload_api(scene: Scene) -> tuple[client.CustomObjectsApi, pause.Kind]:
+async def _patch_workload(scene: Scene, patch: dict[str, Any]) -> None:
+    """A merge patch on the guarded workload, whatever its kind (all live under /apis)."""
     assert scene.workload is not None
-    return client.CustomObjectsApi(scene.api), pause.KINDS[scene.workload.kind]
+    kind = pause.KINDS[scene.workload.kind]
+    await kube.call(
+        client.CustomObjectsApi(scene.api).patch_namespaced_custom_object,
+        kind.group,
+        kind.version,
+        scene.namespace,
+        kind.plural,
+        scene.workload.name,
+        patch,
+    )
 
 
 async def pause_workload(scene: Scene) -> dict[str, Any]:
@@ -294,25 +304,14 @@ async def pause_workload(scene: Scene) -> dict[str, Any]:
     if workload is None:
         return {"skipped": "the workload is gone"}
     annotations = workload.body["metadata"]["annotations"]
+    patch, record = pause.pause(workload.kind, workload.body)
     if annotations.get(PAUSED_BY) == scene.breaker and PAUSED_WAS in annotations:
         record = json.loads(annotations[PAUSED_WAS])  # paused before: keep the first record
-    else:
-        _, record = pause.pause(workload.kind, workload.body)
     changed = {"kind": workload.kind, "name": workload.name, **record}
     if scene.dry_run:
         return changed
-    patch, _ = pause.pause(workload.kind, workload.body)
     patch["metadata"] = {"annotations": {PAUSED_BY: scene.breaker, PAUSED_WAS: json.dumps(record)}}
-    objects, kind = _workload_api(scene)
-    await kube.call(
-        objects.patch_namespaced_custom_object,
-        kind.group,
-        kind.version,
-        scene.namespace,
-        kind.plural,
-        workload.name,
-        patch,
-    )
+    await _patch_workload(scene, patch)
     return changed
 
 
@@ -323,18 +322,7 @@ async def resume_workload(scene: Scene, record: Mapping[str, Any]) -> dict[str, 
         return {"skipped": "the workload is gone"}
     patch = pause.resume(workload.kind, record)
     patch["metadata"] = {"annotations": {PAUSED_BY: None, PAUSED_WAS: None}}
-    objects, kind = _workload_api(scene)
-    await _ignore_404(
-        kube.call(
-            objects.patch_namespaced_custom_object,
-            kind.group,
-            kind.version,
-            scene.namespace,
-            kind.plural,
-            workload.name,
-            patch,
-        )
-    )
+    await _ignore_404(_patch_workload(scene, patch))
     return {"restored": {record.get("field", ""): record.get("was")}}
 
 

@@ -11,10 +11,11 @@ node, before or meanwhile, stay where they are.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
+
+from breaker.actions import marks
 
 TAINT_KEY = "breaker.dev/quarantined"
 MARK = "breaker.dev/quarantine"
@@ -118,12 +119,8 @@ def _identity(taint: Mapping[str, Any]) -> tuple[Any, Any, Any]:
 
 
 def _mark(node: Mapping[str, Any]) -> dict[str, Any] | None:
-    raw = ((node.get("metadata") or {}).get("annotations") or {}).get(MARK)
-    try:
-        mark = json.loads(raw) if raw else None
-    except ValueError:
-        return None
-    if not isinstance(mark, dict) or not isinstance(mark.get("holders"), list):
+    mark = marks.read(node, MARK)
+    if mark is None:
         return None
     return {
         "holders": mark["holders"],
@@ -136,9 +133,5 @@ def _marked(node: Mapping[str, Any], mark: Mapping[str, Any] | None) -> dict[str
     """The metadata half of a patch: the new mark (None removes it), and the
     resourceVersion it was planned on."""
     version = (node.get("metadata") or {}).get("resourceVersion")
-    marked: dict[str, Any] = {"annotations": {MARK: None if mark is None else _dump(mark)}}
+    marked: dict[str, Any] = {"annotations": {MARK: None if mark is None else marks.write(mark)}}
     return {"resourceVersion": version, **marked} if version else marked
-
-
-def _dump(mark: Mapping[str, Any]) -> str:
-    return json.dumps(mark, sort_keys=True, separators=(",", ":"))

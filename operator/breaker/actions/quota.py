@@ -14,11 +14,12 @@ only the last to let go puts the value back (or deletes the quota a breaker crea
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from breaker.actions import marks
 
 GPU_QUOTA_KEY = "requests.nvidia.com/gpu"
 CLAMP_QUOTA_NAME = "breaker-gpu-clamp"
@@ -188,7 +189,7 @@ def _clamp_quota(namespace: str, gpus: int, breaker: str) -> dict[str, Any]:
             "name": CLAMP_QUOTA_NAME,
             "namespace": namespace,
             "labels": dict(MANAGED),
-            "annotations": {MARK: _dump(mark)},
+            "annotations": {MARK: marks.write(mark)},
         },
         "spec": {"hard": {GPU_QUOTA_KEY: str(gpus)}},
     }
@@ -223,12 +224,8 @@ def _version(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _mark(quota: Mapping[str, Any]) -> dict[str, Any] | None:
-    raw = ((quota.get("metadata") or {}).get("annotations") or {}).get(MARK)
-    try:
-        mark = json.loads(raw) if raw else None
-    except ValueError:
-        return None
-    if not isinstance(mark, dict) or not isinstance(mark.get("holders"), list):
+    mark = marks.read(quota, MARK)
+    if mark is None:
         return None
     return mark
 
@@ -237,8 +234,4 @@ def _marked(quota: Mapping[str, Any], mark: Mapping[str, Any] | None) -> dict[st
     """The metadata half of a patch: the new mark (None removes it), and the
     resourceVersion it was planned on, so a stale plan is refused instead of overwriting
     another breaker's hold or an admin's change."""
-    return {**_version(quota), "annotations": {MARK: None if mark is None else _dump(mark)}}
-
-
-def _dump(mark: Mapping[str, Any]) -> str:
-    return json.dumps(mark, sort_keys=True, separators=(",", ":"))
+    return {**_version(quota), "annotations": {MARK: None if mark is None else marks.write(mark)}}

@@ -43,6 +43,7 @@ from breaker.actions.notify import (
     secret_namespace_allowed,
 )
 from breaker.actions.pause import KINDS
+from breaker.api.common import parse_duration
 from breaker.api.conditions import Cond, merge
 from breaker.api.policy import BreakerPolicySpec, ClusterBreakerPolicySpec, PolicySpecBase
 from breaker.circuit import machine, plan
@@ -508,7 +509,7 @@ class BreakerController:
             record["changed"] = await work
             metrics.ACTIONS.labels(action, "apply", "ok").inc()
         except client.ApiException as error:
-            record["error"] = f"{error.status} {error.reason}: {_message(error)}"[:4096]
+            record["error"] = f"{error.status} {error.reason}: {kube.api_message(error)}"[:4096]
             metrics.ACTIONS.labels(action, "apply", "error").inc()
             log.warning(
                 "Breaker %s/%s: %s failed: %s",
@@ -955,18 +956,7 @@ def _as_workload(view: WorkloadView) -> Workload:
 
 
 def _seconds(duration: str) -> float:
-    from breaker.api.common import parse_duration
-
     return parse_duration(duration).total_seconds()
-
-
-def _message(error: client.ApiException) -> str:
-    import json
-
-    try:
-        return str(json.loads(error.body or "{}").get("message", ""))[:1000]
-    except ValueError:
-        return str(error.body or "")[:1000]
 
 
 # -- kopf wiring -------------------------------------------------------------------------

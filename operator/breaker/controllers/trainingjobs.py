@@ -15,7 +15,6 @@ import contextlib
 import copy
 import dataclasses
 import datetime as dt
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -415,7 +414,7 @@ class TrainingController:
             except client.ApiException as error:
                 problem = (
                     "ReconcileError",
-                    f"{error.status} {error.reason}: {_api_message(error)}",
+                    f"{error.status} {error.reason}: {kube.api_message(error)}",
                 )
         mine = [p for p in pods if p.namespace == key[0] and p.trainingjob == key[1]]
         finished = job_view is not None and (job_view.succeeded or job_view.failed)
@@ -653,11 +652,3 @@ def wake_on_node_capacity(
     if controller.nodes_seen.get(name, "unseen") != seen:
         controller.nodes_seen[name] = seen
         controller.nudge()
-
-
-def _api_message(error: client.ApiException) -> str:
-    try:
-        message = json.loads(error.body or "{}").get("message", "")
-    except ValueError:
-        message = ""
-    return str(message or error.body or "")[:1000]
