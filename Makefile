@@ -8,7 +8,7 @@ PY_SOURCES := operator tests
 
 .DEFAULT_GOAL := help
 .PHONY: help deps system-deps cluster-up cluster-down cluster-status cluster-build \
-        test lint unit demo bench-detect bench-contain kind-up kind-down clean
+        test lint unit demo bench-detect bench-contain kind-up kind-deploy kind-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -64,6 +64,22 @@ kind-up: ## a kind cluster with fake GPU capacity on its workers (needs Docker a
 	    -p '[{"op":"add","path":"/status/capacity/nvidia.com~1gpu","value":"8"}]'; \
 	done
 	kubectl get nodes -o custom-columns=NODE:.metadata.name,GPUS:.status.allocatable.nvidia\\.com/gpu
+
+# The image kind-deploy builds and loads, and the Prometheus the operator will query there.
+IMAGE          ?= breaker-operator:dev
+PROMETHEUS_URL ?= http://prometheus-operated.monitoring.svc:9090
+HELM           ?= $(shell command -v helm || echo $(HOME)/.local/state/breaker/cluster/bin/helm)
+
+kind-deploy: ## build the image, load it into kind, install the chart and the examples (needs Docker)
+	@command -v docker >/dev/null || { echo "docker is not installed: kind-deploy builds the operator image"; exit 1; }
+	docker build -t $(IMAGE) .
+	kind load docker-image $(IMAGE) --name breaker
+	$(HELM) upgrade --install breaker helm/breaker --namespace breaker-system --create-namespace \
+	  --set image.repository=$(word 1,$(subst :, ,$(IMAGE))) --set image.tag=$(word 2,$(subst :, ,$(IMAGE))) \
+	  --set image.pullPolicy=Never --set prometheus.url=$(PROMETHEUS_URL) --wait
+	kubectl create namespace agents --dry-run=client -o yaml | kubectl apply -f -
+	kubectl -n agents apply -f examples/policies/namespaced.yaml -f examples/trainingjobs/small.yaml
+	kubectl get trainingjobs,breakers -A
 
 kind-down: ## delete the kind cluster
 	kind delete cluster --name breaker

@@ -19,6 +19,7 @@ from typing import Any
 
 from breaker.localcluster import ClusterError, LocalCluster
 from breaker.localcluster.cluster import GPU_RESOURCE, GpuNodes, node_ready
+from breaker.localcluster.paths import repo_root
 
 
 def _cluster(args: argparse.Namespace) -> LocalCluster:
@@ -96,14 +97,15 @@ def _print_nodes(cluster: LocalCluster) -> None:
 def _crds(args: argparse.Namespace) -> int:
     from breaker.api import crd
 
-    directory = Path(args.directory)
+    directories = [Path(d) for d in args.directory] or [repo_root() / d for d in crd.DIRECTORIES]
     if args.check:
-        stale = crd.stale(directory)
+        stale = [path for directory in directories for path in crd.stale(directory)]
         for path in stale:
             print(f"{path} differs from the models: run `breaker crds`", file=sys.stderr)
         return 1 if stale else 0
-    for path in crd.write_all(directory):
-        print(f"wrote {path}")
+    for directory in directories:
+        for path in crd.write_all(directory):
+            print(f"wrote {path}")
     return 0
 
 
@@ -121,7 +123,9 @@ def _run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         prometheus_url=args.prometheus_url,
         metrics_port=args.metrics_port or None,
+        metrics_address=args.metrics_address,
         operator_namespace=args.namespace,
+        peering=args.peering,
     )
     return 0
 
@@ -251,7 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         default=int(os.environ.get("BREAKER_METRICS_PORT", "8081")),
-        help="serve the operator's metrics on 127.0.0.1:PORT/metrics (0: off; default 8081)",
+        help="serve the operator's metrics on ADDRESS:PORT/metrics (0: off; default 8081)",
+    )
+    run.add_argument(
+        "--metrics-address",
+        default=os.environ.get("BREAKER_METRICS_ADDRESS", "127.0.0.1"),
+        help="address the metrics server binds (default 127.0.0.1; 0.0.0.0 in a pod)",
+    )
+    run.add_argument(
+        "--peering",
+        metavar="NAME",
+        default=os.environ.get("BREAKER_PEERING") or None,
+        help="kopf peering: the ClusterKopfPeering to coordinate through (the chart makes it); "
+        "without it the operator runs standalone",
     )
     run.add_argument(
         "--namespace",
@@ -311,7 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     crds = commands.add_parser(
         "crds", help="write the CustomResourceDefinitions generated from the API models"
     )
-    crds.add_argument("directory", nargs="?", default="crds", help="where to write (default crds/)")
+    crds.add_argument(
+        "directory",
+        nargs="*",
+        help="where to write (default: crds/ and the chart's helm/breaker/crds/)",
+    )
     crds.add_argument("--check", action="store_true", help="only report files that are stale")
     crds.set_defaults(handler=_crds)
 

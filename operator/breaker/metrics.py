@@ -18,6 +18,12 @@ BREAKER_STATE = Gauge(
     ["namespace", "breaker", "policy", "state"],
     registry=REGISTRY,
 )
+SIGNALS_UNKNOWN = Gauge(
+    "breaker_signals_unknown",
+    "1 while a breaker cannot read its signals (Prometheus unreachable or refusing).",
+    ["namespace", "breaker", "policy"],
+    registry=REGISTRY,
+)
 TRIPS = Counter(
     "breaker_trips_total",
     "Trips, by the policy and the signals that fired.",
@@ -62,12 +68,17 @@ def serve(port: int, address: str = "127.0.0.1") -> None:
     start_http_server(port, addr=address, registry=REGISTRY)
 
 
-def set_state(namespace: str, breaker: str, policy: str, state: str | None) -> None:
+def set_state(
+    namespace: str, breaker: str, policy: str, state: str | None, signals: str | None = None
+) -> None:
     for known in ("Closed", "Open", "HalfOpen", "Locked", "ForcedOpen", "Disabled"):
         BREAKER_STATE.labels(namespace, breaker, policy, known).set(1 if known == state else 0)
+    SIGNALS_UNKNOWN.labels(namespace, breaker, policy).set(1 if signals == "Unknown" else 0)
 
 
 def forget(namespace: str, breaker: str, policy: str) -> None:
     for known in ("Closed", "Open", "HalfOpen", "Locked", "ForcedOpen", "Disabled"):
         with contextlib.suppress(KeyError):
             BREAKER_STATE.remove(namespace, breaker, policy, known)
+    with contextlib.suppress(KeyError):
+        SIGNALS_UNKNOWN.remove(namespace, breaker, policy)

@@ -37,6 +37,8 @@ def run(
     prometheus_url: str,
     metrics_port: int | None,
     operator_namespace: str,
+    metrics_address: str = "127.0.0.1",
+    peering: str | None = None,
 ) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -47,5 +49,8 @@ def run(
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     breakers.OPTIONS.update(prometheus_url=prometheus_url, operator_namespace=operator_namespace)
     if metrics_port is not None:
-        metrics.serve(metrics_port)
-    kopf.run(clusterwide=True, standalone=True, liveness_endpoint=liveness)
+        metrics.serve(metrics_port, metrics_address)
+    if peering is None:
+        kopf.run(clusterwide=True, standalone=True, liveness_endpoint=liveness)
+    else:
+        kopf.run(clusterwide=True, peering_name=peering, liveness_endpoint=liveness)

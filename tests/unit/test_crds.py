@@ -8,13 +8,14 @@ from typing import Any
 import pytest
 import yaml
 
-from breaker.api.crd import RESOURCES, Resource, render, structural
+from breaker.api.crd import DIRECTORIES, RESOURCES, Resource, render, structural
 from breaker.localcluster.paths import repo_root
 
 
+@pytest.mark.parametrize("directory", DIRECTORIES)
 @pytest.mark.parametrize("resource", RESOURCES, ids=lambda r: r.kind)
-def test_committed_crd_matches_the_models(resource: Resource) -> None:
-    path = repo_root() / "crds" / f"{resource.name}.yaml"
+def test_committed_crd_matches_the_models(resource: Resource, directory: str) -> None:
+    path = repo_root() / directory / f"{resource.name}.yaml"
     assert path.read_text() == render(resource), f"{path} is stale: run `breaker crds`"
 
 

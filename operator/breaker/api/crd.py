@@ -280,6 +280,10 @@ class _NoAliases(yaml.SafeDumper):
         return True
 
 
+# Where the generated CRDs are committed: for `kubectl apply`, and in the Helm chart.
+DIRECTORIES = ("crds", "helm/breaker/crds")
+
+
 def write_all(directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
