@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from prometheus_api_client import PrometheusConnect
 
@@ -99,6 +100,11 @@ def crds(local_cluster: LocalCluster) -> None:
 
 OPERATOR_METRICS: list[str] = []  # the running operator's /metrics URL
 
+# The chart as the tests install it: the operator runs as a process here (replicas 0),
+# authenticated as the chart's ServiceAccount, so it has exactly the chart's RBAC.
+RELEASE, RELEASE_NAMESPACE, SERVICE_ACCOUNT = "breaker", "breaker-system", "breaker"
+PEERING = "breaker"
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -107,10 +113,72 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def chart(local_cluster: LocalCluster, crds: None) -> None:
+    """`helm upgrade --install` of helm/breaker, as an admin would, minus the pod."""
+    subprocess.run(
+        [
+            "helm",
+            "upgrade",
+            "--install",
+            RELEASE,
+            str(repo_root() / "helm" / "breaker"),
+            "--namespace",
+            RELEASE_NAMESPACE,
+            "--create-namespace",
+            "--set",
+            "replicas=0",
+            "--set",
+            f"prometheus.url={local_cluster.prometheus_url}",
+            "--set",
+            # Tests count their own breakers: no default policy guarding every namespace.
+            "defaultPolicy.enabled=false",
+            "--set",
+            f"peering.name={PEERING}",
+            "--wait",
+            "--timeout",
+            "2m",
+        ],
+        env=local_cluster.env(),
+        check=True,
+        capture_output=True,
+    )
+
+
+def service_account_kubeconfig(
+    cluster: LocalCluster, namespace: str, account: str, path: Path
+) -> Path:
+    """A kubeconfig that authenticates with a token of the ServiceAccount, nothing else."""
+    token = subprocess.run(
+        ["kubectl", "create", "token", account, "-n", namespace, "--duration", "6h"],
+        env=cluster.env(),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    user = f"system:serviceaccount:{namespace}:{account}"
+    config["users"] = [{"name": user, "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = user
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(
+    local_cluster: LocalCluster, chart: None, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    path = tmp_path_factory.mktemp("operator-sa") / "kubeconfig"
+    return service_account_kubeconfig(local_cluster, RELEASE_NAMESPACE, SERVICE_ACCOUNT, path)
+
+
+@pytest.fixture(scope="session")
 def operator(
-    local_cluster: LocalCluster, crds: None, tmp_path_factory: pytest.TempPathFactory
+    local_cluster: LocalCluster, operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Path]:
-    """The operator, `breaker run`, as a process of its own; yields its log file."""
+    """The operator, `breaker run`, as a process of its own with the chart's RBAC; yields
+    its log file. At the end, the log must show no request the RBAC refused."""
     port, metrics_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     with log.open("wb") as out:
@@ -126,8 +194,12 @@ def operator(
                 local_cluster.prometheus_url,
                 "--metrics-port",
                 str(metrics_port),
+                "--namespace",
+                RELEASE_NAMESPACE,
+                "--peering",
+                PEERING,
             ],
-            env=local_cluster.env(),
+            env={**local_cluster.env(), "KUBECONFIG": str(operator_kubeconfig)},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -147,6 +219,12 @@ def operator(
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+    denied = [line for line in log.read_text().splitlines() if FORBIDDEN.search(line)]
+    assert not denied, "the chart's RBAC refused the operator:\n" + "\n".join(denied[:20])
+
+
+# The API server's words for an RBAC refusal (403s for a namespace being deleted are not).
+FORBIDDEN = re.compile(r'forbidden: User "[^"]+" cannot')
 
 
 @pytest.fixture(scope="session")

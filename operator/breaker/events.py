@@ -50,5 +50,9 @@ async def post(
     try:
         await kube.call(client.CoreV1Api(api).create_namespaced_event, namespace, event)
     except client.ApiException as error:
+        if kube.namespace_terminating(error):
+            return
         # An Event is a courtesy: losing one must never stop the reconcile.
-        log.warning("could not post event %s on %s: %s", reason, meta["name"], error.reason)
+        log.warning(
+            "could not post event %s on %s: %s", reason, meta["name"], kube.api_message(error)
+        )

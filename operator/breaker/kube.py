@@ -42,6 +42,15 @@ def is_status(error: Exception, *codes: int) -> bool:
     return isinstance(error, client.ApiException) and error.status in codes
 
 
+def namespace_terminating(error: BaseException | None) -> bool:
+    """The API refused a write because the namespace is being deleted: nothing to fix."""
+    return (
+        isinstance(error, client.ApiException)
+        and error.status == 403
+        and "NamespaceTerminating" in str(error.body or "")
+    )
+
+
 MERGE_PATCH = "application/merge-patch+json"
 
 

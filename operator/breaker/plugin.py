@@ -1,45 +1,255 @@
 """`kubectl breaker`: the admin's plugin (kubectl finds the `kubectl-breaker` script).
 
-``egress POD`` answers "what can this pod still reach?" across every NetworkPolicy of its
-namespace, with the same function the operator and its tests use. The other commands
-(status, explain, reset, trip) come with the plugin's own issue.
+- ``status [-A]``: the breakers, their state, trips and last reason;
+- ``explain BREAKER``: one breaker's story as a timeline: signals and values, what was done;
+- ``reset BREAKER|WORKLOAD``: close it and undo every action (waits for the operator);
+- ``trip WORKLOAD --reason TEXT``: force the workload's breakers open (ForcedOpen);
+- ``egress POD``: what a pod can reach across every NetworkPolicy of its namespace, with the
+  same function the operator and its tests use.
+
+The formatting is pure (tested without a cluster); the commands are thin calls around it.
+Errors say what to do next: not found, not allowed, operator not answering.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import ipaddress
 import json
+import os
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
 
+import urllib3
 from kubernetes import client, config
 
 from breaker.actions.egress import Destination, EffectiveEgress, effective_egress
+from breaker.circuit.plan import reset_token
+
+GROUP, VERSION, PLURAL = "breaker.dev", "v1alpha1", "breakers"
+OPERATOR_HINT = "is the operator running? `kubectl -n breaker-system get pods` and its logs say"
 
 
-def _load() -> tuple[client.ApiClient, str]:
-    try:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
-        _, context = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
-        namespace = (context or {}).get("context", {}).get("namespace") or "default"
-    except config.ConfigException as error:
-        raise SystemExit(
-            f"kubectl breaker: no usable kubeconfig ({error}); set KUBECONFIG"
-        ) from None
-    return client.ApiClient(), namespace
+class PluginError(Exception):
+    """A failure the user can act on; the message says how."""
 
 
-def _destination(text: str) -> Destination:
-    address, _, port = text.rpartition(":")
-    try:
-        ipaddress.ip_address(address)
-        return Destination(port=int(port), ip=address)
-    except ValueError:
-        raise SystemExit(
-            f"kubectl breaker: --to {text!r}: give IP:PORT, e.g. 203.0.113.7:3333"
-        ) from None
+# -- formatting (pure) -------------------------------------------------------------------
+
+COLOURS = {
+    "Open": "31",
+    "Locked": "31",
+    "ForcedOpen": "31",
+    "HalfOpen": "33",
+    "Closed": "32",
+    "Disabled": "90",
+    "Unknown": "33",
+}
+
+
+def paint(text: str, key: str, colour: bool) -> str:
+    code = COLOURS.get(key)
+    return f"\033[{code}m{text}\033[0m" if colour and code else text
+
+
+def age(since: str | None, now: dt.datetime) -> str:
+    """kubectl's short age: 45s, 12m, 5h, 3d."""
+    if not since:
+        return "-"
+    seconds = int((now - dt.datetime.fromisoformat(since.replace("Z", "+00:00"))).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size * (2 if unit != "m" else 1):
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def status_table(
+    breakers: Iterable[Mapping[str, Any]], now: dt.datetime, all_namespaces: bool, colour: bool
+) -> str:
+    """The rows of `kubectl breaker status`, aligned, the state coloured when asked."""
+    header = ["NAME", "WORKLOAD", "POLICY", "STATE", "SIGNALS", "TRIPS", "LAST TRIP", "REASON"]
+    if all_namespaces:
+        header.insert(0, "NAMESPACE")
+    rows: list[list[tuple[str, str]]] = []  # (text, colour key)
+    for breaker in sorted(
+        breakers, key=lambda b: (b["metadata"].get("namespace", ""), b["metadata"]["name"])
+    ):
+        spec, status = breaker.get("spec") or {}, breaker.get("status") or {}
+        target, policy = spec.get("targetRef") or {}, spec.get("policyRef") or {}
+        state = status.get("state") or "Pending"
+        signals = status.get("signals") or "-"
+        row = [
+            (breaker["metadata"]["name"], ""),
+            (f"{target.get('kind', '?')}/{target.get('name', '?')}", ""),
+            (
+                f"{'cluster/' if policy.get('kind') == 'ClusterBreakerPolicy' else ''}"
+                f"{policy.get('name', '?')}",
+                "",
+            ),
+            (state + (" (dry run)" if status.get("dryRun") else ""), state),
+            (signals, signals if signals == "Unknown" else ""),
+            (str(status.get("trips") or 0), ""),
+            (age(status.get("lastTrip"), now) if status.get("lastTrip") else "-", ""),
+            (_clip(status.get("reason") or "", 60), ""),
+        ]
+        if all_namespaces:
+            row.insert(0, (breaker["metadata"].get("namespace", ""), ""))
+        rows.append(row)
+    widths = [len(h) for h in header]
+    for row in rows:
+        widths = [max(w, len(text)) for w, (text, _) in zip(widths, row, strict=True)]
+    lines = ["   ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    for row in rows:
+        cells = [
+            paint(text.ljust(w), key, colour) if key else text.ljust(w)
+            for (text, key), w in zip(row, widths, strict=True)
+        ]
+        lines.append("   ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _clock(stamp: str) -> str:
+    return stamp.replace("T", " ").replace("Z", "").split(".")[0] + "Z"
+
+
+@dataclass(frozen=True)
+class Moment:
+    """One line of a breaker's timeline."""
+
+    time: str
+    what: str
+    details: tuple[str, ...] = ()
+
+
+def timeline(breaker: Mapping[str, Any], events: Sequence[Mapping[str, Any]] = ()) -> list[Moment]:
+    """Transitions, the evidence of each trip, actions applied and undone, and Warning events,
+    in time order (stable: a trip's transition, then its evidence, then its actions)."""
+    status = breaker.get("status") or {}
+    moments: list[tuple[str, int, Moment]] = []
+    for transition in status.get("history") or []:
+        moments.append(
+            (
+                transition["time"],
+                0,
+                Moment(
+                    transition["time"],
+                    f"{transition.get('from')} → {transition.get('to')}: "
+                    f"{transition.get('reason', '')}",
+                ),
+            )
+        )
+    for evidence in status.get("evidence") or []:
+        details = []
+        for signal in evidence.get("signals") or []:
+            where = f" on pod {signal['pod']}" if signal.get("pod") else ""
+            details.append(f"{signal['name']} = {_number(signal.get('value'))}{where}")
+            details.append(f"  query: {_clip(signal.get('query', ''), 160)}")
+            labels = signal.get("labels") or {}
+            if labels:
+                shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
+                details.append(f"  labels: {_clip(shown, 160)}")
+        pods = evidence.get("pods") or []
+        if pods:
+            placed = ", ".join(f"{p['name']}@{p.get('node') or '?'}" for p in pods[:8])
+            details.append(f"pods: {placed}{' …' if len(pods) > 8 else ''}")
+        if evidence.get("truncated"):
+            details.append("(evidence truncated to bound its size)")
+        moments.append(
+            (
+                evidence["time"],
+                1,
+                Moment(evidence["time"], f"evidence (rule {evidence.get('rule')})", tuple(details)),
+            )
+        )
+    for record in status.get("actions") or []:
+        verb = "would apply" if record.get("dryRun") else "applied"
+        changed = record.get("changed")
+        lines = [f"changed: {_clip(json.dumps(changed, sort_keys=True), 200)}"] if changed else []
+        if record.get("error"):
+            lines.append(f"error: {record['error']}")
+        applied = Moment(record["appliedAt"], f"{record['type']} {verb}", tuple(lines))
+        moments.append((record["appliedAt"], 2, applied))
+        if record.get("revertedAt"):
+            moments.append(
+                (record["revertedAt"], 2, Moment(record["revertedAt"], f"{record['type']} undone"))
+            )
+    for event in events:
+        stamp = event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp")
+        if stamp and event.get("type") == "Warning":
+            stamp = stamp if isinstance(stamp, str) else stamp.isoformat()
+            moments.append(
+                (stamp, 3, Moment(stamp, f"Warning {event.get('reason')}: {event.get('message')}"))
+            )
+    moments.sort(key=lambda m: (_instant(m[0]), m[1]))
+    return [moment for _, _, moment in moments]
+
+
+def _instant(stamp: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def explain(breaker: Mapping[str, Any], events: Sequence[Mapping[str, Any]] = ()) -> str:
+    meta, spec = breaker["metadata"], breaker.get("spec") or {}
+    status = breaker.get("status") or {}
+    target, policy = spec.get("targetRef") or {}, spec.get("policyRef") or {}
+    where = f"{policy.get('namespace')}/" if policy.get("namespace") else ""
+    lines = [
+        f"Breaker {meta.get('namespace')}/{meta['name']}",
+        f"  guards    {target.get('kind')} {target.get('name')}",
+        f"  policy    {policy.get('kind')} {where}{policy.get('name')}",
+        f"  state     {status.get('state') or 'Pending'}"
+        + (" (DryRun: nothing was changed)" if status.get("dryRun") else "")
+        + (f", override {spec['override']}" if spec.get("override") else ""),
+        f"  signals   {status.get('signals') or '-'}",
+        f"  trips     {status.get('trips') or 0}"
+        + (f", last {_clock(status['lastTrip'])}" if status.get("lastTrip") else ""),
+    ]
+    if status.get("reason"):
+        lines.append(f"  reason    {status['reason']}")
+    if status.get("timeToContainSeconds") is not None:
+        lines.append(f"  contained in {status['timeToContainSeconds']:.2f} s")
+    moments = timeline(breaker, events)
+    lines.append("")
+    lines.append("Timeline" if moments else "Timeline: nothing has happened yet")
+    for moment in moments:
+        lines.append(f"  {_clock(moment.time)}  {moment.what}")
+        lines.extend(f"      {detail}" for detail in moment.details)
+    state = status.get("state")
+    if state in ("Open", "Locked", "ForcedOpen", "HalfOpen") or status.get("contained"):
+        lines.append("")
+        lines.append(
+            f"To close it and undo every action: kubectl breaker reset {meta['name']} "
+            f"-n {meta.get('namespace')}"
+        )
+    return "\n".join(lines)
+
+
+def guarding(breakers: Iterable[Mapping[str, Any]], name: str, kind: str | None) -> list[Any]:
+    """The breakers named ``name``, or else those guarding a workload named ``name``."""
+    listed = list(breakers)
+    named = [b for b in listed if b["metadata"]["name"] == name]
+    if named:
+        return named
+    return [
+        b
+        for b in listed
+        if (b.get("spec") or {}).get("targetRef", {}).get("name") == name
+        and (kind is None or b["spec"]["targetRef"].get("kind", "").lower() == kind.lower())
+    ]
 
 
 def describe(name: str, egress: EffectiveEgress, policies: Sequence[Mapping[str, Any]]) -> str:
@@ -58,37 +268,237 @@ def describe(name: str, egress: EffectiveEgress, policies: Sequence[Mapping[str,
     return "\n".join(lines)
 
 
+# -- the API -----------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    api: client.ApiClient
+    namespace: str
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+
+def _connect(namespace: str | None) -> Session:
+    try:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+        _, context = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+    except config.ConfigException as error:
+        raise PluginError(f"no usable kubeconfig ({error}); set KUBECONFIG") from None
+    default = (context or {}).get("context", {}).get("namespace") or "default"
+    return Session(client.ApiClient(), namespace or default)
+
+
+def _api_error(error: client.ApiException, doing: str, role: str) -> PluginError:
+    if error.status == 403:
+        return PluginError(f"not allowed to {doing}: ask a cluster admin for the {role} role")
+    return PluginError(f"could not {doing}: {error.status} {error.reason}")
+
+
+def _list(session: Session, all_namespaces: bool) -> list[dict[str, Any]]:
+    where = "all namespaces" if all_namespaces else session.namespace
+    found: dict[str, Any]
+    try:
+        if all_namespaces:
+            found = cast(
+                dict[str, Any], session.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+            )
+        else:
+            found = cast(
+                dict[str, Any],
+                session.custom.list_namespaced_custom_object(
+                    GROUP, VERSION, session.namespace, PLURAL
+                ),
+            )
+    except client.ApiException as error:
+        if error.status == 404:
+            raise PluginError(
+                "this cluster has no Breaker API: install the chart (helm/breaker) first"
+            ) from None
+        raise _api_error(error, f"list breakers in {where}", "breaker-viewer") from None
+    items: list[dict[str, Any]] = found["items"]
+    return items
+
+
+def _resolve(session: Session, name: str, kind: str | None) -> list[dict[str, Any]]:
+    found = guarding(_list(session, False), name, kind)
+    if not found:
+        raise PluginError(
+            f"no breaker named {name} and none guarding a workload named {name} in "
+            f"{session.namespace}: `kubectl breaker status -n {session.namespace}` lists them "
+            "(a workload no policy selects has no breaker)"
+        )
+    return found
+
+
+def _patch(session: Session, breaker: Mapping[str, Any], body: dict[str, Any]) -> None:
+    name = breaker["metadata"]["name"]
+    try:
+        session.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, session.namespace, PLURAL, name, body
+        )
+    except client.ApiException as error:
+        if error.status == 404:
+            raise PluginError(f"breaker {session.namespace}/{name} was deleted meanwhile") from None
+        raise _api_error(
+            error, f"change breaker {session.namespace}/{name}", "breaker-admin"
+        ) from None
+
+
+def _wait(
+    session: Session,
+    names: Sequence[str],
+    done: Callable[[Mapping[str, Any]], bool],
+    what: str,
+    timeout: float,
+) -> None:
+    deadline = time.monotonic() + timeout
+    pending = set(names)
+    while pending:
+        for breaker in _list(session, False):
+            if breaker["metadata"]["name"] in pending and done(breaker):
+                pending.discard(breaker["metadata"]["name"])
+                print(f"breaker {breaker['metadata']['name']}: {what}")
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise PluginError(
+                f"{', '.join(sorted(pending))}: not {what} after {timeout:.0f}s; {OPERATOR_HINT}"
+            )
+        time.sleep(0.5)
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    session = _connect(args.namespace)
+    breakers = _list(session, args.all_namespaces)
+    if not breakers:
+        where = "any namespace" if args.all_namespaces else session.namespace
+        print(f"No breakers in {where}.")
+        return 0
+    colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    now = dt.datetime.now(dt.UTC)
+    print(status_table(breakers, now, args.all_namespaces, colour))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    session = _connect(args.namespace)
+    breaker: dict[str, Any]
+    try:
+        breaker = cast(
+            dict[str, Any],
+            session.custom.get_namespaced_custom_object(
+                GROUP, VERSION, session.namespace, PLURAL, args.breaker
+            ),
+        )
+    except client.ApiException as error:
+        if error.status == 404:
+            candidates = guarding(_list(session, False), args.breaker, None)
+            if len(candidates) == 1:
+                breaker = candidates[0]
+            else:
+                raise PluginError(
+                    f"breaker {session.namespace}/{args.breaker} not found: "
+                    f"`kubectl breaker status -n {session.namespace}` lists them"
+                ) from None
+        else:
+            raise _api_error(error, f"read breaker {args.breaker}", "breaker-viewer") from None
+    events: list[dict[str, Any]] = []
+    try:
+        listed = client.CoreV1Api(session.api).list_namespaced_event(
+            session.namespace,
+            field_selector=f"involvedObject.name={breaker['metadata']['name']}",
+        )
+        events = session.api.sanitize_for_serialization(listed)["items"]  # type: ignore[no-untyped-call]
+    except client.ApiException:
+        pass  # events are a bonus: the status holds the story
+    print(explain(breaker, events))
+    return 0
+
+
+def _reset(args: argparse.Namespace) -> int:
+    session = _connect(args.namespace)
+    breakers = _resolve(session, args.target, args.kind)
+    token = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    expected: dict[str, str | None] = {}
+    for breaker in breakers:
+        spec: dict[str, Any] = {"reset": token}
+        if (breaker.get("spec") or {}).get("override") == "ForcedOpen":
+            spec.update(override=None, overrideReason=None)  # a reset ends a manual trip too
+        _patch(session, breaker, {"spec": spec})
+        after = {**breaker, "spec": {**(breaker.get("spec") or {}), **spec}}
+        expected[breaker["metadata"]["name"]] = reset_token(after)
+        print(f"breaker {breaker['metadata']['name']}: reset requested")
+    if args.no_wait:
+        return 0
+    _wait(
+        session,
+        list(expected),
+        lambda b: (b.get("status") or {}).get("handledReset") == expected[b["metadata"]["name"]],
+        "reset (closed, every action undone)",
+        args.timeout,
+    )
+    return 0
+
+
+def _trip(args: argparse.Namespace) -> int:
+    session = _connect(args.namespace)
+    breakers = _resolve(session, args.workload, args.kind)
+    reason = f"{args.reason} (by kubectl breaker trip)"
+    for breaker in breakers:
+        _patch(session, breaker, {"spec": {"override": "ForcedOpen", "overrideReason": reason}})
+        print(f"breaker {breaker['metadata']['name']}: ForcedOpen requested")
+    if args.no_wait:
+        return 0
+    _wait(
+        session,
+        [b["metadata"]["name"] for b in breakers],
+        lambda b: (b.get("status") or {}).get("state") == "ForcedOpen",
+        "ForcedOpen (contained)",
+        args.timeout,
+    )
+    return 0
+
+
+def _destination(text: str) -> Destination:
+    address, _, port = text.rpartition(":")
+    try:
+        ipaddress.ip_address(address)
+        return Destination(port=int(port), ip=address)
+    except ValueError:
+        raise PluginError(f"--to {text!r}: give IP:PORT, e.g. 203.0.113.7:3333") from None
+
+
 def _egress(args: argparse.Namespace) -> int:
-    api, default_namespace = _load()
-    namespace = args.namespace or default_namespace
-    core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
+    session = _connect(args.namespace)
+    namespace = session.namespace
+    destinations = [_destination(target) for target in args.to or []]
+    core, net = client.CoreV1Api(session.api), client.NetworkingV1Api(session.api)
     try:
         pod = core.read_namespaced_pod(args.pod, namespace)
         listed = net.list_namespaced_network_policy(namespace)
     except client.ApiException as error:
         if error.status == 404:
-            print(f"kubectl breaker: pod {namespace}/{args.pod} not found", file=sys.stderr)
-        elif error.status == 403:
-            print(
-                f"kubectl breaker: not allowed to read pods or NetworkPolicies in {namespace}: "
-                "ask for the breaker-viewer role",
-                file=sys.stderr,
-            )
-        else:
-            print(f"kubectl breaker: {error.status} {error.reason}", file=sys.stderr)
-        return 1
-    policies = api.sanitize_for_serialization(listed)["items"]  # type: ignore[no-untyped-call]
+            raise PluginError(f"pod {namespace}/{args.pod} not found") from None
+        raise _api_error(
+            error, f"read pods and NetworkPolicies in {namespace}", "breaker-viewer"
+        ) from None
+    policies = session.api.sanitize_for_serialization(listed)["items"]  # type: ignore[no-untyped-call]
     labels = (pod.metadata.labels if pod.metadata else None) or {}
     egress = effective_egress(labels, policies)
     print(describe(f"{namespace}/{args.pod}", egress, policies))
-    for target in args.to or []:
-        destination = _destination(target)
+    for target, destination in zip(args.to or [], destinations, strict=True):
         verdict = "ALLOWED" if egress.allows(destination, namespace) else "denied"
         print(f"  {target}: {verdict}")
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     from importlib.metadata import version
 
     parser = argparse.ArgumentParser(
@@ -99,15 +509,72 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--version", action="version", version=f"kubectl-breaker {version('breaker')}"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    egress = commands.add_parser(
-        "egress", help="what a pod can reach, across every NetworkPolicy of its namespace"
+
+    def namespaced(command: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        command.add_argument("-n", "--namespace", help="the namespace (default: the context's)")
+        return command
+
+    def waiting(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--kind", help="only breakers of workloads of this kind (e.g. TrainingJob)"
+        )
+        command.add_argument(
+            "--no-wait", action="store_true", help="return once the request is written"
+        )
+        command.add_argument(
+            "--timeout", type=float, default=30, help="seconds to wait for the operator (30)"
+        )
+
+    status = namespaced(commands.add_parser("status", help="breakers, state, trips, last reason"))
+    status.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    status.set_defaults(handler=_status)
+
+    explain_ = namespaced(
+        commands.add_parser("explain", help="a breaker's evidence and actions as a timeline")
+    )
+    explain_.add_argument("breaker", help="the Breaker (or the workload it guards)")
+    explain_.set_defaults(handler=_explain)
+
+    reset = namespaced(
+        commands.add_parser("reset", help="close a breaker and undo everything it did")
+    )
+    reset.add_argument("target", metavar="BREAKER|WORKLOAD", help="a Breaker, or a workload")
+    waiting(reset)
+    reset.set_defaults(handler=_reset)
+
+    trip = namespaced(commands.add_parser("trip", help="force a workload's breakers open"))
+    trip.add_argument("workload", help="the guarded workload")
+    trip.add_argument("--reason", required=True, help="why (shown as REASON and in Events)")
+    waiting(trip)
+    trip.set_defaults(handler=_trip)
+
+    egress = namespaced(
+        commands.add_parser(
+            "egress", help="what a pod can reach, across every NetworkPolicy of its namespace"
+        )
     )
     egress.add_argument("pod", help="the pod's name")
-    egress.add_argument("-n", "--namespace", help="its namespace (default: the context's)")
     egress.add_argument(
         "--to", action="append", metavar="IP:PORT", help="check one destination (repeatable)"
     )
     egress.set_defaults(handler=_egress)
-    args = parser.parse_args(argv)
-    code: int = args.handler(args)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except PluginError as error:
+        print(f"kubectl breaker: {error}", file=sys.stderr)
+        return 1
+    except urllib3.exceptions.HTTPError as error:
+        print(
+            f"kubectl breaker: cannot reach the API server ({error}): is the cluster up, and "
+            "is KUBECONFIG the one you mean?",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        return 130
     return code

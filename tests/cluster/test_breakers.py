@@ -28,7 +28,13 @@ from kubernetes import client
 
 from breaker.actions.egress import Destination, effective_egress
 from breaker.localcluster import LocalCluster
-from tests.conftest import OPERATOR_METRICS, free_port
+from tests.conftest import (
+    OPERATOR_METRICS,
+    RELEASE_NAMESPACE,
+    SERVICE_ACCOUNT,
+    free_port,
+    service_account_kubeconfig,
+)
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -664,6 +670,18 @@ def test_the_webhook_hears_of_the_trip_with_the_secrets_token(cluster: Cluster) 
         cluster.core.create_namespaced_secret(
             cluster.ns, {"metadata": {"name": "hook"}, "stringData": {"token": "s3cret"}}
         )
+        # The operator reads no tenant's Secret until the namespace grants that one (NOTES.txt).
+        for command in (
+            "create role breaker-webhook --verb=get --resource=secrets --resource-name=hook",
+            "create rolebinding breaker-webhook --role=breaker-webhook "
+            f"--serviceaccount={RELEASE_NAMESPACE}:{SERVICE_ACCOUNT}",
+        ):
+            subprocess.run(
+                ["kubectl", "-n", cluster.ns, *command.split()],
+                env=cluster.local.env(),
+                check=True,
+                capture_output=True,
+            )
         cluster.create("trainingjobs", trainingjob("rl", 1, 8))
         pods = cluster.running("rl", 1)
         body = policy(actions=("captureEvidence", "revokeEgress", "pause", "notify"))
@@ -784,3 +802,77 @@ def test_node_quarantine_cordons_and_taints_and_the_reset_undoes_only_that(
             GROUP, VERSION, "clusterbreakerpolicies", body["metadata"]["name"]
         )
         core.patch_node(node, {"spec": {"unschedulable": None}})  # never leave it cordoned
+
+
+def kubectl_breaker(
+    cluster: Cluster, *args: str, kubeconfig: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`kubectl breaker ARGS`, found by kubectl on PATH as the kubectl-breaker plugin."""
+    env = cluster.local.env()
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    if kubeconfig is not None:
+        env["KUBECONFIG"] = str(kubeconfig)
+    return subprocess.run(
+        ["kubectl", "breaker", *args, "-n", cluster.ns],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def person(cluster: Cluster, name: str, role: str) -> Path:
+    """A ServiceAccount bound to ``role`` in the test namespace, as a kubeconfig."""
+    cluster.core.create_namespaced_service_account(cluster.ns, {"metadata": {"name": name}})
+    binding = f"create rolebinding {name} --clusterrole={role} --serviceaccount={cluster.ns}:{name}"
+    subprocess.run(
+        ["kubectl", "-n", cluster.ns, *binding.split()],
+        env=cluster.local.env(),
+        check=True,
+        capture_output=True,
+    )
+    return service_account_kubeconfig(cluster.local, cluster.ns, name, cluster.tmp / name)
+
+
+def test_kubectl_breaker_trips_explains_and_resets(cluster: Cluster) -> None:
+    pods = full_cluster(cluster)
+    cluster.create("breakerpolicies", policy())
+    wait_for(
+        lambda: cluster.breaker("rl-guard").get("status", {}).get("state") == "Closed",
+        "the breaker",
+    )
+    before = cluster.specs()
+    tenant = person(cluster, "tenant", "edit")
+    viewer = person(cluster, "viewer", "breaker-viewer")
+
+    refused = kubectl_breaker(cluster, "trip", "rl", "--reason", "mine", kubeconfig=tenant)
+    assert refused.returncode == 1
+    assert "not allowed to change breaker" in refused.stderr
+    assert "breaker-admin role" in refused.stderr
+
+    tripped = kubectl_breaker(cluster, "trip", "rl", "--reason", "agent opened a tunnel")
+    assert tripped.returncode == 0, tripped.stderr
+    assert "rl-guard: ForcedOpen (contained)" in tripped.stdout
+    assert cluster.get("trainingjobs", "rl")["spec"]["suspend"] is True
+    egress = kubectl_breaker(cluster, "egress", pods[0].metadata.name, "--to", "203.0.113.7:3333")
+    assert "203.0.113.7:3333: denied" in egress.stdout, egress.stdout
+
+    status = kubectl_breaker(cluster, "status", kubeconfig=viewer)
+    assert status.returncode == 0, status.stderr
+    (row,) = [line for line in status.stdout.splitlines() if line.startswith("rl-guard")]
+    assert "TrainingJob/rl" in row and "ForcedOpen" in row and "agent opened a tunnel" in row
+
+    story = kubectl_breaker(cluster, "explain", "rl-guard", kubeconfig=viewer).stdout
+    assert "Closed → ForcedOpen: forced open by an admin: agent opened a tunnel" in story
+    assert "revokeEgress applied" in story and "pause applied" in story
+    assert f"kubectl breaker reset rl-guard -n {cluster.ns}" in story
+
+    reset = kubectl_breaker(cluster, "reset", "rl")
+    assert reset.returncode == 0, reset.stderr
+    assert "rl-guard: reset (closed, every action undone)" in reset.stdout
+    wait_for(lambda: cluster.specs() == before, "every spec back as it was", timeout=30)
+    assert "override" not in cluster.breaker("rl-guard")["spec"]
+
+    missing = kubectl_breaker(cluster, "explain", "nothing-here")
+    assert missing.returncode == 1 and "not found" in missing.stderr

@@ -124,6 +124,13 @@ def test_forced_open_applies_once_and_stays_until_reset() -> None:
     assert step(lifted.after, at(3, reset="r1"), Settings()).effects == ("revert",)
 
 
+def test_an_overrides_reason_becomes_the_breakers_reason() -> None:
+    forced = step(Breaker(), at(0, override="ForcedOpen", override_reason="tunnel"), Settings())
+    assert forced.after.reason == "forced open by an admin: tunnel"
+    reset = step(forced.after, at(1, reset="r1"), Settings())
+    assert reset.after.state == "Closed" and reset.effects == ("revert",)
+
+
 def test_disabled_is_hands_off() -> None:
     disabled = step(Breaker(), at(0, override="Disabled", tripped="r"), Settings())
     assert disabled.after.state == "Disabled"

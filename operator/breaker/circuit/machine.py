@@ -66,6 +66,7 @@ class Observation:
     tripped: str | None = None  # the trip rule that held, with its signals, or None
     signals_known: bool = True  # False while Prometheus is unreachable
     override: Override | None = None
+    override_reason: str | None = None  # the admin's why (spec.overrideReason)
     reset: str | None = None  # the Breaker's reset token (spec.reset or the annotation)
 
 
@@ -116,12 +117,14 @@ def step(breaker: Breaker, seen: Observation, settings: Settings) -> Transition:
 
     if seen.override == "Disabled":
         # Hands off: nothing is evaluated, and nothing applied is undone without a reset.
-        return go(dataclasses.replace(known, state="Disabled", reason="disabled by an admin"))
+        why = _by_admin("disabled", seen.override_reason)
+        return go(dataclasses.replace(known, state="Disabled", reason=why))
     if seen.override == "ForcedOpen":
+        why = _by_admin("forced open", seen.override_reason)
         forced = dataclasses.replace(
             known,
             state="ForcedOpen",
-            reason="forced open by an admin",
+            reason=why,
             contained=True,
             last_trip=breaker.last_trip if breaker.state == "ForcedOpen" else now,
         )
@@ -197,3 +200,7 @@ def _trip(breaker: Breaker, rule: str, now: dt.datetime, settings: Settings) -> 
 
 def _iso(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _by_admin(what: str, why: str | None) -> str:
+    return f"{what} by an admin" + (f": {why}" if why else "")

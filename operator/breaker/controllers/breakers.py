@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -332,6 +333,9 @@ class BreakerController:
                     now,
                 )
             except Exception as error:
+                if kube.namespace_terminating(error):
+                    log.debug("Breaker %s/%s: its namespace is being deleted", *key)
+                    continue
                 log.exception("Breaker %s/%s: %s", *key, error)
                 failed = True
         await self._write_policy_statuses(existing)
@@ -358,6 +362,7 @@ class BreakerController:
             tripped=_reason(trip) if trip else None,
             signals_known=known,
             override=body["spec"].get("override"),
+            override_reason=body["spec"].get("overrideReason"),
             reset=plan.reset_token(body),
         )
         if not status:
@@ -381,8 +386,11 @@ class BreakerController:
 
     def _done(self, key: BreakerKey) -> None:
         task = self.busy.pop(key, None)
-        if task is not None and not task.cancelled() and task.exception() is not None:
-            log.error("Breaker %s/%s: actions failed: %s", *key, task.exception())
+        failure = None if task is None or task.cancelled() else task.exception()
+        if kube.namespace_terminating(failure):
+            log.debug("Breaker %s/%s: its namespace is being deleted", *key)
+        elif failure is not None:
+            log.error("Breaker %s/%s: actions failed: %s", *key, failure)
             self.retry = True
         self.wake.set()  # whatever changed meanwhile is looked at again
 
@@ -659,6 +667,9 @@ class BreakerController:
         )
         merged = {**status, **{k: v for k, v in wanted.items()}}
         merged = {k: v for k, v in merged.items() if v is not None}
+        policy = body["spec"]["policyRef"]["name"]
+        # Also when nothing changed: a restarted operator reports the states it finds.
+        metrics.set_state(key[0], key[1], policy, after.state, merged.get("signals"))
         if merged == status:
             return
         try:
@@ -676,8 +687,6 @@ class BreakerController:
                 return
             raise
         self.written[key] = merged
-        policy = body["spec"]["policyRef"]["name"]
-        metrics.set_state(key[0], key[1], policy, after.state)
 
     async def _release_ownership(self, key: BreakerKey, body: dict[str, Any]) -> None:
         """Tripped: the Breaker must outlive its workload, or deleting the job erases it."""
@@ -850,7 +859,7 @@ class BreakerController:
                 try:
                     token = await self._webhook_token(body, settings["secretRef"])
                 except (ValueError, client.ApiException) as error:
-                    message = f"webhook not sent: {getattr(error, 'reason', None) or error}"
+                    message = f"webhook not sent: {self._secret_problem(body, settings, error)}"
                     await events.post(self.api, body, "Warning", "WebhookFailed", message)
                     continue
             snapshot = {**body, "status": {**plan.status_of(after), **extra}}
@@ -864,6 +873,27 @@ class BreakerController:
                     await events.post(self.api, breaker, "Warning", "WebhookFailed", why)
 
             self.notifier.submit(settings["url"], document, token, delivered)
+
+    def _secret_problem(
+        self, body: Mapping[str, Any], settings: Mapping[str, Any], error: Exception
+    ) -> str:
+        """What went wrong reading the webhook's Secret, and for a refusal, the grant."""
+        if not isinstance(error, client.ApiException):
+            return str(error)
+        name = settings["secretRef"]["name"]
+        namespace = body["spec"]["policyRef"].get("namespace") or self.operator_namespace
+        if error.status == 403:
+            account = os.environ.get("BREAKER_SERVICE_ACCOUNT", "breaker")
+            return (
+                f"the operator may not read Secret {namespace}/{name}; let it with "
+                f"`kubectl -n {namespace} create role breaker-webhook --verb=get "
+                f"--resource=secrets --resource-name={name}` and `kubectl -n {namespace} "
+                "create rolebinding breaker-webhook --role=breaker-webhook "
+                f"--serviceaccount={self.operator_namespace}:{account}`"
+            )
+        if error.status == 404:
+            return f"Secret {namespace}/{name} not found"
+        return kube.api_message(error)
 
     async def _webhook_token(self, body: dict[str, Any], ref: Mapping[str, Any]) -> str:
         """The Secret is read from the policy's namespace, or (cluster policies) the operator's."""

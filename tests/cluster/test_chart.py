@@ -1,0 +1,283 @@
+"""The Helm chart against the real control plane: lint, server-side dry run, the installed
+release's RBAC (what the operator may not do, what tenants and people may), its alerts
+checked by promtool and its dashboard's queries by the real Prometheus.
+
+The session's operator runs with the chart's ServiceAccount (tests/conftest.py), so every
+end-to-end test of the breaker also proves the RBAC is enough.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from breaker.localcluster import LocalCluster
+from breaker.localcluster.paths import repo_root
+from tests.conftest import RELEASE_NAMESPACE, SERVICE_ACCOUNT, service_account_kubeconfig
+
+pytestmark = pytest.mark.cluster
+
+CHART = repo_root() / "helm" / "breaker"
+KUBE = ("--kube-version", "1.36.0")  # helm template assumes 1.20 unless told; the chart needs 1.30
+OPERATOR = f"system:serviceaccount:{RELEASE_NAMESPACE}:{SERVICE_ACCOUNT}"
+
+
+def run(
+    cluster: LocalCluster, *command: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        command, env=cluster.env(), input=stdin, capture_output=True, text=True, check=False
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def template(cluster: LocalCluster, *values: str) -> str:
+    server = run(cluster, "kubectl", "version", "-o", "json").stdout
+    version = json.loads(server)["serverVersion"]["gitVersion"]
+    sets = [arg for value in values for arg in ("--set", value)]
+    return run(
+        cluster,
+        "helm",
+        "template",
+        "breaker",
+        str(CHART),
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--kube-version",
+        version,
+        *sets,
+    ).stdout
+
+
+def documents(rendered: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def test_the_chart_lints_clean(local_cluster: LocalCluster) -> None:
+    done = run(local_cluster, "helm", "lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in done.stdout
+
+
+def test_bad_values_are_refused_naming_the_value(local_cluster: LocalCluster) -> None:
+    for value, named in (
+        ("defaultPolicy.mode=Enforced", "defaultPolicy.mode"),
+        ("replicas=2", "replicas"),
+        ("prometheus.url=prometheus:9090", "prometheus.url"),
+    ):
+        done = run(local_cluster, "helm", "template", str(CHART), "--set", value, check=False)
+        assert done.returncode != 0, value
+        assert named.split(".")[-1] in done.stderr, done.stderr
+
+
+def test_the_rendered_chart_passes_the_api_servers_dry_run(
+    local_cluster: LocalCluster, chart: None
+) -> None:
+    rendered = template(local_cluster)
+    kinds = {doc["kind"] for doc in documents(rendered)}
+    assert {"Deployment", "ClusterRole", "ClusterBreakerPolicy", "ClusterKopfPeering"} <= kinds
+    done = run(local_cluster, "kubectl", "apply", "--dry-run=server", "-f", "-", stdin=rendered)
+    assert "(server dry run)" in done.stdout
+
+
+def test_the_default_policy_is_dry_run_and_every_pod_hardened(local_cluster: LocalCluster) -> None:
+    docs = documents(template(local_cluster))
+    policy = next(d for d in docs if d["kind"] == "ClusterBreakerPolicy")
+    assert policy["spec"]["mode"] == "DryRun"
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    hardening = container["securityContext"]
+    assert hardening == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["resources"]["limits"]["memory"]
+    assert "--peering=breaker" in container["args"]
+
+
+def test_no_rule_grants_everything(local_cluster: LocalCluster) -> None:
+    docs = documents(template(local_cluster))
+    roles = [d for d in docs if d["kind"] in ("ClusterRole", "Role")]
+    assert len(roles) >= 5
+    for role in roles:
+        for rule in role["rules"]:
+            for key in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule.get(key, []), f"{role['metadata']['name']}: {rule}"
+
+
+@pytest.fixture(scope="module")
+def operator_api(
+    local_cluster: LocalCluster, chart: None, tmp_path_factory: pytest.TempPathFactory
+) -> client.ApiClient:
+    from kubernetes import config
+
+    path = tmp_path_factory.mktemp("sa") / "kubeconfig"
+    service_account_kubeconfig(local_cluster, RELEASE_NAMESPACE, SERVICE_ACCOUNT, path)
+    return config.new_client_from_config(config_file=str(path))  # type: ignore[no-untyped-call]
+
+
+def refused(call: Any, *args: Any, **kwargs: Any) -> bool:
+    try:
+        call(*args, **kwargs)
+    except client.ApiException as error:
+        return bool(error.status == 403)
+    return False
+
+
+def test_the_operators_token_is_refused_what_it_does_not_need(
+    operator_api: client.ApiClient, core: client.CoreV1Api, namespace: str
+) -> None:
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "s"}, "stringData": {"k": "v"}})
+    as_operator = client.CoreV1Api(operator_api)
+    # Authenticated and allowed what it uses...
+    assert as_operator.list_namespaced_pod(namespace).items is not None
+    # ...and not what it does not.
+    assert refused(as_operator.list_secret_for_all_namespaces)
+    assert refused(as_operator.read_namespaced_secret, "s", namespace)
+    assert refused(as_operator.delete_namespace, namespace)
+    assert refused(as_operator.connect_post_namespaced_pod_exec, "any", namespace, command=["true"])
+    assert refused(client.AppsV1Api(operator_api).delete_namespaced_deployment, "any", namespace)
+    assert refused(
+        client.RbacAuthorizationV1Api(operator_api).create_cluster_role,
+        {"metadata": {"name": "escalate"}, "rules": []},
+    )
+
+
+def can(cluster: LocalCluster, who: str, verb: str, resource: str, namespace: str | None) -> bool:
+    where = ["-n", namespace] if namespace else []
+    resource, _, subresource = resource.partition("/")
+    if subresource:
+        where += ["--subresource", subresource]
+    asked = ["kubectl", "auth", "can-i", verb, resource, "--as", who, *where]
+    done = run(cluster, *asked, check=False)
+    return done.stdout.strip() == "yes"
+
+
+def bind(cluster: LocalCluster, namespace: str, account: str, role: str) -> str:
+    run(cluster, "kubectl", "-n", namespace, "create", "serviceaccount", account)
+    run(
+        cluster,
+        "kubectl",
+        "-n",
+        namespace,
+        "create",
+        "rolebinding",
+        f"{account}-{role}",
+        f"--clusterrole={role}",
+        f"--serviceaccount={namespace}:{account}",
+    )
+    return f"system:serviceaccount:{namespace}:{account}"
+
+
+def test_people_get_what_their_role_says(
+    local_cluster: LocalCluster, chart: None, namespace: str
+) -> None:
+    def may(who: str, verb: str, resource: str, cluster_scoped: bool = False) -> bool:
+        return can(local_cluster, who, verb, resource, None if cluster_scoped else namespace)
+
+    editor = bind(local_cluster, namespace, "editor", "edit")
+    admin = bind(local_cluster, namespace, "ns-admin", "admin")
+    viewer = bind(local_cluster, namespace, "viewer", "breaker-viewer")
+    operator_ = bind(local_cluster, namespace, "oncall", "breaker-admin")
+
+    # A tenant (edit) runs jobs and sees its breakers, but cannot let a job out.
+    assert may(editor, "create", "trainingjobs.breaker.dev")
+    assert may(editor, "get", "breakers.breaker.dev")
+    assert not may(editor, "patch", "breakers.breaker.dev")
+    assert not may(editor, "patch", "breakerpolicies.breaker.dev")
+    assert not may(editor, "list", "clusterbreakerpolicies.breaker.dev", cluster_scoped=True)
+    # A namespace admin adds policies of its own, still never resets.
+    assert may(admin, "create", "breakerpolicies.breaker.dev")
+    assert not may(admin, "patch", "breakers.breaker.dev")
+    # breaker-viewer reads; breaker-admin resets and forces.
+    assert may(viewer, "list", "breakers.breaker.dev")
+    assert may(viewer, "list", "networkpolicies.networking.k8s.io")
+    assert not may(viewer, "patch", "breakers.breaker.dev")
+    assert may(operator_, "patch", "breakers.breaker.dev")
+    assert may(operator_, "create", "breakerpolicies.breaker.dev")
+    assert not may(operator_, "patch", "breakers.breaker.dev/status")
+
+
+def test_the_alerts_are_valid_rules(local_cluster: LocalCluster, tmp_path: Path) -> None:
+    docs = documents(template(local_cluster, "prometheusRule.enabled=true"))
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    names = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert names == ["BreakerTripped", "BreakerSignalsUnknown", "BreakerOperatorDown"]
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    done = run(local_cluster, "promtool", "check", "rules", str(path))
+    assert "SUCCESS: 3 rules found" in done.stdout
+
+
+def test_the_dashboards_queries_parse_on_the_real_prometheus(
+    local_cluster: LocalCluster,
+) -> None:
+    docs = documents(template(local_cluster, "grafanaDashboard.enabled=true"))
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["breaker.json"])
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"].replace("$__rate_interval", "1m")
+            url = f"{local_cluster.prometheus_url}/api/v1/query?" + urllib.parse.urlencode(
+                {"query": expr}
+            )
+            with urllib.request.urlopen(url, timeout=10) as response:
+                assert json.load(response)["status"] == "success", (panel["title"], expr)
+
+
+def test_the_service_monitor_scrapes_the_metrics_port(local_cluster: LocalCluster) -> None:
+    docs = documents(template(local_cluster, "serviceMonitor.enabled=true"))
+    monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    done = run(
+        local_cluster,
+        "helm",
+        "template",
+        str(CHART),
+        *KUBE,
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--set",
+        "metrics.service.enabled=false",
+        check=False,
+    )
+    assert done.returncode != 0 and "metrics.service.enabled" in done.stderr
+
+
+def test_the_operator_accepts_the_arguments_the_chart_and_image_give_it(
+    local_cluster: LocalCluster,
+) -> None:
+    from breaker.cli import build_parser
+
+    docs = documents(template(local_cluster, "prometheus.url=http://thanos-query.obs:9090"))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = build_parser().parse_args(container["args"])
+    assert args.prometheus_url == "http://thanos-query.obs:9090"
+    assert (args.namespace, args.peering, args.metrics_port) == (RELEASE_NAMESPACE, "breaker", 8081)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert args.liveness == f"http://0.0.0.0:{ports['liveness']}/healthz"
+    cmd = next(
+        line
+        for line in (repo_root() / "Dockerfile").read_text().splitlines()
+        if line.startswith("CMD ")
+    )
+    assert build_parser().parse_args(json.loads(cmd[4:])).command == "run"
