@@ -173,58 +173,132 @@ def operator_kubeconfig(
     return service_account_kubeconfig(local_cluster, RELEASE_NAMESPACE, SERVICE_ACCOUNT, path)
 
 
+class Operator:
+    """`breaker run` as a process of its own, authenticated as the chart's ServiceAccount.
+
+    Tests that crash it (SIGKILL, failpoints) or run a second one for peering restart it
+    through this; every start appends to the same log, which must show no RBAC refusal."""
+
+    def __init__(self, cluster: LocalCluster, kubeconfig: Path, log: Path) -> None:
+        self.cluster, self.kubeconfig, self.log = cluster, kubeconfig, log
+        self.metrics_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def start(self, env: dict[str, str] | None = None, wait: bool = True) -> None:
+        assert self.process is None or self.process.poll() is not None, "already running"
+        self.port = free_port()
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "breaker.cli",
+                    "run",
+                    "--liveness",
+                    f"http://127.0.0.1:{self.port}/healthz",
+                    "--prometheus-url",
+                    self.cluster.prometheus_url,
+                    "--metrics-port",
+                    str(self.metrics_port),
+                    "--namespace",
+                    RELEASE_NAMESPACE,
+                    "--peering",
+                    PEERING,
+                ],
+                env={
+                    **self.cluster.env(),
+                    "KUBECONFIG": str(self.kubeconfig),
+                    **(env or {}),
+                },
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        if wait:
+            self.wait_live()
+
+    def wait_live(self) -> None:
+        def live() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"the operator exited:\n{self.log.read_text()[-3000:]}")
+            url = f"http://127.0.0.1:{self.port}/healthz"
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return bool(response.status == 200)
+
+        wait_for(live, "the operator's liveness endpoint", timeout=60, ignore=(OSError,))
+
+    def stop(self) -> None:
+        """SIGTERM, as Kubernetes stops a pod; SIGKILL if it does not go."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no last write, as an OOM kill or a lost node ends it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def note(self, line: str) -> None:
+        """Write a line of the test's own into the operator's log (both append)."""
+        with self.log.open("a") as out:
+            out.write(f"{line}\n")
+
+    def dead(self) -> bool:
+        return self.process is None or self.process.poll() is not None
+
+    def restart(self, env: dict[str, str] | None = None, wait: bool = True) -> None:
+        self.stop()
+        self.start(env, wait)
+
+
 @pytest.fixture(scope="session")
-def operator(
+def operator_process(
     local_cluster: LocalCluster, operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Path]:
-    """The operator, `breaker run`, as a process of its own with the chart's RBAC; yields
-    its log file. At the end, the log must show no request the RBAC refused."""
-    port, metrics_port = free_port(), free_port()
+) -> Iterator[Operator]:
+    """The operator with the chart's RBAC. At the end, its log must show no request the
+    RBAC refused."""
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "breaker.cli",
-                "run",
-                "--liveness",
-                f"http://127.0.0.1:{port}/healthz",
-                "--prometheus-url",
-                local_cluster.prometheus_url,
-                "--metrics-port",
-                str(metrics_port),
-                "--namespace",
-                RELEASE_NAMESPACE,
-                "--peering",
-                PEERING,
-            ],
-            env={**local_cluster.env(), "KUBECONFIG": str(operator_kubeconfig)},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def live() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"the operator exited:\n{log.read_text()[-3000:]}")
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
-            return bool(response.status == 200)
-
-    wait_for(live, "the operator's liveness endpoint", timeout=60, ignore=(OSError,))
-    OPERATOR_METRICS.append(f"http://127.0.0.1:{metrics_port}/metrics")
-    yield log
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    denied = [line for line in log.read_text().splitlines() if FORBIDDEN.search(line)]
+    running = Operator(local_cluster, operator_kubeconfig, log)
+    running.start()
+    OPERATOR_METRICS.append(f"http://127.0.0.1:{running.metrics_port}/metrics")
+    yield running
+    running.stop()
+    denied = refusals(log.read_text())
     assert not denied, "the chart's RBAC refused the operator:\n" + "\n".join(denied[:20])
+
+
+@pytest.fixture
+def operator(operator_process: Operator) -> Path:
+    """The running operator (started again if a test left it stopped); yields its log."""
+    if operator_process.dead():
+        operator_process.start()
+    return operator_process.log
 
 
 # The API server's words for an RBAC refusal (403s for a namespace being deleted are not).
 FORBIDDEN = re.compile(r'forbidden: User "[^"]+" cannot')
+# Between these lines a test restarted the API server, whose RBAC cache refuses everyone
+# until it has filled.
+FORGIVEN_START = "--- test: API server restarting ---"
+FORGIVEN_END = "--- test: API server restarted ---"
+
+
+def refusals(log: str) -> list[str]:
+    """The RBAC refusals in an operator's log, outside API server restarts."""
+    found, forgiven = [], False
+    for line in log.splitlines():
+        if line in (FORGIVEN_START, FORGIVEN_END):
+            forgiven = line == FORGIVEN_START
+        elif not forgiven and FORBIDDEN.search(line):
+            found.append(line)
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -233,9 +307,35 @@ def custom(api_client: Any) -> client.CustomObjectsApi:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """The corpus's detection latencies, when the corpus ran."""
+    """Figures of the runs that happened: detection latencies, faults, takeovers, escapes."""
+    from tests.cluster.test_faults import FAULTS
+    from tests.cluster.test_high_availability import TAKEOVERS
+    from tests.cluster.test_hostile_tenant import ATTEMPTS
     from tests.detect.test_corpus import LATENCIES
 
+    if FAULTS:
+        terminalreporter.section("faults outside the operator")
+        for fault, said in FAULTS:
+            terminalreporter.write_line(f"{fault}: {said}")
+    if TAKEOVERS:
+        terminalreporter.section("high availability")
+        for took in TAKEOVERS:
+            terminalreporter.write_line(f"standby took over and acted {took:.1f}s after SIGKILL")
+
+    if FAULTS:
+        terminalreporter.section("faults outside the operator")
+        for fault, said in FAULTS:
+            terminalreporter.write_line(f"{fault}: {said}")
+    if TAKEOVERS:
+        terminalreporter.section("high availability")
+        for took in TAKEOVERS:
+            terminalreporter.write_line(f"standby took over and acted {took:.1f}s after SIGKILL")
+
+    if ATTEMPTS:
+        terminalreporter.section("a tripped tenant's attempts to get out")
+        for what, outcome, took in ATTEMPTS:
+            after = f" in {took:.3f}s" if took is not None else ""
+            terminalreporter.write_line(f"{what}: {outcome}{after}")
     if not LATENCIES:
         return
     rows = [("scenario", "pod", "rule", "latency", "budget"), *sorted(LATENCIES)]

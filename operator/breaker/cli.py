@@ -126,6 +126,7 @@ def _run(args: argparse.Namespace) -> int:
         metrics_address=args.metrics_address,
         operator_namespace=args.namespace,
         peering=args.peering,
+        peering_lifetime=args.peering_lifetime,
     )
     return 0
 
@@ -268,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("BREAKER_PEERING") or None,
         help="kopf peering: the ClusterKopfPeering to coordinate through (the chart makes it); "
         "without it the operator runs standalone",
+    )
+    run.add_argument(
+        "--peering-lifetime",
+        metavar="SECONDS",
+        type=int,
+        default=int(os.environ.get("BREAKER_PEERING_LIFETIME", "15")),
+        help="with --peering: how long a silent operator is still taken as alive, which "
+        "bounds a standby's takeover after the active one dies (default 15)",
     )
     run.add_argument(
         "--namespace",

@@ -69,3 +69,13 @@ def api_message(error: client.ApiException) -> str:
     except ValueError:
         message = ""
     return str(message or error.body or "")[:1000]
+
+
+def pruned(value: Any) -> Any:
+    """A spec as the API server stores it: empty lists, maps and nulls dropped."""
+    if isinstance(value, dict):
+        kept = {k: pruned(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v not in (None, [], {})}
+    if isinstance(value, list):
+        return [pruned(v) for v in value]
+    return value

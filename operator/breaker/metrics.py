@@ -62,6 +62,11 @@ ACTIONS = Counter(
     registry=REGISTRY,
 )
 GUARDED = Gauge("breaker_guarded_workloads", "Breakers the operator keeps.", registry=REGISTRY)
+ACTIVE = Gauge(
+    "breaker_operator_active",
+    "1 once this operator acts; 0 while it stands by behind a peer (kopf peering).",
+    registry=REGISTRY,
+)
 
 
 def serve(port: int, address: str = "127.0.0.1") -> None:

@@ -347,6 +347,11 @@ def _patch(session: Session, breaker: Mapping[str, Any], body: dict[str, Any]) -
         ) from None
 
 
+def settled(breaker: Mapping[str, Any]) -> bool:
+    """No action only decided: the operator has carried out (or failed) every one."""
+    return not any(a.get("pending") for a in (breaker.get("status") or {}).get("actions") or [])
+
+
 def _wait(
     session: Session,
     names: Sequence[str],
@@ -458,7 +463,7 @@ def _trip(args: argparse.Namespace) -> int:
     _wait(
         session,
         [b["metadata"]["name"] for b in breakers],
-        lambda b: (b.get("status") or {}).get("state") == "ForcedOpen",
+        lambda b: (b.get("status") or {}).get("state") == "ForcedOpen" and settled(b),
         "ForcedOpen (contained)",
         args.timeout,
     )

@@ -11,12 +11,13 @@ from typing import Any
 
 import kopf
 
-from breaker import metrics
+from breaker import kube, leadership, metrics
 
 # Importing the controllers registers their handlers and indexes.
 from breaker.controllers import breakers, inventory, policies, trainingjobs
 
 CONTROLLERS = (policies, trainingjobs, inventory, breakers)
+log = logging.getLogger("breaker.runner")
 
 
 @kopf.on.startup()
@@ -29,6 +30,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 30
+    settings.peering.lifetime = PEERING["lifetime"]
+
+
+PEERING = {"lifetime": 15}
 
 
 def run(
@@ -39,6 +44,7 @@ def run(
     operator_namespace: str,
     metrics_address: str = "127.0.0.1",
     peering: str | None = None,
+    peering_lifetime: int = 15,
 ) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -52,5 +58,11 @@ def run(
         metrics.serve(metrics_port, metrics_address)
     if peering is None:
         kopf.run(clusterwide=True, standalone=True, liveness_endpoint=liveness)
-    else:
-        kopf.run(clusterwide=True, peering_name=peering, liveness_endpoint=liveness)
+        return
+    PEERING["lifetime"] = peering_lifetime
+    priority = leadership.priority_below_peers(kube.api_client(), peering)
+    log.info(
+        "peering %s: priority %d (below every live peer: standby until they go)", peering, priority
+    )
+    leadership.exit_when_demoted()
+    kopf.run(clusterwide=True, peering_name=peering, priority=priority, liveness_endpoint=liveness)

@@ -10,295 +10,37 @@ changed back as it was.
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import json
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from breaker.actions.egress import Destination, effective_egress
-from breaker.localcluster import LocalCluster
-from tests.conftest import (
-    OPERATOR_METRICS,
-    free_port,
-    service_account_kubeconfig,
+from tests.cluster.scenes import (
+    ATTACKS,
+    GROUP,
+    VERSION,
+    Cluster,
+    contained,
+    full_cluster,
+    kubectl_breaker,
+    person,
+    policy,
+    trainingjob,
 )
+from tests.conftest import OPERATOR_METRICS, free_port
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
-
-GROUP, VERSION = "breaker.dev", "v1alpha1"
-OUTSIDE_POOL = Destination(port=3333, ip="203.0.113.7")
-OUTSIDE_SSH = Destination(port=22, ip="198.51.100.4")
-
-
-def trainingjob(name: str, replicas: int, gpus: int, priority: int = 0) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
-        "metadata": {"name": name, "labels": {"team": "agents"}},
-        "spec": {
-            "replicas": replicas,
-            "gpusPerReplica": gpus,
-            "priority": priority,
-            "template": {"spec": {"containers": [{"name": "trainer", "image": "trainer:1"}]}},
-        },
-    }
-
-
-def policy(
-    mode: str = "Enforce",
-    kinds: tuple[str, ...] = ("TrainingJob",),
-    recovery: dict[str, Any] | None = None,
-    url: str | None = None,
-    actions: tuple[str, ...] | None = None,
-) -> dict[str, Any]:
-    """Fast signals for tests: evaluated every second, firing at once."""
-    spec: dict[str, Any] = {
-        "targets": {"kinds": list(kinds)},
-        "signals": [
-            {
-                "name": "pool",
-                "preset": "mining-pool-egress",
-                "params": {"window": "20s"},
-                "for": "0s",
-                "severity": "critical",
-            },
-            {
-                "name": "ssh",
-                "preset": "outbound-ssh",
-                # Persistence measured per whole minute: over one minute here, not ten.
-                "params": {"window": "1m", "persistence": "0.5"},
-                "for": "0s",
-                "severity": "critical",
-            },
-            {"name": "scan", "preset": "scan-fanout", "for": "0s", "severity": "critical"},
-        ],
-        "mode": mode,
-        "prometheus": {"interval": "1s", "timeout": "2s"},
-    }
-    if recovery:
-        spec["recovery"] = recovery
-    if url:
-        spec["prometheus"]["url"] = url
-    if actions:
-        spec["actions"] = [{"type": a} for a in actions]
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "BreakerPolicy",
-        "metadata": {"name": "guard"},
-        "spec": spec,
-    }
-
-
-ALLOW_ALL = {
-    "apiVersion": "networking.k8s.io/v1",
-    "kind": "NetworkPolicy",
-    "metadata": {"name": "allow-all-egress"},
-    # Every pod of the namespace may go anywhere: revocation must close this too.
-    "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]},
-}
-
-
-class Cluster:
-    """One test namespace, read and written through the real API."""
-
-    def __init__(self, api: Any, namespace: str, local: LocalCluster, tmp: Path) -> None:
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
-        self.net = client.NetworkingV1Api(api)
-        self.apps = client.AppsV1Api(api)
-        self.batch = client.BatchV1Api(api)
-        self.ns, self.local, self.tmp = namespace, local, tmp
-        self.other = namespace
-
-    def create(self, plural: str, body: dict[str, Any], namespace: str | None = None) -> None:
-        self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, namespace or self.ns, plural, body
-        )
-
-    def get(self, plural: str, name: str, namespace: str | None = None) -> dict[str, Any]:
-        found: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, namespace or self.ns, plural, name
-        )
-        return found
-
-    def patch(self, plural: str, name: str, body: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, plural, name, body)
-
-    def state(self, tj: str, namespace: str | None = None) -> str | None:
-        return self.get("trainingjobs", tj, namespace).get("status", {}).get("state")
-
-    def breaker(self, name: str) -> dict[str, Any]:
-        """The Breaker, or {} while the operator has not made it yet."""
-        try:
-            return self.get("breakers", name)
-        except client.ApiException as error:
-            if error.status == 404:
-                return {}
-            raise
-
-    def pods_of(self, tj: str) -> list[Any]:
-        pods = self.core.list_namespaced_pod(
-            self.ns, label_selector=f"breaker.dev/trainingjob={tj}"
-        )
-        return [p for p in pods.items if p.metadata.deletion_timestamp is None]
-
-    def netpols(self) -> list[dict[str, Any]]:
-        listed = self.net.list_namespaced_network_policy(self.ns)
-        return [client.ApiClient().sanitize_for_serialization(p) for p in listed.items]
-
-    def egress_of(self, pod: Any) -> Any:
-        return effective_egress(pod.metadata.labels or {}, self.netpols())
-
-    def running(self, tj: str, replicas: int) -> list[Any]:
-        def ready() -> list[Any] | None:
-            pods = self.pods_of(tj)
-            ok = len(pods) == replicas and all(p.status.phase == "Running" for p in pods)
-            return pods if ok and self.state(tj) == "Running" else None
-
-        result: list[Any] = wait_for(ready, f"{tj} running", timeout=60)
-        return result
-
-    @contextlib.contextmanager
-    def sim(self, pods: list[Any], timeline: list[dict[str, str]]) -> Iterator[None]:
-        """Play the simulator for these pods, scraped by the local Prometheus."""
-        scenario = {
-            "name": f"e2e-{self.ns}"[:63],
-            "duration": "30m",
-            "interval": "1s",
-            "pods": [
-                {
-                    "namespace": self.ns,
-                    "name": p.metadata.name,
-                    "node": p.spec.node_name,
-                    "gpus": 8,
-                    "timeline": timeline,
-                }
-                for p in pods
-            ],
-        }
-        path = self.tmp / "scenario.yaml"
-        path.write_text(json.dumps(scenario))
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "breaker.cli",
-                "sim",
-                str(path),
-                "--port",
-                str(free_port()),
-                "--register",
-            ],
-            env=self.local.env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield
-        finally:
-            process.send_signal(signal.SIGINT)
-            process.wait(timeout=20)
-
-    def specs(self) -> dict[str, Any]:
-        """Every spec a breaker may change in this namespace, to compare after a reset."""
-        tjs = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, "trainingjobs")
-        quotas = self.core.list_namespaced_resource_quota(self.ns)
-        return {
-            "trainingjobs": {t["metadata"]["name"]: t["spec"] for t in tjs["items"]},
-            "networkpolicies": {p["metadata"]["name"]: p["spec"] for p in self.netpols()},
-            "quotas": {q.metadata.name: q.spec.to_dict() for q in quotas.items},
-        }
-
-
-@pytest.fixture
-def cluster(
-    api_client: Any,
-    namespace: str,
-    core: client.CoreV1Api,
-    local_cluster: LocalCluster,
-    operator: Path,
-    tmp_path: Path,
-) -> Iterator[Cluster]:
-    """The tenant's namespace, and another tenant's (``cluster.other``) queued for GPUs."""
-    other = f"{namespace[:56]}-other"
-    core.create_namespace({"metadata": {"name": other, "labels": {"breaker.dev/test": "true"}}})
-    wait_for(
-        lambda: core.read_namespaced_service_account("default", other),
-        "the other namespace's ServiceAccount",
-        ignore=(client.ApiException,),
-    )
-    found = Cluster(api_client, namespace, local_cluster, tmp_path)
-    found.other = other
-    yield found
-    core.delete_namespace(other, propagation_policy="Background")
-
-
-def full_cluster(c: Cluster) -> list[Any]:
-    """rl (16 GPUs) and filler (16 GPUs) fill the 32; another tenant's waiting (16) queues."""
-    c.create("trainingjobs", trainingjob("rl", 2, 8, priority=1))
-    c.create("trainingjobs", trainingjob("filler", 2, 8, priority=1))
-    pods = c.running("rl", 2)
-    c.running("filler", 2)
-    c.create("trainingjobs", trainingjob("waiting", 2, 8, priority=5), c.other)
-    wait_for(lambda: c.state("waiting", c.other) == "Queued", "waiting to queue")
-    c.net.create_namespaced_network_policy(c.ns, ALLOW_ALL)
-    assert c.egress_of(pods[0]).allows(OUTSIDE_POOL, c.ns)  # before: wide open
-    return pods
-
-
-ATTACKS = {
-    "mining-mid-run": [
-        {"at": "0s", "do": "train-mixed"},
-        {"at": "4s", "do": "mine"},
-        {"at": "4s", "do": "miner-pool-egress"},
-    ],
-    "reverse-tunnel": [{"at": "0s", "do": "train-mixed"}, {"at": "4s", "do": "reverse-ssh-tunnel"}],
-    "internal-scan": [{"at": "0s", "do": "train-mixed"}, {"at": "4s", "do": "internal-scan-fast"}],
-}
-
-
-def contained(c: Cluster, pods: list[Any]) -> dict[str, Any]:
-    breaker = wait_for(
-        lambda: (b := c.breaker("rl-guard")).get("status", {}).get("state") == "Open" and b,
-        "the breaker to trip",
-        timeout=150,  # outbound-ssh's persistence is counted in whole minutes
-    )
-    status = breaker["status"]
-    assert [a["type"] for a in status["actions"]] == ["revokeEgress", "pause", "reassignGPUs"]
-    assert all("error" not in a for a in status["actions"]), status["actions"]
-    assert status["evidence"][-1]["signals"], "the evidence names what fired"
-    # Egress: closed to the outside across every policy, the allow-all one included.
-    for pod in pods:
-        labels = {**(pod.metadata.labels or {}), "breaker.dev/quarantined": "rl-guard"}
-        egress = effective_egress(labels, c.netpols())
-        assert not egress.allows(OUTSIDE_POOL, c.ns)
-        assert not egress.allows(OUTSIDE_SSH, c.ns)
-    assert c.get("trainingjobs", "rl")["spec"]["suspend"] is True
-    wait_for(
-        lambda: c.state("waiting", c.other) == "Running",
-        "the queued job to get the GPUs",
-        timeout=30,
-    )
-    handoff = next(a for a in status["actions"] if a["type"] == "reassignGPUs")["changed"]
-    assert handoff["to"] == [f"{c.other}/waiting"]
-    assert sum(f["gpus"] for f in handoff["freed"]) == 16
-    quota = c.core.read_namespaced_resource_quota("breaker-gpu-clamp", c.ns)
-    assert quota.spec.hard["requests.nvidia.com/gpu"] == "16"  # filler's, and no more
-    return status
 
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
@@ -532,7 +274,7 @@ def test_foreign_workloads_are_paused_through_their_adapters(cluster: Cluster, k
     )
     with cluster.sim(pods, ATTACKS["mining-mid-run"]):
         wait_for(
-            lambda: cluster.breaker("agent-guard").get("status", {}).get("state") == "Open",
+            lambda: cluster.settled_state("agent-guard") == "Open",
             "the breaker to trip",
             timeout=90,
         )
@@ -797,7 +539,7 @@ def test_node_quarantine_cordons_and_taints_and_the_reset_undoes_only_that(
     try:
         with cluster.sim(pods, ATTACKS["mining-mid-run"]):
             wait_for(
-                lambda: cluster.breaker(name).get("status", {}).get("state") == "Open",
+                lambda: cluster.settled_state(name) == "Open",
                 "the breaker to trip",
                 timeout=90,
             )
@@ -820,37 +562,6 @@ def test_node_quarantine_cordons_and_taints_and_the_reset_undoes_only_that(
             GROUP, VERSION, "clusterbreakerpolicies", body["metadata"]["name"]
         )
         core.patch_node(node, {"spec": {"unschedulable": None}})  # never leave it cordoned
-
-
-def kubectl_breaker(
-    cluster: Cluster, *args: str, kubeconfig: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """`kubectl breaker ARGS`, found by kubectl on PATH as the kubectl-breaker plugin."""
-    env = cluster.local.env()
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    if kubeconfig is not None:
-        env["KUBECONFIG"] = str(kubeconfig)
-    return subprocess.run(
-        ["kubectl", "breaker", *args, "-n", cluster.ns],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def person(cluster: Cluster, name: str, role: str) -> Path:
-    """A ServiceAccount bound to ``role`` in the test namespace, as a kubeconfig."""
-    cluster.core.create_namespaced_service_account(cluster.ns, {"metadata": {"name": name}})
-    binding = f"create rolebinding {name} --clusterrole={role} --serviceaccount={cluster.ns}:{name}"
-    subprocess.run(
-        ["kubectl", "-n", cluster.ns, *binding.split()],
-        env=cluster.local.env(),
-        check=True,
-        capture_output=True,
-    )
-    return service_account_kubeconfig(cluster.local, cluster.ns, name, cluster.tmp / name)
 
 
 def test_kubectl_breaker_trips_explains_and_resets(cluster: Cluster) -> None:

@@ -71,7 +71,9 @@ def test_the_chart_lints_clean(local_cluster: LocalCluster) -> None:
 def test_bad_values_are_refused_naming_the_value(local_cluster: LocalCluster) -> None:
     for value, named in (
         ("defaultPolicy.mode=Enforced", "defaultPolicy.mode"),
-        ("replicas=2", "replicas"),
+        ("replicas=9", "replicas"),
+        ("replicas=2,peering.enabled=false", "peering.enabled"),
+        ("peering.lifetime=1", "lifetime"),
         ("prometheus.url=prometheus:9090", "prometheus.url"),
     ):
         done = run(local_cluster, "helm", "template", str(CHART), "--set", value, check=False)

@@ -88,3 +88,13 @@ def test_events_only_on_transitions() -> None:
     assert transition_event("Queued", "Queued") is None
     assert transition_event("Queued", "Admitted") == ("Normal", "Admitted")
     assert transition_event("Running", "Failed") == ("Warning", "Failed")
+
+
+def test_a_job_queued_behind_a_tripped_breakers_clamp_says_so_with_a_warning() -> None:
+    status = compute(observed(queue_position=1, queue_length=1, held_by=("rl-guard",)), NOW)
+    queued = condition(status, "Queued")
+    assert queued["reason"] == "HeldByBreaker"
+    assert "clamped by tripped Breaker rl-guard" in str(queued["message"])
+    assert condition(status, "Ready")["reason"] == "HeldByBreaker"
+    assert transition_event(None, "Queued", held=True) == ("Warning", "HeldByBreaker")
+    assert transition_event(None, "Queued") == ("Normal", "Queued")

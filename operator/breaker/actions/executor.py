@@ -19,7 +19,7 @@ from typing import Any
 
 from kubernetes import client
 
-from breaker import kube
+from breaker import failpoints, kube
 from breaker.actions import admin_policy, egress, node, pause, quota
 from breaker.controllers.inventory import PAUSED_BY, PodView, WorkloadView
 
@@ -54,8 +54,12 @@ def quarantine_name(breaker: str) -> str:
     return f"{breaker[:232]}-quarantine"
 
 
-async def revoke_egress(scene: Scene, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Quarantine the pods, and take them out of every other policy that lets them out."""
+async def revoke_egress(
+    scene: Scene, settings: Mapping[str, Any], recorded: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Quarantine the pods, and take them out of every other policy that lets them out.
+
+    ``recorded`` is the quarantine's spec as first written: holding puts back exactly that."""
     name = quarantine_name(scene.breaker)
     allow_dns = bool(settings.get("allowDns", True))
     labelled = [{**p.labels, egress.QUARANTINE_LABEL: scene.breaker} for p in scene.pods]
@@ -63,12 +67,16 @@ async def revoke_egress(scene: Scene, settings: Mapping[str, Any]) -> dict[str, 
     policy = plan.quarantine
     policy["metadata"]["labels"] = {**MANAGED, "breaker.dev/breaker": scene.breaker[:63]}
     policy["spec"]["podSelector"] = {"matchLabels": {egress.QUARANTINE_LABEL: scene.breaker}}
-    for service in settings.get("allowServices") or []:
+    if recorded is not None:
+        policy["spec"] = dict(recorded)
+    for service in [] if recorded is not None else settings.get("allowServices") or []:
         selector = await _service_selector(scene, service)
         if selector:
             policy["spec"]["egress"].append(_service_rule(service["namespace"], selector))
     changed: dict[str, Any] = {
         "quarantinePolicy": name,
+        # Kept so that holding compares the policy with it: an edit is an escape.
+        "quarantineSpec": policy["spec"],
         "pods": sorted(p.name for p in scene.pods),
         "narrowed": {n: plan.narrowed[n] for n in sorted(plan.narrowed)},
     }
@@ -82,14 +90,16 @@ async def revoke_egress(scene: Scene, settings: Mapping[str, Any]) -> dict[str, 
         except client.ApiException as error:
             if error.status != 409:
                 raise
-    elif existing.get("spec") != policy["spec"]:
+    elif kube.pruned(existing.get("spec")) != kube.pruned(policy["spec"]):
         await kube.call(
             networking.replace_namespaced_network_policy,
             name,
             scene.namespace,
             {**policy, "metadata": {**policy["metadata"], **_version(existing)}},
         )
+    failpoints.hit("egress.quarantine-written")
     await label_pods(scene, scene.pods)
+    failpoints.hit("egress.pods-labelled")
     changed.update(await _deny_above_network_policies(scene, allow_dns))
     for policy_name, patch in plan.patches.items():
         original = plan.narrowed[policy_name]
@@ -106,6 +116,7 @@ async def revoke_egress(scene: Scene, settings: Mapping[str, Any]) -> dict[str, 
         await kube.merge_patch(
             networking.patch_namespaced_network_policy, policy_name, scene.namespace, patch
         )
+        failpoints.hit("egress.narrowed")
     return changed
 
 
@@ -126,11 +137,24 @@ async def label_pods(scene: Scene, pods: Iterable[PodView]) -> list[str]:
     return done
 
 
-def narrowing_needed(scene: Scene) -> bool:
-    """Some policy still lets a quarantined pod of this breaker out (someone widened it)."""
+def quarantine_problem(scene: Scene, record: Mapping[str, Any]) -> str | None:
+    """How the quarantine policy differs from what the breaker wrote, or None."""
+    name = record.get("quarantinePolicy") or quarantine_name(scene.breaker)
+    found = next((p for p in scene.netpols if p["metadata"]["name"] == name), None)
+    if found is None:
+        return f"NetworkPolicy {name} was deleted"
+    wanted = record.get("quarantineSpec")
+    if wanted is not None and kube.pruned(found.get("spec")) != kube.pruned(wanted):
+        return f"NetworkPolicy {name} was edited"
+    return None
+
+
+def widened(scene: Scene) -> list[str]:
+    """The policies that still let a quarantined pod of this breaker out (someone widened
+    them, or made them)."""
     labelled = [{**p.labels, egress.QUARANTINE_LABEL: scene.breaker} for p in scene.pods]
     name = quarantine_name(scene.breaker)
-    return bool(egress.plan_revocation(name, scene.namespace, labelled, scene.netpols).patches)
+    return sorted(egress.plan_revocation(name, scene.namespace, labelled, scene.netpols).patches)
 
 
 async def restore_egress(scene: Scene, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -320,6 +344,13 @@ async def resume_workload(scene: Scene, record: Mapping[str, Any]) -> dict[str, 
     workload = scene.workload
     if workload is None:
         return {"skipped": "the workload is gone"}
+    if "was" not in record:
+        # Recorded only as pending: the workload's own annotation says what it was, if the
+        # pause happened at all.
+        annotations = workload.body["metadata"].get("annotations") or {}
+        if annotations.get(PAUSED_BY) != scene.breaker or PAUSED_WAS not in annotations:
+            return {"skipped": "it was never paused by this breaker"}
+        record = json.loads(annotations[PAUSED_WAS])
     patch = pause.resume(workload.kind, record)
     patch["metadata"] = {"annotations": {PAUSED_BY: None, PAUSED_WAS: None}}
     await _ignore_404(_patch_workload(scene, patch))

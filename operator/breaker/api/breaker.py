@@ -114,6 +114,13 @@ class ActionRecord(ApiModel):
         default=None,
         description="The policy is DryRun: this is what would have changed; nothing did.",
     )
+    pending: bool | None = Field(
+        default=None,
+        description=(
+            "Decided and recorded, not yet confirmed done: the operator writes this before "
+            "acting, so one that restarts in between finishes the action rather than losing it."
+        ),
+    )
 
 
 class Transition(ApiModel):

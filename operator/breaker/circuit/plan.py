@@ -41,7 +41,7 @@ def _duration(value: Any, default: dt.timedelta) -> dt.timedelta:
     return parse_duration(value) if value else default
 
 
-def _time(value: Any) -> dt.datetime | None:
+def parse_stamp(value: Any) -> dt.datetime | None:
     if not value:
         return None
     return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
@@ -59,9 +59,9 @@ def memory(status: Mapping[str, Any]) -> machine.Breaker:
     return machine.Breaker(
         state=status.get("state") or "Closed",
         trips=int(status.get("trips") or 0),
-        last_trip=_time(status.get("lastTrip")),
-        cooldown_until=_time(status.get("cooldownUntil")),
-        probation_until=_time(status.get("probationUntil")),
+        last_trip=parse_stamp(status.get("lastTrip")),
+        cooldown_until=parse_stamp(status.get("cooldownUntil")),
+        probation_until=parse_stamp(status.get("probationUntil")),
         handled_reset=status.get("handledReset"),
         reason=status.get("reason") or "",
         contained=bool(status.get("contained")),
@@ -137,7 +137,7 @@ def plan_breakers(
         status = body.get("status") or {}
         if status.get("contained"):
             continue
-        last_trip = _time(status.get("lastTrip"))
+        last_trip = parse_stamp(status.get("lastTrip"))
         if last_trip is not None:
             retention = dt.timedelta(days=30)
             for policy in policies:

@@ -32,7 +32,7 @@ from typing import Any
 import kopf
 from kubernetes import client
 
-from breaker import events, kube, metrics
+from breaker import events, failpoints, kube, leadership, metrics
 from breaker.actions import evidence as evidence_core
 from breaker.actions import executor
 from breaker.actions.egress import QUARANTINE_LABEL
@@ -79,6 +79,7 @@ class Compiled:
     state: engine.State = dataclasses.field(default_factory=engine.State)
     due: float = 0.0  # monotonic time of the next evaluation
     known: bool = True  # the last evaluation read every signal
+    error: str | None = None  # when it did not: the first failure, "Kind: message"
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,10 @@ class BreakerController:
             try:
                 trips, known = await self.evaluate_due()
                 self.retry = await self.converge(trips, known)
+                if not leadership.ACTIVE["acted"]:
+                    log.info("first pass done: this operator is the one acting")
+                    leadership.ACTIVE["acted"] = True
+                    metrics.ACTIVE.set(1)
             except Exception:
                 log.exception("breaker pass failed; retrying in %ss", RETRY_SECONDS)
                 self.retry = True
@@ -155,15 +160,29 @@ class BreakerController:
         pods = self.indexes["breaker_pods"]
         owners = self._owner_lookup()
 
+        # The queries of every due policy run at once, off the event loop (kopf's indexes
+        # change on it, so they are read here, never from a worker thread): a slow
+        # Prometheus behind one policy costs the others nothing.
+        wanted = []
         for key in due:
             compiled = self.compiled[key]
             assert compiled.detector is not None and compiled.spec is not None
             settings = compiled.spec.prometheus
-            interval = _seconds(settings.interval)
-            compiled.due = now + interval
-            mine = breakers_of.get(key, [])
-            if not mine:
-                continue
+            compiled.due = now + _seconds(settings.interval)
+            if breakers_of.get(key):
+                prom = self._prom(settings.url or self.prometheus_url, _seconds(settings.timeout))
+                wanted.append((key, prom, compiled.detector))
+        started = time.monotonic()
+        answers = await asyncio.gather(
+            *(
+                asyncio.to_thread(live.read, prom, detector, time.time())
+                for _, prom, detector in wanted
+            )
+        )
+        for (key, _, _), (readings, errors, queries) in zip(wanted, answers, strict=True):
+            compiled = self.compiled[key]
+            assert compiled.detector is not None
+            mine = breakers_of[key]
             kinds = compiled.kinds  # a pod counts for the workload this policy guards
 
             def unit_of(pod_key: engine.PodKey, kinds: frozenset[str] = kinds) -> Any:
@@ -180,13 +199,6 @@ class BreakerController:
                         found.setdefault(pod.node, set()).add(unit)
                 return found
 
-            prom = self._prom(settings.url or self.prometheus_url, _seconds(settings.timeout))
-            started = time.monotonic()
-            # Only the queries leave the event loop: kopf's indexes change on it, so they are
-            # read here, never from the worker thread.
-            readings, errors, queries = await asyncio.to_thread(
-                live.read, prom, compiled.detector, time.time()
-            )
             firing, decisions = live.decide(
                 compiled.detector, compiled.state, readings, time.time(), unit_of, units_on_node
             )
@@ -206,6 +218,7 @@ class BreakerController:
                     next(iter(evaluation.errors.values()))[:300],
                 )
             compiled.known = known[key] = not evaluation.errors
+            compiled.error = next(iter(evaluation.errors.values()), None)
             by_workload = {
                 unit: decision for unit, decision in evaluation.decisions.items() if unit
             }
@@ -381,6 +394,14 @@ class BreakerController:
             self.busy[key] = task
             task.add_done_callback(lambda _: self._done(key))
             return
+        if after.contained and not settings.dry_run and any(r.get("pending") for r in records):
+            task = asyncio.create_task(
+                self._finish(key, body, spec, workload, after, status, settings),
+                name=f"breaker-finish-{key[0]}-{key[1]}",
+            )
+            self.busy[key] = task
+            task.add_done_callback(lambda _: self._done(key))
+            return
         if after.contained and not settings.dry_run and workload is not None:
             await self._hold(key, body, spec, workload, after, records)
 
@@ -412,6 +433,7 @@ class BreakerController:
         scene = self._scene(key, workload, settings.dry_run)
         order = [a["type"] for a in spec.get("actions") or _DEFAULT_ACTIONS]
         settings_of = {a["type"]: a for a in spec.get("actions") or _DEFAULT_ACTIONS}
+        history: machine.Transition | None = transition
         for effect in transition.effects:
             if effect in ("apply", "repause"):
                 evidence = self._evidence(trip, scene, after)
@@ -421,6 +443,16 @@ class BreakerController:
                         metrics.TRIPS.labels(
                             _policy_label(_policy_key(body["spec"]["policyRef"])), signal.signal
                         ).inc()
+                if not settings.dry_run:
+                    # Write ahead: the trip and what it is about to do are recorded first, so
+                    # an operator killed halfway finishes the job when it comes back, even if
+                    # the signals are gone with the paused pods.
+                    records = _intend(records, order, scene, _target_nodes(trip, scene))
+                    await self._write(
+                        key, body, status, after, records, settings, spec, extra, transition
+                    )
+                    status, history = self.written.get(key, status), None
+                    failpoints.hit("trip.intended")
                 records = await self._apply(scene, order, settings_of, records, trip, after)
                 if trip is not None and not settings.dry_run:
                     took = time.monotonic() - trip.seen_at
@@ -433,7 +465,8 @@ class BreakerController:
                 records = await self._undo(scene, records, only_types=None)
         if transition.changed and after.state in ("Open", "Locked", "ForcedOpen"):
             await self._release_ownership(key, body)
-        await self._write(key, body, status, after, records, settings, spec, extra, transition)
+        await self._write(key, body, status, after, records, settings, spec, extra, history)
+        failpoints.hit("reset.recorded" if "revert" in transition.effects else "trip.recorded")
         event = transition.event
         if event is not None:
             message = _event_message(after, records, settings.dry_run)
@@ -441,6 +474,29 @@ class BreakerController:
             if workload is not None:
                 await events.post(self.api, workload.body, event[0], event[1], message)
             await self._notify(spec, body, event[1], after, extra)
+
+    async def _finish(
+        self,
+        key: BreakerKey,
+        body: dict[str, Any],
+        spec: Mapping[str, Any],
+        workload: WorkloadView | None,
+        after: machine.Breaker,
+        status: dict[str, Any],
+        settings: machine.Settings,
+    ) -> None:
+        """Carry out actions recorded as pending: an operator stopped halfway through a trip."""
+        records: list[dict[str, Any]] = list(status.get("actions") or [])
+        scene = self._scene(key, workload, settings.dry_run)
+        order = [a["type"] for a in spec.get("actions") or _DEFAULT_ACTIONS]
+        settings_of = {a["type"]: a for a in spec.get("actions") or _DEFAULT_ACTIONS}
+        records = await self._apply(scene, order, settings_of, records, None, after)
+        await self._write(key, body, status, after, records, settings, spec)
+        failpoints.hit("trip.recorded")
+        finished = ", ".join(r["type"] for r in records if not r.get("error"))
+        message = f"finished after an operator restart: {finished}"
+        log.info("Breaker %s/%s: %s", *key, message)
+        await events.post(self.api, body, "Normal", "ContainmentFinished", message)
 
     async def _apply(
         self,
@@ -451,16 +507,19 @@ class BreakerController:
         trip: Trip | None,
         after: machine.Breaker,
     ) -> list[dict[str, Any]]:
-        done = {r["type"]: r for r in records}
+        done = {r["type"]: r for r in records if not r.get("pending")}
+        pending = {r["type"]: r for r in records if r.get("pending")}
         handoff_since = time.monotonic()
         if "reassignGPUs" in order and "reassignGPUs" not in done:
             # The quota is clamped before the pause frees anything, so the tenant's own
             # queued jobs cannot take the GPUs back in between.
+            intended = pending.get("reassignGPUs")
             done["reassignGPUs"] = await self._record(
                 "reassignGPUs",
                 scene,
-                self._clamp(scene),
+                self._clamp(scene, intended),
             )
+            failpoints.hit("trip.quota-clamped")
         for action in order:
             if action in ("captureEvidence", "notify") or (
                 action in done and action != "reassignGPUs"
@@ -475,10 +534,11 @@ class BreakerController:
             elif action == "pause":
                 done[action] = await self._record(action, scene, executor.pause_workload(scene))
             elif action == "reassignGPUs":
-                await self._handed_to(scene, done[action], handoff_since)
+                intended = pending.get("reassignGPUs")
+                await self._handed_to(scene, done[action], handoff_since, intended)
             elif action == "quarantineNode":
-                named = _nodes_named(trip)
-                nodes = named or {p.node for p in scene.pods if p.node}
+                ahead = ((pending.get(action) or {}).get("changed") or {}).get("nodes")
+                nodes = set(ahead) if ahead is not None else _target_nodes(trip, scene)
                 done[action] = await self._record(
                     action,
                     scene,
@@ -486,18 +546,39 @@ class BreakerController:
                         scene, nodes, settings_of[action].get("quarantineNode") or {}
                     ),
                 )
+            failpoints.hit(f"trip.{action}")
         return [done[a] for a in _ordered(done, order)]
 
-    async def _clamp(self, scene: executor.Scene) -> dict[str, Any]:
+    async def _clamp(
+        self, scene: executor.Scene, intended: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        # What the trip freed was counted before the pause; after a restart the pods are gone.
+        freed = ((intended or {}).get("changed") or {}).get("freed")
         return {
-            "freed": executor.freed_gpus(scene.pods),
+            "freed": executor.freed_gpus(scene.pods) if freed is None else freed,
             "quota": await executor.clamp_quota(scene),
         }
 
-    async def _handed_to(self, scene: executor.Scene, record: dict[str, Any], since: float) -> None:
+    async def _handed_to(
+        self,
+        scene: executor.Scene,
+        record: dict[str, Any],
+        since: float,
+        intended: Mapping[str, Any] | None,
+    ) -> None:
         """Wait (briefly) for the queue to admit the job that takes the freed GPUs."""
         changed = record.setdefault("changed", {})
         training = self.training
+        if training is not None and intended is not None and changed.get("freed"):
+            # Finishing after a restart: the queue may have handed the GPUs on already.
+            after = plan.parse_stamp(intended.get("appliedAt"))
+            changed["to"] = [
+                f"{ns}/{name}"
+                for ns, name in training.admitted_after(after)
+                if ns != scene.namespace
+            ][:1]
+            if changed["to"]:
+                return
         waiting = [k for k in training.queued if k[0] != scene.namespace] if training else []
         if training is None or scene.dry_run or not waiting or not changed.get("freed"):
             # Nobody (of another tenant) waits: the GPUs stay free for whoever comes next.
@@ -546,6 +627,8 @@ class BreakerController:
                 continue
             if record.get("dryRun") or (record.get("error") and not changed):
                 continue
+            if record.get("pending"):
+                changed = _undo_pending(action, changed, scene)
             try:
                 if action == "revokeEgress":
                     await executor.restore_egress(scene, changed)
@@ -556,6 +639,7 @@ class BreakerController:
                 elif action == "quarantineNode":
                     await executor.release_nodes(scene, changed)
                 metrics.ACTIONS.labels(action, "undo", "ok").inc()
+                failpoints.hit(f"reset.{action}")
             except client.ApiException as error:
                 metrics.ACTIONS.labels(action, "undo", "error").inc()
                 record = {**record, "error": f"undo failed: {error.status} {error.reason}"}
@@ -581,7 +665,11 @@ class BreakerController:
         """Containment holds whatever the tenant does: undo an escape as soon as it is seen."""
         scene = self._scene(key, workload, dry_run=False)
         # What was really applied: a DryRun record changed nothing and holds nothing.
-        done = {r["type"]: r for r in records if not r.get("error") and not r.get("dryRun")}
+        done = {
+            r["type"]: r
+            for r in records
+            if not r.get("error") and not r.get("dryRun") and not r.get("pending")
+        }
         escapes: list[str] = []
         held = "pause" in done and after.state in plan.PAUSED_STATES
         # Paused is what matters: another breaker holding it paused is not an escape.
@@ -589,17 +677,28 @@ class BreakerController:
             await executor.pause_workload(scene)
             escapes.append(f"{workload.kind} {workload.name} was resumed: paused again")
         if "revokeEgress" in done:
-            names = {p["metadata"]["name"] for p in scene.netpols}
             unlabelled = [p for p in scene.pods if p.labels.get(QUARANTINE_LABEL) != key[1]]
-            quarantine_missing = executor.quarantine_name(key[1]) not in names
-            if quarantine_missing or executor.narrowing_needed(scene):
+            record = done["revokeEgress"].get("changed") or {}
+            problem = executor.quarantine_problem(scene, record)
+            opened = executor.widened(scene)
+            if problem or opened:
                 settings: Mapping[str, Any] = next(
                     (a for a in spec.get("actions") or [] if a["type"] == "revokeEgress"), {}
                 )
-                await executor.revoke_egress(scene, settings.get("revokeEgress") or {})
-                escapes.append("the egress quarantine was weakened: restored")
+                await executor.revoke_egress(
+                    scene, settings.get("revokeEgress") or {}, record.get("quarantineSpec")
+                )
+                if problem:
+                    escapes.append(f"{problem}: restored")
+                if opened:
+                    escapes.append(
+                        f"NetworkPolicy {', '.join(opened)} let the quarantined pods out: "
+                        "narrowed again"
+                    )
             elif unlabelled and (labelled := await executor.label_pods(scene, unlabelled)):
-                escapes.append(f"pods {', '.join(labelled)} quarantined")
+                escapes.append(
+                    f"pods {', '.join(labelled)} lost the {QUARANTINE_LABEL} label: labelled again"
+                )
         if "reassignGPUs" in done and after.state in plan.PAUSED_STATES:
             clamp = await executor.clamp_quota(dataclasses.replace(scene, dry_run=True))
             if clamp.get("lowered") or clamp.get("created"):
@@ -655,12 +754,7 @@ class BreakerController:
                 ),
                 Cond("SignalsAvailable", "True", "QueriesAnswered", "every signal was read")
                 if after.signals_known
-                else Cond(
-                    "SignalsAvailable",
-                    "Unknown",
-                    "PrometheusUnreachable",
-                    "signals cannot be read: the state is held and nothing is acted on",
-                ),
+                else self._signals_unknown(body),
             ],
             now,
             body["metadata"].get("generation"),
@@ -687,6 +781,20 @@ class BreakerController:
                 return
             raise
         self.written[key] = merged
+
+    def _signals_unknown(self, body: Mapping[str, Any]) -> Cond:
+        """What is wrong with Prometheus, as the last evaluation of the policy found it."""
+        compiled = self.compiled.get(_policy_key(body["spec"]["policyRef"]))
+        kind, _, detail = ((compiled.error if compiled else None) or "Unreachable: ").partition(
+            ": "
+        )
+        message = "signals cannot be read: the state is held and nothing is acted on"
+        return Cond(
+            "SignalsAvailable",
+            "Unknown",
+            f"Prometheus{kind}",
+            f"{message}. {detail}"[:1024] if detail else message,
+        )
 
     async def _release_ownership(self, key: BreakerKey, body: dict[str, Any]) -> None:
         """Tripped: the Breaker must outlive its workload, or deleting the job erases it."""
@@ -913,6 +1021,34 @@ _DEFAULT_ACTIONS = [
 ]
 
 
+def _intend(
+    records: list[dict[str, Any]], order: list[str], scene: executor.Scene, nodes: set[str]
+) -> list[dict[str, Any]]:
+    """The records with every action about to be applied marked pending (write-ahead)."""
+    done = {r["type"] for r in records if not r.get("pending")}
+    stamp = plan.stamp(dt.datetime.now(dt.UTC))
+    intended = [r for r in records if not r.get("pending")]
+    for action in order:
+        if action in done or action in ("captureEvidence", "notify"):
+            continue
+        record: dict[str, Any] = {"type": action, "appliedAt": stamp, "pending": True}
+        if action == "reassignGPUs":
+            record["changed"] = {"freed": executor.freed_gpus(scene.pods)}
+        elif action == "quarantineNode":
+            record["changed"] = {"nodes": {n: {"breaker": scene.breaker} for n in sorted(nodes)}}
+        intended.append(record)
+    return intended
+
+
+def _undo_pending(action: str, intended: dict[str, Any], scene: executor.Scene) -> dict[str, Any]:
+    """What to undo of an action that may or may not have happened (the operator stopped
+    between deciding and recording it): the marks on the objects say what it did."""
+    if action == "reassignGPUs":
+        names = [q["metadata"]["name"] for q in scene.quotas]
+        return {**intended, "quota": {"breaker": scene.breaker, "held": names}}
+    return intended  # egress and pause undo by name and annotation; nodes were named ahead
+
+
 def _debt(workload: WorkloadView | None, records: list[dict[str, Any]]) -> dict[str, str] | None:
     """On a reset: the job handed a TrainingJob's GPUs owes them back (read by the queue)."""
     handoff = next(
@@ -949,6 +1085,11 @@ def _nodes_named(trip: Trip | None) -> set[str]:
         for f in trip.decision.signals
         if trip.detector.signal(f.signal).scope == "node" and f.labels.get("Hostname")
     }
+
+
+def _target_nodes(trip: Trip | None, scene: executor.Scene) -> set[str]:
+    """The nodes quarantineNode acts on: those the node signals name, else the pods'."""
+    return _nodes_named(trip) or {p.node for p in scene.pods if p.node}
 
 
 def _ordered(done: Mapping[str, Any], order: list[str]) -> list[str]:

@@ -24,6 +24,8 @@ import kopf
 from kubernetes import client
 
 from breaker import events, kube
+from breaker.actions import marks
+from breaker.actions import quota as quota_core
 from breaker.api.trainingjob import TrainingJob
 from breaker.training import queue, render
 from breaker.training import status as status_core
@@ -215,6 +217,22 @@ class TrainingController:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.admitted.wait(), timeout=left)
 
+    def admitted_after(self, moment: dt.datetime | None) -> list[Key]:
+        """Jobs whose status says they were admitted at or after ``moment`` (to the second,
+        as admittedAt is written): what a restarted operator knows of the queue's past."""
+        if moment is None:
+            return []
+        since = moment.replace(microsecond=0)
+        found = []
+        for key in self.indexes["trainingjobs"]:
+            body = _only(self.indexes["trainingjobs"], key) or {}
+            status = body.get("status") or {}
+            at = status.get("admittedAt")
+            admitted = status.get("state") in ("Admitted", "Running")
+            if admitted and at and dt.datetime.fromisoformat(at.replace("Z", "+00:00")) >= since:
+                found.append(key)
+        return sorted(found)
+
     def nudge(self) -> None:
         self.ready = True  # the first handler call means kopf has filled the indexes
         self.wake.set()
@@ -289,6 +307,7 @@ class TrainingController:
                 failed = not settled or failed
 
         self.queued = plan.queued
+        held_by = self._held_by()
         positions = {key: index + 1 for index, key in enumerate(plan.queued)}
         for demand in demands:
             body = tjs[demand.key]
@@ -311,6 +330,7 @@ class TrainingController:
                 problem=problems.get(demand.key),
                 network_policy=render.network_policy_name(demand.key[1]),
                 previous=body.get("status") or {},
+                held_by=held_by.get(demand.key[0], ()),
             )
             try:
                 await self._write_status(demand.key, body, status_core.compute(observed, now))
@@ -321,6 +341,18 @@ class TrainingController:
             if key not in tjs:
                 del self.written[key]
         return failed
+
+    def _held_by(self) -> dict[str, tuple[str, ...]]:
+        """Per namespace, the breakers whose GPU-quota clamp holds it."""
+        quotas = self.indexes.get("breaker_quotas")
+        held: dict[str, set[str]] = {}
+        if quotas is None:
+            return {}
+        for key in quotas:
+            mark = marks.read(_only(quotas, key) or {}, quota_core.MARK)
+            if mark is not None and mark["holders"]:
+                held.setdefault(key[0], set()).update(str(h) for h in mark["holders"])
+        return {namespace: tuple(sorted(names)) for namespace, names in held.items()}
 
     def _quota_room(self, pods: list[PodInfo]) -> dict[str, int]:
         """GPUs each namespace's ResourceQuotas still allow (namespaces without one: absent)."""
@@ -481,7 +513,7 @@ class TrainingController:
                 return _conflict("NetworkPolicy", wanted_policy["metadata"]["name"])
         elif existing_policy["owner"] != uid:
             return _conflict("NetworkPolicy", existing_policy["name"])
-        elif _pruned(existing_policy["spec"]) != _pruned(wanted_policy["spec"]):
+        elif kube.pruned(existing_policy["spec"]) != kube.pruned(wanted_policy["spec"]):
             await kube.merge_patch(
                 networking.patch_namespaced_network_policy,
                 existing_policy["name"],
@@ -552,7 +584,10 @@ class TrainingController:
         before = self.written.get(key, current.get("state"))
         self.written[key] = wanted["state"]
         ready = next(c for c in wanted["conditions"] if c["type"] == "Ready")
-        event = status_core.transition_event(before, wanted["state"])
+        held = next(c for c in wanted["conditions"] if c["type"] == "Queued")
+        event = status_core.transition_event(
+            before, wanted["state"], held["reason"] == "HeldByBreaker"
+        )
         if event is not None:
             await events.post(self.api, body, event[0], event[1], ready["message"])
         elif wanted["state"] != "Running" and _problem_changed(current, wanted):
@@ -578,16 +613,6 @@ def _conflict(kind: str, name: str) -> tuple[str, str]:
         f"a {kind} named {name} already exists and this TrainingJob does not own it; "
         "delete it or rename the TrainingJob",
     )
-
-
-def _pruned(value: Any) -> Any:
-    """A spec as the API server stores it: empty lists, maps and nulls dropped."""
-    if isinstance(value, dict):
-        pruned = {k: _pruned(v) for k, v in value.items()}
-        return {k: v for k, v in pruned.items() if v not in (None, [], {})}
-    if isinstance(value, list):
-        return [_pruned(v) for v in value]
-    return value
 
 
 def _problem_changed(current: dict[str, Any], wanted: dict[str, Any]) -> bool:

@@ -27,15 +27,20 @@ class Evaluation(Generic[Unit]):
 def read(
     prom: Prom, detector: engine.Detector, at: float | None = None
 ) -> tuple[dict[str, Mapping[engine.PodKey, engine.Sample] | None], dict[str, str], int]:
-    """Every signal's current vector (None where the query failed), the errors, the count."""
+    """Every signal's current vector (None where the query failed), the errors as
+    ``"Kind: message"`` (QueryError's kinds), and the count."""
     readings: dict[str, Mapping[engine.PodKey, engine.Sample] | None] = {}
     errors: dict[str, str] = {}
     for signal in detector.signals:
         try:
-            readings[signal.name] = engine.normalize(prom.instant(signal.query, at), signal.labels)
+            result = prom.instant(signal.query, at)
+            readings[signal.name] = engine.normalize(result, signal.labels)
         except QueryError as error:
             readings[signal.name] = None
-            errors[signal.name] = str(error)
+            errors[signal.name] = f"{error.kind}: {error}"
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            readings[signal.name] = None
+            errors[signal.name] = f"BadResponse: {signal.query[:120]}: series unreadable: {error}"
     return readings, errors, len(detector.signals)
 
 

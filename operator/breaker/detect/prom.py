@@ -8,6 +8,7 @@ Prometheus said, so the caller can hold state and report Unknown.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 import requests
@@ -16,7 +17,19 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 
 
 class QueryError(RuntimeError):
-    """A query that did not return data: Prometheus unreachable, slow, or refusing it."""
+    """A query that did not return data: Prometheus unreachable, slow, or refusing it.
+
+    ``kind`` says which, for the condition an admin reads: ``Unreachable``, ``Timeout``,
+    ``BadResponse`` (not Prometheus's JSON) or ``Refused`` (an HTTP error status)."""
+
+    def __init__(self, message: str, kind: str = "Unreachable") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# A slow Prometheus must not hold the loop: the client gives up a little after the
+# server-side timeout the query carries.
+CLIENT_GRACE_SECONDS = 1.0
 
 
 class Prom:
@@ -24,6 +37,24 @@ class Prom:
         self.url = url
         self.timeout = timeout_seconds
         self.client = PrometheusConnect(url=url, disable_ssl=True)
+        self.client_timeout = timeout_seconds + CLIENT_GRACE_SECONDS
+
+    def _failed(self, query: str, error: Exception) -> QueryError:
+        # The client retries, so a read that timed out surfaces as a ConnectionError too.
+        timed_out = isinstance(error, requests.ConnectionError) and "timed out" in str(error)
+        if isinstance(error, requests.Timeout) or timed_out:
+            kind, why = "Timeout", f"no answer within {self.client_timeout:g}s"
+        elif isinstance(error, ValueError):  # requests' JSONDecodeError is one too
+            kind, why = "BadResponse", f"not a Prometheus answer ({type(error).__name__})"
+        elif isinstance(error, requests.RequestException):
+            kind, why = "Unreachable", str(error)
+        elif isinstance(error, PrometheusApiClientException):
+            kind, why = "Refused", str(error)
+        else:
+            kind, why = "BadResponse", f"not a Prometheus answer ({type(error).__name__}: {error})"
+        # Stable text: it lands in a condition, and a new message each tick is a new write.
+        why = re.sub(r" at 0x[0-9a-f]+", "", why)
+        return QueryError(f"{query[:120]}: {why}"[:1000], kind)
 
     def _params(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"timeout": f"{self.timeout:g}s", **(extra or {})}
@@ -31,9 +62,13 @@ class Prom:
     def instant(self, query: str, at: float | None = None) -> list[dict[str, Any]]:
         params = self._params({"time": at} if at is not None else None)
         try:
-            result: list[dict[str, Any]] = self.client.custom_query(query, params=params)
-        except (PrometheusApiClientException, requests.RequestException) as error:
-            raise QueryError(f"{query[:120]}: {error}") from error
+            result = self.client.custom_query(query, params=params, timeout=self.client_timeout)
+        except (PrometheusApiClientException, requests.RequestException, ValueError) as error:
+            raise self._failed(query, error) from error
+        except (KeyError, TypeError) as error:  # JSON, but not Prometheus's shape
+            raise self._failed(query, error) from error
+        if not isinstance(result, list):
+            raise self._failed(query, TypeError(f"result is a {type(result).__name__}"))
         return result
 
     def range(self, query: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
@@ -44,7 +79,14 @@ class Prom:
                 end_time=dt.datetime.fromtimestamp(end, dt.UTC),
                 step=f"{step:g}s",
                 params=self._params(),
+                timeout=self.client_timeout,
             )
-        except (PrometheusApiClientException, requests.RequestException) as error:
-            raise QueryError(f"{query[:120]}: {error}") from error
+        except (
+            PrometheusApiClientException,
+            requests.RequestException,
+            ValueError,
+            KeyError,
+            TypeError,
+        ) as error:
+            raise self._failed(query, error) from error
         return result

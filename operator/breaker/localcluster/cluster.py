@@ -173,6 +173,14 @@ class LocalCluster:
                 raise
             self.say(f"The local cluster is up; export KUBECONFIG={self.kubeconfig}")
 
+    def restart_apiserver(self, down_seconds: float = 0.0) -> None:
+        """Stop the API server and start it again, as an upgrade of the control plane
+        would (fault tests: every client must ride it out)."""
+        tools = ensure_built(say=lambda _: None)
+        self.process("kube-apiserver").stop()
+        time.sleep(down_seconds)
+        self._step("kube-apiserver", "ready", self._start_apiserver, tools, timeout=120)
+
     def _start(self, tools: Toolbox) -> None:
         directory = self.directory
         for sub in ("pki", "etcd", "prometheus/targets", "certs", "logs", "pids"):

@@ -49,6 +49,8 @@ class Observed:
     problem: tuple[str, str] | None = None  # (reason, message): the spec cannot run as it is
     network_policy: str | None = None
     previous: dict[str, Any] = field(default_factory=dict)
+    # Breakers whose GPU-quota clamp holds the namespace: its jobs wait for an admin's reset.
+    held_by: tuple[str, ...] = ()
 
 
 def state_of(o: Observed) -> str:
@@ -86,12 +88,8 @@ def compute(o: Observed, now: dt.datetime) -> dict[str, Any]:
         Cond(
             "Queued",
             "True" if state == "Queued" else "False",
-            "WaitingForGPUs" if state == "Queued" else "NotQueued",
-            (
-                f"position {o.queue_position} of {o.queue_length}; needs {need} free at once"
-                if state == "Queued"
-                else ""
-            ),
+            _queued_reason(o) if state == "Queued" else "NotQueued",
+            _queued_message(o, need) if state == "Queued" else "",
         ),
         Cond(
             "Running",
@@ -137,10 +135,25 @@ def compute(o: Observed, now: dt.datetime) -> dict[str, Any]:
     return status
 
 
+def _queued_reason(o: Observed) -> str:
+    return "HeldByBreaker" if o.held_by else "WaitingForGPUs"
+
+
+def _queued_message(o: Observed, need: str) -> str:
+    if o.held_by:
+        return (
+            f"the namespace's GPU quota is clamped by tripped Breaker {', '.join(o.held_by)}; "
+            "no job of this namespace gets GPUs until an admin resets it"
+        )
+    return f"position {o.queue_position} of {o.queue_length}; needs {need} free at once"
+
+
 def _ready(o: Observed, state: str) -> Cond:
     if o.problem is not None:
         reason, message = o.problem
         return Cond("Ready", "False", reason, message)
+    if state == "Queued" and o.held_by:
+        return Cond("Ready", "False", "HeldByBreaker", _queued_message(o, ""))
     if state == "Running":
         return Cond("Ready", "True", "Running", f"all {o.replicas} replicas are running")
     messages = {
@@ -157,10 +170,17 @@ def _ready(o: Observed, state: str) -> Cond:
 EventType = Literal["Normal", "Warning"]
 
 
-def transition_event(previous: str | None, state: str) -> tuple[EventType, str] | None:
-    """(type, reason) of the Event for a change of state, or None when nothing changed."""
+def transition_event(
+    previous: str | None, state: str, held: bool = False
+) -> tuple[EventType, str] | None:
+    """(type, reason) of the Event for a change of state, or None when nothing changed.
+
+    A job queued behind a tripped breaker's quota clamp is a Warning: in a contained
+    namespace a new job is an attempt to get the GPUs back."""
     if previous == state:
         return None
+    if state == "Queued" and held:
+        return ("Warning", "HeldByBreaker")
     reasons: dict[str, tuple[EventType, str]] = {
         "Queued": ("Normal", "Queued"),
         "Admitted": ("Normal", "Admitted"),
