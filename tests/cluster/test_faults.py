@@ -1,0 +1,195 @@
+"""Faults outside the operator: Prometheus down, slow or talking nonsense, the API server
+restarted, the webhook's receiver gone. Each time: no false trip, no crash, a condition or
+Event that says what is wrong, and recovery by itself once the fault ends.
+
+Prometheus's faults are made by a proxy in front of the session's real Prometheus (whose
+own stop would stop every other test's too); the API server is the real one, restarted.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+
+from tests.cluster.scenes import Cluster, policy, trainingjob
+from tests.conftest import FORGIVEN_END, FORGIVEN_START, Operator, free_port
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.cluster
+
+# (fault, what the breaker said): printed after the run.
+FAULTS: list[tuple[str, str]] = []
+
+
+class FaultyPrometheus:
+    """Forwards to the real Prometheus, or fails as ``mode`` says: ``down`` (the connection
+    is dropped), ``slow`` (no answer for 10 s, beyond the query timeout), ``garbage``
+    (HTTP 200 that is not Prometheus's JSON), ``wrong-shape`` (JSON, but not a vector)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.mode = "ok"
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                mode = proxy.mode
+                if mode == "down":
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                if mode == "slow":
+                    time.sleep(10)
+                if mode == "garbage":
+                    self._send(b"<html>502 bad gateway, from a proxy</html>")
+                    return
+                if mode == "wrong-shape":
+                    self._send(b'{"status":"success","data":{"resultType":"vector","result":7}}')
+                    return
+                length = int(self.headers.get("Content-Length", "0"))
+                request = urllib.request.Request(
+                    upstream + self.path,
+                    data=self.rfile.read(length) if length else None,
+                    headers={"Content-Type": self.headers.get("Content-Type", "")},
+                    method=self.command,
+                )
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    self._send(response.read())
+
+            def _send(self, body: bytes) -> None:
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the operator gave up waiting: that is the point of "slow"
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def signals(c: Cluster, name: str = "rl-guard") -> tuple[str | None, str | None, str]:
+    status = c.breaker(name).get("status") or {}
+    found = next((x for x in status.get("conditions") or [] if x["type"] == "SignalsAvailable"), {})
+    return status.get("signals"), found.get("reason"), found.get("message", "")
+
+
+def test_prometheus_down_slow_or_garbled_holds_says_why_and_recovers(cluster: Cluster) -> None:
+    c = cluster
+    proxy = FaultyPrometheus(c.local.prometheus_url)
+    try:
+        c.create("trainingjobs", trainingjob("rl", 1, 8))
+        pods = c.running("rl", 1)
+        # The other tenant's job, guarded through the real Prometheus: never held up.
+        c.create("trainingjobs", trainingjob("steady", 1, 8), c.other)
+        c.running("steady", 1, c.other)
+        c.create("breakerpolicies", policy(url=proxy.url))
+        c.create("breakerpolicies", policy(), c.other)
+        with c.sim(pods, [{"at": "0s", "do": "train-mixed"}]):
+            wait_for(lambda: signals(c)[0] == "Available", "signals read through the proxy")
+            for mode, reason in (
+                ("down", "PrometheusUnreachable"),
+                ("slow", "PrometheusTimeout"),
+                ("garbage", "PrometheusBadResponse"),
+                ("wrong-shape", "PrometheusBadResponse"),
+            ):
+                proxy.mode = mode
+                seen = wait_for(
+                    lambda r=reason: (s := signals(c))[1] == r and s,
+                    f"the breaker to say {reason} while Prometheus is {mode}",
+                    timeout=60,
+                )
+                assert seen[0] == "Unknown" and "state is held" in seen[2]
+                FAULTS.append((f"Prometheus {mode}", f"{reason}: {seen[2][:90]}"))
+                other = c.get("breakerpolicies", "guard", c.other).get("status", {})
+                assert other.get("unknown", 0) == 0, "the healthy policy was held up"
+                proxy.mode = "ok"
+                wait_for(lambda: signals(c)[0] == "Available", f"recovery after {mode}", 60)
+    finally:
+        proxy.stop()
+    status = c.breaker("rl-guard")["status"]
+    assert status["state"] == "Closed" and not status.get("actions")
+    assert c.state("rl") == "Running"
+    tripped = [e for e in c.core.list_namespaced_event(c.ns).items if e.reason == "BreakerTripped"]
+    assert not tripped
+
+
+def test_the_api_server_restarted_mid_run_is_ridden_out(
+    cluster: Cluster, operator_process: Operator
+) -> None:
+    c = cluster
+    c.create("trainingjobs", trainingjob("rl", 1, 8))
+    pods = c.running("rl", 1)
+    c.create("breakerpolicies", policy())
+    with c.sim(pods, [{"at": "0s", "do": "train-mixed"}]):
+        wait_for(lambda: signals(c)[0] == "Available", "the breaker evaluating")
+        # A restarted API server refuses requests for a moment while its RBAC cache fills:
+        # the operator's log says so, and the session's check of that log skips this window.
+        operator_process.note(FORGIVEN_START)
+        c.local.restart_apiserver(down_seconds=3)
+        FAULTS.append(("API server stopped 3 s and restarted", "operator kept running"))
+        time.sleep(3)  # evaluations go on against a reconnecting client
+        assert not operator_process.dead(), "the operator died with the API server"
+        assert c.breaker("rl-guard")["status"]["state"] == "Closed"
+    time.sleep(10)  # kopf's watch retries back off for a few seconds
+    operator_process.note(FORGIVEN_END)
+    # Its watches came back: a change made now is acted on.
+    c.patch("breakers", "rl-guard", {"spec": {"override": "ForcedOpen"}})
+    wait_for(
+        lambda: c.settled_state("rl-guard") == "ForcedOpen",
+        "a trip after the restart",
+        timeout=90,
+    )
+    assert c.get("trainingjobs", "rl")["spec"]["suspend"] is True
+
+
+def test_a_webhook_receiver_that_is_down_is_reported_and_never_delays_containment(
+    cluster: Cluster,
+) -> None:
+    c = cluster
+    c.create("trainingjobs", trainingjob("rl", 1, 8))
+    c.running("rl", 1)
+    body = policy()
+    body["spec"]["actions"] = [
+        {"type": "revokeEgress"},
+        {"type": "pause"},
+        {"type": "notify", "notify": {"url": f"http://127.0.0.1:{free_port()}/hook"}},
+    ]
+    c.create("breakerpolicies", body)
+    wait_for(lambda: c.breaker("rl-guard").get("status"), "the breaker")
+    c.patch("breakers", "rl-guard", {"spec": {"override": "ForcedOpen"}})
+    wait_for(
+        lambda: c.settled_state("rl-guard") == "ForcedOpen",
+        "contained while the receiver is down",
+    )
+    assert c.get("trainingjobs", "rl")["spec"]["suspend"] is True
+    failed = wait_for(
+        lambda: [
+            e
+            for e in c.core.list_namespaced_event(
+                c.ns, field_selector="involvedObject.name=rl-guard,reason=WebhookFailed"
+            ).items
+            if e.type == "Warning"
+        ],
+        "a WebhookFailed Warning",
+        timeout=120,
+    )
+    FAULTS.append(("webhook receiver down", f"WebhookFailed: {failed[0].message[:90]}"))
+    assert "attempts" in failed[0].message
