@@ -490,7 +490,7 @@ class BreakerController:
         scene = self._scene(key, workload, settings.dry_run)
         order = [a["type"] for a in spec.get("actions") or _DEFAULT_ACTIONS]
         settings_of = {a["type"]: a for a in spec.get("actions") or _DEFAULT_ACTIONS}
-        records = await self._apply(scene, order, settings_of, records, None, after)
+        records = await self._apply(scene, order, settings_of, records, None, after, True)
         await self._write(key, body, status, after, records, settings, spec)
         failpoints.hit("trip.recorded")
         finished = ", ".join(r["type"] for r in records if not r.get("error"))
@@ -506,7 +506,9 @@ class BreakerController:
         records: list[dict[str, Any]],
         trip: Trip | None,
         after: machine.Breaker,
+        resumed: bool = False,
     ) -> list[dict[str, Any]]:
+        """Apply what is not done yet; ``resumed``: finishing an earlier operator's trip."""
         done = {r["type"]: r for r in records if not r.get("pending")}
         pending = {r["type"]: r for r in records if r.get("pending")}
         handoff_since = time.monotonic()
@@ -534,7 +536,7 @@ class BreakerController:
             elif action == "pause":
                 done[action] = await self._record(action, scene, executor.pause_workload(scene))
             elif action == "reassignGPUs":
-                intended = pending.get("reassignGPUs")
+                intended = pending.get("reassignGPUs") if resumed else None
                 await self._handed_to(scene, done[action], handoff_since, intended)
             elif action == "quarantineNode":
                 ahead = ((pending.get(action) or {}).get("changed") or {}).get("nodes")
