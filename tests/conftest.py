@@ -104,6 +104,7 @@ OPERATOR_METRICS: list[str] = []  # the running operator's /metrics URL
 # authenticated as the chart's ServiceAccount, so it has exactly the chart's RBAC.
 RELEASE, RELEASE_NAMESPACE, SERVICE_ACCOUNT = "breaker", "breaker-system", "breaker"
 PEERING = "breaker"
+PEERING_LIFETIME = 5  # seconds; the chart's default is 15
 
 
 def free_port() -> int:
@@ -205,6 +206,9 @@ class Operator:
                     RELEASE_NAMESPACE,
                     "--peering",
                     PEERING,
+                    # Short, so a crash test's restart waits out a killed peer quickly.
+                    "--peering-lifetime",
+                    str(PEERING_LIFETIME),
                 ],
                 env={
                     **self.cluster.env(),
@@ -308,11 +312,28 @@ def custom(api_client: Any) -> client.CustomObjectsApi:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Figures of the runs that happened: detection latencies, faults, takeovers, escapes."""
+    from tests.cluster.test_bad_input import OUTCOMES
+    from tests.cluster.test_crash_consistency import CRASHES
     from tests.cluster.test_faults import FAULTS
     from tests.cluster.test_high_availability import TAKEOVERS
     from tests.cluster.test_hostile_tenant import ATTEMPTS
     from tests.detect.test_corpus import LATENCIES
 
+    if CRASHES:
+        terminalreporter.section("operator killed mid-action (SIGKILL at a failpoint)")
+        for setting, run, phase, point, outcome in CRASHES:
+            terminalreporter.write_line(f"{setting} run {run}: {phase} at {point}: {outcome}")
+        converged = sum(1 for *_, outcome in CRASHES if outcome == "converged")
+        terminalreporter.write_line(
+            f"{len(CRASHES)} runs, {converged} converged with every action applied once; "
+            f"inconsistent end states: {len(CRASHES) - converged}"
+        )
+    if OUTCOMES:
+        terminalreporter.section("generated specs (hypothesis) against the API server")
+        for plural, (accepted, refused) in sorted(OUTCOMES.items()):
+            terminalreporter.write_line(
+                f"{plural}: {accepted} accepted and handled, {refused} refused naming the field"
+            )
     if FAULTS:
         terminalreporter.section("faults outside the operator")
         for fault, said in FAULTS:

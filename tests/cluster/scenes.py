@@ -124,18 +124,18 @@ class Cluster:
     def state(self, tj: str, namespace: str | None = None) -> str | None:
         return self.get("trainingjobs", tj, namespace).get("status", {}).get("state")
 
-    def breaker(self, name: str) -> dict[str, Any]:
+    def breaker(self, name: str, namespace: str | None = None) -> dict[str, Any]:
         """The Breaker, or {} while the operator has not made it yet."""
         try:
-            return self.get("breakers", name)
+            return self.get("breakers", name, namespace)
         except client.ApiException as error:
             if error.status == 404:
                 return {}
             raise
 
-    def settled_state(self, breaker: str) -> str | None:
+    def settled_state(self, breaker: str, namespace: str | None = None) -> str | None:
         """The Breaker's state once every action of it is carried out (none pending)."""
-        found = self.breaker(breaker)
+        found = self.breaker(breaker, namespace)
         return (found.get("status") or {}).get("state") if settled(found) else None
 
     def pods_of(self, tj: str, namespace: str | None = None) -> list[Any]:

@@ -572,15 +572,23 @@ class BreakerController:
         changed = record.setdefault("changed", {})
         training = self.training
         if training is not None and intended is not None and changed.get("freed"):
-            # Finishing after a restart: the queue may have handed the GPUs on already.
+            # Finishing after a restart: the queue hands the GPUs on (or did, before the
+            # restart); its first pass may not have run yet, so give it the usual wait.
             after = plan.parse_stamp(intended.get("appliedAt"))
-            changed["to"] = [
-                f"{ns}/{name}"
-                for ns, name in training.admitted_after(after)
-                if ns != scene.namespace
-            ][:1]
-            if changed["to"]:
-                return
+            deadline = time.monotonic() + HANDOFF_WAIT_SECONDS
+            while True:
+                changed["to"] = [
+                    f"{ns}/{name}"
+                    for ns, name in training.admitted_after(after)
+                    if ns != scene.namespace
+                ][:1]
+                if changed["to"] or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            if not changed["to"]:
+                scene.notes.append("no queued TrainingJob took the freed GPUs")
+            record["appliedAt"] = plan.stamp(dt.datetime.now(dt.UTC))
+            return
         waiting = [k for k in training.queued if k[0] != scene.namespace] if training else []
         if training is None or scene.dry_run or not waiting or not changed.get("freed"):
             # Nobody (of another tenant) waits: the GPUs stay free for whoever comes next.

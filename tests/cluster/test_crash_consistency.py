@@ -1,0 +1,262 @@
+"""The operator killed (SIGKILL) between any two of its writes, during trips, GPU handoffs
+and resets: after a restart every breaker converges, and every action is applied exactly
+once and undone exactly.
+
+The kills come from failpoints (``breaker/failpoints.py``): the operator sends itself
+SIGKILL at a named place, the N-th time it gets there. A seeded generator picks, for each
+run, whether the kill comes during a trip or a reset and at which point, so a failure is
+replayed by running again with the seed it prints (``BREAKER_CRASH_SEED``).
+
+What "exactly once" means here, checked after every run:
+- the trip: the egress quarantine exists once, the allow-all policy is narrowed for this
+  breaker once and keeps the original selector; the job is suspended and its
+  ``paused-was`` record says what it was before the first pause (a second pause would
+  record "suspended"); the GPU quota is clamped once with the tenant's first value kept; the
+  freed GPUs went to one queued job, and no other job was admitted; the nodes carry one
+  taint and one mark; no action is left pending or failed;
+- the reset: every spec the breaker touched is back as it was, and no ``breaker.dev/``
+  label, annotation, taint or quota is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from breaker.actions.egress import effective_egress
+from breaker.failpoints import VARIABLE
+from tests.cluster.scenes import (
+    GROUP,
+    OUTSIDE_POOL,
+    VERSION,
+    Cluster,
+    full_cluster,
+    policy,
+    trainingjob,
+)
+from tests.conftest import Operator
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.cluster
+
+SEED = int(os.environ.get("BREAKER_CRASH_SEED", "20261130"))
+# Where the operator may die, in the order it passes them.
+TRIP_POINTS = {
+    "gpus": [
+        "trip.intended",
+        "trip.quota-clamped",
+        "egress.quarantine-written",
+        "egress.pods-labelled",
+        "egress.narrowed",
+        "trip.revokeEgress",
+        "trip.pause",
+        "trip.reassignGPUs",
+        "trip.recorded",
+    ],
+    "nodes": [
+        "trip.intended",
+        "egress.quarantine-written",
+        "trip.revokeEgress",
+        "trip.pause",
+        "trip.quarantineNode",
+        "trip.recorded",
+    ],
+}
+RESET_POINTS = {
+    "gpus": ["reset.reassignGPUs", "reset.pause", "reset.revokeEgress", "reset.recorded"],
+    "nodes": ["reset.quarantineNode", "reset.pause", "reset.revokeEgress", "reset.recorded"],
+}
+RUNS = {"gpus": 22, "nodes": 8}
+# (setting, run, phase, point, outcome): printed after the session.
+CRASHES: list[tuple[str, int, str, str, str]] = []
+
+
+class Scene:
+    """One tenant's tripped job, its breaker, and what must hold after each crash."""
+
+    def __init__(self, c: Cluster, operator: Operator, setting: str) -> None:
+        self.c, self.operator, self.setting = c, operator, setting
+        self.breaker = "rl-guard" if setting == "gpus" else f"rl-{c.ns[:50]}"[:63]
+        self.before: dict[str, Any] = {}
+        self.nodes: set[str] = set()
+
+    def trip(self) -> None:
+        self.c.patch(
+            "breakers", self.breaker, {"spec": {"override": "ForcedOpen", "overrideReason": "x"}}
+        )
+
+    def reset(self, token: str) -> None:
+        self.c.patch("breakers", self.breaker, {"spec": {"override": None, "reset": token}})
+
+    def status(self) -> dict[str, Any]:
+        found: dict[str, Any] = self.c.breaker(self.breaker).get("status") or {}
+        return found
+
+    def settled_open(self) -> bool:
+        status = self.status()
+        actions = status.get("actions") or []
+        return (
+            status.get("state") == "ForcedOpen"
+            and bool(actions)
+            and not any(a.get("pending") for a in actions)
+        )
+
+    def settled_closed(self, token: str) -> bool:
+        status = self.status()
+        # The handled token is spec.reset and the reset annotation, joined.
+        return status.get("state") == "Closed" and status.get("handledReset") == f"{token}|"
+
+    def crash(self, env_point: str, act: Any) -> str:
+        """Arm the failpoint, act, and see the operator die there; then start it clean."""
+        self.operator.restart({VARIABLE: env_point})
+        act()
+        wait_for(self.operator.dead, f"the operator to die at {env_point}", timeout=30)
+        self.operator.start()
+        return "killed"
+
+    # -- what must hold ------------------------------------------------------------------
+
+    def check_contained(self) -> None:
+        c, status = self.c, self.status()
+        expected = ["revokeEgress", "pause"] + (
+            ["reassignGPUs"] if self.setting == "gpus" else ["quarantineNode"]
+        )
+        assert sorted(a["type"] for a in status["actions"]) == sorted(expected), status
+        assert not [a for a in status["actions"] if a.get("error") or a.get("pending")], status
+        policies = {p["metadata"]["name"]: p for p in c.netpols()}
+        assert f"{self.breaker}-quarantine" in policies
+        narrowed = policies["allow-all-egress"]["metadata"]["annotations"]
+        assert narrowed["breaker.dev/narrowed-for"] == self.breaker
+        assert json.loads(narrowed["breaker.dev/original-pod-selector"]) == {}
+        labels = {"breaker.dev/trainingjob": "rl", "breaker.dev/quarantined": self.breaker}
+        assert not effective_egress(labels, list(policies.values())).allows(OUTSIDE_POOL, c.ns)
+        job = c.get("trainingjobs", "rl")
+        assert job["spec"]["suspend"] is True
+        was = json.loads(job["metadata"]["annotations"]["breaker.dev/paused-was"])
+        assert was["was"] in (None, False), f"paused twice: the record says {was}"
+        if self.setting == "gpus":
+            self.check_handoff(status)
+        else:
+            self.check_nodes()
+
+    def check_handoff(self, status: dict[str, Any]) -> None:
+        c = self.c
+        quota = c.core.read_namespaced_resource_quota("breaker-gpu-clamp", c.ns)
+        assert quota.spec.hard["requests.nvidia.com/gpu"] == "16"
+        mark = json.loads(quota.metadata.annotations["breaker.dev/gpu-clamp"])
+        assert mark["holders"] == [self.breaker] and mark["created"] is True
+        assert len(c.core.list_namespaced_resource_quota(c.ns).items) == 1
+        handoff = next(a for a in status["actions"] if a["type"] == "reassignGPUs")["changed"]
+        assert sum(f["gpus"] for f in handoff["freed"]) == 16
+        assert handoff.get("to") in ([], [f"{c.other}/waiting"]), handoff
+        wait_for(lambda: c.state("waiting", c.other) == "Running", "waiting to get the GPUs")
+        assert c.state("second", c.other) == "Queued", "a second job got GPUs"
+
+    def check_nodes(self) -> None:
+        for name in self.nodes:
+            node = self.c.core.read_node(name)
+            ours = [t for t in node.spec.taints or [] if t.key == "breaker.dev/quarantined"]
+            assert len(ours) == 1 and node.spec.unschedulable is True
+            mark = json.loads(node.metadata.annotations["breaker.dev/quarantine"])
+            assert mark["holders"] == [self.breaker]
+
+    def check_restored(self) -> None:
+        c = self.c
+        wait_for(lambda: c.specs() == self.before, "every spec back as it was", timeout=30)
+        for obj in [*c.netpols(), c.get("trainingjobs", "rl")]:
+            leftovers = [k for k in obj["metadata"].get("annotations") or {} if "breaker.dev/" in k]
+            assert not leftovers, f"{obj['metadata']['name']} keeps {leftovers}"
+        assert not c.core.list_namespaced_pod(c.ns, label_selector="breaker.dev/quarantined").items
+        for name in self.nodes:
+            node = self.c.core.read_node(name)
+            assert not node.spec.unschedulable
+            assert not [t for t in node.spec.taints or [] if t.key == "breaker.dev/quarantined"]
+            assert "breaker.dev/quarantine" not in (node.metadata.annotations or {})
+        status = self.status()
+        assert not status.get("actions"), status
+
+    def ready_again(self) -> None:
+        """rl runs again (its GPUs given back) and waiting queues: ready for the next trip."""
+        c = self.c
+        wait_for(lambda: c.state("rl") == "Running", "rl running again", timeout=60)
+        pods = c.running("rl", 2)
+        self.nodes = {p.spec.node_name for p in pods}
+        if self.setting == "gpus":
+            wait_for(lambda: c.state("waiting", c.other) == "Queued", "waiting queued again")
+
+
+@pytest.fixture
+def scene(
+    cluster: Cluster, operator_process: Operator, request: pytest.FixtureRequest
+) -> Iterator[Scene]:
+    setting: str = request.param
+    c = cluster
+    found = Scene(c, operator_process, setting)
+    if setting == "gpus":
+        full_cluster(c)
+        # A second queued job: the GPUs must go to one of them, once.
+        c.create("trainingjobs", trainingjob("second", 2, 8, priority=1), c.other)
+        c.create("breakerpolicies", policy())
+    else:
+        c.create("trainingjobs", trainingjob("rl", 2, 8))
+        c.net.create_namespaced_network_policy(
+            c.ns,
+            {
+                "metadata": {"name": "allow-all-egress"},
+                "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]},
+            },
+        )
+        c.core.patch_namespace(c.ns, {"metadata": {"labels": {"crash-test": c.ns}}})
+        body = policy(actions=("revokeEgress", "pause", "quarantineNode"))
+        body["kind"], body["metadata"] = "ClusterBreakerPolicy", {"name": c.ns[:50]}
+        body["spec"]["targets"]["namespaceSelector"] = {"matchLabels": {"crash-test": c.ns}}
+        c.custom.create_cluster_custom_object(GROUP, VERSION, "clusterbreakerpolicies", body)
+    found.ready_again()
+    wait_for(lambda: found.status().get("state") == "Closed", "the breaker")
+    found.before = c.specs()
+    try:
+        yield found
+    finally:
+        operator_process.restart()  # never leave a failpoint armed
+        if setting == "nodes":
+            c.custom.delete_cluster_custom_object(
+                GROUP, VERSION, "clusterbreakerpolicies", c.ns[:50]
+            )
+            for name in found.nodes:
+                c.core.patch_node(name, {"spec": {"unschedulable": None}})
+
+
+@pytest.mark.parametrize("scene", ["gpus", "nodes"], indirect=True)
+def test_killed_anywhere_the_operator_converges_and_acts_exactly_once(scene: Scene) -> None:
+    setting = scene.setting
+    rng = random.Random(f"{SEED}-{setting}")
+    print(f"crash seed {SEED} ({setting}): replay with BREAKER_CRASH_SEED={SEED}")
+    for run in range(RUNS[setting]):
+        phase = rng.choice(["trip", "reset"])
+        points = TRIP_POINTS[setting] if phase == "trip" else RESET_POINTS[setting]
+        point = rng.choice(points)
+        token = f"run-{run}"
+        where = f"run {run}: killed at {point} during the {phase}"
+        if phase == "trip":
+            scene.crash(point, scene.trip)
+        else:
+            scene.trip()
+            wait_for(scene.settled_open, f"{where}: the clean trip", timeout=30)
+            scene.check_contained()
+            scene.crash(point, lambda t=token: scene.reset(t))
+        if phase == "trip":
+            wait_for(scene.settled_open, f"{where}: contained after the restart", timeout=60)
+            scene.check_contained()
+            scene.reset(token)
+        wait_for(
+            lambda t=token: scene.settled_closed(t), f"{where}: closed after the reset", timeout=60
+        )
+        scene.check_restored()
+        CRASHES.append((setting, run, phase, point, "converged"))
+        scene.ready_again()
+        assert not scene.operator.dead()
