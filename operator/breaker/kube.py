@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 from kubernetes import client, config
 
+from breaker import metrics
+
 T = TypeVar("T")
 
 GROUP = "breaker.dev"
@@ -29,8 +31,35 @@ def api_client() -> client.ApiClient:
     return client.ApiClient()
 
 
+THROTTLE_ATTEMPTS = 4
+THROTTLE_WAIT_CAP_SECONDS = 5.0
+
+
 async def call(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    return await asyncio.to_thread(functools.partial(function, *args, **kwargs))
+    """One API call off the event loop. A 429 (the API server's priority and fairness, or
+    a proxy, shedding load) is retried after the Retry-After it gives, a few times, as
+    client-go does; every other error is the caller's."""
+    for attempt in range(THROTTLE_ATTEMPTS):
+        try:
+            return await asyncio.to_thread(functools.partial(function, *args, **kwargs))
+        except client.ApiException as error:
+            if error.status == 409:
+                metrics.API_ERRORS.labels("409").inc()
+            if error.status != 429 or attempt == THROTTLE_ATTEMPTS - 1:
+                raise
+            metrics.API_ERRORS.labels("429").inc()
+            await asyncio.sleep(retry_after(error, attempt))
+    raise AssertionError("unreachable")
+
+
+def retry_after(error: client.ApiException, attempt: int) -> float:
+    """Seconds to wait before retrying a 429: its Retry-After, else 1, 2, 4 s; capped."""
+    headers = error.headers or {}
+    try:
+        wanted = float(headers.get("Retry-After", ""))
+    except ValueError:
+        wanted = float(2**attempt)
+    return max(0.1, min(wanted, THROTTLE_WAIT_CAP_SECONDS))
 
 
 def to_dict(api: client.ApiClient, obj: Any) -> dict[str, Any]:

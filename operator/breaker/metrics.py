@@ -62,6 +62,12 @@ ACTIONS = Counter(
     registry=REGISTRY,
 )
 GUARDED = Gauge("breaker_guarded_workloads", "Breakers the operator keeps.", registry=REGISTRY)
+API_ERRORS = Counter(
+    "breaker_api_errors_total",
+    "API calls answered 409 (changed meanwhile: redone next pass) or 429 (throttled: retried).",
+    ["code"],
+    registry=REGISTRY,
+)
 ACTIVE = Gauge(
     "breaker_operator_active",
     "1 once this operator acts; 0 while it stands by behind a peer (kopf peering).",

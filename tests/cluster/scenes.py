@@ -95,6 +95,12 @@ ALLOW_ALL = {
 }
 
 
+def done(breaker: dict[str, Any]) -> bool:
+    """Every action carried out: none pending, none failed."""
+    actions = (breaker.get("status") or {}).get("actions") or []
+    return settled(breaker) and not any(a.get("error") for a in actions)
+
+
 class Cluster:
     """One test namespace, read and written through the real API."""
 
@@ -134,9 +140,10 @@ class Cluster:
             raise
 
     def settled_state(self, breaker: str, namespace: str | None = None) -> str | None:
-        """The Breaker's state once every action of it is carried out (none pending)."""
+        """The Breaker's state once every action of it is carried out: none pending, none
+        failed (a failed one, a 409 say, is tried again on the next pass)."""
         found = self.breaker(breaker, namespace)
-        return (found.get("status") or {}).get("state") if settled(found) else None
+        return (found.get("status") or {}).get("state") if done(found) else None
 
     def pods_of(self, tj: str, namespace: str | None = None) -> list[Any]:
         pods = self.core.list_namespaced_pod(
@@ -239,9 +246,7 @@ ATTACKS = {
 def contained(c: Cluster, pods: list[Any]) -> dict[str, Any]:
     breaker = wait_for(
         lambda: (
-            (b := c.breaker("rl-guard")).get("status", {}).get("state") == "Open"
-            and settled(b)
-            and b
+            (b := c.breaker("rl-guard")).get("status", {}).get("state") == "Open" and done(b) and b
         ),
         "the breaker to trip",
         timeout=150,  # outbound-ssh's persistence is counted in whole minutes

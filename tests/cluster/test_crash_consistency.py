@@ -103,7 +103,7 @@ class Scene:
         return (
             status.get("state") == "ForcedOpen"
             and bool(actions)
-            and not any(a.get("pending") for a in actions)
+            and not any(a.get("pending") or a.get("error") for a in actions)
         )
 
     def settled_closed(self, token: str) -> bool:

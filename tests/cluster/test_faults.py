@@ -15,9 +15,17 @@ import urllib.request
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from tests.cluster.scenes import Cluster, policy, trainingjob
-from tests.conftest import FORGIVEN_END, FORGIVEN_START, Operator, free_port
+from tests.conftest import (
+    FORGIVEN_END,
+    FORGIVEN_START,
+    RELEASE_NAMESPACE,
+    SERVICE_ACCOUNT,
+    Operator,
+    free_port,
+)
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -193,3 +201,132 @@ def test_a_webhook_receiver_that_is_down_is_reported_and_never_delays_containmen
     )
     FAULTS.append(("webhook receiver down", f"WebhookFailed: {failed[0].message[:90]}"))
     assert "attempts" in failed[0].message
+
+
+def api_errors(operator: Operator, code: str) -> float:
+    url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    prefix = f'breaker_api_errors_total{{code="{code}"}} '
+    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_throttled_by_the_api_server_it_retries_and_contains_once_let_through(
+    cluster: Cluster, operator_process: Operator, api_client: Any
+) -> None:
+    """The real API server's priority and fairness rejects every request of the operator's
+    ServiceAccount (429) for a while, as an overloaded control plane would."""
+    c = cluster
+    c.create("trainingjobs", trainingjob("rl", 1, 8))
+    c.running("rl", 1)
+    c.create("breakerpolicies", policy())
+    wait_for(lambda: c.settled_state("rl-guard") == "Closed", "the breaker")
+    flow = client.FlowcontrolApiserverV1Api(api_client)
+    name = f"breaker-test-{c.ns[-5:]}"
+    flow.create_priority_level_configuration(
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "type": "Limited",
+                "limited": {
+                    "nominalConcurrencyShares": 0,
+                    "lendablePercent": 0,
+                    "borrowingLimitPercent": 0,
+                    "limitResponse": {"type": "Reject"},
+                },
+            },
+        }
+    )
+    flow.create_flow_schema(
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "priorityLevelConfiguration": {"name": name},
+                "matchingPrecedence": 100,
+                "rules": [
+                    {
+                        "subjects": [
+                            {
+                                "kind": "ServiceAccount",
+                                "serviceAccount": {
+                                    "name": SERVICE_ACCOUNT,
+                                    "namespace": RELEASE_NAMESPACE,
+                                },
+                            }
+                        ],
+                        "resourceRules": [
+                            {
+                                "verbs": ["*"],
+                                "apiGroups": ["*"],
+                                "resources": ["*"],
+                                "clusterScope": True,
+                                "namespaces": ["*"],
+                            }
+                        ],
+                    }
+                ],
+            },
+        }
+    )
+    try:
+        before = api_errors(operator_process, "429")
+        c.patch("breakers", "rl-guard", {"spec": {"override": "ForcedOpen"}})
+        wait_for(
+            lambda: api_errors(operator_process, "429") > before,
+            "the operator to be throttled",
+            timeout=30,
+        )
+        time.sleep(5)  # its retries meet 429s too
+        assert not operator_process.dead(), "the operator died of 429s"
+        throttled = api_errors(operator_process, "429") - before
+    finally:
+        flow.delete_flow_schema(name)
+        flow.delete_priority_level_configuration(name)
+    wait_for(
+        lambda: c.settled_state("rl-guard") == "ForcedOpen",
+        "containment once the API server lets the operator through",
+        timeout=90,
+    )
+    assert c.get("trainingjobs", "rl")["spec"]["suspend"] is True
+    FAULTS.append(
+        (
+            "API server rejecting the operator (APF, 429)",
+            f"{throttled:.0f} 429s retried; contained after",
+        )
+    )
+
+
+def test_conflicting_writes_are_redone_from_the_newer_state(
+    cluster: Cluster, operator_process: Operator
+) -> None:
+    """An admin edits the clamped GPU quota in a burst while the breaker holds it: the
+    operator's writes meet 409s (its view is older than the object) and it redoes them from
+    the newer state until the clamp holds again."""
+    c = cluster
+    c.create("trainingjobs", trainingjob("rl", 1, 8))
+    c.running("rl", 1)
+    c.create("breakerpolicies", policy())
+    wait_for(lambda: c.settled_state("rl-guard") == "Closed", "the breaker")
+    c.patch("breakers", "rl-guard", {"spec": {"override": "ForcedOpen"}})
+    wait_for(lambda: c.settled_state("rl-guard") == "ForcedOpen", "contained")
+    before = api_errors(operator_process, "409")
+    clamped = c.core.read_namespaced_resource_quota("breaker-gpu-clamp", c.ns)
+    limit = clamped.spec.hard["requests.nvidia.com/gpu"]
+    for value in range(40, 60):
+        c.core.patch_namespaced_resource_quota(
+            "breaker-gpu-clamp", c.ns, {"spec": {"hard": {"requests.nvidia.com/gpu": str(value)}}}
+        )
+    wait_for(
+        lambda: (
+            c.core.read_namespaced_resource_quota("breaker-gpu-clamp", c.ns).spec.hard[
+                "requests.nvidia.com/gpu"
+            ]
+            == limit
+        ),
+        "the clamp back after the burst",
+        timeout=30,
+    )
+    time.sleep(2)
+    assert not operator_process.dead()
+    conflicts = api_errors(operator_process, "409") - before
+    FAULTS.append(("20 quota edits in a burst while clamped", f"{conflicts:.0f} 409s; clamp held"))

@@ -349,7 +349,12 @@ class BreakerController:
                 if kube.namespace_terminating(error):
                     log.debug("Breaker %s/%s: its namespace is being deleted", *key)
                     continue
-                log.exception("Breaker %s/%s: %s", *key, error)
+                if isinstance(error, client.ApiException) and error.status in (409, 429):
+                    # Someone changed the object meanwhile, or the API server sheds load:
+                    # the next pass works from the newer state.
+                    log.info("Breaker %s/%s: %s; retrying", *key, _api_problem(error))
+                else:
+                    log.exception("Breaker %s/%s: %s", *key, error)
                 failed = True
         await self._write_policy_statuses(existing)
         for key in list(self.written):
@@ -394,7 +399,7 @@ class BreakerController:
             self.busy[key] = task
             task.add_done_callback(lambda _: self._done(key))
             return
-        if after.contained and not settings.dry_run and any(r.get("pending") for r in records):
+        if after.contained and not settings.dry_run and any(map(_unfinished, records)):
             task = asyncio.create_task(
                 self._finish(key, body, spec, workload, after, status, settings),
                 name=f"breaker-finish-{key[0]}-{key[1]}",
@@ -411,7 +416,11 @@ class BreakerController:
         if kube.namespace_terminating(failure):
             log.debug("Breaker %s/%s: its namespace is being deleted", *key)
         elif failure is not None:
-            log.error("Breaker %s/%s: actions failed: %s", *key, failure)
+            if isinstance(failure, client.ApiException):
+                failure_text = _api_problem(failure)
+            else:
+                failure_text = str(failure)
+            log.error("Breaker %s/%s: actions failed: %s; retrying", *key, failure_text)
             self.retry = True
         self.wake.set()  # whatever changed meanwhile is looked at again
 
@@ -493,8 +502,15 @@ class BreakerController:
         records = await self._apply(scene, order, settings_of, records, None, after, True)
         await self._write(key, body, status, after, records, settings, spec)
         failpoints.hit("trip.recorded")
-        finished = ", ".join(r["type"] for r in records if not r.get("error"))
-        message = f"finished after an operator restart: {finished}"
+        failed = [r for r in records if _unfinished(r)]
+        if failed:
+            # Still short of containment: tried again every retry interval, and said.
+            self.retry = True
+            why = "; ".join(f"{r['type']}: {r.get('error', 'pending')}" for r in failed)
+            log.warning("Breaker %s/%s: containment incomplete: %s", *key, why[:500])
+            return
+        finished = ", ".join(r["type"] for r in records)
+        message = f"finished: {finished} (decided before an operator restart or an API error)"
         log.info("Breaker %s/%s: %s", *key, message)
         await events.post(self.api, body, "Normal", "ContainmentFinished", message)
 
@@ -509,17 +525,19 @@ class BreakerController:
         resumed: bool = False,
     ) -> list[dict[str, Any]]:
         """Apply what is not done yet; ``resumed``: finishing an earlier operator's trip."""
-        done = {r["type"]: r for r in records if not r.get("pending")}
-        pending = {r["type"]: r for r in records if r.get("pending")}
+        done = {r["type"]: r for r in records if not _unfinished(r)}
+        pending = {r["type"]: r for r in records if _unfinished(r)}
         handoff_since = time.monotonic()
         if "reassignGPUs" in order and "reassignGPUs" not in done:
             # The quota is clamped before the pause frees anything, so the tenant's own
             # queued jobs cannot take the GPUs back in between.
-            intended = pending.get("reassignGPUs")
+            # What the trip freed is counted before the pause; an earlier attempt (before a
+            # restart, or failed) counted it already, and the pods may be gone since.
+            intended = (pending.get("reassignGPUs") or {}).get("changed") or {}
+            freed = intended.get("freed")
+            freed = executor.freed_gpus(scene.pods) if freed is None else freed
             done["reassignGPUs"] = await self._record(
-                "reassignGPUs",
-                scene,
-                self._clamp(scene, intended),
+                "reassignGPUs", scene, self._clamp(scene, freed), known={"freed": freed}
             )
             failpoints.hit("trip.quota-clamped")
         for action in order:
@@ -551,15 +569,8 @@ class BreakerController:
             failpoints.hit(f"trip.{action}")
         return [done[a] for a in _ordered(done, order)]
 
-    async def _clamp(
-        self, scene: executor.Scene, intended: Mapping[str, Any] | None
-    ) -> dict[str, Any]:
-        # What the trip freed was counted before the pause; after a restart the pods are gone.
-        freed = ((intended or {}).get("changed") or {}).get("freed")
-        return {
-            "freed": executor.freed_gpus(scene.pods) if freed is None else freed,
-            "quota": await executor.clamp_quota(scene),
-        }
+    async def _clamp(self, scene: executor.Scene, freed: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"freed": freed, "quota": await executor.clamp_quota(scene)}
 
     async def _handed_to(
         self,
@@ -602,12 +613,22 @@ class BreakerController:
         if not admitted:
             scene.notes.append("no queued TrainingJob fits the freed GPUs; they stay free")
 
-    async def _record(self, action: str, scene: executor.Scene, work: Any) -> dict[str, Any]:
+    async def _record(
+        self,
+        action: str,
+        scene: executor.Scene,
+        work: Any,
+        known: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Run one action and record it; a failed one keeps ``known`` for its next attempt
+        (every failed action is tried again while the breaker holds)."""
         record: dict[str, Any] = {"type": action}
         try:
             record["changed"] = await work
             metrics.ACTIONS.labels(action, "apply", "ok").inc()
         except client.ApiException as error:
+            if known:
+                record["changed"] = dict(known)
             record["error"] = f"{error.status} {error.reason}: {kube.api_message(error)}"[:4096]
             metrics.ACTIONS.labels(action, "apply", "error").inc()
             log.warning(
@@ -1048,6 +1069,19 @@ def _intend(
             record["changed"] = {"nodes": {n: {"breaker": scene.breaker} for n in sorted(nodes)}}
         intended.append(record)
     return intended
+
+
+def _unfinished(record: Mapping[str, Any]) -> bool:
+    """Decided and not carried out: written ahead of a restart, or failed (an API error).
+    A DryRun record and a failed undo are finished as far as applying goes."""
+    if record.get("dryRun"):
+        return False
+    error = str(record.get("error") or "")
+    return bool(record.get("pending")) or (bool(error) and not error.startswith("undo failed"))
+
+
+def _api_problem(error: client.ApiException) -> str:
+    return f"{error.status} {error.reason}: {kube.api_message(error)}"[:300]
 
 
 def _undo_pending(action: str, intended: dict[str, Any], scene: executor.Scene) -> dict[str, Any]:
