@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from importlib.metadata import version as package_version
@@ -384,8 +385,17 @@ def _positive(text: str) -> int:
     return value
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Ctrl-C and SIGTERM end every command through its cleanup (a simulator takes its
+    # scrape target back), also when started from a script that runs it in the
+    # background: the shell then ignores SIGINT for it, and Python would leave it so.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         code: int = args.handler(args)
     except ClusterError as error:

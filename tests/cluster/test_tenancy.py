@@ -40,10 +40,14 @@ def test_a_namespaced_policy_acts_on_its_own_namespace_only(cluster: Cluster) ->
     wait_for(lambda: c.settled_state("victim-guard", c.other) == "Closed", "victim's breaker")
 
     body = policy(actions=("revokeEgress", "pause"))
+    # Its own pod's series carries a label value no exporter would: it must reach the
+    # evidence cut and escaped.
+    odd = '\\"}\\n<script>🙂' + "x" * 900
+    query = crafted([(c.ns, own.metadata.name), (c.other, victim.metadata.name)])
     body["spec"]["signals"] = [
         {
             "name": "crafted",
-            "query": crafted([(c.ns, own.metadata.name), (c.other, victim.metadata.name)]),
+            "query": f'label_replace({query}, "note", "{odd}", "", "")',
             "severity": "critical",
         }
     ]
@@ -65,6 +69,8 @@ def test_a_namespaced_policy_acts_on_its_own_namespace_only(cluster: Cluster) ->
     ).items
     evidence = c.breaker("mine-guard")["status"]["evidence"][-1]
     assert [p["name"] for p in evidence["pods"]] == [own.metadata.name]
+    note = evidence["signals"][0]["labels"]["note"]
+    assert len(note) < 300 and "\n" not in note and note.isascii(), note  # cut, escaped
 
 
 def test_the_webhook_secret_is_read_from_the_policys_namespace_only(cluster: Cluster) -> None:
