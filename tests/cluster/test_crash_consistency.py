@@ -3,9 +3,9 @@ and resets: after a restart every breaker converges, and every action is applied
 once and undone exactly.
 
 The kills come from failpoints (``breaker/failpoints.py``): the operator sends itself
-SIGKILL at a named place, the N-th time it gets there. A seeded generator picks, for each
-run, whether the kill comes during a trip or a reset and at which point, so a failure is
-replayed by running again with the seed it prints (``BREAKER_CRASH_SEED``).
+SIGKILL at a named place, the N-th time it gets there. A seeded shuffle orders the runs
+over every (trip or reset, failpoint) pair, so each point is hit, and a failure is replayed
+by running again with the seed it prints (``BREAKER_CRASH_SEED``).
 
 What "exactly once" means here, checked after every run:
 - the trip: the egress quarantine exists once, the allow-all policy is narrowed for this
@@ -71,7 +71,7 @@ RESET_POINTS = {
     "gpus": ["reset.reassignGPUs", "reset.pause", "reset.revokeEgress", "reset.recorded"],
     "nodes": ["reset.quarantineNode", "reset.pause", "reset.revokeEgress", "reset.recorded"],
 }
-RUNS = {"gpus": 22, "nodes": 8}
+RUNS = {"gpus": 22, "nodes": 10}  # each at least once through every point of its setting
 # (setting, run, phase, point, outcome): printed after the session.
 CRASHES: list[tuple[str, int, str, str, str]] = []
 
@@ -236,10 +236,16 @@ def test_killed_anywhere_the_operator_converges_and_acts_exactly_once(scene: Sce
     setting = scene.setting
     rng = random.Random(f"{SEED}-{setting}")
     print(f"crash seed {SEED} ({setting}): replay with BREAKER_CRASH_SEED={SEED}")
-    for run in range(RUNS[setting]):
-        phase = rng.choice(["trip", "reset"])
-        points = TRIP_POINTS[setting] if phase == "trip" else RESET_POINTS[setting]
-        point = rng.choice(points)
+    # Every (phase, point) pair in a seeded order, again and again until the runs are
+    # made up: each failpoint is hit at least once.
+    pairs = [("trip", p) for p in TRIP_POINTS[setting]]
+    pairs += [("reset", p) for p in RESET_POINTS[setting]]
+    order: list[tuple[str, str]] = []
+    while len(order) < RUNS[setting]:
+        batch = list(pairs)
+        rng.shuffle(batch)
+        order += batch
+    for run, (phase, point) in enumerate(order[: RUNS[setting]]):
         token = f"run-{run}"
         where = f"run {run}: killed at {point} during the {phase}"
         if phase == "trip":
