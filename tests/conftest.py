@@ -343,15 +343,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         for took in TAKEOVERS:
             terminalreporter.write_line(f"standby took over and acted {took:.1f}s after SIGKILL")
 
-    if FAULTS:
-        terminalreporter.section("faults outside the operator")
-        for fault, said in FAULTS:
-            terminalreporter.write_line(f"{fault}: {said}")
-    if TAKEOVERS:
-        terminalreporter.section("high availability")
-        for took in TAKEOVERS:
-            terminalreporter.write_line(f"standby took over and acted {took:.1f}s after SIGKILL")
-
     if ATTEMPTS:
         terminalreporter.section("a tripped tenant's attempts to get out")
         for what, outcome, took in ATTEMPTS:
