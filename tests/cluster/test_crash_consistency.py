@@ -183,7 +183,9 @@ class Scene:
     def ready_again(self) -> None:
         """rl runs again (its GPUs given back) and waiting queues: ready for the next trip."""
         c = self.c
-        wait_for(lambda: c.state("rl") == "Running", "rl running again", timeout=60)
+        # Generous: on a loaded machine the scheduler and kwok take their time, and
+        # speed is not what this test is about.
+        wait_for(lambda: c.state("rl") == "Running", "rl running again", timeout=180)
         pods = c.running("rl", 2)
         self.nodes = {p.spec.node_name for p in pods}
         if self.setting == "gpus":

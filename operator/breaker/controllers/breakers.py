@@ -115,6 +115,8 @@ class BreakerController:
         self.written: dict[BreakerKey, dict[str, Any]] = {}
         self.busy: dict[BreakerKey, asyncio.Task[None]] = {}
         self.policy_status: dict[PolicyKey, dict[str, Any]] = {}
+        # When a breaker whose actions failed may be tried again (monotonic).
+        self.finish_after: dict[BreakerKey, float] = {}
         self.notifier = Notifier()
 
     def nudge(self) -> None:
@@ -399,7 +401,8 @@ class BreakerController:
             self.busy[key] = task
             task.add_done_callback(lambda _: self._done(key))
             return
-        if after.contained and not settings.dry_run and any(map(_unfinished, records)):
+        unfinished = any(map(_unfinished, records))
+        if unfinished and after.contained and not settings.dry_run and self._may_retry(key):
             task = asyncio.create_task(
                 self._finish(key, body, spec, workload, after, status, settings),
                 name=f"breaker-finish-{key[0]}-{key[1]}",
@@ -409,6 +412,9 @@ class BreakerController:
             return
         if after.contained and not settings.dry_run and workload is not None:
             await self._hold(key, body, spec, workload, after, records)
+
+    def _may_retry(self, key: BreakerKey) -> bool:
+        return time.monotonic() >= self.finish_after.get(key, 0.0)
 
     def _done(self, key: BreakerKey) -> None:
         task = self.busy.pop(key, None)
@@ -504,11 +510,14 @@ class BreakerController:
         failpoints.hit("trip.recorded")
         failed = [r for r in records if _unfinished(r)]
         if failed:
-            # Still short of containment: tried again every retry interval, and said.
+            # Still short of containment: tried again after the retry interval (not on
+            # every watch event of a busy cluster), and said.
             self.retry = True
+            self.finish_after[key] = time.monotonic() + RETRY_SECONDS
             why = "; ".join(f"{r['type']}: {r.get('error', 'pending')}" for r in failed)
             log.warning("Breaker %s/%s: containment incomplete: %s", *key, why[:500])
             return
+        self.finish_after.pop(key, None)
         finished = ", ".join(r["type"] for r in records)
         message = f"finished: {finished} (decided before an operator restart or an API error)"
         log.info("Breaker %s/%s: %s", *key, message)
