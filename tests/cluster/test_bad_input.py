@@ -173,6 +173,15 @@ JOB_SPEC = st.fixed_dictionaries(
 )
 
 
+# Sixty examples each, against the real API server: no deadline, no example database.
+EXAMPLES = settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
 def submit(c: Cluster, plural: str, body: dict[str, Any]) -> bool:
     """Create it; True if accepted. A refusal must name the spec field at fault."""
     outcome = OUTCOMES.setdefault(plural, [0, 0])
@@ -230,12 +239,7 @@ def test_generated_policies_are_refused_naming_the_field_or_handled(
     c = canary
     accepted: list[str] = []
 
-    @settings(
-        max_examples=60,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    )
+    @EXAMPLES
     @given(spec=POLICY_SPEC)
     def generated(spec: dict[str, Any]) -> None:
         name = f"gen-{next(COUNTER)}"
@@ -271,12 +275,7 @@ def test_generated_jobs_are_refused_naming_the_field_or_handled(
     c = canary
     accepted: list[str] = []
 
-    @settings(
-        max_examples=60,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    )
+    @EXAMPLES
     @given(spec=JOB_SPEC)
     def generated(spec: dict[str, Any]) -> None:
         name = f"gen-{next(COUNTER)}"

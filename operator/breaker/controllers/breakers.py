@@ -25,7 +25,7 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -394,24 +394,22 @@ class BreakerController:
         after = transition.after
         records: list[dict[str, Any]] = list(status.get("actions") or [])
         if transition.effects or transition.changed or before.signals_known != after.signals_known:
-            task = asyncio.create_task(
-                self._act(key, body, spec, workload, transition, trip, status, settings),
-                name=f"breaker-{key[0]}-{key[1]}",
+            self._spawn(
+                key, self._act(key, body, spec, workload, transition, trip, status, settings)
             )
-            self.busy[key] = task
-            task.add_done_callback(lambda _: self._done(key))
             return
         unfinished = any(map(_unfinished, records))
         if unfinished and after.contained and not settings.dry_run and self._may_retry(key):
-            task = asyncio.create_task(
-                self._finish(key, body, spec, workload, after, status, settings),
-                name=f"breaker-finish-{key[0]}-{key[1]}",
-            )
-            self.busy[key] = task
-            task.add_done_callback(lambda _: self._done(key))
+            self._spawn(key, self._finish(key, body, spec, workload, after, status, settings))
             return
         if after.contained and not settings.dry_run and workload is not None:
             await self._hold(key, body, spec, workload, after, records)
+
+    def _spawn(self, key: BreakerKey, work: Coroutine[Any, Any, None]) -> None:
+        """Run one breaker's actions in the background; it is busy until they end."""
+        task = asyncio.create_task(work, name=f"breaker-{key[0]}-{key[1]}")
+        self.busy[key] = task
+        task.add_done_callback(lambda _: self._done(key))
 
     def _may_retry(self, key: BreakerKey) -> bool:
         return time.monotonic() >= self.finish_after.get(key, 0.0)
