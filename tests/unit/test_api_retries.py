@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from breaker import kube
-from breaker.controllers.breakers import _unfinished
+from breaker.actions import executor
+from breaker.circuit.machine import Breaker
+from breaker.controllers.breakers import _failed_undos, _unfinished
 
 
 def throttled(retry_after: str | None = None) -> client.ApiException:
@@ -58,3 +61,74 @@ def test_pending_and_failed_actions_are_unfinished_but_not_dry_runs_or_failed_un
     assert not _unfinished({"type": "pause", "changed": {}})
     assert not _unfinished({"type": "pause", "error": "x", "dryRun": True})
     assert not _unfinished({"type": "pause", "error": "undo failed: 500 boom"})
+
+
+class HeartbeatingNodes:
+    """A CoreV1Api stand-in whose nodes are written (a heartbeat) between the operator's
+    read and its patch, ``beats`` times, as kubelets and kwok write them."""
+
+    def __init__(self, beats: int) -> None:
+        self.beats = beats
+        self.node: dict[str, Any] = {
+            "metadata": {"name": "gpu-0", "resourceVersion": "1", "annotations": {}},
+            "spec": {},
+        }
+        self.patches = 0
+
+    def read_node(self, name: str) -> dict[str, Any]:
+        found = copy.deepcopy(self.node)
+        if self.beats:
+            self.beats -= 1
+            self.node["metadata"]["resourceVersion"] = str(int(self.version()) + 1)
+        return found
+
+    def version(self) -> str:
+        return str(self.node["metadata"]["resourceVersion"])
+
+    def patch_node(self, name: str, patch: dict[str, Any], **_: Any) -> dict[str, Any]:
+        self.patches += 1
+        if patch["metadata"].get("resourceVersion") != self.version():
+            raise client.ApiException(status=409, reason="Conflict")
+        self.node["metadata"]["annotations"].update(patch["metadata"]["annotations"])
+        self.node["spec"].update(patch.get("spec") or {})
+        self.node["metadata"]["annotations"] = {
+            k: v for k, v in self.node["metadata"]["annotations"].items() if v is not None
+        }
+        return self.node
+
+
+def scene_with(core: HeartbeatingNodes, monkeypatch: pytest.MonkeyPatch) -> executor.Scene:
+    monkeypatch.setattr(executor.client, "CoreV1Api", lambda _: core)
+    return executor.Scene(client.ApiClient(), "rl-guard", "team-a", None, [], [], [], [])
+
+
+def test_a_node_written_meanwhile_is_read_and_patched_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    core = HeartbeatingNodes(beats=2)
+    scene = scene_with(core, monkeypatch)
+    done = asyncio.run(executor.quarantine_nodes(scene, ["gpu-0"], {}))
+    assert core.patches == 3 and core.node["spec"]["unschedulable"] is True
+    assert done["nodes"]["gpu-0"]["cordoned"] is True
+    core.beats = 1
+    assert asyncio.run(executor.release_nodes(scene, done)) == {"released": ["gpu-0"]}
+    assert core.node["spec"] == {"unschedulable": None, "taints": None}
+    assert "breaker.dev/quarantine" not in core.node["metadata"]["annotations"]
+
+
+def test_a_node_that_never_holds_still_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    core = HeartbeatingNodes(beats=executor.NODE_CONFLICT_ATTEMPTS)
+    with pytest.raises(client.ApiException) as caught:
+        asyncio.run(executor.quarantine_nodes(scene_with(core, monkeypatch), ["gpu-0"], {}))
+    assert caught.value.status == 409 and core.patches == executor.NODE_CONFLICT_ATTEMPTS
+
+
+def test_failed_undos_are_retried_where_the_state_still_wants_them_undone() -> None:
+    records: list[dict[str, Any]] = [
+        {"type": "revokeEgress", "changed": {}, "error": "undo failed: 409 Conflict"},
+        {"type": "pause", "changed": {}, "error": "undo failed: 500 boom"},
+        {"type": "quarantineNode", "changed": {}},
+    ]
+    assert _failed_undos(records, Breaker(state="Closed")) == records[:2]
+    assert _failed_undos(records, Breaker(state="HalfOpen", contained=True)) == records[1:2]
+    assert _failed_undos(records, Breaker(state="Open", contained=True)) == []

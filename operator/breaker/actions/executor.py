@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -421,16 +421,17 @@ async def quarantine_nodes(
     core = client.CoreV1Api(scene.api)
     records: dict[str, Any] = {}
     for name in sorted(set(nodes)):
-        found = kube.to_dict(scene.api, await kube.call(core.read_node, name))
-        patch, record = node.quarantine(
-            found,
-            scene.breaker,
-            cordon=bool(settings.get("cordon", True)),
-            taint=bool(settings.get("taint", True)),
-        )
-        records[name] = record
-        if patch is not None and not scene.dry_run:
-            await kube.merge_patch(core.patch_node, name, patch)
+
+        def plan(found: Mapping[str, Any], name: str = name) -> dict[str, Any] | None:
+            patch, records[name] = node.quarantine(
+                found,
+                scene.breaker,
+                cordon=bool(settings.get("cordon", True)),
+                taint=bool(settings.get("taint", True)),
+            )
+            return None if scene.dry_run else patch
+
+        await _patch_node(scene, core, name, plan)
     return {"nodes": records}
 
 
@@ -438,17 +439,48 @@ async def release_nodes(scene: Scene, record: Mapping[str, Any]) -> dict[str, An
     core = client.CoreV1Api(scene.api)
     released = []
     for name, node_record in (record.get("nodes") or {}).items():
+
+        def plan(
+            found: Mapping[str, Any], mine: Mapping[str, Any] = node_record
+        ) -> dict[str, Any] | None:
+            return node.release(found, mine)
+
         try:
-            found = kube.to_dict(scene.api, await kube.call(core.read_node, name))
+            if await _patch_node(scene, core, name, plan):
+                released.append(name)
         except client.ApiException as error:
-            if error.status == 404:
-                continue
-            raise
-        patch = node.release(found, node_record)
-        if patch is not None:
-            await kube.merge_patch(core.patch_node, name, patch)
-            released.append(name)
+            if error.status != 404:
+                raise
     return {"released": released}
+
+
+NODE_CONFLICT_ATTEMPTS = 5
+
+
+async def _patch_node(
+    scene: Scene,
+    core: client.CoreV1Api,
+    name: str,
+    plan: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+) -> bool:
+    """Read a node, plan a patch from it, apply it; whether a patch was applied.
+
+    The patch carries the resourceVersion it was planned on. A node is written all the
+    time (its kubelet's status, here kwok's heartbeats every few seconds), so a 409 is
+    expected: the node is read and the patch planned again, a few times.
+    """
+    for attempt in range(NODE_CONFLICT_ATTEMPTS):
+        found = kube.to_dict(scene.api, await kube.call(core.read_node, name))
+        patch = plan(found)
+        if patch is None:
+            return False
+        try:
+            await kube.merge_patch(core.patch_node, name, patch)
+            return True
+        except client.ApiException as error:
+            if error.status != 409 or attempt == NODE_CONFLICT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 # -- helpers ----------------------------------------------------------------------------

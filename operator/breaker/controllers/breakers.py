@@ -359,10 +359,11 @@ class BreakerController:
                     log.exception("Breaker %s/%s: %s", *key, error)
                 failed = True
         await self._write_policy_statuses(existing)
-        for key in list(self.written):
-            if key not in existing:
-                del self.written[key]
-        return failed
+        for known_keys in (self.written, self.finish_after):
+            for key in [k for k in known_keys if k not in existing]:
+                del known_keys[key]
+        # A breaker waiting to retry its actions brings the loop back after the interval.
+        return failed or bool(self.finish_after)
 
     async def _advance(
         self,
@@ -401,6 +402,10 @@ class BreakerController:
         unfinished = any(map(_unfinished, records))
         if unfinished and after.contained and not settings.dry_run and self._may_retry(key):
             self._spawn(key, self._finish(key, body, spec, workload, after, status, settings))
+            return
+        failed_undos = _failed_undos(records, after)
+        if failed_undos and self._may_retry(key):
+            self._spawn(key, self._undo_again(key, body, spec, workload, after, status, settings))
             return
         if after.contained and not settings.dry_run and workload is not None:
             await self._hold(key, body, spec, workload, after, records)
@@ -521,6 +526,35 @@ class BreakerController:
         log.info("Breaker %s/%s: %s", *key, message)
         await events.post(self.api, body, "Normal", "ContainmentFinished", message)
 
+    async def _undo_again(
+        self,
+        key: BreakerKey,
+        body: dict[str, Any],
+        spec: Mapping[str, Any],
+        workload: WorkloadView | None,
+        after: machine.Breaker,
+        status: dict[str, Any],
+        settings: machine.Settings,
+    ) -> None:
+        """Undo again what a reset, resume or probation failed to undo (an API error, a
+        node written meanwhile): a reset is not done while a taint or a quota is left."""
+        records: list[dict[str, Any]] = list(status.get("actions") or [])
+        failed = _failed_undos(records, after)
+        retried = {r["type"] for r in failed}
+        scene = self._scene(key, workload, settings.dry_run)
+        kept = await self._undo(scene, failed, only_types=None)
+        records = [r for r in records if r["type"] not in retried] + kept
+        await self._write(key, body, status, after, records, settings, spec)
+        if kept:
+            self.finish_after[key] = time.monotonic() + RETRY_SECONDS
+            why = "; ".join(f"{r['type']}: {r.get('error')}" for r in kept)
+            log.warning("Breaker %s/%s: still not undone: %s", *key, why[:500])
+            return
+        self.finish_after.pop(key, None)
+        message = f"undone after an earlier failure: {', '.join(sorted(retried))}"
+        log.info("Breaker %s/%s: %s", *key, message)
+        await events.post(self.api, body, "Normal", "UndoFinished", message)
+
     async def _apply(
         self,
         scene: executor.Scene,
@@ -566,12 +600,16 @@ class BreakerController:
             elif action == "quarantineNode":
                 ahead = ((pending.get(action) or {}).get("changed") or {}).get("nodes")
                 nodes = set(ahead) if ahead is not None else _target_nodes(trip, scene)
+                # Failed, it still names its nodes: a reset releases whichever of them
+                # carry this breaker's mark.
+                named = {"nodes": {n: {"breaker": scene.breaker} for n in sorted(nodes)}}
                 done[action] = await self._record(
                     action,
                     scene,
                     executor.quarantine_nodes(
                         scene, nodes, settings_of[action].get("quarantineNode") or {}
                     ),
+                    known=named,
                 )
             failpoints.hit(f"trip.{action}")
         return [done[a] for a in _ordered(done, order)]
@@ -663,8 +701,10 @@ class BreakerController:
             if only_types is not None and action not in only_types:
                 kept.insert(0, record)
                 continue
-            if record.get("dryRun") or (record.get("error") and not changed):
-                continue
+            if record.get("dryRun") or (
+                _unfinished(record) and not record.get("pending") and not changed
+            ):
+                continue  # failed before it changed anything
             if record.get("pending"):
                 changed = _undo_pending(action, changed, scene)
             try:
@@ -1087,6 +1127,15 @@ def _unfinished(record: Mapping[str, Any]) -> bool:
     return bool(record.get("pending")) or (bool(error) and not error.startswith("undo failed"))
 
 
+def _failed_undos(records: list[dict[str, Any]], after: machine.Breaker) -> list[dict[str, Any]]:
+    """The records whose undo failed and that the breaker's state still wants undone: all
+    of them once it is no longer contained; the pause and the handoff in HalfOpen."""
+    failed = [r for r in records if str(r.get("error") or "").startswith("undo failed")]
+    if after.state == "HalfOpen":
+        return [r for r in failed if r["type"] in ("pause", "reassignGPUs")]
+    return [] if after.contained else failed
+
+
 def _api_problem(error: client.ApiException) -> str:
     return f"{error.status} {error.reason}: {kube.api_message(error)}"[:300]
 
@@ -1121,8 +1170,8 @@ def _quiet(status: Mapping[str, Any], body: Mapping[str, Any], tripped: bool) ->
         or status.get("signals") != "Available"
     ):
         return False
-    if body["spec"].get("override"):
-        return False
+    if body["spec"].get("override") or status.get("actions"):
+        return False  # records left on a Closed breaker: undos that failed, to retry
     token = plan.reset_token(body)
     return token is None or token == status.get("handledReset")
 
