@@ -4,11 +4,11 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-PY_SOURCES := operator tests
+PY_SOURCES := operator tests bench
 
 .DEFAULT_GOAL := help
 .PHONY: help deps system-deps cluster-up cluster-down cluster-status cluster-build \
-        test lint unit demo bench-detect bench-contain kind-up kind-deploy kind-down clean
+        test lint unit demo bench bench-eval bench-fleet kind-up kind-deploy kind-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -50,11 +50,18 @@ test: lint ## lint, then every test against the real local cluster and Prometheu
 demo: deps ## the ROME incident on the local cluster: detected, contained, reset (KEEP=1 leaves it running)
 	$(BIN)/breaker demo $(if $(KEEP),--keep,)
 
-bench-contain: deps ## time to contain with 1,000 guarded jobs, on a second local cluster (about 10 min)
-	$(BIN)/python bench/contain.py --jobs 1000 --attacks 30
+$(VENV)/.bench: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[bench]'
+	@touch $@
 
-bench-detect: deps ## one evaluation of every preset over 100, 1,000 and 10,000 pods
-	$(BIN)/python bench/detect_eval.py
+bench: deps $(VENV)/.bench ## every benchmark, breaker beside the naive design: bench/results/summary.{json,png}
+	$(BIN)/python bench/run.py
+
+bench-eval: deps ## only one evaluation at 1,000, 10,000 and 50,000 pods, both designs
+	$(BIN)/python bench/evaluation.py
+
+bench-fleet: deps ## only time to contain, memory and API at rest on a bench cluster (DESIGN=baseline)
+	$(BIN)/python bench/fleet.py --design $(or $(DESIGN),breaker)
 
 kind-up: ## a kind cluster with fake GPU capacity on its workers (needs Docker and kind)
 	@command -v kind >/dev/null || { echo "kind is not installed: see https://kind.sigs.k8s.io (needs Docker)"; exit 1; }

@@ -1,0 +1,703 @@
+"""Benchmark: time to contain, detection delay, resident memory and API requests at rest,
+on a local cluster of its own, for breaker or for the naive baseline.
+
+One bench cluster (its own state directory and ports: a running dev cluster is left
+alone) of kwok nodes with 64 GPUs each, grown step by step to each size in turn. At every
+size the cluster's GPUs are full: N one-GPU guarded workloads (batch Jobs in ten fleet
+namespaces, plus at a time-to-contain size ``--attacks`` TrainingJobs of an agent tenant),
+and an unguarded filler Deployment taking the GPUs left. Time to contain is then measured
+with ``--attacks`` TrainingJobs of another tenant queued for GPUs: the simulator trains on
+every guarded pod and turns the agent's jobs to mining one after another.
+
+- time to contain: from the evaluation that sees the trip to egress revoked, the workload
+  suspended and its GPU handed to a queued job (the queue admitted it). breaker records it
+  on each Breaker (``timeToContainSeconds``); the baseline writes when it saw the trip and
+  when it had contained it, and the queue's ``admittedAt`` gives the handoff;
+- detection delay (breaker): from the first bad sample the simulator exported, through the
+  sample landing in Prometheus (the exporter's interval and the scrape), to the trip (the
+  evaluation interval, the ``for`` window and the signal's range window);
+- resident memory of the operator under test, after each size settled;
+- API requests per minute at rest, from the API server's own counters: the operator runs
+  as a ServiceAccount of its own and two FlowSchemas split its requests into watches and
+  everything else (``apiserver_flowcontrol_dispatched_requests_total``).
+
+Figures, not assertions: the machine is shared. Writes ``bench/results/fleet-DESIGN.json``.
+
+    .venv/bin/python bench/fleet.py --design breaker [--ttc-sizes 10,100,1000]
+        [--rss-sizes 100,1000,10000] [--attacks 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+RESULTS = Path(__file__).parent / "results"
+GROUP, VERSION = "breaker.dev", "v1alpha1"
+FLEET = [f"fleet-{i}" for i in range(10)]
+AGENTS, WAITING, FILLER = "agents", "waiting", "filler"
+ACCOUNT = ("default", "bench-operator")
+GPUS_PER_NODE = 64
+ATTACK_START, ATTACK_GAP = 30, 4  # seconds into the simulation; one attack every ATTACK_GAP
+EXPORTER_INTERVAL = "5s"  # how often the simulator's series change
+EVALUATION_INTERVAL = "2s"
+FOR_WINDOW = "4s"
+POOL_WINDOW = "20s"
+DETECTED, CONTAINED = "bench.breaker.dev/detected", "bench.breaker.dev/contained"
+T = TypeVar("T")
+
+# The signals both designs evaluate: mining pool egress trips the attacks; the other two
+# are there so that each tick costs what a real policy costs.
+POLICY_SPEC: dict[str, Any] = {
+    "mode": "Enforce",
+    "targets": {
+        "kinds": ["TrainingJob", "Job"],
+        "namespaceSelector": {"matchLabels": {"bench": "guarded"}},
+    },
+    "signals": [
+        {
+            "name": "pool",
+            "preset": "mining-pool-egress",
+            "params": {"window": POOL_WINDOW},
+            "for": FOR_WINDOW,
+            "severity": "critical",
+        },
+        {"name": "mining", "preset": "gpu-mining-profile", "severity": "critical"},
+        {"name": "falco", "preset": "falco-rule-hits", "severity": "critical"},
+    ],
+    "prometheus": {"interval": EVALUATION_INTERVAL, "timeout": "5s"},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def wait(probe: Callable[[], T | None], what: str, timeout: float, every: float = 2.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(Exception):
+            found = probe()
+            if found:
+                return found
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def seconds(duration: str) -> float:
+    return float(duration.rstrip("s"))
+
+
+def stamp_seconds(text: str) -> float:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+class Bench:
+    def __init__(self, design: str, sizes: list[int], attacks: int, work: Path) -> None:
+        from kubernetes import client, config
+
+        from breaker.localcluster import LocalCluster
+        from breaker.localcluster.cluster import GpuNodes
+
+        self.design, self.attacks, self.work = design, attacks, work
+        self.gpu_nodes = GpuNodes(count=1, gpus=GPUS_PER_NODE)
+        self.nodes = 1  # more are added as the fleet grows
+        self.cluster = LocalCluster(nodes=self.gpu_nodes)
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.jobs = 0
+        self.measured_pid = 0
+        print(f"bench cluster ({design}): kwok nodes of {GPUS_PER_NODE} GPUs", flush=True)
+        self.cluster.up()
+        self.env = self.cluster.env()
+        config.load_kube_config(str(self.cluster.kubeconfig))  # type: ignore[no-untyped-call]
+        self.api = client.ApiClient()
+        self.core = client.CoreV1Api(self.api)
+        self.apps = client.AppsV1Api(self.api)
+        self.batch = client.BatchV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.client = client
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> str:
+        done = subprocess.run(
+            ["kubectl", *args], env=self.env, input=stdin, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
+
+    def set_up(self) -> None:
+        from breaker.localcluster.paths import repo_root
+
+        self.kubectl("apply", "--server-side", "-f", str(repo_root() / "crds"))
+        self.kubectl("wait", "--for=condition=Established", "crd", "--all")
+        for namespace in (*FLEET, AGENTS, WAITING, FILLER):
+            labels = {"bench": "guarded"} if namespace in (*FLEET, AGENTS) else {}
+            self.core.create_namespace({"metadata": {"name": namespace, "labels": labels}})
+        namespace, account = ACCOUNT
+        wait(lambda: self.core.read_namespaced_service_account("default", FILLER), "SAs", 120)
+        self.kubectl("create", "serviceaccount", account, "-n", namespace)
+        self.kubectl(
+            "create",
+            "clusterrolebinding",
+            account,
+            "--clusterrole=cluster-admin",
+            f"--serviceaccount={namespace}:{account}",
+        )
+        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(flow_schemas()))
+        token = self.kubectl(
+            "create", "token", account, "-n", namespace, "--duration", "12h"
+        ).strip()
+        config = yaml.safe_load(self.cluster.kubeconfig.read_text())
+        config["users"] = [{"name": account, "user": {"token": token}}]
+        for context in config["contexts"]:
+            context["context"]["user"] = account
+        self.operator_kubeconfig = self.work / "operator-kubeconfig"
+        self.operator_kubeconfig.write_text(yaml.safe_dump(config))
+        self.apps.create_namespaced_deployment(FILLER, filler_deployment(0))
+
+    def start(self) -> None:
+        """The operator under test as the bench ServiceAccount; for the baseline, breaker
+        too, as admin and without policies: only its TrainingJob queue, to hand GPUs on."""
+        breaker = [
+            sys.executable,
+            "-m",
+            "breaker.cli",
+            "run",
+            "--liveness",
+            f"http://127.0.0.1:{free_port()}/healthz",
+            "--prometheus-url",
+            self.cluster.prometheus_url,
+            "--metrics-port",
+            str(free_port()),
+        ]
+        if self.design == "breaker":
+            self.spawn("operator", breaker, KUBECONFIG=str(self.operator_kubeconfig))
+            self.measured_pid = self.processes[-1].pid
+            self.custom.create_cluster_custom_object(
+                GROUP,
+                VERSION,
+                "clusterbreakerpolicies",
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "ClusterBreakerPolicy",
+                    "metadata": {"name": "bench"},
+                    "spec": POLICY_SPEC,
+                },
+            )
+            return
+        self.spawn("queue", breaker)
+        policy = self.work / "policy.yaml"
+        policy.write_text(yaml.safe_dump(POLICY_SPEC))
+        self.spawn(
+            "naive",
+            [
+                sys.executable,
+                "-m",
+                "kopf",
+                "run",
+                "--standalone",
+                "--all-namespaces",
+                "--liveness",
+                f"http://127.0.0.1:{free_port()}/healthz",
+                str(Path(__file__).with_name("naive_operator.py")),
+            ],
+            KUBECONFIG=str(self.operator_kubeconfig),
+            NAIVE_POLICY=str(policy),
+            NAIVE_PROMETHEUS=self.cluster.prometheus_url,
+            NAIVE_NAMESPACES=",".join((*FLEET, AGENTS)),
+            NAIVE_INTERVAL=EVALUATION_INTERVAL.rstrip("s"),
+        )
+        self.measured_pid = self.processes[-1].pid
+
+    def spawn(self, name: str, command: list[str], **env: str) -> None:
+        log = (self.work / f"{name}.log").open("wb")
+        self.processes.append(
+            subprocess.Popen(
+                command,
+                env={**self.env, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=Path(__file__).parent.parent,
+            )
+        )
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.processes.clear()
+
+    # -- the fleet ------------------------------------------------------------------------
+
+    def grow(self, guarded_jobs: int, agents: int) -> None:
+        """``guarded_jobs`` batch Jobs and room for ``agents`` agent pods, on just enough
+        nodes; the filler takes the GPUs left, so that nothing is free for queued jobs."""
+        wanted = math.ceil((guarded_jobs + agents) / GPUS_PER_NODE)
+        while self.nodes < wanted:
+            self.core.create_node(self.gpu_nodes.manifest(f"gpu-node-{self.nodes}"))
+            self.nodes += 1
+        filler = self.nodes * GPUS_PER_NODE - guarded_jobs - agents
+        self.apps.patch_namespaced_deployment_scale(
+            "filler", FILLER, {"spec": {"replicas": filler}}
+        )
+        began = time.monotonic()
+        while self.jobs < guarded_jobs:
+            self.batch.create_namespaced_job(FLEET[self.jobs % len(FLEET)], job(self.jobs))
+            self.jobs += 1
+        want = guarded_jobs + filler
+        wait(
+            lambda: self.running(*FLEET, FILLER) >= want,
+            f"{want} pods running",
+            3600,
+            every=10,
+        )
+        print(
+            f"  {guarded_jobs} guarded Jobs and {filler} filler pods running "
+            f"({time.monotonic() - began:.0f}s)",
+            flush=True,
+        )
+
+    def running(self, *namespaces: str) -> int:
+        pods = self.core.list_pod_for_all_namespaces(
+            field_selector="status.phase=Running", resource_version="0"
+        )
+        return sum(1 for p in pods.items if p.metadata.namespace in namespaces)
+
+    def settle(self, guarded: int) -> None:
+        """breaker: a Breaker with a status for every guarded workload; the baseline has
+        nothing to show, so it gets the same time breaker took, at least 30 s."""
+        began = time.monotonic()
+        if self.design == "breaker":
+
+            def guarding() -> bool:
+                found = self.custom.list_cluster_custom_object(
+                    GROUP, VERSION, "breakers", resource_version="0"
+                )["items"]
+                return sum(1 for b in found if b.get("status")) >= guarded
+
+            wait(guarding, f"{guarded} breakers guarding", 3600, every=10)
+        time.sleep(30)
+        print(f"  settled ({time.monotonic() - began:.0f}s)", flush=True)
+
+    # -- measurements ---------------------------------------------------------------------
+
+    def requests_at_rest(self, window: float) -> dict[str, float]:
+        before = self.dispatched()
+        time.sleep(window)
+        after = self.dispatched()
+        per_minute = {k: round((after[k] - before[k]) * 60 / window, 2) for k in after}
+        return {"window_s": window, **per_minute}
+
+    def dispatched(self) -> dict[str, float]:
+        text = self.kubectl("get", "--raw", "/metrics")
+        counts = {"watch": 0.0, "other": 0.0}
+        pattern = re.compile(
+            r'^apiserver_flowcontrol_dispatched_requests_total\{flow_schema="bench-operator-'
+            r'(watch|other)",[^}]*\} ([0-9.e+]+)$',
+            re.M,
+        )
+        for kind, value in pattern.findall(text):
+            counts[kind] += float(value)
+        return counts
+
+    def attack(self, size: int) -> dict[str, Any]:
+        """The agent's jobs turned to mining one by one; each contained and its GPU handed
+        to a queued job of another tenant."""
+        for i in range(self.attacks):
+            self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, AGENTS, "trainingjobs", trainingjob(f"agent-{i}", 1)
+            )
+        wait(lambda: self.running(AGENTS) >= self.attacks, "the agent's jobs running", 600)
+        for i in range(self.attacks):
+            self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, WAITING, "trainingjobs", trainingjob(f"queued-{i}", 5)
+            )
+        guarded = size
+        if self.design == "breaker":
+            self.settle(guarded)
+        else:
+            time.sleep(10)
+        pods = self.core.list_pod_for_all_namespaces(
+            field_selector="status.phase=Running", resource_version="0"
+        ).items
+        fleet = [p for p in pods if p.metadata.namespace in FLEET]
+        agents = sorted(
+            (p for p in pods if p.metadata.namespace == AGENTS), key=lambda p: p.metadata.name
+        )
+        scenario = {
+            "name": f"bench-{size}",
+            "duration": "60m",
+            "interval": EXPORTER_INTERVAL,
+            "pods": [sim_pod(p, []) for p in fleet]
+            + [
+                sim_pod(p, [{"at": f"{ATTACK_START + i * ATTACK_GAP}s", "do": "miner-pool-egress"}])
+                for i, p in enumerate(agents)
+            ],
+        }
+        path = self.work / f"scenario-{size}.yaml"
+        path.write_text(json.dumps(scenario))
+        self.spawn(
+            f"sim-{size}",
+            [
+                sys.executable,
+                "-m",
+                "breaker.cli",
+                "sim",
+                str(path),
+                "--port",
+                str(port := free_port()),
+                "--register",
+            ],
+        )
+        sim = self.processes[-1]
+        # The simulator's clock starts just before it serves: its port answering is when.
+        wait(
+            lambda: socket.create_connection(("127.0.0.1", port), 1).close() or True,
+            "sim",
+            60,
+            0.05,
+        )
+        started = time.time()
+        onsets = {
+            p.metadata.labels["breaker.dev/trainingjob"]: (
+                p.metadata.name,
+                started + ATTACK_START + i * ATTACK_GAP,
+            )
+            for i, p in enumerate(agents)
+        }
+        budget = ATTACK_START + self.attacks * ATTACK_GAP + 300
+        try:
+            result = (
+                self.contained_by_breaker(onsets, budget)
+                if self.design == "breaker"
+                else self.contained_by_baseline(onsets, budget)
+            )
+        finally:
+            sim.send_signal(signal.SIGINT)
+            sim.wait(timeout=30)
+            self.processes.remove(sim)
+        result["rss_mb"] = rss_mb(self.measured_pid)
+        self.clear_attack()
+        return result
+
+    def contained_by_breaker(
+        self, onsets: dict[str, tuple[str, float]], budget: float
+    ) -> dict[str, Any]:
+        def done() -> list[dict[str, Any]] | None:
+            found = self.custom.list_namespaced_custom_object(GROUP, VERSION, AGENTS, "breakers")[
+                "items"
+            ]
+            finished = [b for b in found if (b.get("status") or {}).get("timeToContainSeconds")]
+            return finished if len(finished) >= self.attacks else None
+
+        breakers = wait(done, f"{self.attacks} breakers to contain", budget)
+        ttc = [b["status"]["timeToContainSeconds"] for b in breakers]
+        handed = sum(
+            1
+            for b in breakers
+            for a in b["status"]["actions"]
+            if a["type"] == "reassignGPUs" and (a.get("changed") or {}).get("to")
+        )
+        delays = []
+        for b in breakers:
+            pod, onset = onsets[b["spec"]["targetRef"]["name"]]
+            landed = self.first_bad_sample(pod)
+            tripped = stamp_seconds(b["status"]["lastTrip"])
+            if landed is None:
+                continue
+            delays.append({"to_prometheus_s": landed - onset, "to_trip_s": tripped - landed})
+        return {
+            **summary("ttc", ttc),
+            "handed_to_queued": handed,
+            **summary("detect", [d["to_prometheus_s"] + d["to_trip_s"] for d in delays]),
+            "detection_split": {
+                "exporter_and_scrape_p50_s": median([d["to_prometheus_s"] for d in delays]),
+                "evaluation_for_and_window_p50_s": median([d["to_trip_s"] for d in delays]),
+            },
+        }
+
+    def first_bad_sample(self, pod: str) -> float | None:
+        """When the agent's first mining-pool flow landed in Prometheus (its scrape)."""
+        import urllib.parse
+        import urllib.request
+
+        flows = f'source_namespace="{AGENTS}",source_pod="{pod}",port="3333"'
+        query = f"hubble_flows_to_world_total{{{flows}}}[30m]"
+        url = f"{self.cluster.prometheus_url}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": query}
+        )
+        with urllib.request.urlopen(url, timeout=10) as response:
+            result = json.load(response)["data"]["result"]
+        stamps = [float(t) for series in result for t, v in series["values"] if float(v) > 0]
+        return min(stamps) if stamps else None
+
+    def contained_by_baseline(
+        self, onsets: dict[str, tuple[str, float]], budget: float
+    ) -> dict[str, Any]:
+        def done() -> list[dict[str, Any]] | None:
+            found = self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, AGENTS, "trainingjobs"
+            )["items"]
+            marked = [t for t in found if CONTAINED in (t["metadata"].get("annotations") or {})]
+            return marked if len(marked) >= self.attacks else None
+
+        contained = wait(done, f"{self.attacks} jobs contained by the baseline", budget)
+
+        def admitted() -> list[float] | None:
+            found = self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, WAITING, "trainingjobs"
+            )["items"]
+            stamps = [
+                stamp_seconds(t["status"]["admittedAt"])
+                for t in found
+                if (t.get("status") or {}).get("admittedAt")
+            ]
+            return sorted(stamps) if len(stamps) >= self.attacks else None
+
+        handoffs = wait(admitted, "every queued job admitted", 300)
+        marks = sorted(
+            (
+                float(t["metadata"]["annotations"][DETECTED]),
+                float(t["metadata"]["annotations"][CONTAINED]),
+                t["metadata"]["name"],
+            )
+            for t in contained
+        )
+        # One GPU freed per trip, one taken per queued job: the k-th to be contained
+        # handed its GPU to the k-th admitted.
+        ttc = [
+            max(done_at, handoff) - seen
+            for (seen, done_at, _), handoff in zip(marks, handoffs, strict=False)
+        ]
+        detect = [seen - onsets[name][1] for seen, _, name in marks]
+        return {
+            **summary("ttc", ttc),
+            "handed_to_queued": len(handoffs),
+            **summary("detect", detect),
+        }
+
+    def clear_attack(self) -> None:
+        for namespace in (AGENTS, WAITING):
+            self.custom.delete_collection_namespaced_custom_object(
+                GROUP, VERSION, namespace, "trainingjobs"
+            )
+        networking = self.client.NetworkingV1Api(self.api)
+        for policy in networking.list_namespaced_network_policy(AGENTS).items:
+            networking.delete_namespaced_network_policy(policy.metadata.name, AGENTS)
+        wait(lambda: self.running(AGENTS, WAITING) == 0, "the attack's pods gone", 600)
+
+
+def summary(name: str, values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {f"{name}_p50_s": None, f"{name}_p99_s": None, f"{name}_n": 0}
+    return {
+        f"{name}_p50_s": round(statistics.median(values), 3),
+        f"{name}_p99_s": round(percentile(values, 0.99), 3),
+        f"{name}_n": len(values),
+    }
+
+
+def median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+def flow_schemas() -> Iterator[dict[str, Any]]:
+    namespace, account = ACCOUNT
+    subject = {
+        "kind": "ServiceAccount",
+        "serviceAccount": {"name": account, "namespace": namespace},
+    }
+    for name, precedence, verbs in (("watch", 100, ["watch"]), ("other", 101, ["*"])):
+        rules: dict[str, Any] = {
+            "subjects": [subject],
+            "resourceRules": [
+                {
+                    "verbs": verbs,
+                    "apiGroups": ["*"],
+                    "resources": ["*"],
+                    "clusterScope": True,
+                    "namespaces": ["*"],
+                }
+            ],
+        }
+        if name == "other":
+            rules["nonResourceRules"] = [{"verbs": ["*"], "nonResourceURLs": ["*"]}]
+        yield {
+            "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
+            "kind": "FlowSchema",
+            "metadata": {"name": f"bench-operator-{name}"},
+            "spec": {
+                "priorityLevelConfiguration": {"name": "workload-high"},
+                "matchingPrecedence": precedence,
+                "distinguisherMethod": {"type": "ByUser"},
+                "rules": [rules],
+            },
+        }
+
+
+def gpu_container(name: str) -> dict[str, Any]:
+    return {"name": name, "image": f"{name}:1", "resources": {"limits": {"nvidia.com/gpu": "1"}}}
+
+
+def job(index: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": f"job-{index}"},
+        "spec": {
+            "parallelism": 1,
+            "completions": 1,
+            "template": {
+                "spec": {"restartPolicy": "Never", "containers": [gpu_container("trainer")]}
+            },
+        },
+    }
+
+
+def filler_deployment(replicas: int) -> dict[str, Any]:
+    labels = {"app": "filler"}
+    return {
+        "metadata": {"name": "filler"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [gpu_container("filler")]},
+            },
+        },
+    }
+
+
+def trainingjob(name: str, priority: int) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "gpusPerReplica": 1,
+            "priority": priority,
+            "template": {"spec": {"containers": [{"name": "t", "image": "t:1"}]}},
+        },
+    }
+
+
+def sim_pod(pod: Any, attack: list[dict[str, str]]) -> dict[str, Any]:
+    return {
+        "namespace": pod.metadata.namespace,
+        "name": pod.metadata.name,
+        "gpus": 1,
+        "node": pod.spec.node_name,
+        "stepCounter": False,
+        "timeline": [{"at": "0s", "do": "train-mixed"}, *attack],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--design", choices=["breaker", "baseline"], default="breaker")
+    parser.add_argument("--ttc-sizes", default="10,100,1000", help="guarded jobs (comma list)")
+    parser.add_argument("--rss-sizes", default="100,1000,10000", help="guarded jobs (comma list)")
+    parser.add_argument("--rest-size", type=int, default=1000, help="where to count API requests")
+    parser.add_argument("--rest-window", type=float, default=120.0, help="seconds counted")
+    parser.add_argument("--attacks", type=int, default=10, help="jobs turned to mining per size")
+    parser.add_argument("--keep", action="store_true", help="leave the bench cluster up")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    ttc_sizes = [int(s) for s in args.ttc_sizes.split(",") if s]
+    rss_sizes = [int(s) for s in args.rss_sizes.split(",") if s]
+    sizes = sorted({*ttc_sizes, *rss_sizes, args.rest_size})
+
+    work = Path(tempfile.mkdtemp(prefix=f"breaker-bench-{args.design}-"))
+    os.environ["BREAKER_CLUSTER_DIR"] = str(work / "cluster")
+    os.environ.setdefault("BREAKER_CLUSTER_PORT_OFFSET", "4000")
+    began = time.monotonic()
+    bench = Bench(args.design, sizes, args.attacks, work)
+    result: dict[str, Any] = {"design": args.design, "attacks_per_size": args.attacks}
+    from breaker.localcluster.prometheus import SCRAPE_INTERVAL
+
+    result |= {
+        "signals": len(POLICY_SPEC["signals"]),
+        # The knobs between a first bad sample and a trip, as this run set them.
+        "knobs": {
+            "exporter_interval": EXPORTER_INTERVAL,
+            "scrape_interval": SCRAPE_INTERVAL,
+            "evaluation_interval": EVALUATION_INTERVAL,
+            "for": FOR_WINDOW,
+            "signal_window": POOL_WINDOW,
+        },
+        "sizes": {},
+    }
+    try:
+        bench.set_up()
+        bench.start()
+        for size in sizes:
+            print(f"{size} guarded jobs:", flush=True)
+            row: dict[str, Any] = {}
+            attacked = size in ttc_sizes
+            bench.grow(size - args.attacks if attacked else size, args.attacks if attacked else 0)
+            if not attacked:
+                bench.settle(size)
+                row["rss_mb"] = rss_mb(bench.measured_pid)
+            if size == args.rest_size:
+                if attacked:
+                    bench.settle(size - args.attacks)
+                row["api_requests_per_min_at_rest"] = bench.requests_at_rest(args.rest_window)
+            if attacked:
+                row |= bench.attack(size)
+            result["sizes"][str(size)] = row
+            print(f"  {json.dumps(row)}", flush=True)
+    finally:
+        bench.stop()
+        result["wall_s"] = round(time.monotonic() - began, 1)
+        result["measured_at"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        RESULTS.mkdir(exist_ok=True)
+        path = RESULTS / f"fleet-{args.design}.json"
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}", flush=True)
+        if not args.keep:
+            bench.cluster.down()
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

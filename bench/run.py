@@ -1,0 +1,247 @@
+"""`make bench`: every benchmark in one run, breaker beside the naive baseline, then one
+summary (bench/results/summary.json), one plot (bench/results/summary.png) and a table.
+
+The parts, each a script of its own that writes its JSON under bench/results/:
+- ``evaluation.py``: one evaluation at 1,000, 10,000 and 50,000 guarded pods;
+- ``fleet.py --design breaker`` and ``--design baseline``: time to contain at 10, 100 and
+  1,000 guarded jobs, detection delay, resident memory at 100, 1,000 and 10,000, API
+  requests per minute at rest.
+
+The summary is computed here from those files as this run wrote them, never by hand;
+``--summarize`` rebuilds it from the files alone (after a part was rerun by itself).
+
+    .venv/bin/python bench/run.py [--summarize] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+TTC_SIZES, EVAL_SIZES, RSS_SIZES = (
+    ("10", "100", "1000"),
+    ("1000", "10000", "50000"),
+    (
+        "100",
+        "1000",
+        "10000",
+    ),
+)
+QUICK = {
+    "evaluation": ["--sizes", "1000,5000", "--baseline-sample", "200"],
+    "fleet": ["--ttc-sizes", "10,100", "--rss-sizes", "100,500", "--rest-size", "100"],
+}
+# The issue's targets: (key in the summary, size, limit, what).
+TARGETS = [
+    ("ttc_p99_s", "1000", 2.0, "time to contain p99 <= 2 s at 1,000 jobs"),
+    ("eval_cpu_s", "10000", 1.0, "one evaluation of 10,000 pods <= 1 s operator CPU"),
+    ("rss_mb", "10000", 300.0, "resident memory <= 300 MB at 10,000 guarded jobs"),
+]
+
+
+def run_parts(quick: bool) -> None:
+    parts = [
+        ("evaluation", [HERE / "evaluation.py", *(QUICK["evaluation"] if quick else [])]),
+        *(
+            (
+                f"fleet ({design})",
+                [HERE / "fleet.py", "--design", design, *(QUICK["fleet"] if quick else [])],
+            )
+            for design in ("breaker", "baseline")
+        ),
+    ]
+    for name, command in parts:
+        began = time.monotonic()
+        print(f"== {name}", flush=True)
+        subprocess.run([sys.executable, *map(str, command)], check=True)
+        print(f"== {name}: {time.monotonic() - began:.0f}s", flush=True)
+
+
+def pick(rows: dict[str, dict[str, Any]], key: str, sizes: tuple[str, ...]) -> dict[str, Any]:
+    return {size: rows[size].get(key) for size in sizes if size in rows}
+
+
+def design_summary(
+    fleet: dict[str, Any], evaluation: dict[str, dict[str, Any]], side: str
+) -> dict[str, Any]:
+    sizes = fleet["sizes"]
+    rest = [
+        r["api_requests_per_min_at_rest"]
+        for r in sizes.values()
+        if "api_requests_per_min_at_rest" in r
+    ]
+    return {
+        "ttc_p50_s": pick(sizes, "ttc_p50_s", TTC_SIZES),
+        "ttc_p99_s": pick(sizes, "ttc_p99_s", TTC_SIZES),
+        "detect_p50_s": pick(sizes, "detect_p50_s", TTC_SIZES),
+        "queries_per_eval": {s: evaluation[s][side]["queries_per_eval"] for s in evaluation},
+        "eval_cpu_s": {s: evaluation[s][side]["eval_cpu_s"] for s in evaluation},
+        "eval_wall_s": {s: evaluation[s][side]["eval_wall_s"] for s in evaluation},
+        "prometheus_cpu_s": {s: evaluation[s][side]["prometheus_cpu_s"] for s in evaluation},
+        "rss_mb": pick(sizes, "rss_mb", RSS_SIZES),
+        "api_requests_per_min_at_rest": rest[0]["other"] if rest else None,
+        "api_watch_requests_per_min_at_rest": rest[0]["watch"] if rest else None,
+    }
+
+
+def ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+    """baseline / breaker for each figure (how many times the naive design's cost)."""
+    out: dict[str, Any] = {}
+    for key, value in ours.items():
+        if isinstance(value, dict):
+            out[key] = {
+                s: round(theirs[key][s] / v, 2) if v and theirs[key].get(s) is not None else None
+                for s, v in value.items()
+            }
+        elif value and theirs.get(key) is not None:
+            out[key] = round(theirs[key] / value, 2)
+        else:
+            out[key] = None
+    return out
+
+
+def summarize() -> dict[str, Any]:
+    evaluation_file = json.loads((RESULTS / "evaluation.json").read_text())
+    evaluation = {str(r["pods"]): r for r in evaluation_file["runs"]}
+    fleets = {
+        d: json.loads((RESULTS / f"fleet-{d}.json").read_text()) for d in ("breaker", "baseline")
+    }
+    ours = design_summary(fleets["breaker"], evaluation, "breaker")
+    theirs = design_summary(fleets["baseline"], evaluation, "baseline")
+    first = next(iter(evaluation.values()))
+    breaker_sizes = fleets["breaker"]["sizes"]
+    summary: dict[str, Any] = {
+        "signals": first["signals"],
+        "fleet_signals": fleets["breaker"]["signals"],
+        **ours,
+        "detection_split_p50_s": {
+            s: breaker_sizes[s].get("detection_split") for s in TTC_SIZES if s in breaker_sizes
+        },
+        "baseline": theirs,
+        "baseline_over_breaker": ratios(ours, theirs),
+        "baseline_scaled_from_sample": {
+            s: evaluation[s]["baseline"]["scaled_from_sample"] for s in evaluation
+        },
+        "measured_at": {
+            "evaluation": evaluation_file["measured_at"],
+            **{f"fleet_{d}": f["measured_at"] for d, f in fleets.items()},
+        },
+    }
+    summary["targets"] = [
+        {
+            "target": what,
+            "measured": ours[key].get(size),
+            "met": ours[key].get(size) is not None and ours[key][size] <= limit,
+        }
+        for key, size, limit, what in TARGETS
+    ]
+    summary["targets"].append(
+        {
+            "target": "queries per evaluation = number of signals at every size",
+            "measured": ours["queries_per_eval"],
+            "met": all(q == summary["signals"] for q in ours["queries_per_eval"].values()),
+        }
+    )
+    rest = ours["api_requests_per_min_at_rest"]
+    summary["targets"].append(
+        {
+            "target": "zero API requests per minute at rest beyond watches",
+            "measured": rest,
+            "met": rest == 0,
+        }
+    )
+    return summary
+
+
+def table(summary: dict[str, Any]) -> str:
+    base = summary["baseline"]
+    lines = [f"{'figure':<34} {'size':>6} {'breaker':>10} {'baseline':>10} {'ratio':>8}"]
+    for key in (
+        "ttc_p50_s",
+        "ttc_p99_s",
+        "detect_p50_s",
+        "queries_per_eval",
+        "eval_cpu_s",
+        "rss_mb",
+    ):
+        for size, value in summary[key].items():
+            theirs, ratio = base[key].get(size), summary["baseline_over_breaker"][key].get(size)
+            lines.append(f"{key:<34} {size:>6} {fmt(value):>10} {fmt(theirs):>10} {fmt(ratio):>8}")
+    key = "api_requests_per_min_at_rest"
+    lines.append(
+        f"{key:<34} {'':>6} {fmt(summary[key]):>10} {fmt(base[key]):>10} "
+        f"{fmt(summary['baseline_over_breaker'][key]):>8}"
+    )
+    lines.append("")
+    for target in summary["targets"]:
+        lines.append(
+            f"{'met ' if target['met'] else 'MISSED'} {target['target']}: {target['measured']}"
+        )
+    return "\n".join(lines)
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if value < 1000 else f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("ttc_p99_s", "time to contain p99 (s)", "guarded jobs"),
+        ("queries_per_eval", "Prometheus queries per evaluation", "guarded pods"),
+        ("eval_cpu_s", "operator CPU per evaluation (s)", "guarded pods"),
+        ("rss_mb", "operator resident memory (MB)", "guarded jobs"),
+    ]
+    figure, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for axis, (key, title, unit) in zip(axes.flat, panels, strict=True):
+        for label, data, style in (
+            ("breaker", summary[key], "o-"),
+            ("naive (kopf timer per workload)", summary["baseline"][key], "s--"),
+        ):
+            points = [(int(s), v) for s, v in data.items() if v is not None]
+            if points:
+                axis.plot(*zip(*points, strict=True), style, label=label)
+        axis.set_xscale("log")
+        if key in ("queries_per_eval", "eval_cpu_s"):
+            axis.set_yscale("log")
+        axis.set_title(title)
+        axis.set_xlabel(unit)
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle("breaker beside the naive design, one run on one machine")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--summarize", action="store_true", help="only rebuild the summary")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, to try the bench")
+    args = parser.parse_args()
+    if not args.summarize:
+        run_parts(args.quick)
+    summary = summarize()
+    (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(summary, RESULTS / "summary.png")
+    print(table(summary))
+    print(f"wrote {RESULTS / 'summary.json'} and {RESULTS / 'summary.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
