@@ -193,6 +193,33 @@ def _time(text: str, flag: str) -> dt.datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
+def _queries(args: argparse.Namespace) -> int:
+    from breaker.detect import engine
+    from breaker.detect.policy_file import PolicyFileError, load
+    from breaker.detect.promql import scoped
+
+    try:
+        detector = engine.compile_policy(load(Path(args.policy) if args.policy else None))
+    except (ValueError, PolicyFileError) as error:
+        print(f"breaker queries: {error}", file=sys.stderr)
+        return 2
+    pods = [p.partition("/") for p in args.pod or []]
+    namespaces = {namespace for namespace, _, _ in pods}
+    if pods and (len(namespaces) != 1 or not all(name for _, _, name in pods)):
+        print(
+            "breaker queries: --pod takes NAMESPACE/POD, every pod in one namespace",
+            file=sys.stderr,
+        )
+        return 2
+    for spec in detector.signals:
+        query = spec.query
+        if pods and spec.scope == "pod":
+            query = scoped(query, spec.labels, pods[0][0], [name for _, _, name in pods])
+        fires = f"{spec.operator} {spec.threshold:g}, for {spec.for_seconds:g}s"
+        print(f"# {spec.name} ({spec.scope}; fires when {fires})\n{query}\n")
+    return 0
+
+
 def _backtest(args: argparse.Namespace) -> int:
     from breaker.api.common import parse_duration
     from breaker.detect import backtest, engine
@@ -333,6 +360,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backtest.add_argument("--to", metavar="T", help="with --prometheus: end (RFC 3339)")
     backtest.set_defaults(handler=_backtest)
+
+    queries = commands.add_parser(
+        "queries",
+        help="the PromQL each signal of a policy sends, for all pods or narrowed to one",
+    )
+    queries.add_argument(
+        "--policy", help="a BreakerPolicy or ClusterBreakerPolicy file (default: built-in)"
+    )
+    queries.add_argument(
+        "--pod",
+        metavar="NAMESPACE/POD",
+        action="append",
+        help="narrow each query to this pod (repeat for a job's pods), to paste into Prometheus",
+    )
+    queries.set_defaults(handler=_queries)
 
     crds = commands.add_parser(
         "crds", help="write the CustomResourceDefinitions generated from the API models"

@@ -50,3 +50,16 @@ def test_each_default_signal_is_narrowed_at_every_selector(signal: engine.Signal
     assert narrowed.replace(namespaced + ",", "").replace("{" + namespaced + "}", "") == (
         signal.query
     )
+
+
+def test_breaker_queries_prints_each_signal_narrowed_to_the_pods_given(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from breaker.cli import main
+
+    assert main(["queries", "--pod", "team-a/rl-0", "--pod", "team-a/rl-1"]) == 0
+    out = capsys.readouterr().out
+    assert "# pool-egress (pod; fires when > 0, for 0s)" in out
+    assert 'source_namespace="team-a",source_pod=~"rl-0|rl-1"' in out
+    assert main(["queries", "--pod", "team-a/rl-0", "--pod", "team-b/rl-1"]) == 2
+    assert "every pod in one namespace" in capsys.readouterr().err
