@@ -12,7 +12,7 @@ from kubernetes import client
 from breaker import kube
 from breaker.actions import executor
 from breaker.circuit.machine import Breaker
-from breaker.controllers.breakers import _failed_undos, _unfinished
+from breaker.controllers.breakers import _applied, _failed_undos, _intend, _unfinished
 
 
 def throttled(retry_after: str | None = None) -> client.ApiException:
@@ -132,3 +132,21 @@ def test_failed_undos_are_retried_where_the_state_still_wants_them_undone() -> N
     assert _failed_undos(records, Breaker(state="Closed")) == records[:2]
     assert _failed_undos(records, Breaker(state="HalfOpen", contained=True)) == records[1:2]
     assert _failed_undos(records, Breaker(state="Open", contained=True)) == []
+
+
+def test_an_action_whose_undo_failed_is_applied_again_on_the_next_trip() -> None:
+    held = {"nodes": {"gpu-0": {"breaker": "rl-guard"}}}
+    records: list[dict[str, Any]] = [
+        {"type": "revokeEgress", "changed": {"policy": "q"}},
+        {"type": "quarantineNode", "changed": held, "error": "undo failed: 409 Conflict"},
+    ]
+    assert _applied(records[0]) and not _applied(records[1])
+    assert not _unfinished(records[1])  # nothing to finish: it is to be undone, or redone
+    scene = executor.Scene(client.ApiClient(), "rl-guard", "team-a", None, [], [], [], [])
+    order = ["revokeEgress", "pause", "quarantineNode"]
+    intended = _intend(records, order, scene, {"gpu-1"})
+    assert [r["type"] for r in intended] == order
+    assert intended[0] == records[0]  # still in place: not applied twice
+    redo = intended[2]
+    assert redo["pending"] and "error" not in redo
+    assert sorted(redo["changed"]["nodes"]) == ["gpu-0", "gpu-1"]  # the nodes it held too

@@ -29,6 +29,12 @@ def test_a_breaker_holding_containment_is_never_removed() -> None:
     assert plan.plan_breakers([], [], {}, existing, NOW).delete == (("team-a", "idle"),)
 
 
+def test_a_breaker_with_an_undo_to_finish_is_kept_until_it_is_done() -> None:
+    failed = {"type": "quarantineNode", "changed": {}, "error": "undo failed: 409 Conflict"}
+    existing = {("team-a", "rl-guard"): {"status": {"state": "Closed", "actions": [failed]}}}
+    assert not plan.plan_breakers([], [], {}, existing, NOW).delete
+
+
 def test_tripped_evidence_outlives_the_workload_for_the_retention() -> None:
     ref = {"kind": "BreakerPolicy", "name": "guard", "namespace": "team-a"}
     tripped = {

@@ -135,8 +135,8 @@ def plan_breakers(
         if key in wanted:
             continue
         status = body.get("status") or {}
-        if status.get("contained"):
-            continue
+        if status.get("contained") or status.get("actions"):
+            continue  # still holds, or has an undo to finish: kept until it is done
         last_trip = parse_stamp(status.get("lastTrip"))
         if last_trip is not None:
             retention = dt.timedelta(days=30)

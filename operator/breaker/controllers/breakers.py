@@ -62,6 +62,7 @@ log = logging.getLogger("breaker.breakers")
 GROUP, VERSION = "breaker.dev", "v1alpha1"
 DEBOUNCE_SECONDS = 0.02
 RETRY_SECONDS = 5.0
+RETRY_CAP_SECONDS = 300.0  # a retry that keeps failing backs off to this
 RESYNC_SECONDS = 300.0
 HANDOFF_WAIT_SECONDS = 5.0
 DEFAULT_PROMETHEUS = "http://127.0.0.1:9090"
@@ -117,6 +118,7 @@ class BreakerController:
         self.policy_status: dict[PolicyKey, dict[str, Any]] = {}
         # When a breaker whose actions failed may be tried again (monotonic).
         self.finish_after: dict[BreakerKey, float] = {}
+        self.failures: dict[BreakerKey, int] = {}  # retries in a row that failed
         self.notifier = Notifier()
 
     def nudge(self) -> None:
@@ -320,7 +322,8 @@ class BreakerController:
                 continue
             policy_key = _policy_key(body["spec"]["policyRef"])
             policy = policies.get(policy_key)
-            if policy is None and not (body.get("status") or {}).get("contained"):
+            recorded = body.get("status") or {}
+            if policy is None and not (recorded.get("contained") or recorded.get("actions")):
                 continue  # its policy is gone: the plan removes it
             # A contained breaker whose policy was deleted still holds, and resets, as enforced.
             dry_run = bool((body.get("status") or {}).get("dryRun"))
@@ -359,11 +362,13 @@ class BreakerController:
                     log.exception("Breaker %s/%s: %s", *key, error)
                 failed = True
         await self._write_policy_statuses(existing)
-        for known_keys in (self.written, self.finish_after):
-            for key in [k for k in known_keys if k not in existing]:
-                del known_keys[key]
-        # A breaker waiting to retry its actions brings the loop back after the interval.
-        return failed or bool(self.finish_after)
+        for key in [k for k in self.written if k not in existing]:
+            del self.written[key]
+        for key in [k for k in self.finish_after if k not in existing]:
+            self._retried(key)
+        # A breaker waiting to retry its actions brings the loop back when it is due.
+        waiting = [due for due in self.finish_after.values() if due > time.monotonic()]
+        return failed or bool(waiting)
 
     async def _advance(
         self,
@@ -419,6 +424,20 @@ class BreakerController:
     def _may_retry(self, key: BreakerKey) -> bool:
         return time.monotonic() >= self.finish_after.get(key, 0.0)
 
+    def _retry_later(self, key: BreakerKey) -> float:
+        """Failed again: the next attempt after RETRY_SECONDS, doubling up to the cap (a
+        403 that an admin must fix is not hammered every few seconds)."""
+        self.failures[key] = self.failures.get(key, 0) + 1
+        delay = min(RETRY_SECONDS * 2.0 ** (self.failures[key] - 1), RETRY_CAP_SECONDS)
+        self.finish_after[key] = time.monotonic() + delay
+        self.retry = True
+        return delay
+
+    def _retried(self, key: BreakerKey) -> None:
+        """Nothing left to retry for this breaker (done, superseded, or gone)."""
+        self.finish_after.pop(key, None)
+        self.failures.pop(key, None)
+
     def _done(self, key: BreakerKey) -> None:
         task = self.busy.pop(key, None)
         failure = None if task is None or task.cancelled() else task.exception()
@@ -445,6 +464,7 @@ class BreakerController:
         settings: machine.Settings,
     ) -> None:
         """Carry out a transition's effects, then record it all in one status write."""
+        self._retried(key)  # what this transition does supersedes any retry scheduled
         after = transition.after
         records: list[dict[str, Any]] = list(status.get("actions") or [])
         extra: dict[str, Any] = {}
@@ -506,21 +526,30 @@ class BreakerController:
         """Carry out actions recorded as pending: an operator stopped halfway through a trip."""
         records: list[dict[str, Any]] = list(status.get("actions") or [])
         scene = self._scene(key, workload, settings.dry_run)
+        # Only what is unfinished: in HalfOpen the pause and the handoff are undone on
+        # purpose, and finishing a failed quarantine must not pause the job again.
+        unfinished = {r["type"] for r in records if _unfinished(r)}
         order = [a["type"] for a in spec.get("actions") or _DEFAULT_ACTIONS]
         settings_of = {a["type"]: a for a in spec.get("actions") or _DEFAULT_ACTIONS}
-        records = await self._apply(scene, order, settings_of, records, None, after, True)
+        records = await self._apply(
+            scene, order, settings_of, records, None, after, resumed=True, only=unfinished
+        )
         await self._write(key, body, status, after, records, settings, spec)
         failpoints.hit("trip.recorded")
         failed = [r for r in records if _unfinished(r)]
         if failed:
-            # Still short of containment: tried again after the retry interval (not on
-            # every watch event of a busy cluster), and said.
-            self.retry = True
-            self.finish_after[key] = time.monotonic() + RETRY_SECONDS
+            # Still short of containment: tried again later (not on every watch event of
+            # a busy cluster), and said.
+            delay = self._retry_later(key)
             why = "; ".join(f"{r['type']}: {r.get('error', 'pending')}" for r in failed)
-            log.warning("Breaker %s/%s: containment incomplete: %s", *key, why[:500])
+            log.warning(
+                "Breaker %s/%s: containment incomplete (next try in %.0fs): %s",
+                *key,
+                delay,
+                why[:500],
+            )
             return
-        self.finish_after.pop(key, None)
+        self._retried(key)
         finished = ", ".join(r["type"] for r in records)
         message = f"finished: {finished} (decided before an operator restart or an API error)"
         log.info("Breaker %s/%s: %s", *key, message)
@@ -546,11 +575,13 @@ class BreakerController:
         records = [r for r in records if r["type"] not in retried] + kept
         await self._write(key, body, status, after, records, settings, spec)
         if kept:
-            self.finish_after[key] = time.monotonic() + RETRY_SECONDS
+            delay = self._retry_later(key)
             why = "; ".join(f"{r['type']}: {r.get('error')}" for r in kept)
-            log.warning("Breaker %s/%s: still not undone: %s", *key, why[:500])
+            log.warning(
+                "Breaker %s/%s: still not undone (next try in %.0fs): %s", *key, delay, why[:500]
+            )
             return
-        self.finish_after.pop(key, None)
+        self._retried(key)
         message = f"undone after an earlier failure: {', '.join(sorted(retried))}"
         log.info("Breaker %s/%s: %s", *key, message)
         await events.post(self.api, body, "Normal", "UndoFinished", message)
@@ -564,12 +595,18 @@ class BreakerController:
         trip: Trip | None,
         after: machine.Breaker,
         resumed: bool = False,
+        only: set[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Apply what is not done yet; ``resumed``: finishing an earlier operator's trip."""
-        done = {r["type"]: r for r in records if not _unfinished(r)}
+        """Apply what is not done yet; ``resumed``: finishing an earlier operator's trip;
+        ``only``: these action types and no others."""
+        done = {r["type"]: r for r in records if _applied(r)}
         pending = {r["type"]: r for r in records if _unfinished(r)}
+        # Left over from an undo that failed: applied again from scratch (the objects'
+        # marks make that safe), on the nodes it held as well as the trip's.
+        leftover = {r["type"]: r for r in records if _undo_failed(r)}
         handoff_since = time.monotonic()
-        if "reassignGPUs" in order and "reassignGPUs" not in done:
+        wanted = [a for a in order if only is None or a in only]
+        if "reassignGPUs" in wanted and "reassignGPUs" not in done:
             # The quota is clamped before the pause frees anything, so the tenant's own
             # queued jobs cannot take the GPUs back in between.
             # What the trip freed is counted before the pause; an earlier attempt (before a
@@ -581,7 +618,7 @@ class BreakerController:
                 "reassignGPUs", scene, self._clamp(scene, freed), known={"freed": freed}
             )
             failpoints.hit("trip.quota-clamped")
-        for action in order:
+        for action in wanted:
             if action in ("captureEvidence", "notify") or (
                 action in done and action != "reassignGPUs"
             ):
@@ -600,6 +637,7 @@ class BreakerController:
             elif action == "quarantineNode":
                 ahead = ((pending.get(action) or {}).get("changed") or {}).get("nodes")
                 nodes = set(ahead) if ahead is not None else _target_nodes(trip, scene)
+                nodes |= set(((leftover.get(action) or {}).get("changed") or {}).get("nodes") or {})
                 # Failed, it still names its nodes: a reset releases whichever of them
                 # carry this breaker's mark.
                 named = {"nodes": {n: {"breaker": scene.breaker} for n in sorted(nodes)}}
@@ -701,11 +739,10 @@ class BreakerController:
             if only_types is not None and action not in only_types:
                 kept.insert(0, record)
                 continue
-            if record.get("dryRun") or (
-                _unfinished(record) and not record.get("pending") and not changed
-            ):
-                continue  # failed before it changed anything
-            if record.get("pending"):
+            if record.get("dryRun"):
+                continue
+            if _unfinished(record):
+                # Written ahead, or failed partway: the objects' marks say what happened.
                 changed = _undo_pending(action, changed, scene)
             try:
                 if action == "revokeEgress":
@@ -720,7 +757,13 @@ class BreakerController:
                 failpoints.hit(f"reset.{action}")
             except client.ApiException as error:
                 metrics.ACTIONS.labels(action, "undo", "error").inc()
-                record = {**record, "error": f"undo failed: {error.status} {error.reason}"}
+                # What to undo is resolved now: the record is no longer pending, so it is
+                # only ever undone again, never finished as if the trip were under way.
+                record = {k: v for k, v in record.items() if k != "pending"}
+                record |= {
+                    "changed": changed,
+                    "error": f"undo failed: {error.status} {error.reason}",
+                }
                 kept.insert(0, record)
                 log.warning(
                     "Breaker %s/%s: undo %s failed: %s",
@@ -1102,10 +1145,14 @@ _DEFAULT_ACTIONS = [
 def _intend(
     records: list[dict[str, Any]], order: list[str], scene: executor.Scene, nodes: set[str]
 ) -> list[dict[str, Any]]:
-    """The records with every action about to be applied marked pending (write-ahead)."""
-    done = {r["type"] for r in records if not r.get("pending")}
+    """The records with every action about to be applied marked pending (write-ahead).
+
+    A record whose undo failed is applied again: its pending record replaces it, naming
+    the nodes it held too."""
+    done = {r["type"] for r in records if not r.get("pending") and not _undo_failed(r)}
     stamp = plan.stamp(dt.datetime.now(dt.UTC))
-    intended = [r for r in records if not r.get("pending")]
+    intended = [r for r in records if r["type"] in done]
+    held = {r["type"]: (r.get("changed") or {}) for r in records if _undo_failed(r)}
     for action in order:
         if action in done or action in ("captureEvidence", "notify"):
             continue
@@ -1113,9 +1160,19 @@ def _intend(
         if action == "reassignGPUs":
             record["changed"] = {"freed": executor.freed_gpus(scene.pods)}
         elif action == "quarantineNode":
-            record["changed"] = {"nodes": {n: {"breaker": scene.breaker} for n in sorted(nodes)}}
+            named = nodes | set(held.get(action, {}).get("nodes") or {})
+            record["changed"] = {"nodes": {n: {"breaker": scene.breaker} for n in sorted(named)}}
         intended.append(record)
     return intended
+
+
+def _undo_failed(record: Mapping[str, Any]) -> bool:
+    return str(record.get("error") or "").startswith("undo failed")
+
+
+def _applied(record: Mapping[str, Any]) -> bool:
+    """Carried out and still in place: not pending, not failed, not half undone."""
+    return not _unfinished(record) and not _undo_failed(record)
 
 
 def _unfinished(record: Mapping[str, Any]) -> bool:
@@ -1130,7 +1187,7 @@ def _unfinished(record: Mapping[str, Any]) -> bool:
 def _failed_undos(records: list[dict[str, Any]], after: machine.Breaker) -> list[dict[str, Any]]:
     """The records whose undo failed and that the breaker's state still wants undone: all
     of them once it is no longer contained; the pause and the handoff in HalfOpen."""
-    failed = [r for r in records if str(r.get("error") or "").startswith("undo failed")]
+    failed = [r for r in records if _undo_failed(r)]
     if after.state == "HalfOpen":
         return [r for r in failed if r["type"] in ("pause", "reassignGPUs")]
     return [] if after.contained else failed
