@@ -199,7 +199,7 @@ def measure(pods: int, workdir: Path, sample: int) -> dict[str, Any]:
         prom = Prom(url, timeout_seconds=120)
         at = START.timestamp() + 45 * 60
         ours = breaker_side(prom, found, at)
-        naive = baseline_side(prom, found, at, pods, sample)
+        naive = baseline_side(prom, found, at, pods, sample) if sample else None
     series.unlink()
     return {
         "pods": pods,
@@ -219,7 +219,11 @@ def main() -> int:
         "--baseline-sample",
         type=int,
         default=1000,
-        help="workloads the baseline measures at most; above it, scaled (default 1000)",
+        help="workloads the baseline measures at most; above it, scaled (default 1000; "
+        "0: breaker only)",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=RESULTS, help=f"where to write (default {RESULTS})"
     )
     args = parser.parse_args()
     rows = []
@@ -228,8 +232,8 @@ def main() -> int:
             print(f"evaluation at {size} pods: generating and loading the series ...", flush=True)
             rows.append(measure(size, Path(workdir), args.baseline_sample))
             print(json.dumps(rows[-1]), flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(
         json.dumps({"measured_at": dt.datetime.now(dt.UTC).isoformat(), "runs": rows}, indent=2)
         + "\n"
     )
@@ -239,11 +243,13 @@ def main() -> int:
     for row in rows:
         for side in ("breaker", "baseline"):
             got = row[side]
+            if got is None:
+                continue
             print(
                 f"{row['pods']:>6}  {side:<8}  {got['queries_per_eval']:>8}  "
                 f"{got['eval_wall_s']:>8}  {got['eval_cpu_s']:>7}  {got['prometheus_cpu_s']:>10}"
             )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.output}")
     return 0
 
 

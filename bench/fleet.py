@@ -53,7 +53,15 @@ import yaml
 RESULTS = Path(__file__).parent / "results"
 GROUP, VERSION = "breaker.dev", "v1alpha1"
 FLEET = [f"fleet-{i}" for i in range(10)]
-AGENTS, WAITING, FILLER = "agents", "waiting", "filler"
+WAITING, FILLER = "waiting", "filler"
+
+
+def agents(size: int) -> str:
+    """The agent tenant's namespace at one size: a tripped breaker keeps its tenant's GPU
+    quota clamped until a reset, so each size's attack comes from a namespace of its own."""
+    return f"agents-{size}"
+
+
 ACCOUNT = ("default", "bench-operator")
 GPUS_PER_NODE = 64
 ATTACK_START, ATTACK_GAP = 30, 4  # seconds into the simulation; one attack every ATTACK_GAP
@@ -126,13 +134,16 @@ def stamp_seconds(text: str) -> float:
 
 
 class Bench:
-    def __init__(self, design: str, sizes: list[int], attacks: int, work: Path) -> None:
+    def __init__(
+        self, design: str, sizes: list[int], attacks: int, work: Path, attacked: list[int]
+    ) -> None:
         from kubernetes import client, config
 
         from breaker.localcluster import LocalCluster
         from breaker.localcluster.cluster import GpuNodes
 
         self.design, self.attacks, self.work = design, attacks, work
+        self.agents = [agents(size) for size in attacked]
         self.gpu_nodes = GpuNodes(count=1, gpus=GPUS_PER_NODE)
         self.nodes = 1  # more are added as the fleet grows
         self.cluster = LocalCluster(nodes=self.gpu_nodes)
@@ -165,8 +176,8 @@ class Bench:
 
         self.kubectl("apply", "--server-side", "-f", str(repo_root() / "crds"))
         self.kubectl("wait", "--for=condition=Established", "crd", "--all")
-        for namespace in (*FLEET, AGENTS, WAITING, FILLER):
-            labels = {"bench": "guarded"} if namespace in (*FLEET, AGENTS) else {}
+        for namespace in (*FLEET, *self.agents, WAITING, FILLER):
+            labels = {"bench": "guarded"} if namespace in (*FLEET, *self.agents) else {}
             self.core.create_namespace({"metadata": {"name": namespace, "labels": labels}})
         namespace, account = ACCOUNT
         wait(lambda: self.core.read_namespaced_service_account("default", FILLER), "SAs", 120)
@@ -239,7 +250,7 @@ class Bench:
             KUBECONFIG=str(self.operator_kubeconfig),
             NAIVE_POLICY=str(policy),
             NAIVE_PROMETHEUS=self.cluster.prometheus_url,
-            NAIVE_NAMESPACES=",".join((*FLEET, AGENTS)),
+            NAIVE_NAMESPACES=",".join((*FLEET, *self.agents)),
             NAIVE_INTERVAL=EVALUATION_INTERVAL.rstrip("s"),
         )
         self.measured_pid = self.processes[-1].pid
@@ -268,14 +279,14 @@ class Bench:
 
     # -- the fleet ------------------------------------------------------------------------
 
-    def grow(self, guarded_jobs: int, agents: int) -> None:
-        """``guarded_jobs`` batch Jobs and room for ``agents`` agent pods, on just enough
+    def grow(self, guarded_jobs: int, room: int) -> None:
+        """``guarded_jobs`` batch Jobs and room for ``room`` agent pods, on just enough
         nodes; the filler takes the GPUs left, so that nothing is free for queued jobs."""
-        wanted = math.ceil((guarded_jobs + agents) / GPUS_PER_NODE)
+        wanted = math.ceil((guarded_jobs + room) / GPUS_PER_NODE)
         while self.nodes < wanted:
             self.core.create_node(self.gpu_nodes.manifest(f"gpu-node-{self.nodes}"))
             self.nodes += 1
-        filler = self.nodes * GPUS_PER_NODE - guarded_jobs - agents
+        filler = self.nodes * GPUS_PER_NODE - guarded_jobs - room
         self.apps.patch_namespaced_deployment_scale(
             "filler", FILLER, {"spec": {"replicas": filler}}
         )
@@ -302,17 +313,19 @@ class Bench:
         )
         return sum(1 for p in pods.items if p.metadata.namespace in namespaces)
 
-    def settle(self, guarded: int) -> None:
-        """breaker: a Breaker with a status for every guarded workload; the baseline has
-        nothing to show, so it gets the same time breaker took, at least 30 s."""
+    def settle(self, guarded: int, tenant: str | None = None) -> None:
+        """breaker: a Breaker with a status for every guarded workload (the fleet's, and
+        the agent tenant's at this size), then 30 s; the baseline shows nothing: 30 s."""
         began = time.monotonic()
         if self.design == "breaker":
+            counted = {*FLEET, tenant}
 
             def guarding() -> bool:
                 found = self.custom.list_cluster_custom_object(
                     GROUP, VERSION, "breakers", resource_version="0"
                 )["items"]
-                return sum(1 for b in found if b.get("status")) >= guarded
+                ours = [b for b in found if b["metadata"]["namespace"] in counted]
+                return sum(1 for b in ours if b.get("status")) >= guarded
 
             wait(guarding, f"{guarded} breakers guarding", 3600, every=10)
         time.sleep(30)
@@ -342,26 +355,23 @@ class Bench:
     def attack(self, size: int) -> dict[str, Any]:
         """The agent's jobs turned to mining one by one; each contained and its GPU handed
         to a queued job of another tenant."""
+        tenant = agents(size)
         for i in range(self.attacks):
             self.custom.create_namespaced_custom_object(
-                GROUP, VERSION, AGENTS, "trainingjobs", trainingjob(f"agent-{i}", 1)
+                GROUP, VERSION, tenant, "trainingjobs", trainingjob(f"agent-{i}", 1)
             )
-        wait(lambda: self.running(AGENTS) >= self.attacks, "the agent's jobs running", 600)
+        wait(lambda: self.running(tenant) >= self.attacks, "the agent's jobs running", 600)
         for i in range(self.attacks):
             self.custom.create_namespaced_custom_object(
                 GROUP, VERSION, WAITING, "trainingjobs", trainingjob(f"queued-{i}", 5)
             )
-        guarded = size
-        if self.design == "breaker":
-            self.settle(guarded)
-        else:
-            time.sleep(10)
+        self.settle(size, tenant)
         pods = self.core.list_pod_for_all_namespaces(
             field_selector="status.phase=Running", resource_version="0"
         ).items
         fleet = [p for p in pods if p.metadata.namespace in FLEET]
-        agents = sorted(
-            (p for p in pods if p.metadata.namespace == AGENTS), key=lambda p: p.metadata.name
+        attackers = sorted(
+            (p for p in pods if p.metadata.namespace == tenant), key=lambda p: p.metadata.name
         )
         scenario = {
             "name": f"bench-{size}",
@@ -370,7 +380,7 @@ class Bench:
             "pods": [sim_pod(p, []) for p in fleet]
             + [
                 sim_pod(p, [{"at": f"{ATTACK_START + i * ATTACK_GAP}s", "do": "miner-pool-egress"}])
-                for i, p in enumerate(agents)
+                for i, p in enumerate(attackers)
             ],
         }
         path = self.work / f"scenario-{size}.yaml"
@@ -402,28 +412,28 @@ class Bench:
                 p.metadata.name,
                 started + ATTACK_START + i * ATTACK_GAP,
             )
-            for i, p in enumerate(agents)
+            for i, p in enumerate(attackers)
         }
         budget = ATTACK_START + self.attacks * ATTACK_GAP + 300
         try:
             result = (
-                self.contained_by_breaker(onsets, budget)
+                self.contained_by_breaker(tenant, onsets, budget)
                 if self.design == "breaker"
-                else self.contained_by_baseline(onsets, budget)
+                else self.contained_by_baseline(tenant, onsets, budget)
             )
         finally:
             sim.send_signal(signal.SIGINT)
             sim.wait(timeout=30)
             self.processes.remove(sim)
         result["rss_mb"] = rss_mb(self.measured_pid)
-        self.clear_attack()
+        self.clear_attack(tenant)
         return result
 
     def contained_by_breaker(
-        self, onsets: dict[str, tuple[str, float]], budget: float
+        self, tenant: str, onsets: dict[str, tuple[str, float]], budget: float
     ) -> dict[str, Any]:
         def done() -> list[dict[str, Any]] | None:
-            found = self.custom.list_namespaced_custom_object(GROUP, VERSION, AGENTS, "breakers")[
+            found = self.custom.list_namespaced_custom_object(GROUP, VERSION, tenant, "breakers")[
                 "items"
             ]
             finished = [b for b in found if (b.get("status") or {}).get("timeToContainSeconds")]
@@ -440,7 +450,7 @@ class Bench:
         delays = []
         for b in breakers:
             pod, onset = onsets[b["spec"]["targetRef"]["name"]]
-            landed = self.first_bad_sample(pod)
+            landed = self.first_bad_sample(tenant, pod)
             tripped = stamp_seconds(b["status"]["lastTrip"])
             if landed is None:
                 continue
@@ -455,12 +465,12 @@ class Bench:
             },
         }
 
-    def first_bad_sample(self, pod: str) -> float | None:
+    def first_bad_sample(self, tenant: str, pod: str) -> float | None:
         """When the agent's first mining-pool flow landed in Prometheus (its scrape)."""
         import urllib.parse
         import urllib.request
 
-        flows = f'source_namespace="{AGENTS}",source_pod="{pod}",port="3333"'
+        flows = f'source_namespace="{tenant}",source_pod="{pod}",port="3333"'
         query = f"hubble_flows_to_world_total{{{flows}}}[30m]"
         url = f"{self.cluster.prometheus_url}/api/v1/query?" + urllib.parse.urlencode(
             {"query": query}
@@ -471,11 +481,11 @@ class Bench:
         return min(stamps) if stamps else None
 
     def contained_by_baseline(
-        self, onsets: dict[str, tuple[str, float]], budget: float
+        self, tenant: str, onsets: dict[str, tuple[str, float]], budget: float
     ) -> dict[str, Any]:
         def done() -> list[dict[str, Any]] | None:
             found = self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, AGENTS, "trainingjobs"
+                GROUP, VERSION, tenant, "trainingjobs"
             )["items"]
             marked = [t for t in found if CONTAINED in (t["metadata"].get("annotations") or {})]
             return marked if len(marked) >= self.attacks else None
@@ -515,15 +525,15 @@ class Bench:
             **summary("detect", detect),
         }
 
-    def clear_attack(self) -> None:
-        for namespace in (AGENTS, WAITING):
+    def clear_attack(self, tenant: str) -> None:
+        for namespace in (tenant, WAITING):
             self.custom.delete_collection_namespaced_custom_object(
                 GROUP, VERSION, namespace, "trainingjobs"
             )
         networking = self.client.NetworkingV1Api(self.api)
-        for policy in networking.list_namespaced_network_policy(AGENTS).items:
-            networking.delete_namespaced_network_policy(policy.metadata.name, AGENTS)
-        wait(lambda: self.running(AGENTS, WAITING) == 0, "the attack's pods gone", 600)
+        for policy in networking.list_namespaced_network_policy(tenant).items:
+            networking.delete_namespaced_network_policy(policy.metadata.name, tenant)
+        wait(lambda: self.running(tenant, WAITING) == 0, "the attack's pods gone", 600)
 
 
 def summary(name: str, values: list[float]) -> dict[str, Any]:
@@ -650,7 +660,7 @@ def main() -> int:
     os.environ["BREAKER_CLUSTER_DIR"] = str(work / "cluster")
     os.environ.setdefault("BREAKER_CLUSTER_PORT_OFFSET", "4000")
     began = time.monotonic()
-    bench = Bench(args.design, sizes, args.attacks, work)
+    bench = Bench(args.design, sizes, args.attacks, work, ttc_sizes)
     result: dict[str, Any] = {"design": args.design, "attacks_per_size": args.attacks}
     from breaker.localcluster.prometheus import SCRAPE_INTERVAL
 

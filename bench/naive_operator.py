@@ -2,10 +2,12 @@
 
 What a team wires up first: every guarded Job and TrainingJob gets a timer; each tick it
 asks Prometheus for every signal narrowed to its own pods (one query per signal per
-workload), and when one holds it writes a deny-all-egress NetworkPolicy for its pods and
-suspends itself. No state machine, no reset, no evidence; the GPUs go back to the queue
-when the suspended job's pods end, as with breaker. The pods come from a kopf index, so it
-does not poll the API server either: the comparison is about the evaluation.
+workload), and when one has held for its ``for`` it writes a deny-all-egress
+NetworkPolicy for its pods and suspends itself. No state machine, no reset, no evidence,
+and a deny-all policy that any other NetworkPolicy allowing egress still out-allows
+(policies add up). The GPUs go back to the queue as with breaker: breaker's TrainingJob
+queue runs beside it. The pods come from a kopf index, so it does not poll the API
+server either: the comparison is about the evaluation.
 
 It writes, on the workload, when it saw the trip and when it had contained it
 (``bench.breaker.dev/detected`` and ``/contained``, epoch seconds), for the bench to read.
@@ -46,6 +48,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.prom = Prom(os.environ["NAIVE_PROMETHEUS"], timeout_seconds=5)
     config.load_kube_config()  # type: ignore[no-untyped-call]
     memo.api = client.ApiClient()
+    memo.since = {}
 
 
 @kopf.index("", "v1", "pods")
@@ -61,9 +64,16 @@ def _selector(kind: str, name: str) -> dict[str, str]:
 
 
 def _guarded(
-    namespace: str | None, spec: kopf.Spec, annotations: kopf.Annotations, **_: Any
+    namespace: str | None, meta: kopf.Meta, spec: kopf.Spec, annotations: kopf.Annotations, **_: Any
 ) -> bool:
-    return namespace in GUARDED and not spec.get("suspend") and CONTAINED not in annotations
+    """A workload of its own (not the batch Job a TrainingJob runs as), still running."""
+    return (
+        namespace in GUARDED
+        and not meta.get("ownerReferences")
+        and "breaker.dev/trainingjob" not in (meta.get("labels") or {})
+        and not spec.get("suspend")
+        and CONTAINED not in annotations
+    )
 
 
 @kopf.timer("batch", "v1", "jobs", interval=INTERVAL, when=_guarded)
@@ -78,14 +88,19 @@ async def check(
         return
     detector: engine.Detector = memo.detector
     prom: Prom = memo.prom
+    since: dict[tuple[str, str, str], float] = memo.since  # when each signal began to hold
     for signal in detector.signals:
         query = scoped(signal.query, signal.labels, namespace, pods)
         try:
             result = await asyncio.to_thread(prom.instant, query)
         except QueryError:
             continue
-        if any(signal.holds(s.value) for s in engine.normalize(result, signal.labels).values()):
-            await contain(memo.api, body, name, namespace, time.time())
+        now, key = time.time(), (namespace, name, signal.name)
+        if not any(signal.holds(s.value) for s in engine.normalize(result, signal.labels).values()):
+            since.pop(key, None)
+            continue
+        if now - since.setdefault(key, now) >= signal.for_seconds:  # the signal's `for`
+            await contain(memo.api, body, name, namespace, now)
             return
 
 

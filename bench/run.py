@@ -46,7 +46,10 @@ TARGETS = [
 ]
 
 
-def run_parts(quick: bool) -> None:
+PARTS = ("evaluation", "breaker", "baseline")
+
+
+def run_parts(quick: bool, wanted: list[str]) -> None:
     parts = [
         ("evaluation", [HERE / "evaluation.py", *(QUICK["evaluation"] if quick else [])]),
         *(
@@ -58,6 +61,8 @@ def run_parts(quick: bool) -> None:
         ),
     ]
     for name, command in parts:
+        if name.removeprefix("fleet (").removesuffix(")") not in wanted:
+            continue
         began = time.monotonic()
         print(f"== {name}", flush=True)
         subprocess.run([sys.executable, *map(str, command)], check=True)
@@ -232,9 +237,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--summarize", action="store_true", help="only rebuild the summary")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, to try the bench")
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help="which to run, of evaluation, breaker and baseline (default: all); the summary "
+        "takes the others from their last files",
+    )
     args = parser.parse_args()
     if not args.summarize:
-        run_parts(args.quick)
+        run_parts(args.quick, args.parts.split(","))
     summary = summarize()
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(summary, RESULTS / "summary.png")
