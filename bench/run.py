@@ -228,7 +228,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         axis.set_xlabel(unit)
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=8)
-    figure.suptitle("breaker beside the naive design, one run on one machine")
+    figure.suptitle("breaker beside the naive design, on one machine")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
