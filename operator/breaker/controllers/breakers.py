@@ -424,14 +424,15 @@ class BreakerController:
     def _may_retry(self, key: BreakerKey) -> bool:
         return time.monotonic() >= self.finish_after.get(key, 0.0)
 
-    def _retry_later(self, key: BreakerKey) -> float:
-        """Failed again: the next attempt after RETRY_SECONDS, doubling up to the cap (a
-        403 that an admin must fix is not hammered every few seconds)."""
+    def _retry_later(self, key: BreakerKey, what: str, records: list[dict[str, Any]]) -> None:
+        """Failed again: said, and the next attempt after RETRY_SECONDS, doubling up to the
+        cap (a 403 that an admin must fix is not hammered every few seconds)."""
         self.failures[key] = self.failures.get(key, 0) + 1
         delay = min(RETRY_SECONDS * 2.0 ** (self.failures[key] - 1), RETRY_CAP_SECONDS)
         self.finish_after[key] = time.monotonic() + delay
         self.retry = True
-        return delay
+        why = "; ".join(f"{r['type']}: {r.get('error', 'pending')}" for r in records)
+        log.warning("Breaker %s/%s: %s (next try in %.0fs): %s", *key, what, delay, why[:500])
 
     def _retried(self, key: BreakerKey) -> None:
         """Nothing left to retry for this breaker (done, superseded, or gone)."""
@@ -540,14 +541,7 @@ class BreakerController:
         if failed:
             # Still short of containment: tried again later (not on every watch event of
             # a busy cluster), and said.
-            delay = self._retry_later(key)
-            why = "; ".join(f"{r['type']}: {r.get('error', 'pending')}" for r in failed)
-            log.warning(
-                "Breaker %s/%s: containment incomplete (next try in %.0fs): %s",
-                *key,
-                delay,
-                why[:500],
-            )
+            self._retry_later(key, "containment incomplete", failed)
             return
         self._retried(key)
         finished = ", ".join(r["type"] for r in records)
@@ -575,11 +569,7 @@ class BreakerController:
         records = [r for r in records if r["type"] not in retried] + kept
         await self._write(key, body, status, after, records, settings, spec)
         if kept:
-            delay = self._retry_later(key)
-            why = "; ".join(f"{r['type']}: {r.get('error')}" for r in kept)
-            log.warning(
-                "Breaker %s/%s: still not undone (next try in %.0fs): %s", *key, delay, why[:500]
-            )
+            self._retry_later(key, "still not undone", kept)
             return
         self._retried(key)
         message = f"undone after an earlier failure: {', '.join(sorted(retried))}"
