@@ -135,7 +135,13 @@ def stamp_seconds(text: str) -> float:
 
 class Bench:
     def __init__(
-        self, design: str, sizes: list[int], attacks: int, work: Path, attacked: list[int]
+        self,
+        design: str,
+        sizes: list[int],
+        attacks: int,
+        work: Path,
+        attacked: list[int],
+        shards: int = 1,
     ) -> None:
         from kubernetes import client, config
 
@@ -149,7 +155,8 @@ class Bench:
         self.cluster = LocalCluster(nodes=self.gpu_nodes)
         self.processes: list[subprocess.Popen[bytes]] = []
         self.jobs = 0
-        self.measured_pid = 0
+        self.shards = shards
+        self.measured: dict[str, int] = {}  # the operators under test, by name: their pids
         print(f"bench cluster ({design}): kwok nodes of {GPUS_PER_NODE} GPUs", flush=True)
         self.cluster.up()
         self.env = self.cluster.env()
@@ -217,8 +224,9 @@ class Bench:
             str(free_port()),
         ]
         if self.design == "breaker":
-            self.spawn("operator", breaker, KUBECONFIG=str(self.operator_kubeconfig))
-            self.measured_pid = self.processes[-1].pid
+            for name, args in operators(self.shards):
+                self.spawn(name, [*breaker, *args], KUBECONFIG=str(self.operator_kubeconfig))
+                self.measured[name] = self.processes[-1].pid
             self.custom.create_cluster_custom_object(
                 GROUP,
                 VERSION,
@@ -253,7 +261,7 @@ class Bench:
             NAIVE_NAMESPACES=",".join((*FLEET, *self.agents)),
             NAIVE_INTERVAL=EVALUATION_INTERVAL.rstrip("s"),
         )
-        self.measured_pid = self.processes[-1].pid
+        self.measured["naive"] = self.processes[-1].pid
 
     def spawn(self, name: str, command: list[str], **env: str) -> None:
         log = (self.work / f"{name}.log").open("wb")
@@ -276,6 +284,14 @@ class Bench:
             except subprocess.TimeoutExpired:
                 process.kill()
         self.processes.clear()
+
+    def memory(self) -> dict[str, Any]:
+        """Resident memory of the operator under test; sharded, of the largest shard (what
+        one pod's memory limit must hold), with every operator's beside it."""
+        each = {name: rss_mb(pid) for name, pid in self.measured.items()}
+        shards = [v for name, v in each.items() if name.startswith("shard-")]
+        largest = max(shards) if shards else max(each.values())
+        return {"rss_mb": largest, **({"rss_mb_by_operator": each} if len(each) > 1 else {})}
 
     # -- the fleet ------------------------------------------------------------------------
 
@@ -425,7 +441,7 @@ class Bench:
             sim.send_signal(signal.SIGINT)
             sim.wait(timeout=30)
             self.processes.remove(sim)
-        result["rss_mb"] = rss_mb(self.measured_pid)
+        result |= self.memory()
         self.clear_attack(tenant)
         return result
 
@@ -641,6 +657,24 @@ def sim_pod(pod: Any, attack: list[dict[str, str]]) -> dict[str, Any]:
     }
 
 
+def operators(shards: int) -> list[tuple[str, list[str]]]:
+    """The breaker operators of a run: one serving everything, or the queue and ``shards``
+    namespace shards as the chart runs them (the fleet's namespaces dealt round, the last
+    shard taking every namespace the others do not name)."""
+    if shards <= 1:
+        return [("operator", [])]
+    dealt = [[ns for i, ns in enumerate(FLEET) if i % shards == k] for k in range(shards - 1)]
+    named = [ns for part in dealt for ns in part]
+    found: list[tuple[str, list[str]]] = [("queue", ["--serve", "queue"])]
+    for k in range(shards):
+        patterns = dealt[k] if k < shards - 1 else [",".join(["*", *(f"!{n}" for n in named)])]
+        args = ["--serve", "breakers", "--shard", f"s{k}"]
+        found.append(
+            (f"shard-{k}", args + [a for p in patterns for a in ("--shard-namespaces", p)])
+        )
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--design", choices=["breaker", "baseline"], default="breaker")
@@ -650,6 +684,12 @@ def main() -> int:
     parser.add_argument("--rest-window", type=float, default=120.0, help="seconds counted")
     parser.add_argument("--attacks", type=int, default=10, help="jobs turned to mining per size")
     parser.add_argument("--keep", action="store_true", help="leave the bench cluster up")
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="breaker only: the breakers in this many namespace shards, and the queue apart",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     ttc_sizes = [int(s) for s in args.ttc_sizes.split(",") if s]
@@ -660,8 +700,14 @@ def main() -> int:
     os.environ["BREAKER_CLUSTER_DIR"] = str(work / "cluster")
     os.environ.setdefault("BREAKER_CLUSTER_PORT_OFFSET", "4000")
     began = time.monotonic()
-    bench = Bench(args.design, sizes, args.attacks, work, ttc_sizes)
-    result: dict[str, Any] = {"design": args.design, "attacks_per_size": args.attacks}
+    bench = Bench(args.design, sizes, args.attacks, work, ttc_sizes, args.shards)
+    if args.shards > 1 and args.design != "breaker":
+        parser.error("--shards: only the breaker design shards")
+    result: dict[str, Any] = {
+        "design": args.design,
+        "shards": args.shards,
+        "attacks_per_size": args.attacks,
+    }
     from breaker.localcluster.prometheus import SCRAPE_INTERVAL
 
     result |= {
@@ -686,7 +732,7 @@ def main() -> int:
             bench.grow(size - args.attacks if attacked else size, args.attacks if attacked else 0)
             if not attacked:
                 bench.settle(size)
-                row["rss_mb"] = rss_mb(bench.measured_pid)
+                row |= bench.memory()
             if size == args.rest_size:
                 if attacked:
                     bench.settle(size - args.attacks)
@@ -700,7 +746,8 @@ def main() -> int:
         result["wall_s"] = round(time.monotonic() - began, 1)
         result["measured_at"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"fleet-{args.design}.json"
+        sharded = f"-{args.shards}-shards" if args.shards > 1 else ""
+        path = RESULTS / f"fleet-{args.design}{sharded}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}", flush=True)
         if not args.keep:

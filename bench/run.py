@@ -5,7 +5,10 @@ The parts, each a script of its own that writes its JSON under bench/results/:
 - ``evaluation.py``: one evaluation at 1,000, 10,000 and 50,000 guarded pods;
 - ``fleet.py --design breaker`` and ``--design baseline``: time to contain at 10, 100 and
   1,000 guarded jobs, detection delay, resident memory at 100, 1,000 and 10,000, API
-  requests per minute at rest.
+  requests per minute at rest;
+- ``fleet.py --design breaker --shards 2`` (part ``sharded``): the breakers in two
+  namespace shards and the queue in an operator of its own, as the chart's ``shards``
+  runs them: time to contain at 1,000 jobs, each operator's memory at 10,000.
 
 The summary is computed here from those files as this run wrote them, never by hand;
 ``--summarize`` rebuilds it from the files alone (after a part was rerun by itself).
@@ -37,7 +40,11 @@ TTC_SIZES, EVAL_SIZES, RSS_SIZES = (
 QUICK = {
     "evaluation": ["--sizes", "1000,5000", "--baseline-sample", "200"],
     "fleet": ["--ttc-sizes", "10,100", "--rss-sizes", "100,500", "--rest-size", "100"],
+    "sharded": ["--ttc-sizes", "100", "--rss-sizes", "500", "--rest-size", "100"],
 }
+SHARDS = 2
+# Sharded, the figures that change: time to contain at 1,000 jobs, memory at 10,000.
+SHARDED = ["--ttc-sizes", "1000", "--rss-sizes", "10000", "--rest-size", "1000"]
 # The targets: (key in the summary, size, limit, what).
 TARGETS = [
     ("ttc_p99_s", "1000", 2.0, "time to contain p99 <= 2 s at 1,000 jobs"),
@@ -46,7 +53,7 @@ TARGETS = [
 ]
 
 
-PARTS = ("evaluation", "breaker", "baseline")
+PARTS = ("evaluation", "breaker", "baseline", "sharded")
 
 
 def run_parts(quick: bool, wanted: list[str]) -> None:
@@ -58,6 +65,17 @@ def run_parts(quick: bool, wanted: list[str]) -> None:
                 [HERE / "fleet.py", "--design", design, *(QUICK["fleet"] if quick else [])],
             )
             for design in ("breaker", "baseline")
+        ),
+        (
+            "fleet (sharded)",
+            [
+                HERE / "fleet.py",
+                "--design",
+                "breaker",
+                "--shards",
+                str(SHARDS),
+                *(QUICK["sharded"] if quick else SHARDED),
+            ],
         ),
     ]
     for name, command in parts:
@@ -139,6 +157,24 @@ def summarize() -> dict[str, Any]:
             **{f"fleet_{d}": f["measured_at"] for d, f in fleets.items()},
         },
     }
+    sharded_file = RESULTS / f"fleet-breaker-{SHARDS}-shards.json"
+    if sharded_file.exists():
+        sharded = json.loads(sharded_file.read_text())
+        rows = sharded["sizes"]
+        rest = [
+            r["api_requests_per_min_at_rest"]
+            for r in rows.values()
+            if "api_requests_per_min_at_rest" in r
+        ]
+        summary["sharded"] = {
+            "shards": sharded["shards"],
+            "ttc_p50_s": pick(rows, "ttc_p50_s", TTC_SIZES),
+            "ttc_p99_s": pick(rows, "ttc_p99_s", TTC_SIZES),
+            "rss_mb": pick(rows, "rss_mb", RSS_SIZES),
+            "rss_mb_by_operator": pick(rows, "rss_mb_by_operator", RSS_SIZES),
+            "api_requests_per_min_at_rest": rest[0]["other"] if rest else None,
+        }
+        summary["measured_at"]["fleet_sharded"] = sharded["measured_at"]
     summary["targets"] = [
         {
             "target": what,
@@ -184,6 +220,16 @@ def table(summary: dict[str, Any]) -> str:
         f"{key:<34} {'':>6} {fmt(summary[key]):>10} {fmt(base[key]):>10} "
         f"{fmt(summary['baseline_over_breaker'][key]):>8}"
     )
+    sharded = summary.get("sharded")
+    if sharded:
+        lines.append("")
+        lines.append(f"sharded: {sharded['shards']} breaker shards and the queue apart")
+        for key in ("ttc_p50_s", "ttc_p99_s", "rss_mb"):
+            for size, value in sharded[key].items():
+                alone = fmt(summary[key].get(size))
+                lines.append(f"{key:<34} {size:>6} {fmt(value):>10}  (one operator: {alone})")
+        for size, each in sharded["rss_mb_by_operator"].items():
+            lines.append(f"{'rss_mb by operator':<34} {size:>6} {each}")
     lines.append("")
     for target in summary["targets"]:
         lines.append(
@@ -221,6 +267,11 @@ def plot(summary: dict[str, Any], path: Path) -> None:
             points = [(int(s), v) for s, v in data.items() if v is not None]
             if points:
                 axis.plot(*zip(*points, strict=True), style, label=label)
+        sharded = (summary.get("sharded") or {}).get(key) or {}
+        points = [(int(s), v) for s, v in sharded.items() if v is not None]
+        if points:
+            label = f"breaker, {summary['sharded']['shards']} shards (largest)"
+            axis.plot(*zip(*points, strict=True), "^", label=label)
         axis.set_xscale("log")
         if key in ("queries_per_eval", "eval_cpu_s"):
             axis.set_yscale("log")
@@ -240,8 +291,8 @@ def main() -> int:
     parser.add_argument(
         "--parts",
         default=",".join(PARTS),
-        help="which to run, of evaluation, breaker and baseline (default: all); the summary "
-        "takes the others from their last files",
+        help="which to run, of evaluation, breaker, baseline and sharded (default: all); the "
+        "summary takes the others from their last files",
     )
     args = parser.parse_args()
     if not args.summarize:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -180,8 +180,17 @@ class Operator:
     Tests that crash it (SIGKILL, failpoints) or run a second one for peering restart it
     through this; every start appends to the same log, which must show no RBAC refusal."""
 
-    def __init__(self, cluster: LocalCluster, kubeconfig: Path, log: Path) -> None:
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        kubeconfig: Path,
+        log: Path,
+        peering: str = "",
+        args: Sequence[str] = (),
+    ) -> None:
         self.cluster, self.kubeconfig, self.log = cluster, kubeconfig, log
+        self.peering = peering or PEERING
+        self.args = list(args)  # e.g. a shard's --serve, --shard, --shard-namespaces
         self.metrics_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -205,10 +214,11 @@ class Operator:
                     "--namespace",
                     RELEASE_NAMESPACE,
                     "--peering",
-                    PEERING,
+                    self.peering,
                     # Short, so a crash test's restart waits out a killed peer quickly.
                     "--peering-lifetime",
                     str(PEERING_LIFETIME),
+                    *self.args,
                 ],
                 env={
                     **self.cluster.env(),

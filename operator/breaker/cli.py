@@ -117,8 +117,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from breaker import runner
+    from breaker import runner, serving
 
+    try:
+        serving.configure(_parts(args.serve), args.shard_namespaces or [], args.shard)
+    except serving.ServingError as error:
+        print(f"breaker run: {error}", file=sys.stderr)
+        return 2
     runner.run(
         liveness=args.liveness,
         verbose=args.verbose,
@@ -128,8 +133,15 @@ def _run(args: argparse.Namespace) -> int:
         operator_namespace=args.namespace,
         peering=args.peering,
         peering_lifetime=args.peering_lifetime,
+        serve=_parts(args.serve),
+        shard=args.shard,
+        shard_namespaces=args.shard_namespaces or [],
     )
     return 0
+
+
+def _parts(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _sim(args: argparse.Namespace) -> int:
@@ -310,6 +322,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--namespace",
         default=os.environ.get("BREAKER_NAMESPACE", "breaker-system"),
         help="the operator's own namespace: where webhook Secrets of cluster policies live",
+    )
+    run.add_argument(
+        "--serve",
+        metavar="PARTS",
+        default=os.environ.get("BREAKER_SERVE", "breakers,queue"),
+        help="what this operator runs: breakers, queue, or both (default breakers,queue); "
+        "with shards, one operator runs the queue and each shard the breakers",
+    )
+    run.add_argument(
+        "--shard",
+        metavar="NAME",
+        default=os.environ.get("BREAKER_SHARD") or None,
+        help="this operator's shard: it serves only --shard-namespaces, and counts its "
+        "breakers under the name in each ClusterBreakerPolicy's status.shards",
+    )
+    run.add_argument(
+        "--shard-namespaces",
+        metavar="PATTERN",
+        action="append",
+        help="with --shard: the namespaces served, as kopf patterns (globs, `!` to exclude, "
+        "comma-separated or repeated), e.g. 'team-a-*' or '*,!team-a-*'",
     )
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     run.set_defaults(handler=_run)

@@ -7,11 +7,12 @@ lives under breaker.dev/.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import kopf
 
-from breaker import kube, leadership, metrics
+from breaker import kube, leadership, metrics, serving
 
 # Importing the controllers registers their handlers and indexes.
 from breaker.controllers import breakers, inventory, policies, trainingjobs
@@ -31,6 +32,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 30
     settings.peering.lifetime = PEERING["lifetime"]
+    # kopf peers a namespace-restricted operator per namespace (a KopfPeering in each);
+    # a shard is one peering group over all its namespaces, so it peers cluster-wide.
+    # kopf reads this after the startup handlers, when it starts its peering tasks.
+    settings.peering.clusterwide = True
 
 
 PEERING = {"lifetime": 15}
@@ -45,7 +50,11 @@ def run(
     metrics_address: str = "127.0.0.1",
     peering: str | None = None,
     peering_lifetime: int = 15,
+    serve: Sequence[str] = serving.PARTS,
+    shard: str | None = None,
+    shard_namespaces: Sequence[str] = (),
 ) -> None:
+    serving.configure(serve, shard_namespaces, shard)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -56,8 +65,16 @@ def run(
     breakers.OPTIONS.update(prometheus_url=prometheus_url, operator_namespace=operator_namespace)
     if metrics_port is not None:
         metrics.serve(metrics_port, metrics_address)
+    scope: dict[str, Any] = (
+        {"namespaces": list(shard_namespaces)} if shard_namespaces else {"clusterwide": True}
+    )
+    log.info(
+        "serving %s in %s",
+        " and ".join(p for p in serving.PARTS if p in serve),
+        f"shard {shard} ({', '.join(shard_namespaces)})" if shard else "every namespace",
+    )
     if peering is None:
-        kopf.run(clusterwide=True, standalone=True, liveness_endpoint=liveness)
+        kopf.run(standalone=True, liveness_endpoint=liveness, **scope)
         return
     PEERING["lifetime"] = peering_lifetime
     priority = leadership.priority_below_peers(kube.api_client(), peering)
@@ -65,4 +82,4 @@ def run(
         "peering %s: priority %d (below every live peer: standby until they go)", peering, priority
     )
     leadership.exit_when_demoted()
-    kopf.run(clusterwide=True, peering_name=peering, priority=priority, liveness_endpoint=liveness)
+    kopf.run(peering_name=peering, priority=priority, liveness_endpoint=liveness, **scope)

@@ -21,7 +21,12 @@ from kubernetes import client
 
 from breaker.localcluster import LocalCluster
 from breaker.localcluster.paths import repo_root
-from tests.conftest import RELEASE_NAMESPACE, SERVICE_ACCOUNT, service_account_kubeconfig
+from tests.conftest import (
+    PEERING,
+    RELEASE_NAMESPACE,
+    SERVICE_ACCOUNT,
+    service_account_kubeconfig,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -75,6 +80,10 @@ def test_bad_values_are_refused_naming_the_value(local_cluster: LocalCluster) ->
         ("replicas=2,peering.enabled=false", "peering.enabled"),
         ("peering.lifetime=1", "lifetime"),
         ("prometheus.url=prometheus:9090", "prometheus.url"),
+        ("shards[0].name=Team_A", "name"),
+        ("shards[0].name=a,shards[0].namespaces={team a}", "namespaces"),
+        ("shards[0].name=a,shards[1].name=a,shards[1].namespaces={x}", "used twice"),
+        ("shards[0].name=a,shards[1].name=b", "only one shard may leave out namespaces"),
     ):
         done = run(
             local_cluster,
@@ -89,6 +98,42 @@ def test_bad_values_are_refused_naming_the_value(local_cluster: LocalCluster) ->
         )
         assert done.returncode != 0, value
         assert named.split(".")[-1] in done.stderr, done.stderr
+
+
+SHARDS = ("shards[0].name=a", "shards[0].namespaces={team-a-*,research}", "shards[1].name=rest")
+
+
+def test_sharded_the_chart_runs_the_queue_and_each_shard_apart(
+    local_cluster: LocalCluster, chart: None
+) -> None:
+    from breaker import serving
+    from breaker.cli import build_parser
+
+    rendered = template(local_cluster, *SHARDS)
+    docs = documents(rendered)
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    assert set(deployments) == {"breaker-queue", "breaker-shard-a", "breaker-shard-rest"}
+    selectors = [
+        tuple(sorted(d["spec"]["selector"]["matchLabels"].items())) for d in deployments.values()
+    ]
+    assert len(set(selectors)) == 3, "two Deployments would own the same pods"
+    served = {}
+    for name, deployment in deployments.items():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        args = build_parser().parse_args(container["args"])
+        parts = args.serve.split(",")
+        serving.configure(parts, args.shard_namespaces or [], args.shard)  # accepted as given
+        served[name] = (parts, args.shard_namespaces, args.peering)
+    serving.configure(serving.PARTS, [], None)
+    assert served == {
+        "breaker-queue": (["queue"], None, f"{PEERING}-queue"),
+        "breaker-shard-a": (["breakers"], ["team-a-*", "research"], f"{PEERING}-shard-a"),
+        "breaker-shard-rest": (["breakers"], ["*,!team-a-*,!research"], f"{PEERING}-shard-rest"),
+    }
+    peerings = {d["metadata"]["name"] for d in docs if d["kind"] == "ClusterKopfPeering"}
+    assert peerings == {f"{PEERING}-queue", f"{PEERING}-shard-a", f"{PEERING}-shard-rest"}
+    done = run(local_cluster, "kubectl", "apply", "--dry-run=server", "-f", "-", stdin=rendered)
+    assert "(server dry run)" in done.stdout
 
 
 def test_the_rendered_chart_passes_the_api_servers_dry_run(

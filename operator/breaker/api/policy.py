@@ -459,6 +459,14 @@ class ClusterBreakerPolicySpec(PolicySpecBase):
     )
 
 
+class Tally(ApiModel):
+    """A policy's Breakers as one operator shard counts them."""
+
+    breakers: int = Field(ge=0, description="Breakers of the policy in the shard's namespaces.")
+    open: int = Field(ge=0, description="Of them, how many are not Closed.")
+    unknown: int = Field(ge=0, description="Of them, how many cannot read their signals now.")
+
+
 class PolicyStatus(ApiModel):
     """What the operator made of the policy."""
 
@@ -466,6 +474,13 @@ class PolicyStatus(ApiModel):
     open: int | None = Field(default=None, ge=0, description="Of them, how many are not Closed.")
     unknown: int | None = Field(
         default=None, ge=0, description="Of them, how many cannot read their signals now."
+    )
+    shards: dict[str, Tally] | None = Field(
+        default=None,
+        description=(
+            "With the operator sharded by namespace: each shard's count, by shard name; "
+            "the totals above are their sum."
+        ),
     )
     observed_generation: int | None = Field(
         default=None, ge=0, description="The .metadata.generation this status reflects."

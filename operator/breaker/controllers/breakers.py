@@ -32,7 +32,7 @@ from typing import Any
 import kopf
 from kubernetes import client
 
-from breaker import events, failpoints, kube, leadership, metrics
+from breaker import events, failpoints, kube, leadership, metrics, serving
 from breaker.actions import evidence as evidence_core
 from breaker.actions import executor
 from breaker.actions.egress import QUARANTINE_LABEL
@@ -52,8 +52,8 @@ from breaker.circuit.ownership import WorkloadKey, workload_of
 from breaker.circuit.policy_check import problems
 from breaker.circuit.selection import Policy, Workload
 from breaker.controllers import inventory
+from breaker.controllers.handoff import Handoffs, RemoteQueue
 from breaker.controllers.inventory import PodView, WorkloadView, items, only
-from breaker.controllers.trainingjobs import TrainingController
 from breaker.detect import engine, live
 from breaker.detect.prom import Prom
 
@@ -97,7 +97,7 @@ class BreakerController:
         self,
         api: client.ApiClient,
         indexes: Mapping[str, kopf.Index[Any, Any]],
-        training: TrainingController | None,
+        training: Handoffs | None,
         prometheus_url: str,
         operator_namespace: str,
     ) -> None:
@@ -663,7 +663,7 @@ class BreakerController:
             while True:
                 changed["to"] = [
                     f"{ns}/{name}"
-                    for ns, name in training.admitted_after(after)
+                    for ns, name in await training.admitted_after(after)
                     if ns != scene.namespace
                 ][:1]
                 if changed["to"] or time.monotonic() > deadline:
@@ -673,7 +673,8 @@ class BreakerController:
                 scene.notes.append("no queued TrainingJob took the freed GPUs")
             record["appliedAt"] = plan.stamp(dt.datetime.now(dt.UTC))
             return
-        waiting = [k for k in training.queued if k[0] != scene.namespace] if training else []
+        queued = await training.waiting() if training is not None else []
+        waiting = [k for k in queued if k[0] != scene.namespace]
         if training is None or scene.dry_run or not waiting or not changed.get("freed"):
             # Nobody (of another tenant) waits: the GPUs stay free for whoever comes next.
             changed.setdefault("to", [])
@@ -934,10 +935,12 @@ class BreakerController:
             tally["unknown"] += status.get("signals") == "Unknown"
         for key, body in self._policy_bodies():
             tally = counts.get(key, {"breakers": 0, "open": 0, "unknown": 0})
-            current = body.get("status") or {}
-            if self.policy_status.get(key) == tally or all(
-                current.get(k) == v for k, v in tally.items()
-            ):
+            # A cluster policy spans the shards: each writes its own count and the sum.
+            shard = serving.shard() if key[0] == "ClusterBreakerPolicy" else None
+            if shard is None and self.policy_status.get(key) == tally:
+                continue
+            wanted = policy_status_patch(tally, body.get("status") or {}, shard)
+            if wanted is None:
                 self.policy_status[key] = tally
                 continue
             objects = client.CustomObjectsApi(self.api)
@@ -949,7 +952,7 @@ class BreakerController:
                         VERSION,
                         "clusterbreakerpolicies",
                         key[2],
-                        {"status": tally},
+                        {"status": wanted},
                     )
                 else:
                     await kube.call(
@@ -959,7 +962,7 @@ class BreakerController:
                         key[1],
                         "breakerpolicies",
                         key[2],
-                        {"status": tally},
+                        {"status": wanted},
                     )
                 self.policy_status[key] = tally
             except client.ApiException as error:
@@ -1156,6 +1159,31 @@ def _intend(
     return intended
 
 
+def policy_status_patch(
+    tally: Mapping[str, int], current: Mapping[str, Any], shard: str | None
+) -> dict[str, Any] | None:
+    """The status patch that brings a policy's counts up to date (None: they are).
+
+    Unsharded, the counts are the tally. A shard writes its tally under ``shards`` (a
+    merge patch leaves the other shards' entries alone) and the totals as the sum of every
+    shard's, as far as it has seen them; a shard that wrote on a stale view is corrected
+    by the next shard to look, since each write wakes every shard."""
+    if shard is None:
+        return None if all(current.get(k) == v for k, v in tally.items()) else dict(tally)
+    found = current.get("shards")
+    shards = {
+        name: dict(counted)
+        for name, counted in (found.items() if isinstance(found, Mapping) else ())
+        if isinstance(counted, Mapping)
+    }
+    mine = shards.get(shard)
+    shards[shard] = dict(tally)
+    totals = {k: sum(int(counted.get(k) or 0) for counted in shards.values()) for k in tally}
+    if mine == dict(tally) and all(current.get(k) == v for k, v in totals.items()):
+        return None
+    return {**totals, "shards": {shard: dict(tally)}}
+
+
 def _undo_failed(record: Mapping[str, Any]) -> bool:
     return str(record.get("error") or "").startswith("undo failed")
 
@@ -1284,11 +1312,16 @@ OPTIONS: dict[str, str] = {}  # set by the runner: prometheus_url, operator_name
 
 @kopf.on.startup()
 async def start_breaker_controller(memo: kopf.Memo, **kwargs: Any) -> None:
+    if not serving.breakers():
+        return
     indexes = {name: kwargs[name] for name in inventory.INDEX_NAMES if name in kwargs}
+    api = kube.api_client()
+    # The queue runs here (its controller started first) or in another operator.
+    training: Handoffs | None = memo.get("training")
     controller = BreakerController(
-        kube.api_client(),
+        api,
         indexes,
-        memo.get("training"),
+        training if serving.queue() else RemoteQueue(api),
         OPTIONS.get("prometheus_url", DEFAULT_PROMETHEUS),
         OPTIONS.get("operator_namespace", "breaker-system"),
     )
@@ -1324,4 +1357,6 @@ for _resource in (
     ("apps", "v1", "replicasets"),
     *((k.group, k.version, k.plural) for k in KINDS.values()),
 ):
-    kopf.on.event(*_resource, id=f"wake-breakers-{'.'.join(_resource)}")(_wake)
+    kopf.on.event(*_resource, id=f"wake-breakers-{'.'.join(_resource)}", when=serving.breakers)(
+        _wake
+    )

@@ -15,6 +15,7 @@ from typing import Any
 
 import kopf
 
+from breaker import serving
 from breaker.actions.pause import KINDS, field_value, is_paused, with_field
 from breaker.circuit.ownership import OwnerRef
 from breaker.controllers.trainingjobs import pod_gpus
@@ -107,7 +108,9 @@ def _register(kind: str) -> None:
         return _workload(kind, body)
 
     index.__name__ = index_name
-    kopf.index(adapter.group, adapter.version, adapter.plural, id=index_name)(index)
+    kopf.index(
+        adapter.group, adapter.version, adapter.plural, id=index_name, when=serving.breakers
+    )(index)
     WORKLOAD_INDEXES.append(index_name)
 
 
@@ -115,7 +118,7 @@ for _kind in KINDS:
     _register(_kind)
 
 
-@kopf.index("batch", "v1", "jobs")
+@kopf.index("batch", "v1", "jobs", when=serving.breakers)
 def breaker_job_owners(
     namespace: str | None, name: str, meta: kopf.Meta, **_: Any
 ) -> dict[tuple[str | None, str], OwnerRef | None]:
@@ -123,14 +126,14 @@ def breaker_job_owners(
     return {(namespace, name): _controller(meta)}
 
 
-@kopf.index("apps", "v1", "replicasets")
+@kopf.index("apps", "v1", "replicasets", when=serving.breakers)
 def breaker_replicaset_owners(
     namespace: str | None, name: str, meta: kopf.Meta, **_: Any
 ) -> dict[tuple[str | None, str], OwnerRef | None]:
     return {(namespace, name): _controller(meta)}
 
 
-@kopf.index("pods")
+@kopf.index("pods", when=serving.breakers)
 def breaker_pods(
     namespace: str | None,
     name: str,
@@ -156,7 +159,7 @@ def breaker_pods(
     }
 
 
-@kopf.index("networking.k8s.io", "v1", "networkpolicies")
+@kopf.index("networking.k8s.io", "v1", "networkpolicies", when=serving.breakers)
 def breaker_netpols(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str | None, str], dict[str, Any]]:
@@ -170,27 +173,29 @@ def breaker_quotas(
     return {(namespace, name): _slim(body, status=True)}
 
 
-@kopf.index("namespaces")
+@kopf.index("namespaces", when=serving.breakers)
 def breaker_namespaces(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
     return {name: dict(labels)}
 
 
-@kopf.index(GROUP, VERSION, "breakerpolicies")
+@kopf.index(GROUP, VERSION, "breakerpolicies", when=serving.breakers)
 def breaker_policies(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str | None, str], dict[str, Any]]:
     return {(namespace, name): _slim(body, status=True)}
 
 
-@kopf.index(GROUP, VERSION, "clusterbreakerpolicies")
+@kopf.index(GROUP, VERSION, "clusterbreakerpolicies", when=serving.breakers)
 def breaker_cluster_policies(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     return {name: _slim(body, status=True)}
 
 
 @kopf.index(GROUP, VERSION, "breakers")
 def breaker_breakers(
-    namespace: str | None, name: str, body: kopf.Body, **_: Any
+    namespace: str | None, name: str, body: kopf.Body, status: kopf.Status, **_: Any
 ) -> dict[tuple[str | None, str], dict[str, Any]]:
+    if not serving.breakers() and not status.get("reclaim"):
+        return {}  # the queue alone reads only the GPUs a reset owes back
     return {(namespace, name): _slim(body, status=True)}
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from breaker import serving
 from breaker.api.conditions import Cond, find, merge
 from breaker.api.policy import BreakerPolicySpec, ClusterBreakerPolicySpec, PolicySpecBase
 from breaker.circuit.policy_check import problems
@@ -47,12 +48,15 @@ def _check(
         kopf.info(body, reason="PolicyValid", message="the policy is valid again")
 
 
-@kopf.on.resume(*POLICY)
-@kopf.on.create(*POLICY)
-@kopf.on.update(*POLICY, field="spec")
-@kopf.on.resume(*CLUSTER_POLICY)
-@kopf.on.create(*CLUSTER_POLICY)
-@kopf.on.update(*CLUSTER_POLICY, field="spec")
+# A namespaced policy is checked by the operator serving its namespace's breakers; a
+# cluster policy by the one operator that serves every namespace (with the queue, when
+# the breakers are sharded), so that shards do not all write its Ready condition.
+@kopf.on.resume(*POLICY, when=serving.breakers)
+@kopf.on.create(*POLICY, when=serving.breakers)
+@kopf.on.update(*POLICY, field="spec", when=serving.breakers)
+@kopf.on.resume(*CLUSTER_POLICY, when=serving.cluster_wide)
+@kopf.on.create(*CLUSTER_POLICY, when=serving.cluster_wide)
+@kopf.on.update(*CLUSTER_POLICY, field="spec", when=serving.cluster_wide)
 def check_policy(
     resource: kopf.Resource,
     spec: kopf.Spec,

@@ -23,7 +23,7 @@ from typing import Any
 import kopf
 from kubernetes import client
 
-from breaker import events, kube
+from breaker import events, kube, serving
 from breaker.actions import marks
 from breaker.actions import quota as quota_core
 from breaker.api.trainingjob import TrainingJob
@@ -72,7 +72,7 @@ def _gpus_of(containers: list[dict[str, Any]]) -> int:
 
 
 def _gpu_or_training_pod(spec: kopf.Spec, labels: kopf.Labels, **_: Any) -> bool:
-    return JOB_LABEL in labels or pod_gpus(dict(spec)) > 0
+    return serving.queue() and (JOB_LABEL in labels or pod_gpus(dict(spec)) > 0)
 
 
 @dataclass(frozen=True)
@@ -124,19 +124,19 @@ def node_gpus(spec: kopf.Spec, status: kopf.Status) -> int:
     return gpus if ready and not spec.get("unschedulable") else 0
 
 
-@kopf.index("nodes")
+@kopf.index("nodes", when=serving.queue)
 def gpu_nodes(name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, int]:
     return {name: node_gpus(spec, status)}
 
 
-@kopf.index(*TJ)
+@kopf.index(*TJ, when=serving.queue)
 def trainingjobs(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str | None, str], Any]:
     return {(namespace, name): copy.deepcopy(dict(body))}
 
 
-@kopf.index("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT})
+@kopf.index("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT}, when=serving.queue)
 def trainingjob_jobs(
     namespace: str | None,
     name: str,
@@ -156,7 +156,13 @@ def trainingjob_jobs(
     }
 
 
-@kopf.index("networking.k8s.io", "v1", "networkpolicies", labels={JOB_LABEL: kopf.PRESENT})
+@kopf.index(
+    "networking.k8s.io",
+    "v1",
+    "networkpolicies",
+    labels={JOB_LABEL: kopf.PRESENT},
+    when=serving.queue,
+)
 def trainingjob_netpols(
     namespace: str | None,
     name: str,
@@ -217,21 +223,17 @@ class TrainingController:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.admitted.wait(), timeout=left)
 
-    def admitted_after(self, moment: dt.datetime | None) -> list[Key]:
-        """Jobs whose status says they were admitted at or after ``moment`` (to the second,
-        as admittedAt is written): what a restarted operator knows of the queue's past."""
+    async def waiting(self) -> list[Key]:
+        """Jobs waiting for GPUs after the latest pass."""
+        return list(self.queued)
+
+    async def admitted_after(self, moment: dt.datetime | None) -> list[Key]:
+        """Jobs whose status says they were admitted at or after ``moment``: what a
+        restarted operator knows of the queue's past."""
         if moment is None:
             return []
-        since = moment.replace(microsecond=0)
-        found = []
-        for key in self.indexes["trainingjobs"]:
-            body = _only(self.indexes["trainingjobs"], key) or {}
-            status = body.get("status") or {}
-            at = status.get("admittedAt")
-            admitted = status.get("state") in ("Admitted", "Running")
-            if admitted and at and dt.datetime.fromisoformat(at.replace("Z", "+00:00")) >= since:
-                found.append(key)
-        return sorted(found)
+        index = self.indexes["trainingjobs"]
+        return queue.admitted_since((_only(index, key) or {} for key in index), moment)
 
     def nudge(self) -> None:
         self.ready = True  # the first handler call means kopf has filled the indexes
@@ -637,6 +639,8 @@ def _without_none(value: Any) -> Any:
 
 @kopf.on.startup()
 async def start_training_controller(memo: kopf.Memo, **kwargs: Any) -> None:
+    if not serving.queue():
+        return
     # kopf passes the (still filling) indexes to startup handlers; they stay live.
     names = ("trainingjobs", "trainingjob_jobs", "trainingjob_netpols", "gpu_pods", "gpu_nodes")
     # breaker_quotas belongs to the breaker inventory; the queue reads it when it is there.

@@ -136,3 +136,37 @@ def never_fits(demand: Demand, allocatable: Mapping[str, int]) -> str | None:
             f"on this cluster's nodes even when empty ({total} GPUs in all)"
         )
     return None
+
+
+def admitted_since(bodies: Iterable[Mapping[str, object]], moment: dt.datetime) -> list[Key]:
+    """TrainingJobs whose status says they were admitted at or after ``moment``, to the
+    second as ``admittedAt`` is written: how an operator that does not run the queue (or
+    has just restarted) learns whom the queue handed GPUs to."""
+    since = moment.replace(microsecond=0)
+    found = []
+    for body in bodies:
+        meta = body.get("metadata")
+        status = body.get("status")
+        if not isinstance(meta, Mapping) or not isinstance(status, Mapping):
+            continue
+        at = status.get("admittedAt")
+        if status.get("state") not in ("Admitted", "Running") or not isinstance(at, str):
+            continue
+        if dt.datetime.fromisoformat(at.replace("Z", "+00:00")) >= since:
+            found.append((str(meta.get("namespace")), str(meta.get("name"))))
+    return sorted(found)
+
+
+def waiting(bodies: Iterable[Mapping[str, object]]) -> list[Key]:
+    """TrainingJobs whose status says they wait in the queue for GPUs."""
+    found = []
+    for body in bodies:
+        meta = body.get("metadata")
+        status = body.get("status")
+        if (
+            isinstance(meta, Mapping)
+            and isinstance(status, Mapping)
+            and status.get("state") == "Queued"
+        ):
+            found.append((str(meta.get("namespace")), str(meta.get("name"))))
+    return sorted(found)

@@ -1,0 +1,126 @@
+"""Sharding the breakers by namespace: what a shard may run, how shards count a cluster
+policy together, and how a shard learns whom the queue (run elsewhere) handed GPUs to."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from breaker import serving
+from breaker.cli import main
+from breaker.controllers.breakers import policy_status_patch
+from breaker.training import queue
+
+T0 = dt.datetime(2026, 11, 30, 12, 0, 0, 500_000, tzinfo=dt.UTC)
+
+
+@pytest.fixture(autouse=True)
+def _unsharded() -> Iterator[None]:
+    yield
+    serving.configure(serving.PARTS, [], None)
+
+
+def test_a_shard_runs_the_breakers_of_its_namespaces_only() -> None:
+    serving.configure(["breakers"], ["team-a-*"], "a")
+    assert serving.breakers() and not serving.queue() and not serving.cluster_wide()
+    assert serving.shard() == "a"
+
+
+def test_the_queue_alone_is_cluster_wide() -> None:
+    serving.configure(["queue"], [], None)
+    assert serving.queue() and not serving.breakers() and serving.cluster_wide()
+
+
+@pytest.mark.parametrize(
+    ("parts", "namespaces", "shard", "says"),
+    [
+        (["queue"], ["team-a-*"], "a", "needs every namespace"),
+        (["breakers", "queue"], ["team-a-*"], "a", "needs every namespace"),
+        (["breakers"], ["team-a-*"], None, "--shard and --shard-namespaces go together"),
+        (["breakers"], [], "a", "--shard and --shard-namespaces go together"),
+        (["scheduler"], [], None, "name one or more of breakers, queue"),
+        ([], [], None, "name one or more of breakers, queue"),
+    ],
+)
+def test_combinations_that_cannot_work_say_what_to_do(
+    parts: list[str], namespaces: list[str], shard: str | None, says: str
+) -> None:
+    with pytest.raises(serving.ServingError, match=says):
+        serving.configure(parts, namespaces, shard)
+    assert set(serving.PARTS) == serving.SERVING  # nothing half-applied
+
+
+def test_breaker_run_refuses_a_sharded_queue_before_connecting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["run", "--serve", "queue", "--shard", "a", "--shard-namespaces", "team-a-*"])
+    assert code == 2
+    assert "the TrainingJob queue" in capsys.readouterr().err
+
+
+TALLY = {"breakers": 3, "open": 1, "unknown": 0}
+
+
+def test_unsharded_counts_are_written_when_they_differ() -> None:
+    assert policy_status_patch(TALLY, {}, None) == TALLY
+    assert policy_status_patch(TALLY, dict(TALLY), None) is None
+
+
+def test_a_shard_writes_its_count_and_the_sum_of_all_seen() -> None:
+    current = {
+        "breakers": 5,
+        "open": 0,
+        "unknown": 2,
+        "shards": {"b": {"breakers": 5, "open": 0, "unknown": 2}},
+    }
+    patch = policy_status_patch(TALLY, current, "a")
+    assert patch == {"breakers": 8, "open": 1, "unknown": 2, "shards": {"a": TALLY}}
+
+
+def test_shards_settle_without_writing_again() -> None:
+    b = {"breakers": 5, "open": 0, "unknown": 2}
+    settled = {"breakers": 8, "open": 1, "unknown": 2, "shards": {"a": TALLY, "b": b}}
+    assert policy_status_patch(TALLY, settled, "a") is None
+    assert policy_status_patch(b, settled, "b") is None
+
+
+def test_a_total_written_on_a_stale_view_is_corrected_by_the_next_look() -> None:
+    # b wrote its new count with a's old one: the totals are short; a's next look fixes them.
+    stale = {
+        "breakers": 6,
+        "open": 0,
+        "unknown": 2,
+        "shards": {"a": TALLY, "b": {"breakers": 5, "open": 0, "unknown": 2}},
+    }
+    stale["breakers"] = 7
+    assert policy_status_patch(TALLY, stale, "a") == {
+        "breakers": 8,
+        "open": 1,
+        "unknown": 2,
+        "shards": {"a": TALLY},
+    }
+
+
+def tj(
+    name: str, namespace: str, state: str, admitted: dt.datetime | None = None
+) -> dict[str, Any]:
+    status: dict[str, Any] = {"state": state}
+    if admitted is not None:
+        status["admittedAt"] = admitted.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"metadata": {"name": name, "namespace": namespace}, "status": status}
+
+
+def test_admissions_are_read_from_status_to_the_second() -> None:
+    bodies = [
+        tj("same-second", "b", "Admitted", T0),
+        tj("later", "c", "Running", T0 + dt.timedelta(seconds=3)),
+        tj("before", "d", "Running", T0 - dt.timedelta(seconds=1)),
+        tj("queued", "e", "Queued"),
+        tj("finished", "f", "Succeeded", T0 + dt.timedelta(seconds=3)),
+        {"metadata": {"name": "new", "namespace": "g"}},
+    ]
+    assert queue.admitted_since(bodies, T0) == [("b", "same-second"), ("c", "later")]
+    assert queue.waiting(bodies) == [("e", "queued")]
