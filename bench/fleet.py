@@ -16,7 +16,9 @@ every guarded pod and turns the agent's jobs to mining one after another.
 - detection delay (breaker): from the first bad sample the simulator exported, through the
   sample landing in Prometheus (the exporter's interval and the scrape), to the trip (the
   evaluation interval, the ``for`` window and the signal's range window);
-- resident memory of the operator under test, after each size settled;
+- resident memory of the operator under test, after each size settled; at the largest
+  size (breaker) the operators are restarted on the whole fleet, as after a crash or a
+  standby's takeover: seconds to their first pass and their peak memory on the way;
 - API requests per minute at rest, from the API server's own counters: the operator runs
   as a ServiceAccount of its own and two FlowSchemas split its requests into watches and
   everything else (``apiserver_flowcontrol_dispatched_requests_total``).
@@ -125,6 +127,13 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def peak_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
 def seconds(duration: str) -> float:
     return float(duration.rstrip("s"))
 
@@ -227,17 +236,18 @@ class Bench:
             for name, args in operators(self.shards):
                 self.spawn(name, [*breaker, *args], KUBECONFIG=str(self.operator_kubeconfig))
                 self.measured[name] = self.processes[-1].pid
-            self.custom.create_cluster_custom_object(
-                GROUP,
-                VERSION,
-                "clusterbreakerpolicies",
-                {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": "ClusterBreakerPolicy",
-                    "metadata": {"name": "bench"},
-                    "spec": POLICY_SPEC,
-                },
-            )
+            with contextlib.suppress(self.client.ApiException):  # made before a restart
+                self.custom.create_cluster_custom_object(
+                    GROUP,
+                    VERSION,
+                    "clusterbreakerpolicies",
+                    {
+                        "apiVersion": f"{GROUP}/{VERSION}",
+                        "kind": "ClusterBreakerPolicy",
+                        "metadata": {"name": "bench"},
+                        "spec": POLICY_SPEC,
+                    },
+                )
             return
         self.spawn("queue", breaker)
         policy = self.work / "policy.yaml"
@@ -264,7 +274,7 @@ class Bench:
         self.measured["naive"] = self.processes[-1].pid
 
     def spawn(self, name: str, command: list[str], **env: str) -> None:
-        log = (self.work / f"{name}.log").open("wb")
+        log = (self.work / f"{name}.log").open("ab")
         self.processes.append(
             subprocess.Popen(
                 command,
@@ -292,6 +302,33 @@ class Bench:
         shards = [v for name, v in each.items() if name.startswith("shard-")]
         largest = max(shards) if shards else max(each.values())
         return {"rss_mb": largest, **({"rss_mb_by_operator": each} if len(each) > 1 else {})}
+
+    def restart(self) -> dict[str, Any]:
+        """breaker: the operators stopped and started again on the whole fleet, as after a
+        crash or a standby's takeover: seconds until each one serving breakers has made its
+        first pass, and each one's peak resident memory on the way (VmHWM)."""
+        done = "first pass done"
+        logs = {name: self.work / f"{name}.log" for name in self.measured}
+        self.stop()
+        before = {name: log.read_text().count(done) for name, log in logs.items()}
+        self.measured.clear()
+        began = time.monotonic()
+        self.start()
+        serving = [name for name in self.measured if name != "queue"]
+
+        def passed() -> bool:
+            return all(logs[n].read_text().count(done) > before[n] for n in serving)
+
+        wait(passed, "the restarted operators' first pass", 3600, every=1)
+        took = round(time.monotonic() - began, 1)
+        peaks = {name: peak_mb(pid) for name, pid in self.measured.items()}
+        time.sleep(30)
+        return {
+            "restart_first_pass_s": took,
+            "restart_peak_rss_mb": max(peaks.values()),
+            "restart_peak_rss_mb_by_operator": peaks,
+            "restart_rss_mb_after_30s": self.memory()["rss_mb"],
+        }
 
     # -- the fleet ------------------------------------------------------------------------
 
@@ -685,6 +722,11 @@ def main() -> int:
     parser.add_argument("--attacks", type=int, default=10, help="jobs turned to mining per size")
     parser.add_argument("--keep", action="store_true", help="leave the bench cluster up")
     parser.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="breaker: skip restarting the operators on the largest fleet",
+    )
+    parser.add_argument(
         "--shards",
         type=int,
         default=1,
@@ -739,6 +781,8 @@ def main() -> int:
                 row["api_requests_per_min_at_rest"] = bench.requests_at_rest(args.rest_window)
             if attacked:
                 row |= bench.attack(size)
+            if args.design == "breaker" and size == max(sizes) and not args.no_restart:
+                row |= bench.restart()
             result["sizes"][str(size)] = row
             print(f"  {json.dumps(row)}", flush=True)
     finally:

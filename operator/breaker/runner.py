@@ -12,7 +12,7 @@ from typing import Any
 
 import kopf
 
-from breaker import kube, leadership, metrics, serving
+from breaker import kopf_tuning, kube, leadership, metrics, serving
 
 # Importing the controllers registers their handlers and indexes.
 from breaker.controllers import breakers, inventory, policies, trainingjobs
@@ -31,6 +31,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 30
+    # The first list of each resource in pages: 10,000 pods at once is one response of
+    # tens of megabytes, parsed whole before the first is indexed.
+    settings.watching.chunk_size = 500
     settings.peering.lifetime = PEERING["lifetime"]
     # kopf peers a namespace-restricted operator per namespace (a KopfPeering in each);
     # a shard is one peering group over all its namespaces, so it peers cluster-wide.
@@ -62,6 +65,7 @@ def run(
     if not verbose:
         # kopf logs every event handler's success at INFO: thousands a minute on a busy cluster.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    kopf_tuning.install()
     breakers.OPTIONS.update(prometheus_url=prometheus_url, operator_namespace=operator_namespace)
     if metrics_port is not None:
         metrics.serve(metrics_port, metrics_address)

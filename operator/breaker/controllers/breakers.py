@@ -364,6 +364,10 @@ class BreakerController:
         await self._write_policy_statuses(existing)
         for key in [k for k in self.written if k not in existing]:
             del self.written[key]
+        # Where the index has caught up with a write, its status is the one copy kept.
+        for key in [k for k in self.written if k not in self.busy]:
+            if existing[key].get("status") == self.written[key]:
+                del self.written[key]
         for key in [k for k in self.finish_after if k not in existing]:
             self._retried(key)
         # A breaker waiting to retry its actions brings the loop back when it is due.
@@ -1339,7 +1343,7 @@ async def stop_breaker_controller(memo: kopf.Memo, **_: Any) -> None:
         await controller.notifier.close()
 
 
-def _wake(memo: kopf.Memo, **_: Any) -> None:
+async def _wake(memo: kopf.Memo, **_: Any) -> None:
     controller: BreakerController | None = memo.get("breakers")
     if controller is not None:
         controller.nudge()

@@ -4,6 +4,11 @@ Policies, Breakers, namespaces' labels, every kind of workload a policy can guar
 owners between pods and workloads (Jobs, ReplicaSets), pods with an owner, and every
 NetworkPolicy and ResourceQuota. The loop reads these in memory, so an evaluation of
 thousands of workloads lists nothing. Each index keeps only the fields the loop reads.
+
+Every index function (and every event handler that wakes a loop) is a coroutine that does
+not await: kopf runs a plain function in its thread pool, one hop per object per handler,
+which at 10,000 pods made a restarted operator's first listing take minutes and hold every
+pending event in memory meanwhile.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ def _controller(meta: kopf.Meta) -> OwnerRef | None:
 def _workload(kind: str, body: kopf.Body) -> dict[tuple[str, str, str], WorkloadView]:
     meta = body["metadata"]
     value = field_value(kind, body)
+    labels = dict(meta.get("labels") or {})  # one copy, in the view and in its body
     slim = {
         "apiVersion": body.get("apiVersion"),
         "kind": kind,
@@ -70,7 +76,7 @@ def _workload(kind: str, body: kopf.Body) -> dict[tuple[str, str, str], Workload
             "name": meta["name"],
             "namespace": meta.get("namespace"),
             "uid": meta["uid"],
-            "labels": dict(meta.get("labels") or {}),
+            "labels": labels,
             "annotations": {
                 k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(GROUP)
             },
@@ -85,7 +91,7 @@ def _workload(kind: str, body: kopf.Body) -> dict[tuple[str, str, str], Workload
         namespace=str(meta.get("namespace")),
         name=meta["name"],
         uid=meta["uid"],
-        labels=dict(meta.get("labels") or {}),
+        labels=labels,
         paused=is_paused(kind, slim),
         paused_by=(meta.get("annotations") or {}).get(PAUSED_BY),
         pause_field=value,
@@ -104,7 +110,7 @@ def _register(kind: str) -> None:
     adapter = KINDS[kind]
     index_name = f"workloads_{kind.lower()}"
 
-    def index(body: kopf.Body, **_: Any) -> dict[tuple[str, str, str], WorkloadView]:
+    async def index(body: kopf.Body, **_: Any) -> dict[tuple[str, str, str], WorkloadView]:
         return _workload(kind, body)
 
     index.__name__ = index_name
@@ -119,7 +125,7 @@ for _kind in KINDS:
 
 
 @kopf.index("batch", "v1", "jobs", when=serving.breakers)
-def breaker_job_owners(
+async def breaker_job_owners(
     namespace: str | None, name: str, meta: kopf.Meta, **_: Any
 ) -> dict[tuple[str | None, str], OwnerRef | None]:
     """Jobs and ReplicaSets: the controller above each, for the pod → workload walk."""
@@ -127,14 +133,14 @@ def breaker_job_owners(
 
 
 @kopf.index("apps", "v1", "replicasets", when=serving.breakers)
-def breaker_replicaset_owners(
+async def breaker_replicaset_owners(
     namespace: str | None, name: str, meta: kopf.Meta, **_: Any
 ) -> dict[tuple[str | None, str], OwnerRef | None]:
     return {(namespace, name): _controller(meta)}
 
 
 @kopf.index("pods", when=serving.breakers)
-def breaker_pods(
+async def breaker_pods(
     namespace: str | None,
     name: str,
     meta: kopf.Meta,
@@ -160,38 +166,40 @@ def breaker_pods(
 
 
 @kopf.index("networking.k8s.io", "v1", "networkpolicies", when=serving.breakers)
-def breaker_netpols(
+async def breaker_netpols(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str | None, str], dict[str, Any]]:
     return {(namespace, name): _slim(body)}
 
 
 @kopf.index("resourcequotas")
-def breaker_quotas(
+async def breaker_quotas(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str | None, str], dict[str, Any]]:
     return {(namespace, name): _slim(body, status=True)}
 
 
 @kopf.index("namespaces", when=serving.breakers)
-def breaker_namespaces(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+async def breaker_namespaces(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
     return {name: dict(labels)}
 
 
 @kopf.index(GROUP, VERSION, "breakerpolicies", when=serving.breakers)
-def breaker_policies(
+async def breaker_policies(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str | None, str], dict[str, Any]]:
     return {(namespace, name): _slim(body, status=True)}
 
 
 @kopf.index(GROUP, VERSION, "clusterbreakerpolicies", when=serving.breakers)
-def breaker_cluster_policies(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+async def breaker_cluster_policies(
+    name: str, body: kopf.Body, **_: Any
+) -> dict[str, dict[str, Any]]:
     return {name: _slim(body, status=True)}
 
 
 @kopf.index(GROUP, VERSION, "breakers")
-def breaker_breakers(
+async def breaker_breakers(
     namespace: str | None, name: str, body: kopf.Body, status: kopf.Status, **_: Any
 ) -> dict[tuple[str | None, str], dict[str, Any]]:
     if not serving.breakers() and not status.get("reclaim"):

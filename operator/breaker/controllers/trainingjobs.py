@@ -88,7 +88,7 @@ class PodInfo:
 
 
 @kopf.index("pods", when=_gpu_or_training_pod)
-def gpu_pods(
+async def gpu_pods(
     namespace: str | None,
     name: str,
     spec: kopf.Spec,
@@ -125,19 +125,19 @@ def node_gpus(spec: kopf.Spec, status: kopf.Status) -> int:
 
 
 @kopf.index("nodes", when=serving.queue)
-def gpu_nodes(name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, int]:
+async def gpu_nodes(name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, int]:
     return {name: node_gpus(spec, status)}
 
 
 @kopf.index(*TJ, when=serving.queue)
-def trainingjobs(
+async def trainingjobs(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str | None, str], Any]:
     return {(namespace, name): copy.deepcopy(dict(body))}
 
 
 @kopf.index("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT}, when=serving.queue)
-def trainingjob_jobs(
+async def trainingjob_jobs(
     namespace: str | None,
     name: str,
     spec: kopf.Spec,
@@ -163,7 +163,7 @@ def trainingjob_jobs(
     labels={JOB_LABEL: kopf.PRESENT},
     when=serving.queue,
 )
-def trainingjob_netpols(
+async def trainingjob_netpols(
     namespace: str | None,
     name: str,
     spec: kopf.Spec,
@@ -663,14 +663,14 @@ async def stop_training_controller(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels={JOB_LABEL: kopf.PRESENT})
 @kopf.on.event("pods", when=_gpu_or_training_pod)
 @kopf.on.event("resourcequotas")
-def wake_training_controller(memo: kopf.Memo, **_: Any) -> None:
+async def wake_training_controller(memo: kopf.Memo, **_: Any) -> None:
     controller: TrainingController | None = memo.get("training")
     if controller is not None:
         controller.nudge()
 
 
 @kopf.on.event("nodes")
-def wake_on_node_capacity(
+async def wake_on_node_capacity(
     memo: kopf.Memo, name: str, type: str | None, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> None:
     """Nodes heartbeat every few seconds; only a change of GPUs or readiness matters."""
