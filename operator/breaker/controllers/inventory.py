@@ -13,7 +13,7 @@ pending event in memory meanwhile.
 
 from __future__ import annotations
 
-import copy
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +23,7 @@ import kopf
 from breaker import serving
 from breaker.actions.pause import KINDS, field_value, is_paused, with_field
 from breaker.circuit.ownership import OwnerRef
+from breaker.controllers import compact
 from breaker.controllers.trainingjobs import pod_gpus
 
 GROUP = "breaker.dev"
@@ -68,7 +69,7 @@ def _controller(meta: kopf.Meta) -> OwnerRef | None:
 def _workload(kind: str, body: kopf.Body) -> dict[tuple[str, str, str], WorkloadView]:
     meta = body["metadata"]
     value = field_value(kind, body)
-    labels = dict(meta.get("labels") or {})  # one copy, in the view and in its body
+    labels = compact.labels(meta.get("labels"))  # one copy, in the view and in its body
     slim = {
         "apiVersion": body.get("apiVersion"),
         "kind": kind,
@@ -81,7 +82,7 @@ def _workload(kind: str, body: kopf.Body) -> dict[tuple[str, str, str], Workload
                 k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(GROUP)
             },
         },
-        "spec": copy.deepcopy(dict(body.get("spec") or {})) if kind == "TrainingJob" else {},
+        "spec": compact.shared(body.get("spec") or {}) if kind == "TrainingJob" else {},
     }
     if kind != "TrainingJob":
         slim.update(with_field(kind, value))
@@ -152,12 +153,12 @@ async def breaker_pods(
     assert namespace is not None
     return {
         (namespace, name): PodView(
-            namespace=namespace,
+            namespace=sys.intern(namespace),
             name=name,
             uid=str(meta.get("uid")),
             owner=_controller(meta),
-            labels=dict(labels),
-            node=spec.get("nodeName"),
+            labels=compact.labels(labels),
+            node=compact.shared(spec.get("nodeName")),
             gpus=pod_gpus(dict(spec)),
             phase=status.get("phase", "Pending"),
             deleting=meta.get("deletionTimestamp") is not None,
@@ -181,7 +182,7 @@ async def breaker_quotas(
 
 @kopf.index("namespaces", when=serving.breakers)
 async def breaker_namespaces(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
-    return {name: dict(labels)}
+    return {name: compact.labels(labels)}
 
 
 @kopf.index(GROUP, VERSION, "breakerpolicies", when=serving.breakers)
@@ -213,7 +214,7 @@ def _slim(body: kopf.Body, status: bool = False) -> dict[str, Any]:
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
         "metadata": {
-            key: copy.deepcopy(meta[key])
+            key: compact.shared(meta[key])
             for key in (
                 "name",
                 "namespace",
@@ -228,14 +229,14 @@ def _slim(body: kopf.Body, status: bool = False) -> dict[str, Any]:
             )
             if key in meta
         },
-        "spec": copy.deepcopy(dict(body.get("spec") or {})),
+        "spec": compact.shared(body.get("spec") or {}),
     }
     annotations = kept["metadata"].get("annotations")
     if annotations:
         # kubectl's last-applied copy doubles the size of every object; the loop never reads it.
         annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
     if status:
-        kept["status"] = copy.deepcopy(dict(body.get("status") or {}))
+        kept["status"] = compact.shared(body.get("status") or {})
     return kept
 
 

@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import datetime as dt
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -100,9 +101,9 @@ async def gpu_pods(
     assert namespace is not None
     return {
         (namespace, name): PodInfo(
-            namespace=namespace,
+            namespace=sys.intern(namespace),
             name=name,
-            node=spec.get("nodeName"),
+            node=sys.intern(spec["nodeName"]) if spec.get("nodeName") else None,
             phase=status.get("phase", "Pending"),
             gpus=pod_gpus(dict(spec)),
             trainingjob=labels.get(JOB_LABEL),
