@@ -60,8 +60,8 @@ bench: deps $(VENV)/.bench ## every benchmark, breaker beside the naive design: 
 bench-eval: deps ## only one evaluation at 1,000, 10,000 and 50,000 pods, both designs
 	$(BIN)/python bench/evaluation.py
 
-bench-fleet: deps ## only time to contain, memory and API at rest on a bench cluster (DESIGN=baseline)
-	$(BIN)/python bench/fleet.py --design $(or $(DESIGN),breaker)
+bench-fleet: deps ## only time to contain, memory and API at rest on a bench cluster (DESIGN=baseline, SHARDS=2)
+	$(BIN)/python bench/fleet.py --design $(or $(DESIGN),breaker) --shards $(or $(SHARDS),1)
 
 kind-up: ## a kind cluster with fake GPU capacity on its workers (needs Docker and kind)
 	@command -v kind >/dev/null || { echo "kind is not installed: see https://kind.sigs.k8s.io (needs Docker)"; exit 1; }

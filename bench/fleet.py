@@ -585,7 +585,11 @@ class Bench:
             )
         networking = self.client.NetworkingV1Api(self.api)
         for policy in networking.list_namespaced_network_policy(tenant).items:
-            networking.delete_namespaced_network_policy(policy.metadata.name, tenant)
+            try:
+                networking.delete_namespaced_network_policy(policy.metadata.name, tenant)
+            except self.client.ApiException as error:
+                if error.status != 404:  # a TrainingJob's own, collected with it meanwhile
+                    raise
         wait(lambda: self.running(tenant, WAITING) == 0, "the attack's pods gone", 600)
 
 
