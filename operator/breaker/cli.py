@@ -341,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--shard-namespaces",
         metavar="PATTERN",
         action="append",
-        help="with --shard: the namespaces served, as kopf patterns (globs, `!` to exclude, "
-        "comma-separated or repeated), e.g. 'team-a-*' or '*,!team-a-*'",
+        help="with --shard: namespaces served; repeat for more. Each is a name or a kopf "
+        "pattern: a glob, then `,!glob` to exclude ('*,!team-a-*' is all but team a's). "
+        "Names only: one watch per namespace; any glob: one cluster-wide watch, filtered",
     )
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     run.set_defaults(handler=_run)

@@ -69,9 +69,8 @@ def run(
     breakers.OPTIONS.update(prometheus_url=prometheus_url, operator_namespace=operator_namespace)
     if metrics_port is not None:
         metrics.serve(metrics_port, metrics_address)
-    scope: dict[str, Any] = (
-        {"namespaces": list(shard_namespaces)} if shard_namespaces else {"clusterwide": True}
-    )
+    watched = serving.watched_namespaces()
+    scope: dict[str, Any] = {"namespaces": watched} if watched else {"clusterwide": True}
     log.info(
         "serving %s in %s",
         " and ".join(p for p in serving.PARTS if p in serve),

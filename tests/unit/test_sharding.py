@@ -25,13 +25,47 @@ def _unsharded() -> Iterator[None]:
 
 def test_a_shard_runs_the_breakers_of_its_namespaces_only() -> None:
     serving.configure(["breakers"], ["team-a-*"], "a")
-    assert serving.breakers() and not serving.queue() and not serving.cluster_wide()
+    assert serving.breakers() and not serving.queue()
+    assert serving.breakers(namespace="team-a-1") and not serving.breakers(namespace="team-b")
+    assert serving.here(namespace=None)  # cluster-scoped objects are every shard's
     assert serving.shard() == "a"
 
 
-def test_the_queue_alone_is_cluster_wide() -> None:
+def test_the_queue_alone_serves_every_namespace() -> None:
     serving.configure(["queue"], [], None)
-    assert serving.queue() and not serving.breakers() and serving.cluster_wide()
+    assert serving.queue() and not serving.breakers(namespace="team-a-1")
+    assert serving.here(namespace="anything")
+
+
+@pytest.mark.parametrize(
+    ("namespace", "patterns", "matched"),
+    [
+        ("team-a-1", ["team-a-*"], True),
+        ("research", ["team-a-*", "research"], True),
+        ("research", ["team-a-*,research"], False),  # one pattern: a second glob adds nothing
+        ("team-b", ["*,!team-a-*,!research"], True),
+        ("team-a-7", ["*,!team-a-*,!research"], False),
+        ("research", ["*,!team-a-*,!research"], False),
+        ("Team-A-1", ["team-a-*"], False),
+    ],
+)
+def test_namespaces_match_as_kopf_matches_them(
+    namespace: str, patterns: list[str], matched: bool
+) -> None:
+    from kopf._cogs.structs.references import NamespaceName, match_namespace
+
+    assert serving.matches(namespace, patterns) is matched
+    kopf = any(match_namespace(NamespaceName(namespace), p) for p in patterns)
+    assert kopf is matched
+
+
+def test_exact_namespaces_are_watched_one_by_one_and_globs_cluster_wide() -> None:
+    serving.configure(["breakers"], ["fleet-0", "fleet-2"], "a")
+    assert serving.watched_namespaces() == ["fleet-0", "fleet-2"]
+    serving.configure(["breakers"], ["fleet-0", "team-*"], "a")
+    assert serving.watched_namespaces() is None
+    serving.configure(["breakers"], ["*,!fleet-0"], "rest")
+    assert serving.watched_namespaces() is None
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,8 @@ Every object parsed from the API server has strings of its own for its keys and 
 values many objects repeat (condition types and reasons, kinds, label keys, policy
 names). Held by the thousand in the indexes, those copies are about half of an index's
 memory. A copy made here interns the keys and the short strings, so each exists once.
+Interned strings are freed when the last object using them goes (CPython before 3.12 and
+from 3.12.6; the image's Python is 3.12.8), so churn of unique values does not leak.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ from breaker.training import queue
 
 Key = tuple[str, str]
 POLL_SECONDS = 0.25
+FRESH_SECONDS = 0.5
+PAGE = 500
 
 
 class Handoffs(Protocol):
@@ -38,12 +40,32 @@ class RemoteQueue:
 
     def __init__(self, api: client.ApiClient) -> None:
         self.custom = client.CustomObjectsApi(api)
+        self.lock = asyncio.Lock()
+        self.listed: tuple[float, list[dict[str, Any]]] = (-FRESH_SECONDS, [])
 
     async def _bodies(self) -> list[dict[str, Any]]:
-        listed: Any = await kube.call(
-            self.custom.list_cluster_custom_object, "breaker.dev", "v1alpha1", "trainingjobs"
-        )
-        return list(listed.get("items") or [])
+        """Every TrainingJob, in pages; trips waiting together share one list, and a list
+        younger than FRESH_SECONDS is reused, so a burst of trips is a few lists a second."""
+        async with self.lock:
+            at, items = self.listed
+            if time.monotonic() - at < FRESH_SECONDS:
+                return items
+            items, token = [], None
+            while True:
+                page: Any = await kube.call(
+                    self.custom.list_cluster_custom_object,
+                    "breaker.dev",
+                    "v1alpha1",
+                    "trainingjobs",
+                    limit=PAGE,
+                    _continue=token,
+                )
+                items.extend(page.get("items") or [])
+                token = (page.get("metadata") or {}).get("continue")
+                if not token:
+                    break
+            self.listed = (time.monotonic(), items)
+            return items
 
     async def waiting(self) -> list[Key]:
         return queue.waiting(await self._bodies())

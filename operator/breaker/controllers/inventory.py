@@ -173,7 +173,7 @@ async def breaker_netpols(
     return {(namespace, name): _slim(body)}
 
 
-@kopf.index("resourcequotas")
+@kopf.index("resourcequotas", when=serving.here)
 async def breaker_quotas(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str | None, str], dict[str, Any]]:
@@ -199,7 +199,7 @@ async def breaker_cluster_policies(
     return {name: _slim(body, status=True)}
 
 
-@kopf.index(GROUP, VERSION, "breakers")
+@kopf.index(GROUP, VERSION, "breakers", when=serving.here)
 async def breaker_breakers(
     namespace: str | None, name: str, body: kopf.Body, status: kopf.Status, **_: Any
 ) -> dict[tuple[str | None, str], dict[str, Any]]:

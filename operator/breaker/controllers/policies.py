@@ -49,14 +49,14 @@ def _check(
 
 
 # A namespaced policy is checked by the operator serving its namespace's breakers; a
-# cluster policy by the one operator that serves every namespace (with the queue, when
-# the breakers are sharded), so that shards do not all write its Ready condition.
+# cluster policy by the one operator that runs the queue, so that shards do not all
+# write its Ready condition.
 @kopf.on.resume(*POLICY, when=serving.breakers)
 @kopf.on.create(*POLICY, when=serving.breakers)
 @kopf.on.update(*POLICY, field="spec", when=serving.breakers)
-@kopf.on.resume(*CLUSTER_POLICY, when=serving.cluster_wide)
-@kopf.on.create(*CLUSTER_POLICY, when=serving.cluster_wide)
-@kopf.on.update(*CLUSTER_POLICY, field="spec", when=serving.cluster_wide)
+@kopf.on.resume(*CLUSTER_POLICY, when=serving.queue)
+@kopf.on.create(*CLUSTER_POLICY, when=serving.queue)
+@kopf.on.update(*CLUSTER_POLICY, field="spec", when=serving.queue)
 def check_policy(
     resource: kopf.Resource,
     spec: kopf.Spec,
