@@ -130,6 +130,15 @@ def ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def restart_of(rows: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The restart figures of the largest size that has them."""
+    for size in sorted(rows, key=int, reverse=True):
+        found = {k: v for k, v in rows[size].items() if k.startswith("restart_")}
+        if found:
+            return {"guarded_jobs": int(size), **found}
+    return None
+
+
 def summarize() -> dict[str, Any]:
     evaluation_file = json.loads((RESULTS / "evaluation.json").read_text())
     evaluation = {str(r["pods"]): r for r in evaluation_file["runs"]}
@@ -147,6 +156,8 @@ def summarize() -> dict[str, Any]:
         "detection_split_p50_s": {
             s: breaker_sizes[s].get("detection_split") for s in TTC_SIZES if s in breaker_sizes
         },
+        # The operator restarted on the largest fleet (a crash, or a standby taking over).
+        "restart": restart_of(breaker_sizes),
         "baseline": theirs,
         "baseline_over_breaker": ratios(ours, theirs),
         "baseline_scaled_from_sample": {
@@ -173,6 +184,7 @@ def summarize() -> dict[str, Any]:
             "rss_mb": pick(rows, "rss_mb", RSS_SIZES),
             "rss_mb_by_operator": pick(rows, "rss_mb_by_operator", RSS_SIZES),
             "api_requests_per_min_at_rest": rest[0]["other"] if rest else None,
+            "restart": restart_of(rows),
         }
         summary["measured_at"]["fleet_sharded"] = sharded["measured_at"]
     summary["targets"] = [
@@ -220,6 +232,13 @@ def table(summary: dict[str, Any]) -> str:
         f"{key:<34} {'':>6} {fmt(summary[key]):>10} {fmt(base[key]):>10} "
         f"{fmt(summary['baseline_over_breaker'][key]):>8}"
     )
+    restart = summary.get("restart")
+    if restart:
+        lines.append(
+            f"restart at {restart['guarded_jobs']:,} jobs: first pass "
+            f"{fmt(restart['restart_first_pass_s'])} s, peak RSS "
+            f"{fmt(restart['restart_peak_rss_mb'])} MB"
+        )
     sharded = summary.get("sharded")
     if sharded:
         lines.append("")
