@@ -220,21 +220,24 @@ class Bench:
     def start(self) -> None:
         """The operator under test as the bench ServiceAccount; for the baseline, breaker
         too, as admin and without policies: only its TrainingJob queue, to hand GPUs on."""
-        breaker = [
-            sys.executable,
-            "-m",
-            "breaker.cli",
-            "run",
-            "--liveness",
-            f"http://127.0.0.1:{free_port()}/healthz",
-            "--prometheus-url",
-            self.cluster.prometheus_url,
-            "--metrics-port",
-            str(free_port()),
-        ]
+
+        def breaker() -> list[str]:  # ports of its own for each operator
+            return [
+                sys.executable,
+                "-m",
+                "breaker.cli",
+                "run",
+                "--liveness",
+                f"http://127.0.0.1:{free_port()}/healthz",
+                "--prometheus-url",
+                self.cluster.prometheus_url,
+                "--metrics-port",
+                str(free_port()),
+            ]
+
         if self.design == "breaker":
             for name, args in operators(self.shards):
-                self.spawn(name, [*breaker, *args], KUBECONFIG=str(self.operator_kubeconfig))
+                self.spawn(name, [*breaker(), *args], KUBECONFIG=str(self.operator_kubeconfig))
                 self.measured[name] = self.processes[-1].pid
             with contextlib.suppress(self.client.ApiException):  # made before a restart
                 self.custom.create_cluster_custom_object(
@@ -249,7 +252,7 @@ class Bench:
                     },
                 )
             return
-        self.spawn("queue", breaker)
+        self.spawn("queue", breaker())
         policy = self.work / "policy.yaml"
         policy.write_text(yaml.safe_dump(POLICY_SPEC))
         self.spawn(
