@@ -385,9 +385,15 @@ def test_deny_policies_are_added_where_the_cluster_serves_their_apis(
             ),
             "the AdminNetworkPolicy removed on reset",
         )
-        assert not cluster.custom.list_namespaced_custom_object(
-            "cilium.io", "v2", cluster.ns, "ciliumnetworkpolicies"
-        )["items"]
+        # Undone one after the other: the Cilium policy may go a moment after.
+        wait_for(
+            lambda: (
+                not cluster.custom.list_namespaced_custom_object(
+                    "cilium.io", "v2", cluster.ns, "ciliumnetworkpolicies"
+                )["items"]
+            ),
+            "the CiliumNetworkPolicy removed on reset",
+        )
     finally:
         for crd in crds:
             extensions.delete_custom_resource_definition(crd["metadata"]["name"])
