@@ -6,13 +6,14 @@ lives under breaker.dev/.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 import kopf
 
-from breaker import kopf_tuning, kube, leadership, metrics, serving
+from breaker import heap, kopf_tuning, kube, leadership, metrics, serving
 
 # Importing the controllers registers their handlers and indexes.
 from breaker.controllers import breakers, inventory, policies, trainingjobs
@@ -42,6 +43,18 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 PEERING = {"lifetime": 15}
+
+
+@kopf.on.startup()
+async def start_heap_trimming(memo: kopf.Memo, **_: Any) -> None:
+    memo["heap_task"] = asyncio.create_task(heap.keep_trimmed(), name="heap-trim")
+
+
+@kopf.on.cleanup()
+async def stop_heap_trimming(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("heap_task")
+    if task is not None:
+        task.cancel()
 
 
 def run(

@@ -32,7 +32,7 @@ from typing import Any
 import kopf
 from kubernetes import client
 
-from breaker import events, failpoints, kube, leadership, metrics, serving
+from breaker import events, failpoints, heap, kube, leadership, metrics, serving
 from breaker.actions import evidence as evidence_core
 from breaker.actions import executor
 from breaker.actions.egress import QUARANTINE_LABEL
@@ -145,6 +145,8 @@ class BreakerController:
                     log.info("first pass done: this operator is the one acting")
                     leadership.ACTIVE["acted"] = True
                     metrics.ACTIVE.set(1)
+                    # What the start parsed is freed now: give it back (see heap).
+                    await heap.trim_now("first pass")
             except Exception:
                 log.exception("breaker pass failed; retrying in %ss", RETRY_SECONDS)
                 self.retry = True
@@ -315,6 +317,7 @@ class BreakerController:
                 )
             self.written.pop((namespace, name), None)
         metrics.GUARDED.set(len(existing))
+        metrics.STATES.keep_only(existing.keys())
 
         settings_of: dict[PolicyKey, machine.Settings] = {}
         for key, body in existing.items():
