@@ -1,5 +1,6 @@
-"""Where the operator's memory goes: each index, the statuses it keeps, kopf's per-object
-memories, next to its resident and peak memory, once it has settled on a cluster.
+"""Where the operator's memory goes: each index, the statuses it keeps, the per-Breaker
+metrics, kopf's per-object memories, next to its resident and peak memory, once it has
+settled on a cluster.
 
 Run it in place of `breaker run`, against a fleet left up by ``fleet.py --keep`` (its
 operator kubeconfig and Prometheus), with any of `breaker run`'s arguments after ``--``:
@@ -71,6 +72,12 @@ def measure(controller: Any, memories: list[Any]) -> dict[str, Any]:
     rows["written statuses"] = {
         "objects": len(controller.written),
         "mb": deep_mb(controller.written, seen),
+    }
+    from breaker import metrics
+
+    rows["per-Breaker metrics"] = {
+        "objects": len(metrics.STATES.breakers),
+        "mb": deep_mb(metrics.STATES.breakers, seen),
     }
     for memory in memories:
         rows["kopf per-object memories"] = {

@@ -57,6 +57,16 @@ def test_an_attack_is_contained(cluster: Cluster, attack: str) -> None:
     assert f'breaker_trips_total{{{policy_label},signal="{fired}"}}' in metrics
     assert f"breaker_queries_per_evaluation{{{policy_label}}} 3.0" in metrics
     assert "breaker_time_to_contain_seconds_count" in metrics
+    # One state series for the breaker: the state it is in.
+    ours = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("breaker_state{")
+        and f'namespace="{cluster.ns}"' in line
+        and 'breaker="rl-guard"' in line
+    ]
+    assert len(ours) == 1 and ours[0].endswith(" 1.0"), ours
+    assert f'state="{status["state"]}"' in ours[0]
 
 
 def test_a_reset_restores_every_changed_spec(cluster: Cluster) -> None:
@@ -551,23 +561,33 @@ def test_node_quarantine_cordons_and_taints_and_the_reset_undoes_only_that(
             )
         quarantined = core.read_node(node)
         assert quarantined.spec.unschedulable is True
-        assert any(t.key == "breaker.dev/quarantined" for t in quarantined.spec.taints or [])
+        assert any(t.key == QUARANTINE_TAINT for t in quarantined.spec.taints or [])
         cluster.patch("breakers", name, {"spec": {"reset": "node-checked"}})
-        wait_for(
-            lambda: (
-                not core.read_node(node).spec.unschedulable
-                and not any(
-                    t.key == "breaker.dev/quarantined"
-                    for t in core.read_node(node).spec.taints or []
-                )
-            ),
-            "the node released on reset",
-        )
+        wait_for(lambda: released(core, node), "the node released on reset")
     finally:
         cluster.custom.delete_cluster_custom_object(
             GROUP, VERSION, "clusterbreakerpolicies", body["metadata"]["name"]
         )
-        core.patch_node(node, {"spec": {"unschedulable": None}})  # never leave it cordoned
+        # The attack's samples are still in the signal's window, so the breaker may trip
+        # again after the reset; the policy gone, its Breaker goes and undoes that too.
+        try:
+            wait_for(lambda: released(core, node), "the node released once the policy is gone")
+        finally:
+            taints = [
+                t for t in core.read_node(node).spec.taints or [] if t.key != QUARANTINE_TAINT
+            ]
+            # Never leave it cordoned or tainted for the tests after this one.
+            core.patch_node(node, {"spec": {"unschedulable": None, "taints": taints or None}})
+
+
+QUARANTINE_TAINT = "breaker.dev/quarantined"
+
+
+def released(core: client.CoreV1Api, node: str) -> bool:
+    found = core.read_node(node).spec
+    return not found.unschedulable and not any(
+        t.key == QUARANTINE_TAINT for t in found.taints or []
+    )
 
 
 def test_kubectl_breaker_trips_explains_and_resets(cluster: Cluster) -> None:

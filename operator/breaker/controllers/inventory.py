@@ -260,7 +260,9 @@ def only(index: kopf.Index[Any, Any], key: Any) -> Any:
 
 
 def items(index: kopf.Index[Any, Any]) -> Iterator[tuple[Any, Any]]:
-    for key in index:
+    """Each key's value; the keys as they are now, as callers await between items and an
+    index changes on the event loop meanwhile."""
+    for key in list(index):
         value = only(index, key)
         if value is not None:
             yield key, value
