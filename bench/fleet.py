@@ -52,6 +52,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from breaker.api import containment
+
 RESULTS = Path(__file__).parent / "results"
 GROUP, VERSION = "breaker.dev", "v1alpha1"
 FLEET = [f"fleet-{i}" for i in range(10)]
@@ -492,16 +494,23 @@ class Bench:
             found = self.custom.list_namespaced_custom_object(GROUP, VERSION, tenant, "breakers")[
                 "items"
             ]
-            finished = [b for b in found if (b.get("status") or {}).get("timeToContainSeconds")]
+            # Contained as the status records it once every action is done (the first
+            # Open holds only the actions decided).
+            finished = [
+                b
+                for b in found
+                if containment.read(b.get("status")).reason == containment.CONTAINED
+            ]
             return finished if len(finished) >= self.attacks else None
 
         breakers = wait(done, f"{self.attacks} breakers to contain", budget)
-        ttc = [b["status"]["timeToContainSeconds"] for b in breakers]
+        outcomes = [containment.read(b["status"]) for b in breakers]
+        ttc = [o.seconds for o in outcomes if o.seconds is not None]
+        handoffs = [o.of("reassignGPUs") for o in outcomes]
         handed = sum(
             1
-            for b in breakers
-            for a in b["status"]["actions"]
-            if a["type"] == "reassignGPUs" and (a.get("changed") or {}).get("to")
+            for h in handoffs
+            if h is not None and isinstance(h.detail, containment.GPUsReassigned) and h.detail.to
         )
         delays = []
         for b in breakers:

@@ -324,11 +324,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Figures of the runs that happened: detection latencies, faults, takeovers, escapes."""
     from tests.cluster.test_bad_input import OUTCOMES
     from tests.cluster.test_crash_consistency import CRASHES
+    from tests.cluster.test_demo import DEMO_RUNS
     from tests.cluster.test_faults import FAULTS
     from tests.cluster.test_high_availability import TAKEOVERS
     from tests.cluster.test_hostile_tenant import ATTEMPTS
     from tests.detect.test_corpus import LATENCIES
 
+    for took, timeline in DEMO_RUNS:
+        terminalreporter.section(f"breaker demo: exit 0 in {took:.0f}s, cluster start included")
+        terminalreporter.write_line(timeline.strip("\n"))
     if CRASHES:
         terminalreporter.section("operator killed mid-action (SIGKILL at a failpoint)")
         for setting, run, phase, point, outcome in CRASHES:

@@ -26,6 +26,9 @@ from typing import Any, TypeVar
 from kubernetes import client, config
 
 from breaker.actions.egress import Destination, effective_egress
+from breaker.actions.quota import CLAMP_QUOTA_NAME
+from breaker.api import containment
+from breaker.circuit.plan import RESET_ANNOTATION, reset_token
 from breaker.localcluster import LocalCluster
 from breaker.localcluster.paths import repo_root
 
@@ -86,6 +89,34 @@ FLEET = [
 QUEUED = (WAITING, _trainingjob("finetune", 2, priority=5))
 
 
+def timeline_lines(status: dict[str, Any], origin: dt.datetime) -> list[str]:
+    """The demo's timeline from a Breaker's status once containment is settled, each line
+    a fact the operator recorded, timed from ``origin`` (the start of the replay)."""
+    found = containment.read(status)
+    if not found.settled or not found.contained:
+        raise DemoError(f"containment is not done: {found.reason}: {found.message}")
+    if found.seconds is None:
+        raise DemoError("the breaker says Contained but records no timeToContainSeconds")
+
+    def at(stamp: str) -> str:
+        moment = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        return f"+{(moment - origin).total_seconds():5.1f}s"
+
+    evidence = status["evidence"][-1]
+    lines = [f"  +{offset:5.1f}s  the agent starts: {what}" for offset, what, _ in REPLAY]
+    fired = ", ".join(f"{s['name']}={s['value']:.3g}" for s in evidence["signals"])
+    tripped = at(status["lastTrip"])
+    lines.append(f"  {tripped}  signal seen: {fired} (rule {evidence['rule']})")
+    lines.append(f"  {tripped}  breaker {BREAKER} {status['state']}")
+    pods = len(evidence.get("pods") or [])
+    signals = len(evidence["signals"])
+    lines.append(f"  {at(evidence['time'])}  evidence captured: {signals} signals, {pods} pods")
+    for action in found.actions:
+        lines.append(f"  {at(action.at)}  {containment.describe(action, TENANT)}")
+    lines.append(f"  time to contain (evaluation to last action): {found.seconds:.3f} s")
+    return lines
+
+
 class Demo:
     def __init__(self, keep: bool) -> None:
         self.keep = keep
@@ -96,6 +127,7 @@ class Demo:
         self.t0 = time.monotonic()
         self.t0_wall = dt.datetime.now(dt.UTC)
         self.agent_pods: list[Any] = []
+        self.quarantine: list[str] = []  # the quarantine policy, as the breaker recorded it
 
     def say(self, message: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.1f}s] {message}", flush=True)
@@ -282,37 +314,46 @@ class Demo:
             self.say(f"  scheduled at +{at:>2}s: {what}")
         return started
 
-    def watch(self, started: float) -> dict[str, Any]:
-        breaker: dict[str, Any] = _wait(
-            lambda: (b := self._breaker()).get("status", {}).get("state") == "Open" and b,
-            "the breaker to trip",
-            timeout=180,
-        )
-        _wait(lambda: self._state(WAITING, "finetune") == "Running", "the queued job to run", 60)
+    def watch(self) -> dict[str, Any]:
+        """The Breaker once containment is recorded as finished (its Contained condition
+        left InProgress), and the queued job running on the GPUs it was handed."""
+
+        def settled() -> dict[str, Any] | None:
+            breaker = self._breaker()
+            status = breaker.get("status") or {}
+            found = containment.read(status)
+            if status.get("state") not in containment.CONTAINED_STATES or not found.settled:
+                return None
+            if found.reason == containment.ACTIONS_FAILED:
+                failures[:] = [found.message]
+                return None  # the operator retries; the timeout says what failed
+            return breaker
+
+        failures: list[str] = []
+        try:
+            breaker = _wait(settled, "the breaker to trip and contain the agent", timeout=180)
+        except DemoError as error:
+            raise DemoError("; ".join([str(error), *failures])) from None
+        _wait(lambda: self._running_on(WAITING, "finetune"), "the queued job to run", 60)
         return breaker
 
     def timeline(self, breaker: dict[str, Any], started: float) -> None:
-        status = breaker["status"]
+        """What the operator recorded, and nothing else: the evidence, every action's
+        outcome, the time to contain; then what the cluster shows of it."""
         origin = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=time.monotonic() - started)
-
-        def at(stamp: str) -> str:
-            moment = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-            return f"+{(moment - origin).total_seconds():5.1f}s"
-
-        evidence = status["evidence"][-1]
-        lines = [f"  +{offset:5.1f}s  the agent starts: {what}" for offset, what, _ in REPLAY]
-        fired = ", ".join(f"{s['name']}={s['value']:.3g}" for s in evidence["signals"])
-        tripped = at(status["lastTrip"])
-        lines.append(f"  {tripped}  signal seen: {fired} (rule {evidence['rule']})")
-        lines.append(f"  {tripped}  breaker {BREAKER} Open")
-        pods = len(evidence.get("pods") or [])
-        signals = len(evidence["signals"])
-        lines.append(f"  {at(evidence['time'])}  evidence captured: {signals} signals, {pods} pods")
-        for action in status["actions"]:
-            lines.append(f"  {at(action['appliedAt'])}  {_describe(action)}")
         print("\nTimeline (from the start of the replay):")
-        print("\n".join(lines))
-        print(f"  time to contain (evaluation to last action): {status['timeToContainSeconds']}s")
+        print("\n".join(timeline_lines(breaker["status"], origin)))
+        found = containment.read(breaker["status"])
+        self.quarantine = [
+            a.detail.quarantine_policy
+            for a in found.actions
+            if isinstance(a.detail, containment.EgressRevoked)
+        ]
+        agent = self._trainingjob(TENANT, AGENT)
+        print(
+            f"  now: {TENANT}/{AGENT} {agent.get('state')}; {WAITING}/finetune Running on "
+            f"{self._running_on(WAITING, 'finetune')}"
+        )
         summary = self._egress_summary(self.agent_pods, quarantined=True)
         print(f"  the agent's pods, quarantined, by every NetworkPolicy of {TENANT}: {summary}")
 
@@ -322,17 +363,27 @@ class Demo:
             f"kubectl annotate breaker -n {TENANT} {BREAKER} "
             "breaker.dev/reset=$(date +%s) --overwrite"
         )
+        asked = time.monotonic()
+        token = str(int(time.time()))
         self._kubectl(
             "annotate",
             "breaker",
             "-n",
             TENANT,
             BREAKER,
-            f"breaker.dev/reset={int(time.time())}",
+            f"breaker.dev/reset={token}",
             "--overwrite",
         )
-        _wait(lambda: self._breaker().get("status", {}).get("state") == "Closed", "the reset", 60)
-        _wait(lambda: self._state(TENANT, AGENT) == "Running", f"{AGENT} to run again", 90)
+
+        def undone() -> bool:
+            status = self._breaker().get("status") or {}
+            return status.get("handledReset") == reset_token(
+                {"metadata": {"annotations": {RESET_ANNOTATION: token}}}
+            ) and (containment.read(status).reason == containment.NOT_TRIPPED)
+
+        _wait(undone, "the reset to undo every action", 60)
+        took = time.monotonic() - asked
+        nodes = _wait(lambda: self._running_on(TENANT, AGENT), f"{AGENT} to run again", 90)
         _wait(lambda: self._state(WAITING, "finetune") == "Queued", "finetune to queue again", 60)
         policies = [
             p["metadata"]["name"] for p in self._items(self.net.list_namespaced_network_policy)
@@ -340,10 +391,19 @@ class Demo:
         quotas = [
             q["metadata"]["name"] for q in self._items(self.core.list_namespaced_resource_quota)
         ]
-        self.say(
-            f"reset done: {AGENT} running again on its GPUs, finetune queued again, "
-            f"quarantine removed (policies now: {', '.join(sorted(policies))}), "
-            f"quota clamp removed (quotas: {', '.join(quotas) or 'none'})"
+        pods = _wait(lambda: self._pods(TENANT, AGENT, 2), "the agent's pods again")
+        left = [n for n in policies if n in self.quarantine] + [
+            n for n in quotas if n == CLAMP_QUOTA_NAME
+        ]
+        if left:
+            raise DemoError(f"the reset left {', '.join(left)} behind")
+        self.say(f"reset done: breaker {BREAKER} Closed, every action undone ({took:.1f} s)")
+        print(f"  {TENANT}/{AGENT} Running again on {nodes}")
+        print(f"  {WAITING}/finetune Queued again (the GPUs went back to {AGENT})")
+        print(f"  NetworkPolicies of {TENANT}: {', '.join(sorted(policies))} (quarantine removed)")
+        print(f"  ResourceQuotas of {TENANT}: {', '.join(quotas) or 'none'} (GPU clamp removed)")
+        print(
+            f"  the agent's pods, by every NetworkPolicy of {TENANT}: {self._egress_summary(pods)}"
         )
 
     # -- helpers --------------------------------------------------------------------------
@@ -369,11 +429,22 @@ class Demo:
             raise
         return found
 
-    def _state(self, namespace: str, name: str) -> str | None:
+    def _trainingjob(self, namespace: str, name: str) -> dict[str, Any]:
+        """A TrainingJob's status."""
         body: dict[str, Any] = self.custom.get_namespaced_custom_object(  # type: ignore[assignment]
             GROUP, VERSION, namespace, "trainingjobs", name
         )
-        state: str | None = body.get("status", {}).get("state")
+        status: dict[str, Any] = body.get("status") or {}
+        return status
+
+    def _running_on(self, namespace: str, name: str) -> str | None:
+        """The nodes a TrainingJob runs on, once it runs."""
+        status = self._trainingjob(namespace, name)
+        nodes: str | None = status.get("nodeList")
+        return nodes if status.get("state") == "Running" and nodes else None
+
+    def _state(self, namespace: str, name: str) -> str | None:
+        state: str | None = self._trainingjob(namespace, name).get("state")
         return state
 
     def _until_state(self, namespace: str, name: str, state: str) -> None:
@@ -459,22 +530,6 @@ class Demo:
         )
 
 
-def _describe(action: dict[str, Any]) -> str:
-    changed = action.get("changed") or {}
-    if action.get("error"):
-        return f"{action['type']} FAILED: {action['error']}"
-    if action["type"] == "revokeEgress":
-        narrowed = ", ".join(changed.get("narrowed") or {}) or "none"
-        return f"egress revoked: {changed.get('quarantinePolicy')}; narrowed: {narrowed}"
-    if action["type"] == "pause":
-        return f"{changed.get('kind')} {changed.get('name')} suspended"
-    if action["type"] == "reassignGPUs":
-        freed = ", ".join(f"{f['node']}:{f['gpus']}" for f in changed.get("freed") or [])
-        to = ", ".join(changed.get("to") or []) or "nobody queued"
-        return f"GPUs ({freed}) handed to {to}; {TENANT}'s GPU quota clamped"
-    return str(action["type"])
-
-
 @contextlib.contextmanager
 def _signals_interrupt() -> Iterator[None]:
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -493,7 +548,7 @@ def run(keep: bool) -> int:
             pods = demo.fleet()
             demo.show()
             started = demo.replay(pods)
-            breaker = demo.watch(started)
+            breaker = demo.watch()
             demo.timeline(breaker, started)
             demo.show()
             demo.reset()

@@ -28,6 +28,7 @@ import urllib3
 from kubernetes import client, config
 
 from breaker.actions.egress import Destination, EffectiveEgress, effective_egress
+from breaker.api import containment
 from breaker.circuit.plan import reset_token
 
 GROUP, VERSION, PLURAL = "breaker.dev", "v1alpha1", "breakers"
@@ -169,14 +170,10 @@ def timeline(breaker: Mapping[str, Any], events: Sequence[Mapping[str, Any]] = (
                 Moment(evidence["time"], f"evidence (rule {evidence.get('rule')})", tuple(details)),
             )
         )
-    for record in status.get("actions") or []:
-        verb = "would apply" if record.get("dryRun") else "applied"
-        changed = record.get("changed")
-        lines = [f"changed: {_clip(json.dumps(changed, sort_keys=True), 200)}"] if changed else []
-        if record.get("error"):
-            lines.append(f"error: {record['error']}")
-        applied = Moment(record["appliedAt"], f"{record['type']} {verb}", tuple(lines))
-        moments.append((record["appliedAt"], 2, applied))
+    namespace = str((breaker.get("metadata") or {}).get("namespace"))
+    for index, record in enumerate(status.get("actions") or []):
+        what, lines = _action_lines(record, index, namespace)
+        moments.append((record["appliedAt"], 2, Moment(record["appliedAt"], what, tuple(lines))))
         if record.get("revertedAt"):
             moments.append(
                 (record["revertedAt"], 2, Moment(record["revertedAt"], f"{record['type']} undone"))
@@ -190,6 +187,40 @@ def timeline(breaker: Mapping[str, Any], events: Sequence[Mapping[str, Any]] = (
             )
     moments.sort(key=lambda m: (_instant(m[0]), m[1]))
     return [moment for _, _, moment in moments]
+
+
+def _action_lines(record: Mapping[str, Any], index: int, namespace: str) -> tuple[str, list[str]]:
+    """An action record as the status contract reads it: in progress, failed, or what it
+    changed; a record that breaks the contract is shown as it is, and said."""
+    changed = record.get("changed")
+    raw = [f"changed: {_clip(json.dumps(changed, sort_keys=True), 200)}"] if changed else []
+    try:
+        action = containment.action(record, index)
+    except containment.ContractError as error:
+        return f"{record.get('type')} (unreadable record)", [str(error), *raw]
+    if action.stage == "pending":
+        return f"{action.type} in progress (decided, not yet confirmed done)", []
+    if action.stage in ("failed", "undoFailed"):
+        return f"{action.type} FAILED", [f"error: {action.error}", *raw]
+    verb = "would apply" if action.dry_run else "applied"
+    return f"{action.type} {verb}", [containment.describe(action, namespace), *raw]
+
+
+def containment_lines(status: Mapping[str, Any]) -> list[str]:
+    """Where containment stands, for explain's header: in progress, done (and how fast),
+    failed, or nothing held."""
+    try:
+        found = containment.read(status)
+    except containment.ContractError as error:
+        return [f"  contained unreadable: {error}"]
+    if found.reason == containment.IN_PROGRESS:
+        return [f"  contained in progress: {found.message}"]
+    if found.reason in (containment.CONTAINED, containment.PROBATION):
+        took = f" in {found.seconds:.2f} s" if found.seconds is not None else ""
+        return [f"  contained yes{took} ({found.message})"]
+    if found.reason == containment.NOT_TRIPPED:
+        return []
+    return [f"  contained no, {found.reason}: {found.message}"]
 
 
 def _instant(stamp: str) -> dt.datetime:
@@ -220,8 +251,7 @@ def explain(breaker: Mapping[str, Any], events: Sequence[Mapping[str, Any]] = ()
     ]
     if status.get("reason"):
         lines.append(f"  reason    {status['reason']}")
-    if status.get("timeToContainSeconds") is not None:
-        lines.append(f"  contained in {status['timeToContainSeconds']:.2f} s")
+    lines.extend(containment_lines(status))
     moments = timeline(breaker, events)
     lines.append("")
     lines.append("Timeline" if moments else "Timeline: nothing has happened yet")
@@ -333,11 +363,15 @@ def _resolve(session: Session, name: str, kind: str | None) -> list[dict[str, An
     return found
 
 
-def _patch(session: Session, breaker: Mapping[str, Any], body: dict[str, Any]) -> None:
+def _patch(session: Session, breaker: Mapping[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """The patched Breaker, as the API server returned it."""
     name = breaker["metadata"]["name"]
     try:
-        session.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, session.namespace, PLURAL, name, body
+        return cast(
+            dict[str, Any],
+            session.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, session.namespace, PLURAL, name, body
+            ),
         )
     except client.ApiException as error:
         if error.status == 404:
@@ -347,30 +381,78 @@ def _patch(session: Session, breaker: Mapping[str, Any], body: dict[str, Any]) -
         ) from None
 
 
-def settled(breaker: Mapping[str, Any]) -> bool:
-    """No action only decided: the operator has carried out (or failed) every one."""
-    return not any(a.get("pending") for a in (breaker.get("status") or {}).get("actions") or [])
+# What a wait made of a Breaker: None while the operator has not answered; (True, what it
+# did) once it has; (False, why) while it is failing and retrying.
+Verdict = tuple[bool, str] | None
+
+
+def tripped(breaker: Mapping[str, Any], generation: int | None) -> Verdict:
+    """Whether a ForcedOpen asked at ``generation`` is carried out: the Contained condition
+    written for that generation or later, and out of InProgress (the first ForcedOpen
+    write holds only the actions decided)."""
+    status = breaker.get("status") or {}
+    found = containment.read(status)
+    if status.get("state") != "ForcedOpen" or not found.settled:
+        return None
+    if generation is not None and (found.observed_generation or 0) < generation:
+        return None
+    if found.reason in (containment.CONTAINED, containment.DRY_RUN):
+        namespace = str(breaker["metadata"].get("namespace"))
+        head = "ForcedOpen" + (
+            " (DryRun policy: nothing was changed)" if found.reason == containment.DRY_RUN else ""
+        )
+        if found.seconds is not None:
+            head += f", contained in {found.seconds:.2f} s"
+        lines = [containment.describe(a, namespace) for a in found.actions]
+        return True, "\n  ".join([head, *lines])
+    return False, f"{found.reason}: {found.message}"
+
+
+def reset_done(breaker: Mapping[str, Any], token: str | None) -> Verdict:
+    """Whether the reset asked with ``token`` is carried out: handled, and nothing held."""
+    status = breaker.get("status") or {}
+    if status.get("handledReset") != token:
+        return None
+    found = containment.read(status)
+    if found.reason == containment.NOT_TRIPPED:
+        return True, "reset (closed, every action undone)"
+    return False, f"{found.reason}: {found.message}"
 
 
 def _wait(
     session: Session,
     names: Sequence[str],
-    done: Callable[[Mapping[str, Any]], bool],
-    what: str,
+    judge: Callable[[Mapping[str, Any]], Verdict],
     timeout: float,
 ) -> None:
     deadline = time.monotonic() + timeout
     pending = set(names)
+    failing: dict[str, str] = {}
     while pending:
         for breaker in _list(session, False):
-            if breaker["metadata"]["name"] in pending and done(breaker):
-                pending.discard(breaker["metadata"]["name"])
-                print(f"breaker {breaker['metadata']['name']}: {what}")
+            name = breaker["metadata"]["name"]
+            verdict = judge(breaker) if name in pending else None
+            if verdict is None:
+                continue
+            done, said = verdict
+            if done:
+                pending.discard(name)
+                failing.pop(name, None)
+                print(f"breaker {name}: {said}")
+            elif failing.get(name) != said:
+                failing[name] = said
+                print(f"breaker {name}: {said} (the operator retries)", file=sys.stderr)
         if not pending:
             return
         if time.monotonic() > deadline:
+            if failing:
+                raise PluginError(
+                    f"not done after {timeout:.0f}s: "
+                    + "; ".join(f"{n}: {failing[n]}" for n in sorted(failing))
+                    + "; `kubectl breaker explain NAME` shows each action and its error"
+                )
             raise PluginError(
-                f"{', '.join(sorted(pending))}: not {what} after {timeout:.0f}s; {OPERATOR_HINT}"
+                f"{', '.join(sorted(pending))}: no answer after {timeout:.0f}s; {OPERATOR_HINT}"
             )
         time.sleep(0.5)
 
@@ -444,8 +526,7 @@ def _reset(args: argparse.Namespace) -> int:
     _wait(
         session,
         list(expected),
-        lambda b: (b.get("status") or {}).get("handledReset") == expected[b["metadata"]["name"]],
-        "reset (closed, every action undone)",
+        lambda b: reset_done(b, expected[b["metadata"]["name"]]),
         args.timeout,
     )
     return 0
@@ -455,16 +536,19 @@ def _trip(args: argparse.Namespace) -> int:
     session = _connect(args.namespace)
     breakers = _resolve(session, args.workload, args.kind)
     reason = f"{args.reason} (by kubectl breaker trip)"
+    asked: dict[str, int | None] = {}  # the generation each request made
     for breaker in breakers:
-        _patch(session, breaker, {"spec": {"override": "ForcedOpen", "overrideReason": reason}})
+        patched = _patch(
+            session, breaker, {"spec": {"override": "ForcedOpen", "overrideReason": reason}}
+        )
+        asked[breaker["metadata"]["name"]] = patched["metadata"].get("generation")
         print(f"breaker {breaker['metadata']['name']}: ForcedOpen requested")
     if args.no_wait:
         return 0
     _wait(
         session,
-        [b["metadata"]["name"] for b in breakers],
-        lambda b: (b.get("status") or {}).get("state") == "ForcedOpen" and settled(b),
-        "ForcedOpen (contained)",
+        list(asked),
+        lambda b: tripped(b, asked[b["metadata"]["name"]]),
         args.timeout,
     )
     return 0

@@ -17,8 +17,8 @@ from typing import Any
 from kubernetes import client
 
 from breaker.actions.egress import Destination, effective_egress
+from breaker.api import containment
 from breaker.localcluster import LocalCluster
-from breaker.plugin import settled
 from tests.conftest import free_port, service_account_kubeconfig
 from tests.helpers import wait_for
 
@@ -96,9 +96,13 @@ ALLOW_ALL = {
 
 
 def done(breaker: dict[str, Any]) -> bool:
-    """Every action carried out: none pending, none failed."""
-    actions = (breaker.get("status") or {}).get("actions") or []
-    return settled(breaker) and not any(a.get("error") for a in actions)
+    """Every action carried out, as the Contained condition records it: none pending (the
+    write-ahead of a trip), none failed, no undo left."""
+    found = containment.read(breaker.get("status"))
+    return found.settled and found.reason not in (
+        containment.ACTIONS_FAILED,
+        containment.UNDO_FAILED,
+    )
 
 
 class Cluster:
@@ -252,8 +256,11 @@ def contained(c: Cluster, pods: list[Any]) -> dict[str, Any]:
         timeout=150,  # outbound-ssh's persistence is counted in whole minutes
     )
     status = breaker["status"]
-    assert [a["type"] for a in status["actions"]] == ["revokeEgress", "pause", "reassignGPUs"]
-    assert all("error" not in a for a in status["actions"]), status["actions"]
+    found = containment.read(status)  # the operator's status, held to the contract
+    assert (found.reason, found.contained) == (containment.CONTAINED, True), found.message
+    assert found.seconds is not None and found.seconds > 0
+    assert [a.type for a in found.actions] == ["revokeEgress", "pause", "reassignGPUs"]
+    assert all(a.stage == "done" for a in found.actions), status["actions"]
     assert status["evidence"][-1]["signals"], "the evidence names what fired"
     # Egress: closed to the outside across every policy, the allow-all one included.
     for pod in pods:
@@ -267,9 +274,12 @@ def contained(c: Cluster, pods: list[Any]) -> dict[str, Any]:
         "the queued job to get the GPUs",
         timeout=30,
     )
-    handoff = next(a for a in status["actions"] if a["type"] == "reassignGPUs")["changed"]
-    assert handoff["to"] == [f"{c.other}/waiting"]
-    assert sum(f["gpus"] for f in handoff["freed"]) == 16
+    handoff = found.of("reassignGPUs")
+    assert handoff is not None and isinstance(handoff.detail, containment.GPUsReassigned)
+    assert handoff.detail.to == (f"{c.other}/waiting",)
+    assert sum(f.gpus for f in handoff.detail.freed) == 16
+    paused = found.of("pause")
+    assert paused is not None and paused.detail == containment.Paused("TrainingJob", "rl")
     quota = c.core.read_namespaced_resource_quota("breaker-gpu-clamp", c.ns)
     assert quota.spec.hard["requests.nvidia.com/gpu"] == "16"  # filler's, and no more
     return status

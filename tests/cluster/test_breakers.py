@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from breaker.api import containment
 from tests.cluster.scenes import (
     ATTACKS,
     GROUP,
@@ -140,11 +141,14 @@ def test_dry_run_records_and_changes_nothing(cluster: Cluster) -> None:
     with cluster.sim(pods, ATTACKS["mining-mid-run"]):
         breaker = wait_for(
             lambda: (
-                (b := cluster.breaker("rl-guard")).get("status", {}).get("state") == "Open" and b
+                containment.read((b := cluster.breaker("rl-guard")).get("status")).reason
+                == containment.DRY_RUN
+                and b
             ),
             "the dry-run trip",
             timeout=90,
         )
+    assert breaker["status"]["state"] == "Open"
     assert breaker["status"]["dryRun"] is True
     assert all(a.get("dryRun") for a in breaker["status"]["actions"])
     assert cluster.specs() == before
@@ -474,6 +478,15 @@ def test_the_webhook_hears_of_the_trip_with_the_secrets_token(cluster: Cluster) 
     assert payload["state"] == "Open"
     assert payload["workload"] == {"kind": "TrainingJob", "name": "rl"}
     assert payload["evidence"]["signals"], "the latest evidence travels with it"
+    # Sent once the outcome is recorded: results, not the intentions written ahead.
+    outcome = payload["containment"]
+    assert (outcome["contained"], outcome["reason"]) == (True, "Contained"), outcome
+    assert outcome["timeToContainSeconds"] > 0
+    assert [(a["type"], a["stage"]) for a in outcome["actions"]] == [
+        ("revokeEgress", "done"),
+        ("pause", "done"),
+    ]
+    assert outcome["actions"][1]["summary"] == "TrainingJob rl suspended"
     assert all(a == "Bearer s3cret" for _, a in heard)
 
 
@@ -611,7 +624,10 @@ def test_kubectl_breaker_trips_explains_and_resets(cluster: Cluster) -> None:
 
     tripped = kubectl_breaker(cluster, "trip", "rl", "--reason", "agent opened a tunnel")
     assert tripped.returncode == 0, tripped.stderr
-    assert "rl-guard: ForcedOpen (contained)" in tripped.stdout
+    # It waits for the outcome, and says it: what was done, not what was decided.
+    assert re.search(r"rl-guard: ForcedOpen, contained in \d+\.\d\d s", tripped.stdout)
+    assert "  TrainingJob rl suspended" in tripped.stdout
+    assert f"handed to {cluster.other}/waiting" in tripped.stdout
     assert cluster.get("trainingjobs", "rl")["spec"]["suspend"] is True
 
     status = kubectl_breaker(cluster, "status", kubeconfig=viewer)
@@ -622,6 +638,7 @@ def test_kubectl_breaker_trips_explains_and_resets(cluster: Cluster) -> None:
     story = kubectl_breaker(cluster, "explain", "rl-guard", kubeconfig=viewer).stdout
     assert "Closed → ForcedOpen: forced open by an admin: agent opened a tunnel" in story
     assert "revokeEgress applied" in story and "pause applied" in story
+    assert "  contained yes in " in story and "None" not in story
     assert f"kubectl breaker reset rl-guard -n {cluster.ns}" in story
 
     reset = kubectl_breaker(cluster, "reset", "rl")

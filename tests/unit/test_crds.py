@@ -70,6 +70,7 @@ def test_printer_columns_answer_the_first_question() -> None:
     assert columns["Breaker"] == [
         "Target",
         "State",
+        "Containment",
         "Signals",
         "Trips",
         "Last Trip",

@@ -89,6 +89,13 @@ def test_the_body_names_the_breaker_workload_policy_and_only_the_latest_evidence
             "signals": [{"name": "mining", "query": "max(x)", "value": 0.93, "pod": "rl-0"}],
             "pods": [{"name": "rl-0", "node": "gpu-node-0", "gpus": ["GPU-1"]}],
         },
+        "containment": {
+            "contained": True,
+            "reason": "Contained",
+            "message": "done: nothing to apply",
+            "timeToContainSeconds": None,
+            "actions": [],
+        },
         "truncated": False,
     }
 

@@ -56,9 +56,17 @@ def tripped() -> dict[str, Any]:
             {
                 "type": "revokeEgress",
                 "appliedAt": "2026-11-23T11:58:00.300000Z",
-                "changed": {"quarantine": "breaker-quarantine-rl"},
+                "changed": {
+                    "quarantinePolicy": "rl-default-quarantine",
+                    "pods": ["rl-0"],
+                    "narrowed": {},
+                },
             },
-            {"type": "pause", "appliedAt": "2026-11-23T11:58:00.200000Z"},
+            {
+                "type": "pause",
+                "appliedAt": "2026-11-23T11:58:00.200000Z",
+                "changed": {"kind": "TrainingJob", "name": "rl", "field": "spec.suspend"},
+            },
         ],
     )
 
@@ -124,7 +132,8 @@ def test_explain_tells_the_story_and_how_to_undo_it() -> None:
     text = explain(tripped())
     assert "guards    TrainingJob rl" in text
     assert "policy    ClusterBreakerPolicy default" in text
-    assert "contained in 0.42 s" in text
+    assert "contained yes in 0.42 s (done: revokeEgress, pause)" in text
+    assert "TrainingJob rl suspended" in text
     assert "2026-11-23 11:58:00Z  Closed → Open: pool" in text
     assert text.rstrip().endswith("kubectl breaker reset rl-default -n team-a")
     fresh = explain(breaker("new", "Closed", trips=0))

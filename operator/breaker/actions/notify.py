@@ -25,6 +25,8 @@ from typing import Any
 import aiohttp
 import yarl
 
+from breaker.api import containment
+
 logger = logging.getLogger("breaker.notify")
 
 TRIPPED = "BreakerTripped"
@@ -72,9 +74,34 @@ def payload(event: str, breaker: Mapping[str, Any], now: dt.datetime) -> dict[st
         "lastTrip": _plain(status.get("lastTrip")),
         # _plain copies: the caller's object (often kopf's live body) is never modified.
         "evidence": _plain(history[-1]) if history else None,
+        "containment": _containment(status, str(metadata.get("namespace"))),
         "truncated": False,
     }
     return _bounded(body)
+
+
+def _containment(status: Mapping[str, Any], tenant: str) -> dict[str, Any]:
+    """What the actions did, as the Breaker's status records it (the status contract)."""
+    try:
+        found = containment.read(status)
+    except containment.ContractError as error:
+        return {
+            "contained": None,
+            "reason": "Unreadable",
+            "message": str(error)[:MAX_REASON],
+            "timeToContainSeconds": None,
+            "actions": [],
+        }
+    return {
+        "contained": found.contained,
+        "reason": found.reason,
+        "message": found.message[:MAX_REASON],
+        "timeToContainSeconds": found.seconds,
+        "actions": [
+            {"type": a.type, "stage": a.stage, "summary": containment.describe(a, tenant)}
+            for a in found.actions
+        ],
+    }
 
 
 def encode(body: Mapping[str, Any]) -> bytes:

@@ -118,7 +118,8 @@ class ActionRecord(ApiModel):
         default=None,
         description=(
             "Decided and recorded, not yet confirmed done: the operator writes this before "
-            "acting, so one that restarts in between finishes the action rather than losing it."
+            "acting, so one that restarts in between finishes the action rather than losing it. "
+            "A pending record's changed holds only what was counted before acting."
         ),
     )
 
@@ -159,7 +160,11 @@ class BreakerStatus(ApiModel):
     time_to_contain_seconds: float | None = Field(
         default=None,
         ge=0,
-        description="From the evaluation that saw the trip to the last containment action done.",
+        description=(
+            "From the evaluation that saw the trip (or the operator seeing a ForcedOpen) to the "
+            "last containment action done. Written with the trip's outcome, never before; "
+            "cleared when the next trip is written ahead."
+        ),
     )
     last_trip: dt.datetime | None = Field(default=None, description="When it last tripped.")
     reason: str | None = Field(default=None, max_length=1024, description="Why it is in its state.")
@@ -191,7 +196,10 @@ class BreakerStatus(ApiModel):
     conditions: list[Condition] | None = Field(
         default=None,
         description=(
-            "Ready, Tripped and SignalsAvailable (Unknown while Prometheus is unreachable)."
+            "Ready, Tripped, SignalsAvailable (Unknown while Prometheus is unreachable) and "
+            "Contained: False/InProgress while a trip's actions run, True/Contained once every "
+            "one is done, False/ActionsFailed, DryRun, UndoFailed or NotTripped otherwise. "
+            "Wait on Contained, not on state Open: see docs/status.md."
         ),
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )

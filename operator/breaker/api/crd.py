@@ -254,6 +254,11 @@ RESOURCES: tuple[Resource, ...] = (
             PrinterColumn("Target", ".spec.targetRef.name", description="The guarded workload"),
             PrinterColumn("Kind", ".spec.targetRef.kind", priority=1),
             PrinterColumn("State", ".status.state"),
+            PrinterColumn(
+                "Containment",
+                '.status.conditions[?(@.type=="Contained")].reason',
+                description="InProgress, Contained, ActionsFailed, NotTripped, ...",
+            ),
             PrinterColumn("Signals", ".status.signals", description="Available or Unknown"),
             PrinterColumn("Trips", ".status.trips", "integer"),
             PrinterColumn("Last Trip", ".status.lastTrip", "date"),

@@ -44,6 +44,7 @@ from breaker.actions.notify import (
     secret_namespace_allowed,
 )
 from breaker.actions.pause import KINDS
+from breaker.api import containment
 from breaker.api.common import parse_duration
 from breaker.api.conditions import Cond, merge
 from breaker.api.policy import BreakerPolicySpec, ClusterBreakerPolicySpec, PolicySpecBase
@@ -473,6 +474,7 @@ class BreakerController:
     ) -> None:
         """Carry out a transition's effects, then record it all in one status write."""
         self._retried(key)  # what this transition does supersedes any retry scheduled
+        started = time.monotonic()
         after = transition.after
         records: list[dict[str, Any]] = list(status.get("actions") or [])
         extra: dict[str, Any] = {}
@@ -492,18 +494,23 @@ class BreakerController:
                 if not settings.dry_run:
                     # Write ahead: the trip and what it is about to do are recorded first, so
                     # an operator killed halfway finishes the job when it comes back, even if
-                    # the signals are gone with the paused pods.
+                    # the signals are gone with the paused pods. The Contained condition says
+                    # InProgress, and the last trip's time to contain goes.
                     records = _intend(records, order, scene, _target_nodes(trip, scene))
+                    extra["timeToContainSeconds"] = None
                     await self._write(
                         key, body, status, after, records, settings, spec, extra, transition
                     )
                     status, history = self.written.get(key, status), None
                     failpoints.hit("trip.intended")
                 records = await self._apply(scene, order, settings_of, records, trip, after)
-                if trip is not None and not settings.dry_run:
-                    took = time.monotonic() - trip.seen_at
+                if not settings.dry_run and not any(map(_unfinished, records)):
+                    # Only once every action is done: from the evaluation that saw the trip
+                    # (or from seeing an admin's ForcedOpen) to the last action.
+                    took = time.monotonic() - (trip.seen_at if trip is not None else started)
                     extra["timeToContainSeconds"] = round(took, 3)
-                    metrics.TIME_TO_CONTAIN.observe(took)
+                    if trip is not None:
+                        metrics.TIME_TO_CONTAIN.observe(took)
             elif effect == "resume":
                 records = await self._undo(scene, records, only_types=("pause", "reassignGPUs"))
             elif effect == "revert":
@@ -511,7 +518,9 @@ class BreakerController:
                 records = await self._undo(scene, records, only_types=None)
         if transition.changed and after.state in ("Open", "Locked", "ForcedOpen"):
             await self._release_ownership(key, body)
-        await self._write(key, body, status, after, records, settings, spec, extra, history)
+        written = await self._write(
+            key, body, status, after, records, settings, spec, extra, history
+        )
         failpoints.hit("reset.recorded" if "revert" in transition.effects else "trip.recorded")
         event = transition.event
         if event is not None:
@@ -519,7 +528,7 @@ class BreakerController:
             await events.post(self.api, body, event[0], event[1], message)
             if workload is not None:
                 await events.post(self.api, workload.body, event[0], event[1], message)
-            await self._notify(spec, body, event[1], after, extra)
+            await self._notify(spec, body, event[1], written)
 
     async def _finish(
         self,
@@ -542,9 +551,14 @@ class BreakerController:
         records = await self._apply(
             scene, order, settings_of, records, None, after, resumed=True, only=unfinished
         )
-        await self._write(key, body, status, after, records, settings, spec)
-        failpoints.hit("trip.recorded")
         failed = [r for r in records if _unfinished(r)]
+        extra: dict[str, Any] = {}
+        if not failed and after.last_trip is not None:
+            # From the trip to the last action, across the restart or the retries.
+            took = (dt.datetime.now(dt.UTC) - after.last_trip).total_seconds()
+            extra["timeToContainSeconds"] = round(max(took, 0.0), 3)
+        written = await self._write(key, body, status, after, records, settings, spec, extra)
+        failpoints.hit("trip.recorded")
         if failed:
             # Still short of containment: tried again later (not on every watch event of
             # a busy cluster), and said.
@@ -555,6 +569,9 @@ class BreakerController:
         message = f"finished: {finished} (decided before an operator restart or an API error)"
         log.info("Breaker %s/%s: %s", *key, message)
         await events.post(self.api, body, "Normal", "ContainmentFinished", message)
+        # The trip's own webhook may have died with the operator that decided it: the
+        # receiver hears the outcome now.
+        await self._notify(spec, body, "ContainmentFinished", written)
 
     async def _undo_again(
         self,
@@ -841,7 +858,8 @@ class BreakerController:
         spec: Mapping[str, Any],
         extra: Mapping[str, Any] | None = None,
         transition: machine.Transition | None = None,
-    ) -> None:
+    ) -> dict[str, Any]:
+        """Write the status (only if it changed); return it as it now stands."""
         now = dt.datetime.now(dt.UTC)
         wanted: dict[str, Any] = {**plan.status_of(after), **(extra or {})}
         wanted["actions"] = records or None
@@ -874,6 +892,11 @@ class BreakerController:
                 Cond("SignalsAvailable", "True", "QueriesAnswered", "every signal was read")
                 if after.signals_known
                 else self._signals_unknown(body),
+                # What readers wait on: never the first Open, whose records are intentions.
+                Cond(
+                    containment.CONDITION,
+                    *containment.condition(after.state, records, settings.dry_run),
+                ),
             ],
             now,
             body["metadata"].get("generation"),
@@ -884,7 +907,7 @@ class BreakerController:
         # Also when nothing changed: a restarted operator reports the states it finds.
         metrics.set_state(key[0], key[1], policy, after.state, merged.get("signals"))
         if merged == status:
-            return
+            return merged
         try:
             await kube.call(
                 client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status,
@@ -897,9 +920,10 @@ class BreakerController:
             )
         except client.ApiException as error:
             if error.status == 404:
-                return
+                return merged
             raise
         self.written[key] = merged
+        return merged
 
     def _signals_unknown(self, body: Mapping[str, Any]) -> Cond:
         """What is wrong with Prometheus, as the last evaluation of the policy found it."""
@@ -1075,10 +1099,10 @@ class BreakerController:
         spec: Mapping[str, Any],
         body: dict[str, Any],
         reason: str,
-        after: machine.Breaker,
-        extra: Mapping[str, Any],
+        written: Mapping[str, Any],
     ) -> None:
-        """Post the optional webhook in the background: containment never waits for it."""
+        """Post the optional webhook in the background: containment never waits for it.
+        ``written`` is the status as the outcome was recorded, so the body holds results."""
         for action in spec.get("actions") or []:
             settings = action.get("notify") if action.get("type") == "notify" else None
             if not settings or not settings.get("url"):
@@ -1091,7 +1115,7 @@ class BreakerController:
                     message = f"webhook not sent: {self._secret_problem(body, settings, error)}"
                     await events.post(self.api, body, "Warning", "WebhookFailed", message)
                     continue
-            snapshot = {**body, "status": {**plan.status_of(after), **extra}}
+            snapshot = {**body, "status": written}
             document = payload(reason, snapshot, dt.datetime.now(dt.UTC))
 
             async def delivered(result: Result, breaker: dict[str, Any] = body) -> None:
