@@ -498,6 +498,9 @@ class BreakerController:
                     # InProgress, and the last trip's time to contain goes.
                     records = _intend(records, order, scene, _target_nodes(trip, scene))
                     extra["timeToContainSeconds"] = None
+                    # Contained again, the job is owed nothing: a debt an earlier reset
+                    # recorded and the queue has not settled yet goes with the trip.
+                    extra["reclaim"] = None
                     await self._write(
                         key, body, status, after, records, settings, spec, extra, transition
                     )

@@ -470,7 +470,13 @@ class TrainingController:
         annotations = body["metadata"].get("annotations") or {}
         held = PAUSED_BY in annotations  # a breaker holds it, whatever spec.suspend says
         creditor = reclaims.get(key)
-        owes = creditor is not None and not _is_admitted(self.indexes, creditor)
+        # A debt binds while the job owed wants its GPUs back: one contained again (a
+        # breaker holds it paused) is owed nothing, whatever a reset recorded before.
+        owes = (
+            creditor is not None
+            and not _is_admitted(self.indexes, creditor)
+            and _wants_back(self.indexes, creditor)
+        )
         if admitted:
             # Passing API trouble never takes a running job's GPUs away.
             wants = problem is None or problem[0] in ("ReconcileError", "Unschedulable")
@@ -600,6 +606,15 @@ class TrainingController:
 def _is_admitted(indexes: dict[str, kopf.Index[Any, Any]], key: Key) -> bool:
     job: status_core.JobView | None = _only(indexes["trainingjob_jobs"], key)
     return job is not None and not job.suspended
+
+
+def _wants_back(indexes: dict[str, kopf.Index[Any, Any]], key: Key) -> bool:
+    """The TrainingJob exists, is not suspended, and no breaker holds it paused."""
+    body = _only(indexes["trainingjobs"], key)
+    if not body:
+        return False
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    return not (body.get("spec") or {}).get("suspend") and PAUSED_BY not in annotations
 
 
 def _quantity(value: Any) -> int:
