@@ -1,4 +1,4 @@
-# The operator's image: `breaker run`, as the Helm chart starts it.
+# The operator's image: `breaker run`, as the Helm chart starts it, and `breaker node-agent`.
 #
 #   docker build -t breaker-operator:0.1.0 .
 #
@@ -16,6 +16,11 @@ RUN python -m venv /opt/breaker \
  && /opt/breaker/bin/pip install .
 
 FROM ${BASE}
+# The node agent (`breaker node-agent`, the chart's optional DaemonSet) cuts quarantined
+# pods' connections with these: ss (iproute2), conntrack, iptables; nsenter is in the base.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends iproute2 conntrack iptables \
+ && rm -rf /var/lib/apt/lists/*
 LABEL org.opencontainers.image.title="breaker" \
       org.opencontainers.image.description="A circuit breaker for GPU training jobs run by autonomous agents" \
       org.opencontainers.image.licenses="Apache-2.0"

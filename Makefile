@@ -8,7 +8,7 @@ PY_SOURCES := operator tests bench
 
 .DEFAULT_GOAL := help
 .PHONY: help deps system-deps cluster-up cluster-down cluster-status cluster-build \
-        test lint unit demo bench bench-eval bench-fleet kind-up kind-deploy kind-down clean
+        test lint unit demo bench bench-eval bench-fleet bench-cut kind-up kind-deploy kind-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ bench-eval: deps ## only one evaluation at 1,000, 10,000 and 50,000 pods, both d
 
 bench-fleet: deps ## only time to contain, memory and API at rest on a bench cluster (DESIGN=baseline, SHARDS=2)
 	$(BIN)/python bench/fleet.py --design $(or $(DESIGN),breaker) --shards $(or $(SHARDS),1)
+
+bench-cut: deps ## only time to cut a live tunnel on the real node (20 trips per mode)
+	$(BIN)/python bench/cut.py
 
 kind-up: ## a kind cluster with fake GPU capacity on its workers (needs Docker and kind)
 	@command -v kind >/dev/null || { echo "kind is not installed: see https://kind.sigs.k8s.io (needs Docker)"; exit 1; }

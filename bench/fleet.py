@@ -757,6 +757,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix=f"breaker-bench-{args.design}-"))
     os.environ["BREAKER_CLUSTER_DIR"] = str(work / "cluster")
     os.environ.setdefault("BREAKER_CLUSTER_PORT_OFFSET", "4000")
+    # Fleets are kwok's: the real node (packets) is bench/cut.py's.
+    os.environ.setdefault("BREAKER_CLUSTER_REAL_NODE", "0")
     began = time.monotonic()
     bench = Bench(args.design, sizes, args.attacks, work, ttc_sizes, args.shards)
     if args.shards > 1 and args.design != "breaker":

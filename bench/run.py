@@ -8,7 +8,9 @@ The parts, each a script of its own that writes its JSON under bench/results/:
   requests per minute at rest;
 - ``fleet.py --design breaker --shards 2`` (part ``sharded``): the breakers in two
   namespace shards and the queue in an operator of its own, as the chart's ``shards``
-  runs them: time to contain at 1,000 jobs, each operator's memory at 10,000.
+  runs them: time to contain at 1,000 jobs, each operator's memory at 10,000;
+- ``cut.py`` (part ``cut``): time to cut, from a trip to the end of a reverse tunnel open
+  before it, on the real node with the node agent, 20 trips in each of two modes.
 
 The summary is computed here from those files as this run wrote them, never by hand;
 ``--summarize`` rebuilds it from the files alone (after a part was rerun by itself).
@@ -41,6 +43,7 @@ QUICK = {
     "evaluation": ["--sizes", "1000,5000", "--baseline-sample", "200"],
     "fleet": ["--ttc-sizes", "10,100", "--rss-sizes", "100,500", "--rest-size", "100"],
     "sharded": ["--ttc-sizes", "100", "--rss-sizes", "500", "--rest-size", "100"],
+    "cut": ["--trips", "5"],
 }
 SHARDS = 2
 # Sharded, the figures that change: time to contain at 1,000 jobs, memory at 10,000.
@@ -51,9 +54,10 @@ TARGETS = [
     ("eval_cpu_s", "10000", 1.0, "one evaluation of 10,000 pods <= 1 s operator CPU"),
     ("rss_mb", "10000", 300.0, "resident memory <= 300 MB at 10,000 guarded jobs"),
 ]
+CUT_TARGET_S = 1.0  # the tunnel's last byte, p99, in each mode
 
 
-PARTS = ("evaluation", "breaker", "baseline", "sharded")
+PARTS = ("evaluation", "breaker", "baseline", "sharded", "cut")
 
 
 def run_parts(quick: bool, wanted: list[str]) -> None:
@@ -77,6 +81,7 @@ def run_parts(quick: bool, wanted: list[str]) -> None:
                 *(QUICK["sharded"] if quick else SHARDED),
             ],
         ),
+        ("fleet (cut)", [HERE / "cut.py", *(QUICK["cut"] if quick else [])]),
     ]
     for name, command in parts:
         if name.removeprefix("fleet (").removesuffix(")") not in wanted:
@@ -210,6 +215,23 @@ def summarize() -> dict[str, Any]:
             "met": rest == 0,
         }
     )
+    cut_file = RESULTS / "cut.json"
+    if cut_file.exists():
+        cut = json.loads(cut_file.read_text())
+        summary["cut"] = {
+            mode: {"cut": row["cut"], "last_byte": row["last_byte"]}
+            for mode, row in cut["modes"].items()
+        }
+        summary["measured_at"]["cut"] = cut["measured_at"]
+        for mode, row in cut["modes"].items():
+            p99 = row["last_byte"]["p99_s"]
+            summary["targets"].append(
+                {
+                    "target": f"time to cut ({mode}): last byte through the tunnel p99 < 1 s",
+                    "measured": p99,
+                    "met": p99 < CUT_TARGET_S,
+                }
+            )
     return summary
 
 
@@ -249,6 +271,13 @@ def table(summary: dict[str, Any]) -> str:
                 lines.append(f"{key:<34} {size:>6} {fmt(value):>10}  (one operator: {alone})")
         for size, each in sharded["rss_mb_by_operator"].items():
             lines.append(f"{'rss_mb by operator':<34} {size:>6} {each}")
+    for mode, row in (summary.get("cut") or {}).items():
+        cut, last = row["cut"], row["last_byte"]
+        lines.append(
+            f"time to cut ({mode}, {cut['n']} trips): far end reset p50 {fmt(cut['p50_s'])} s, "
+            f"p99 {fmt(cut['p99_s'])} s; last byte p50 {fmt(last['p50_s'])} s, "
+            f"p99 {fmt(last['p99_s'])} s"
+        )
     lines.append("")
     for target in summary["targets"]:
         lines.append(
@@ -310,7 +339,7 @@ def main() -> int:
     parser.add_argument(
         "--parts",
         default=",".join(PARTS),
-        help="which to run, of evaluation, breaker, baseline and sharded (default: all); the "
+        help="which to run, of evaluation, breaker, baseline, sharded and cut (default: all); the "
         "summary takes the others from their last files",
     )
     args = parser.parse_args()

@@ -6,6 +6,7 @@ start itself it takes down again at the end, unless BREAKER_KEEP_CLUSTER=1.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -26,6 +27,7 @@ from prometheus_api_client import PrometheusConnect
 from breaker.api.crd import RESOURCES
 from breaker.localcluster import LocalCluster
 from breaker.localcluster.paths import repo_root
+from breaker.localcluster.realnode import NAME as REAL_NODE
 from tests.helpers import wait_for
 
 
@@ -135,6 +137,12 @@ def chart(local_cluster: LocalCluster, crds: None) -> None:
             "defaultPolicy.enabled=false",
             "--set",
             f"peering.name={PEERING}",
+            # The node agent's ServiceAccount and RBAC; its DaemonSet's pods would need the
+            # operator image, so they are placed nowhere and the agent runs as a process.
+            "--set",
+            "nodeAgent.enabled=true",
+            "--set-json",
+            'nodeAgent.nodeSelector={"breaker.dev/nowhere":"true"}',
             "--wait",
             "--timeout",
             "2m",
@@ -315,6 +323,79 @@ def refusals(log: str) -> list[str]:
     return found
 
 
+NODE_AGENT_ACCOUNT = "breaker-node-agent"
+
+
+class NodeAgent:
+    """`breaker node-agent` for the real node, in its network namespace, authenticated as
+    the chart's node-agent ServiceAccount (exactly its RBAC)."""
+
+    def __init__(self, cluster: LocalCluster, kubeconfig: Path, log: Path) -> None:
+        self.cluster, self.kubeconfig, self.log = cluster, kubeconfig, log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert self.process is None or self.process.poll() is not None, "already running"
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.cluster.real_node.agent_command(),
+                env={**self.cluster.env(), "KUBECONFIG": str(self.kubeconfig)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        lease = f"breaker-node-agent-{REAL_NODE}"
+        coordination = client.CoordinationV1Api(self.cluster.api_client())
+
+        def renewed() -> bool:
+            if self.dead():
+                raise AssertionError(f"the node agent exited:\n{self.log.read_text()[-3000:]}")
+            found = coordination.read_namespaced_lease(lease, RELEASE_NAMESPACE)
+            return bool(found.spec and found.spec.renew_time)
+
+        wait_for(renewed, "the node agent's Lease", timeout=60, ignore=(client.ApiException,))
+
+    def stop(self) -> None:
+        """SIGTERM; its Lease expires on its own (the operator then says: may survive)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        with contextlib.suppress(client.ApiException):
+            client.CoordinationV1Api(self.cluster.api_client()).delete_namespaced_lease(
+                f"breaker-node-agent-{REAL_NODE}", RELEASE_NAMESPACE
+            )
+
+    def dead(self) -> bool:
+        return self.process is None or self.process.poll() is not None
+
+
+@pytest.fixture(scope="session")
+def node_agent_process(
+    local_cluster: LocalCluster, chart: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NodeAgent]:
+    base = tmp_path_factory.mktemp("node-agent")
+    kubeconfig = service_account_kubeconfig(
+        local_cluster, RELEASE_NAMESPACE, NODE_AGENT_ACCOUNT, base / "kubeconfig"
+    )
+    agent = NodeAgent(local_cluster, kubeconfig, base / "node-agent.log")
+    agent.start()
+    yield agent
+    agent.stop()
+    denied = refusals(agent.log.read_text())
+    assert not denied, "the chart's RBAC refused the node agent:\n" + "\n".join(denied[:20])
+
+
+@pytest.fixture
+def node_agent(node_agent_process: NodeAgent) -> NodeAgent:
+    """The node agent running (started again if a test stopped it)."""
+    if node_agent_process.dead():
+        node_agent_process.start()
+    return node_agent_process
+
+
 @pytest.fixture(scope="session")
 def custom(api_client: Any) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(api_client)
@@ -328,8 +409,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     from tests.cluster.test_faults import FAULTS
     from tests.cluster.test_high_availability import TAKEOVERS
     from tests.cluster.test_hostile_tenant import ATTEMPTS
+    from tests.cluster.test_live_tunnel import CUTS
     from tests.detect.test_corpus import LATENCIES
 
+    if CUTS:
+        terminalreporter.section("open connections cut on the real node (node agent)")
+        for mode, took in CUTS:
+            terminalreporter.write_line(
+                f"{mode}: the tunnel's far end got its reset {took:.3f}s after the trip"
+            )
     for took, timeline in DEMO_RUNS:
         terminalreporter.section(f"breaker demo: exit 0 in {took:.0f}s, cluster start included")
         terminalreporter.write_line(timeline.strip("\n"))

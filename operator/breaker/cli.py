@@ -140,6 +140,46 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node_agent(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from kubernetes import client, config
+
+    from breaker.nodeagent.agent import NodeAgent, Settings
+
+    if not args.node:
+        print(
+            "breaker node-agent: give --node (or $NODE_NAME): the node it runs on", file=sys.stderr
+        )
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    settings = Settings(
+        node=args.node,
+        namespace=args.namespace,
+        cluster_dns=tuple(args.cluster_dns or ["10.96.0.10"]),
+        netns_dir=Path(args.netns_dir),
+        interval=args.interval,
+        iptables=args.iptables,
+    )
+    agent = NodeAgent(client.ApiClient(), settings)
+    if args.metrics_port:
+        agent.serve(args.metrics_address, args.metrics_port)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    try:
+        agent.run()
+    except KeyboardInterrupt:
+        agent.stop()
+    return 0
+
+
 def _parts(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -347,6 +387,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     run.set_defaults(handler=_run)
+
+    agent = commands.add_parser(
+        "node-agent",
+        help="on a node: cut the open connections of its quarantined pods (the DaemonSet)",
+    )
+    agent.add_argument(
+        "--node",
+        default=os.environ.get("NODE_NAME"),
+        help="the node it runs on ($NODE_NAME; the DaemonSet sets it from spec.nodeName)",
+    )
+    agent.add_argument(
+        "--namespace",
+        default=os.environ.get("BREAKER_NAMESPACE", "breaker-system"),
+        help="the operator's namespace, where the agent's Lease tells it is running",
+    )
+    agent.add_argument(
+        "--cluster-dns",
+        action="append",
+        default=None,
+        metavar="IP",
+        help="the cluster DNS service's address (the kubelet's clusterDNS), kept open when a "
+        "policy allows DNS; repeatable (default 10.96.0.10)",
+    )
+    agent.add_argument(
+        "--netns-dir",
+        default="/var/run/netns",
+        help="where the container runtime keeps pods' network namespaces (/var/run/netns)",
+    )
+    agent.add_argument(
+        "--interval",
+        type=float,
+        default=0.25,
+        help="seconds between passes while a pod of the node is quarantined (0.25)",
+    )
+    agent.add_argument(
+        "--iptables",
+        default="iptables",
+        help="the iptables command whose backend the node uses (iptables, iptables-legacy)",
+    )
+    agent.add_argument(
+        "--metrics-port", type=int, default=0, help="serve /metrics and /healthz (0: off)"
+    )
+    agent.add_argument("--metrics-address", default="127.0.0.1", help="(default 127.0.0.1)")
+    agent.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    agent.set_defaults(handler=_node_agent)
 
     demo = commands.add_parser(
         "demo",

@@ -274,10 +274,16 @@ def contained(c: Cluster, pods: list[Any]) -> dict[str, Any]:
         "the queued job to get the GPUs",
         timeout=30,
     )
-    handoff = found.of("reassignGPUs")
-    assert handoff is not None and isinstance(handoff.detail, containment.GPUsReassigned)
-    assert handoff.detail.to == (f"{c.other}/waiting",)
-    assert sum(f.gpus for f in handoff.detail.freed) == 16
+
+    # Who got the GPUs is recorded when the queue admits them (it may follow Contained).
+    def handed() -> containment.GPUsReassigned | None:
+        latest = containment.read(c.breaker("rl-guard").get("status")).of("reassignGPUs")
+        detail = latest.detail if latest is not None else None
+        return detail if isinstance(detail, containment.GPUsReassigned) and detail.to else None
+
+    handoff = wait_for(handed, "the handoff recorded", timeout=30)
+    assert handoff.to == (f"{c.other}/waiting",)
+    assert sum(f.gpus for f in handoff.freed) == 16
     paused = found.of("pause")
     assert paused is not None and paused.detail == containment.Paused("TrainingJob", "rl")
     quota = c.core.read_namespaced_resource_quota("breaker-gpu-clamp", c.ns)

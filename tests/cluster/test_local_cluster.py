@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from breaker.localcluster import LocalCluster
 from breaker.localcluster.cluster import GPU_RESOURCE
-from breaker.localcluster.tools import MODULES
+from breaker.localcluster.realnode import NAME as REAL_NODE
+from breaker.localcluster.tools import MODULES, ensure_built
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -257,9 +258,11 @@ def test_prometheus_scrapes_an_exporter_and_the_client_reads_it_back(
 
 
 def test_up_when_already_up_changes_nothing(local_cluster: LocalCluster) -> None:
-    before = {name: local_cluster.process(name).pid() for name in local_cluster.COMPONENTS}
+    components = local_cluster.components()
+    assert "kubelet" in components and "kube-router" in components
+    before = {name: local_cluster.process(name).pid() for name in components}
     local_cluster.up()
-    after = {name: local_cluster.process(name).pid() for name in local_cluster.COMPONENTS}
+    after = {name: local_cluster.process(name).pid() for name in components}
     assert before == after
     assert all(after.values())
 
@@ -277,3 +280,11 @@ def test_binaries_report_the_pinned_versions(local_cluster: LocalCluster) -> Non
     assert run("helm", "version", "--short").startswith(pinned["helm"])
     assert pinned["etcd"].lstrip("v") in run("etcd", "--version")
     assert pinned["kwok"].lstrip("v") in run("kwok", "--version")
+    # The real node: its kubelet and runtime as the API server sees them, kube-router's own.
+    node = json.loads(run("kubectl", "get", "node", REAL_NODE, "-o", "json"))
+    info = node["status"]["nodeInfo"]
+    assert info["kubeletVersion"] == pinned["kube"]
+    assert info["containerRuntimeVersion"] == f"containerd://{pinned['containerd'].lstrip('v')}"
+    router = str(ensure_built(say=lambda _m: None)["kube-router"])
+    said = subprocess.run([router, "--version"], capture_output=True, text=True, check=True)
+    assert f"version {pinned['kube-router']}" in said.stderr

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from breaker.localcluster import ClusterError, LocalCluster
+from breaker.localcluster import ClusterError, LocalCluster, netns
 from breaker.localcluster.cluster import Ports
 from breaker.localcluster.paths import repo_root
+from breaker.localcluster.realnode import RealNode
 from breaker.localcluster.tools import Toolbox, ensure_built
 
 pytestmark = pytest.mark.cluster
@@ -39,6 +40,46 @@ def test_a_component_that_fails_stops_the_rest_and_names_its_log(
     # What had started (etcd, the API server, the controller manager) was stopped again.
     assert not any(cluster.process(name).running() for name in cluster.COMPONENTS)
 
+    cluster.down()
+    assert not cluster.directory.exists()
+
+
+def test_a_real_node_that_fails_names_its_log_and_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kubelet that will not start: the cluster stops, and every namespace, link,
+    cgroup, mount and process the real node made is gone."""
+    offset = 800
+    ports = Ports(**{name: port + offset for name, port in Ports().__dict__.items()})
+    cluster = LocalCluster(directory=tmp_path / "cluster", ports=ports, say=lambda _m: None)
+    node = cluster.real_node
+    original = RealNode._start
+
+    def broken_kubelet(
+        self: RealNode, name: str, what: str, command: list[str], *a: Any, **k: Any
+    ) -> None:
+        if name == "kubelet":
+            command = [*command, "--no-such-flag"]
+        original(self, name, what, command, *a, **k)
+
+    monkeypatch.setattr(RealNode, "_start", broken_kubelet)
+    with pytest.raises(ClusterError) as failure:
+        cluster.up()
+    message = str(failure.value)
+    assert message.startswith("kubelet: exited before Ready"), message
+    assert str(cluster.process("kubelet").log) in message
+    assert "unknown flag: --no-such-flag" in message
+    assert not any(cluster.process(name).running() for name in cluster.components())
+    # Nothing of the node is left on the machine.
+    assert not netns.exists(node.node_ns) and not netns.exists(node.outside_ns)
+    assert (
+        node.host_link
+        not in subprocess.run(
+            ["ip", "-br", "link"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert not [h for h in netns.cgroup_hierarchies() if (h / f"breaker-{node.id}").exists()]
+    assert not netns.mounts_under(cluster.directory)
     cluster.down()
     assert not cluster.directory.exists()
 

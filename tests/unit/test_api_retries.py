@@ -11,6 +11,7 @@ from kubernetes import client
 
 from breaker import kube
 from breaker.actions import executor
+from breaker.api.policy import QuarantineNodeAction
 from breaker.circuit.machine import Breaker
 from breaker.controllers.breakers import _applied, _failed_undos, _intend, _unfinished
 
@@ -107,7 +108,7 @@ def test_a_node_written_meanwhile_is_read_and_patched_again(
 ) -> None:
     core = HeartbeatingNodes(beats=2)
     scene = scene_with(core, monkeypatch)
-    done = asyncio.run(executor.quarantine_nodes(scene, ["gpu-0"], {}))
+    done = asyncio.run(executor.quarantine_nodes(scene, ["gpu-0"], QuarantineNodeAction()))
     assert core.patches == 3 and core.node["spec"]["unschedulable"] is True
     assert done["nodes"]["gpu-0"]["cordoned"] is True
     core.beats = 1
@@ -119,7 +120,11 @@ def test_a_node_written_meanwhile_is_read_and_patched_again(
 def test_a_node_that_never_holds_still_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
     core = HeartbeatingNodes(beats=executor.NODE_CONFLICT_ATTEMPTS)
     with pytest.raises(client.ApiException) as caught:
-        asyncio.run(executor.quarantine_nodes(scene_with(core, monkeypatch), ["gpu-0"], {}))
+        asyncio.run(
+            executor.quarantine_nodes(
+                scene_with(core, monkeypatch), ["gpu-0"], QuarantineNodeAction()
+            )
+        )
     assert caught.value.status == 409 and core.patches == executor.NODE_CONFLICT_ATTEMPTS
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 from breaker.actions.admin_policy import admin_network_policy, anp_name, cilium_policy
+from breaker.api.policy import BreakerPolicySpec
 from breaker.circuit import machine, plan
 from breaker.circuit.ownership import OwnerRef, workload_of
 from breaker.circuit.selection import Policy, Workload
@@ -70,14 +71,29 @@ def test_a_reset_is_asked_by_spec_or_annotation() -> None:
     assert by_spec and by_annotation and by_spec != by_annotation
 
 
+SIGNAL = {"name": "pool", "preset": "mining-pool-egress"}
+
+
 def test_policy_settings_default_to_dry_run_and_manual_recovery() -> None:
-    settings = plan.settings_of({})
+    settings = plan.settings_of(BreakerPolicySpec.model_validate({"signals": [SIGNAL]}))
     assert settings.dry_run and not settings.half_open
     enforced = plan.settings_of(
-        {"mode": "Enforce", "recovery": {"mode": "HalfOpen", "cooldown": "30s", "maxTrips": 2}}
+        BreakerPolicySpec.model_validate(
+            {
+                "signals": [SIGNAL],
+                "mode": "Enforce",
+                "recovery": {"mode": "HalfOpen", "cooldown": "30s", "maxTrips": 2},
+                "prometheus": {"onUnreachable": "Trip"},
+            }
+        )
     )
     assert not enforced.dry_run and enforced.half_open and enforced.max_trips == 2
     assert enforced.cooldown == dt.timedelta(seconds=30)
+    assert enforced.trip_when_unreachable
+
+
+def test_a_policy_the_operator_cannot_read_only_records() -> None:
+    assert plan.settings_of(None).dry_run
 
 
 def test_pods_map_to_the_topmost_guarded_owner() -> None:

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from breaker.actions import executor
+from breaker.actions import connections, executor
 from breaker.actions.notify import payload
 from breaker.api import containment
+from breaker.api.policy import RevokeEgressAction
 from breaker.controllers.breakers import _intend
 from breaker.controllers.inventory import OwnerRef, PodView, WorkloadView
 from breaker.demo import DemoError, timeline_lines
@@ -86,7 +87,8 @@ def done_records() -> list[dict[str, Any]]:
 
     async def run() -> list[dict[str, Any]]:
         where = scene()
-        egress = await executor.revoke_egress(where, {})
+        egress = await executor.revoke_egress(where, RevokeEgressAction())
+        egress["connections"] = connections.coverage(["gpu-node-0", "gpu-node-1"], ["gpu-node-0"])
         paused = await executor.pause_workload(where)
         clamp = await executor.clamp_quota(where)
         handed = {
@@ -232,7 +234,12 @@ def test_the_executors_done_records_read_as_the_contract_says() -> None:
     assert (found.reason, found.contained, found.seconds) == ("Contained", True, 0.31)
     egress, paused, gpus = (a.detail for a in found.actions)
     assert egress == containment.EgressRevoked(
-        "rl-agent-demo-quarantine", ("rl-agent-0", "rl-agent-1"), ("allow-all-egress",), ()
+        "rl-agent-demo-quarantine",
+        ("rl-agent-0", "rl-agent-1"),
+        ("allow-all-egress",),
+        (),
+        cut_on=("gpu-node-0",),
+        uncut_on=("gpu-node-1",),
     )
     assert paused == containment.Paused("TrainingJob", "rl-agent")
     assert isinstance(gpus, containment.GPUsReassigned)
@@ -264,7 +271,9 @@ def test_the_demo_prints_only_recorded_facts_once_contained() -> None:
     assert "+ 38.0s  breaker rl-agent-demo Open" in text
     assert (
         "+ 38.4s  egress revoked: quarantine NetworkPolicy rl-agent-demo-quarantine (2 pods); "
-        "other policies narrowed: allow-all-egress"
+        "other policies narrowed: allow-all-egress; open connections cut by the node agent on "
+        "gpu-node-0; open connections MAY SURVIVE on gpu-node-1 (no node agent there: a "
+        "NetworkPolicy stops new connections, not those already open)"
     ) in text
     assert "+ 38.4s  TrainingJob rl-agent suspended" in text
     assert (

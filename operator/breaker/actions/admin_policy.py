@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from breaker.actions.egress import QUARANTINE_LABEL
+from breaker.actions.egress import DNS_NAMESPACE, DNS_PODS, DNS_PORTS, QUARANTINE_LABEL
 
 ANP_GROUP, ANP_VERSION, ANP_PLURAL = "policy.networking.k8s.io", "v1alpha1", "adminnetworkpolicies"
 CILIUM_GROUP, CILIUM_VERSION, CILIUM_PLURAL = "cilium.io", "v2", "ciliumnetworkpolicies"
@@ -21,7 +21,6 @@ MANAGED = {"app.kubernetes.io/managed-by": "breaker"}
 # AdminNetworkPolicy priorities run 0..1000, lower first. The quarantine must outrank any
 # allow an admin wrote; two quarantines at the same priority never conflict (both deny).
 ANP_PRIORITY = 0
-DNS_PORTS = ({"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53})
 
 
 def anp_name(namespace: str, breaker: str) -> str:
@@ -40,14 +39,7 @@ def admin_network_policy(namespace: str, breaker: str, allow_dns: bool) -> dict[
             {
                 "name": "allow-dns",
                 "action": "Allow",
-                "to": [
-                    {
-                        "pods": {
-                            "namespaceSelector": {},
-                            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
-                        }
-                    }
-                ],
+                "to": [{"pods": {"namespaceSelector": DNS_NAMESPACE, "podSelector": DNS_PODS}}],
                 "ports": [{"portNumber": dict(port)} for port in DNS_PORTS],
             }
         )

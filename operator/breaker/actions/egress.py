@@ -129,7 +129,15 @@ def _rule_allows(rule: Mapping[str, Any], destination: Destination, pod_namespac
 
 
 QUARANTINE_LABEL = "breaker.dev/quarantined"
+# What the node agent keeps of a quarantined pod's open connections (JSON, on the pod).
+KEPT_ANNOTATION = "breaker.dev/egress-kept"
 _EXCLUDED = {"key": QUARANTINE_LABEL, "operator": "DoesNotExist"}
+# The cluster's DNS: CoreDNS (or kube-dns) in kube-system, as every distribution labels it.
+# Any namespace would let a tenant label a pod of its own k8s-app=kube-dns and tunnel
+# through it; kube-system is the admins'.
+DNS_NAMESPACE = {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}
+DNS_PODS = {"matchLabels": {"k8s-app": "kube-dns"}}
+DNS_PORTS = ({"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53})
 
 
 @dataclass(frozen=True)
@@ -144,18 +152,14 @@ class Revocation:
 def quarantine_policy(
     name: str, namespace: str, allow_dns: bool, allow_services: Iterable[Mapping[str, Any]] = ()
 ) -> dict[str, Any]:
-    """Deny all egress from quarantined pods, except DNS and named in-cluster services."""
+    """Deny all egress from quarantined pods, except the cluster's DNS on port 53 (when
+    ``allow_dns``) and named in-cluster services."""
     rules: list[dict[str, Any]] = []
     if allow_dns:
         rules.append(
             {
-                "to": [
-                    {
-                        "namespaceSelector": {},
-                        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
-                    }
-                ],
-                "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                "to": [{"namespaceSelector": DNS_NAMESPACE, "podSelector": DNS_PODS}],
+                "ports": [dict(port) for port in DNS_PORTS],
             }
         )
     # Services are reached through their pods; the caller resolves each Service's selector.

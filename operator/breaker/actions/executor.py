@@ -11,6 +11,8 @@ In DryRun the same plans are computed and returned with ``dryRun``, and nothing 
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -20,7 +22,8 @@ from typing import Any
 from kubernetes import client
 
 from breaker import failpoints, kube
-from breaker.actions import admin_policy, egress, node, pause, quota
+from breaker.actions import admin_policy, connections, egress, node, pause, quota
+from breaker.api.policy import QuarantineNodeAction, RevokeEgressAction, ServiceRef
 from breaker.controllers.inventory import PAUSED_BY, PodView, WorkloadView
 
 log = logging.getLogger("breaker.actions")
@@ -45,6 +48,9 @@ class Scene:
     namespace_pods: list[PodView]  # every pod of the namespace
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
+    # When the last action changed something (monotonic): the end of time to contain,
+    # which waiting to learn who took the freed GPUs is not part of.
+    acted_at: float = 0.0
 
 
 # -- revokeEgress -----------------------------------------------------------------------
@@ -55,30 +61,44 @@ def quarantine_name(breaker: str) -> str:
 
 
 async def revoke_egress(
-    scene: Scene, settings: Mapping[str, Any], recorded: Mapping[str, Any] | None = None
+    scene: Scene,
+    settings: RevokeEgressAction,
+    recorded: Mapping[str, Any] | None = None,
+    kept: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Quarantine the pods, and take them out of every other policy that lets them out.
 
-    ``recorded`` is the quarantine's spec as first written: holding puts back exactly that."""
+    ``recorded`` is the quarantine's spec as first written, and ``kept`` what the node agent
+    was told to keep: holding puts back exactly those."""
     name = quarantine_name(scene.breaker)
-    allow_dns = bool(settings.get("allowDns", True))
     labelled = [{**p.labels, egress.QUARANTINE_LABEL: scene.breaker} for p in scene.pods]
-    plan = egress.plan_revocation(name, scene.namespace, labelled, scene.netpols, allow_dns)
+    plan = egress.plan_revocation(
+        name, scene.namespace, labelled, scene.netpols, settings.allow_dns
+    )
     policy = plan.quarantine
     policy["metadata"]["labels"] = {**MANAGED, "breaker.dev/breaker": scene.breaker[:63]}
     policy["spec"]["podSelector"] = {"matchLabels": {egress.QUARANTINE_LABEL: scene.breaker}}
     if recorded is not None:
         policy["spec"] = dict(recorded)
-    for service in [] if recorded is not None else settings.get("allowServices") or []:
-        selector = await _service_selector(scene, service)
-        if selector:
-            policy["spec"]["egress"].append(_service_rule(service["namespace"], selector))
+    services: list[str] = []
+    for service in [] if recorded is not None else settings.allow_services or []:
+        found = await _service(scene, service)
+        if found is not None:
+            selector, address = found
+            if selector:
+                policy["spec"]["egress"].append(_service_rule(service.namespace, selector))
+            if address:
+                services.append(address)
+    if kept is None:
+        kept = {"dns": settings.allow_dns, "services": sorted(services)}
     changed: dict[str, Any] = {
         "quarantinePolicy": name,
         # Kept so that holding compares the policy with it: an edit is an escape.
         "quarantineSpec": policy["spec"],
         "pods": sorted(p.name for p in scene.pods),
         "narrowed": {n: plan.narrowed[n] for n in sorted(plan.narrowed)},
+        # What the node agent leaves open of the pods' connections (the rest it cuts).
+        "kept": dict(kept),
     }
     if scene.dry_run:
         return changed
@@ -98,9 +118,9 @@ async def revoke_egress(
             {**policy, "metadata": {**policy["metadata"], **_version(existing)}},
         )
     failpoints.hit("egress.quarantine-written")
-    await label_pods(scene, scene.pods)
+    await label_pods(scene, scene.pods, changed["kept"])
     failpoints.hit("egress.pods-labelled")
-    changed.update(await _deny_above_network_policies(scene, allow_dns))
+    changed.update(await _deny_above_network_policies(scene, settings.allow_dns))
     for policy_name, patch in plan.patches.items():
         original = plan.narrowed[policy_name]
         current = next(p for p in scene.netpols if p["metadata"]["name"] == policy_name)
@@ -120,14 +140,46 @@ async def revoke_egress(
     return changed
 
 
-async def label_pods(scene: Scene, pods: Iterable[PodView]) -> list[str]:
-    """Mark the pods quarantined (the quarantine policy selects them by it); those it did."""
+async def live_node_agents(api: client.ApiClient, namespace: str, nodes: Iterable[str]) -> set[str]:
+    """The nodes whose node agent holds a live Lease in the operator's namespace (read at
+    the trip, after containment: never in its way)."""
+    coordination = client.CoordinationV1Api(api)
+    now = dt.datetime.now(dt.UTC)
+
+    async def live(node: str) -> bool:
+        try:
+            lease = await kube.call(
+                coordination.read_namespaced_lease, connections.lease_name(node), namespace
+            )
+        except client.ApiException as error:
+            if error.status in (403, 404):
+                return False  # none, or the operator may not know: said as uncut
+            raise
+        spec = lease.spec
+        return spec is not None and connections.lease_live(
+            spec.renew_time, spec.lease_duration_seconds, now
+        )
+
+    wanted = sorted(set(nodes))
+    found = await asyncio.gather(*(live(node) for node in wanted))
+    return {node for node, ok in zip(wanted, found, strict=True) if ok}
+
+
+async def label_pods(scene: Scene, pods: Iterable[PodView], kept: Mapping[str, Any]) -> list[str]:
+    """Mark the pods quarantined (the quarantine policy selects them by the label) and say
+    what of their open connections the node agent keeps (the annotation, in the same
+    patch); the pods it marked."""
     done = []
     core = client.CoreV1Api(scene.api)
     for pod in pods:
         if pod.labels.get(egress.QUARANTINE_LABEL) == scene.breaker or pod.deleting:
             continue
-        patch = {"metadata": {"labels": {egress.QUARANTINE_LABEL: scene.breaker}}}
+        patch = {
+            "metadata": {
+                "labels": {egress.QUARANTINE_LABEL: scene.breaker},
+                "annotations": {egress.KEPT_ANNOTATION: json.dumps(dict(kept), sort_keys=True)},
+            }
+        }
         try:
             await kube.merge_patch(core.patch_namespaced_pod, pod.name, scene.namespace, patch)
         except client.ApiException as error:
@@ -164,7 +216,12 @@ async def restore_egress(scene: Scene, record: Mapping[str, Any]) -> dict[str, A
     for pod in scene.namespace_pods:
         if pod.labels.get(egress.QUARANTINE_LABEL) != scene.breaker:
             continue
-        unlabel = {"metadata": {"labels": {egress.QUARANTINE_LABEL: None}}}
+        unlabel = {
+            "metadata": {
+                "labels": {egress.QUARANTINE_LABEL: None},
+                "annotations": {egress.KEPT_ANNOTATION: None},
+            }
+        }
         await _ignore_404(
             kube.merge_patch(core.patch_namespaced_pod, pod.name, pod.namespace, unlabel)
         )
@@ -277,20 +334,22 @@ def _holders(annotations: Mapping[str, str]) -> set[str]:
     return {h for h in (annotations.get(NARROWED_FOR) or "").split(",") if h}
 
 
-async def _service_selector(scene: Scene, service: Mapping[str, Any]) -> dict[str, str] | None:
+async def _service(scene: Scene, service: ServiceRef) -> tuple[dict[str, str], str] | None:
+    """A Service's pod selector (for the quarantine policy) and its cluster address (for
+    the node agent, which sees the pods' connections before kube-proxy's translation)."""
     try:
         found = await kube.call(
-            client.CoreV1Api(scene.api).read_namespaced_service,
-            service["name"],
-            service["namespace"],
+            client.CoreV1Api(scene.api).read_namespaced_service, service.name, service.namespace
         )
     except client.ApiException as error:
         if error.status != 404:
             raise
-        scene.notes.append(f"service {service['namespace']}/{service['name']} not found")
+        scene.notes.append(f"service {service.namespace}/{service.name} not found")
         return None
-    selector = found.spec.selector if found.spec is not None else None
-    return dict(selector or {}) or None
+    spec = found.spec
+    selector = dict((spec.selector if spec is not None else None) or {})
+    address = spec.cluster_ip if spec is not None and spec.cluster_ip not in (None, "None") else ""
+    return selector, address or ""
 
 
 def _service_rule(namespace: str, selector: Mapping[str, str]) -> dict[str, Any]:
@@ -416,7 +475,7 @@ async def _run_quota(scene: Scene, operations: Iterable[quota.Operation]) -> Non
 
 
 async def quarantine_nodes(
-    scene: Scene, nodes: Iterable[str], settings: Mapping[str, Any]
+    scene: Scene, nodes: Iterable[str], settings: QuarantineNodeAction
 ) -> dict[str, Any]:
     core = client.CoreV1Api(scene.api)
     records: dict[str, Any] = {}
@@ -426,8 +485,8 @@ async def quarantine_nodes(
             patch, records[name] = node.quarantine(
                 found,
                 scene.breaker,
-                cordon=bool(settings.get("cordon", True)),
-                taint=bool(settings.get("taint", True)),
+                cordon=settings.cordon,
+                taint=settings.taint,
             )
             return None if scene.dry_run else patch
 

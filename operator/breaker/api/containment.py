@@ -77,6 +77,10 @@ class EgressRevoked:
     pods: tuple[str, ...]
     narrowed: tuple[str, ...]  # the other NetworkPolicies the pods were taken out of
     denies: tuple[str, ...]  # AdminNetworkPolicy and Cilium policy, where served
+    # Open connections: nodes whose node agent cuts them, and nodes with none (there they
+    # may outlive the quarantine). None: not recorded (an operator before the node agent).
+    cut_on: tuple[str, ...] | None = None
+    uncut_on: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,8 @@ class GPUsReassigned:
     freed: tuple[NodeGPUs, ...]
     to: tuple[str, ...]  # namespace/name of the job that took them; empty: nobody did
     quotas: tuple[str, ...]  # the tenant's ResourceQuotas holding the clamp
+    # Queued jobs waiting for the GPUs while the paused pods still terminate: `to` follows.
+    awaiting: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -258,18 +264,38 @@ def describe(item: Action, tenant: str) -> str:
         denies = f"; denied above them by {', '.join(detail.denies)}" if detail.denies else ""
         return (
             f"egress {did('revoked')}: quarantine NetworkPolicy {detail.quarantine_policy} "
-            f"({len(detail.pods)} pods); other policies narrowed: {narrowed}{denies}"
+            f"({_count(len(detail.pods), 'pod')}); other policies narrowed: {narrowed}{denies}; "
+            f"{open_connections(detail)}"
         )
     if isinstance(detail, Paused):
         return f"{detail.kind} {detail.name} {did('suspended')}"
     if isinstance(detail, GPUsReassigned):
         freed = ", ".join(f"{f.node}:{f.gpus}" for f in detail.freed) or "none"
         taken = ", ".join(detail.to) or "nobody (no queued job of another tenant fits)"
+        if detail.awaiting and not detail.to:
+            taken = (
+                f"the queue once the paused pods have gone ({', '.join(detail.awaiting)} waiting)"
+            )
         clamp = f"; {tenant}'s GPU quota clamped ({', '.join(detail.quotas)})"
         return f"GPUs ({freed}) {did('handed')} to {taken}{clamp if detail.quotas else ''}"
     if isinstance(detail, NodesQuarantined):
         return f"nodes {did('cordoned and tainted')}: {', '.join(detail.nodes) or 'none'}"
     return f"{item.type} {did('done')}"
+
+
+def open_connections(detail: EgressRevoked) -> str:
+    """Whether the connections the pods had open when they were quarantined were cut."""
+    if detail.cut_on is None:
+        return "open connections: not recorded"
+    said = []
+    if detail.cut_on:
+        said.append(f"open connections cut by the node agent on {', '.join(detail.cut_on)}")
+    if detail.uncut_on:
+        said.append(
+            f"open connections MAY SURVIVE on {', '.join(detail.uncut_on)} (no node agent "
+            "there: a NetworkPolicy stops new connections, not those already open)"
+        )
+    return "; ".join(said) or "no pods on any node"
 
 
 def summary(found: Containment, tenant: str) -> list[str]:
@@ -278,6 +304,10 @@ def summary(found: Containment, tenant: str) -> list[str]:
     if found.seconds is not None:
         lines.append(f"contained in {found.seconds:.2f} s (from the evaluation that saw it)")
     return lines
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _freed(value: Any) -> tuple[NodeGPUs, ...]:
@@ -303,18 +333,23 @@ def _detail(kind: str, changed: Mapping[str, Any], freed: tuple[NodeGPUs, ...]) 
         denies = tuple(
             str(changed[k]) for k in ("adminNetworkPolicy", "ciliumPolicy") if changed.get(k)
         )
+        cover = changed.get("connections")
+        cut = _names(cover.get("cut")) if isinstance(cover, Mapping) else None
+        uncut = _names(cover.get("uncut")) if isinstance(cover, Mapping) else ()
         return EgressRevoked(
             str(changed["quarantinePolicy"]),
             _names(changed["pods"]),
             _names(changed["narrowed"]),
             denies,
+            cut,
+            uncut,
         )
     if kind == "pause":
         return Paused(str(changed["kind"]), str(changed["name"]))
     if kind == "reassignGPUs":
         quota = changed.get("quota") or {}
         held = _names(quota.get("held")) if isinstance(quota, Mapping) else ()
-        return GPUsReassigned(freed, _names(changed["to"]), held)
+        return GPUsReassigned(freed, _names(changed["to"]), held, _names(changed.get("awaiting")))
     if kind == "quarantineNode":
         return NodesQuarantined(_names(changed["nodes"]))
     return None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from breaker.api.common import parse_duration
+from breaker.api.policy import PolicySpecBase
 from breaker.circuit import machine
 from breaker.circuit.selection import Policy, Workload, breaker_name, desired_breaker, selects
 
@@ -21,19 +22,21 @@ CONTAINED_STATES = frozenset({"Open", "Locked", "ForcedOpen", "HalfOpen"})
 PAUSED_STATES = frozenset({"Open", "Locked", "ForcedOpen"})  # HalfOpen runs on probation
 
 
-def settings_of(spec: Mapping[str, Any]) -> machine.Settings:
-    recovery = spec.get("recovery") or {}
-    prometheus = spec.get("prometheus") or {}
-    defaults = machine.Settings()
+def settings_of(spec: PolicySpecBase | None) -> machine.Settings:
+    """The machine's settings from a validated policy. A policy the operator could not
+    validate (None) acts as DryRun: it records, it never changes anything."""
+    if spec is None:
+        return machine.Settings(dry_run=True)
+    recovery = spec.recovery
     return machine.Settings(
-        cooldown=_duration(recovery.get("cooldown"), defaults.cooldown),
-        cooldown_cap=_duration(recovery.get("cooldownCap"), defaults.cooldown_cap),
-        backoff_factor=float(recovery.get("backoffFactor", defaults.backoff_factor)),
-        probation=_duration(recovery.get("probation"), defaults.probation),
-        max_trips=int(recovery.get("maxTrips", defaults.max_trips)),
-        half_open=recovery.get("mode") == "HalfOpen",
-        dry_run=spec.get("mode", "DryRun") == "DryRun",
-        trip_when_unreachable=prometheus.get("onUnreachable") == "Trip",
+        cooldown=parse_duration(recovery.cooldown),
+        cooldown_cap=parse_duration(recovery.cooldown_cap),
+        backoff_factor=recovery.backoff_factor,
+        probation=parse_duration(recovery.probation),
+        max_trips=recovery.max_trips,
+        half_open=recovery.mode == "HalfOpen",
+        dry_run=spec.mode == "DryRun",
+        trip_when_unreachable=spec.prometheus.on_unreachable == "Trip",
     )
 
 

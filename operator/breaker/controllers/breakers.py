@@ -33,8 +33,8 @@ import kopf
 from kubernetes import client
 
 from breaker import events, failpoints, heap, kube, leadership, metrics, serving
+from breaker.actions import connections, executor
 from breaker.actions import evidence as evidence_core
-from breaker.actions import executor
 from breaker.actions.egress import QUARANTINE_LABEL
 from breaker.actions.notify import (
     Notifier,
@@ -44,10 +44,17 @@ from breaker.actions.notify import (
     secret_namespace_allowed,
 )
 from breaker.actions.pause import KINDS
+from breaker.actions.settings import ActionSettings
 from breaker.api import containment
 from breaker.api.common import parse_duration
 from breaker.api.conditions import Cond, merge
-from breaker.api.policy import BreakerPolicySpec, ClusterBreakerPolicySpec, PolicySpecBase
+from breaker.api.policy import (
+    BreakerPolicySpec,
+    ClusterBreakerPolicySpec,
+    NotifyAction,
+    PolicySpecBase,
+    SecretKeyRef,
+)
 from breaker.circuit import machine, plan
 from breaker.circuit.ownership import WorkloadKey, workload_of
 from breaker.circuit.policy_check import problems
@@ -65,7 +72,12 @@ DEBOUNCE_SECONDS = 0.02
 RETRY_SECONDS = 5.0
 RETRY_CAP_SECONDS = 300.0  # a retry that keeps failing backs off to this
 RESYNC_SECONDS = 300.0
-HANDOFF_WAIT_SECONDS = 5.0
+# How long the trip itself waits for the queue to admit a job on the freed GPUs: kwok's
+# pods go at once; a real node's take their grace period, and then the recipient is
+# recorded when the queue admits it (_complete_handoff), not inside the trip.
+HANDOFF_WAIT_SECONDS = 1.0
+# How long a handoff waits for the paused pods to go and the queue to admit a job.
+HANDOFF_PATIENCE_SECONDS = 600.0
 DEFAULT_PROMETHEUS = "http://127.0.0.1:9090"
 BreakerKey = tuple[str, str]
 PolicyKey = tuple[str, str | None, str]  # (kind, namespace, name)
@@ -78,6 +90,9 @@ class Compiled:
     spec: PolicySpecBase | None
     problem: str | None
     kinds: frozenset[str] = frozenset()  # the workload kinds it targets
+    # The actions and the machine's settings, compiled once from the validated spec.
+    actions: ActionSettings = dataclasses.field(default_factory=ActionSettings)
+    settings: machine.Settings = dataclasses.field(default_factory=machine.Settings)
     state: engine.State = dataclasses.field(default_factory=engine.State)
     due: float = 0.0  # monotonic time of the next evaluation
     known: bool = True  # the last evaluation read every signal
@@ -120,6 +135,7 @@ class BreakerController:
         # When a breaker whose actions failed may be tried again (monotonic).
         self.finish_after: dict[BreakerKey, float] = {}
         self.failures: dict[BreakerKey, int] = {}  # retries in a row that failed
+        self.handoff_due: dict[BreakerKey, float] = {}  # next look at an awaited handoff
         self.notifier = Notifier()
 
     def nudge(self) -> None:
@@ -257,8 +273,16 @@ class BreakerController:
             if problem:
                 log.warning("%s: not evaluated: %s", _policy_label(key), problem[:300])
             # A changed policy starts its `for` clocks afresh: its conditions changed too.
-            kinds = frozenset((body["spec"].get("targets") or {}).get("kinds") or ["TrainingJob"])
-            self.compiled[key] = Compiled(generation, detector, spec, problem, kinds)
+            kinds = frozenset(spec.targets.kinds if spec else ["TrainingJob"])
+            self.compiled[key] = Compiled(
+                generation,
+                detector,
+                spec,
+                problem,
+                kinds,
+                actions=ActionSettings.compile(spec, body["spec"].get("actions")),
+                settings=plan.settings_of(spec),
+            )
         for key in set(self.compiled) - seen:
             del self.compiled[key]
 
@@ -320,7 +344,6 @@ class BreakerController:
         metrics.GUARDED.set(len(existing))
         metrics.STATES.keep_only(existing.keys())
 
-        settings_of: dict[PolicyKey, machine.Settings] = {}
         for key, body in existing.items():
             if key in self.busy or key in wanted.delete:
                 continue
@@ -329,16 +352,18 @@ class BreakerController:
             recorded = body.get("status") or {}
             if policy is None and not (recorded.get("contained") or recorded.get("actions")):
                 continue  # its policy is gone: the plan removes it
-            # A contained breaker whose policy was deleted still holds, and resets, as enforced.
-            dry_run = bool((body.get("status") or {}).get("dryRun"))
-            spec = policy[1] if policy is not None else {"mode": "DryRun" if dry_run else "Enforce"}
             compiled = self.compiled.get(policy_key)
+            if policy is not None and compiled is not None:
+                actions, settings = compiled.actions, compiled.settings
+            else:
+                # A contained breaker whose policy was deleted still holds, and resets, as
+                # it was enforced (or recorded, in DryRun).
+                dry_run = bool((body.get("status") or {}).get("dryRun"))
+                actions, settings = ActionSettings(), machine.Settings(dry_run=dry_run)
             signals_known = known.get(policy_key, compiled.known if compiled else True)
             status = self.written.get(key) or body.get("status") or {}
             if signals_known and _quiet(status, body, key in trips):
                 continue  # Closed, nothing fired, nothing asked: the common case, skipped
-            if policy_key not in settings_of:
-                settings_of[policy_key] = plan.settings_of(spec)
             target = body["spec"]["targetRef"]
             workload = workloads.get((key[0], target["kind"], target["name"]))
             if workload is not None and target.get("uid") and workload.uid != target["uid"]:
@@ -347,8 +372,8 @@ class BreakerController:
                 await self._advance(
                     key,
                     body,
-                    spec,
-                    settings_of[policy_key],
+                    actions,
+                    settings,
                     workload,
                     trips.get(key),
                     signals_known,
@@ -382,7 +407,7 @@ class BreakerController:
         self,
         key: BreakerKey,
         body: dict[str, Any],
-        spec: Mapping[str, Any],
+        actions: ActionSettings,
         settings: machine.Settings,
         workload: WorkloadView | None,
         trip: Trip | None,
@@ -402,26 +427,30 @@ class BreakerController:
         if not status:
             # A new Breaker: say it guards, once. A trip seen in this same pass is seen
             # again by the next evaluation, and then acted on with everything recorded.
-            await self._write(key, body, status, machine.Breaker(), [], settings, spec)
+            await self._write(key, body, status, machine.Breaker(), [], settings)
             return
         transition = machine.step(before, seen, settings)
         after = transition.after
         records: list[dict[str, Any]] = list(status.get("actions") or [])
         if transition.effects or transition.changed or before.signals_known != after.signals_known:
             self._spawn(
-                key, self._act(key, body, spec, workload, transition, trip, status, settings)
+                key, self._act(key, body, actions, workload, transition, trip, status, settings)
             )
             return
         unfinished = any(map(_unfinished, records))
         if unfinished and after.contained and not settings.dry_run and self._may_retry(key):
-            self._spawn(key, self._finish(key, body, spec, workload, after, status, settings))
+            self._spawn(key, self._finish(key, body, actions, workload, after, status, settings))
             return
         failed_undos = _failed_undos(records, after)
         if failed_undos and self._may_retry(key):
-            self._spawn(key, self._undo_again(key, body, spec, workload, after, status, settings))
+            self._spawn(
+                key, self._undo_again(key, body, actions, workload, after, status, settings)
+            )
             return
+        if after.contained and not settings.dry_run:
+            await self._complete_handoff(key, body, status, after, records, settings)
         if after.contained and not settings.dry_run and workload is not None:
-            await self._hold(key, body, spec, workload, after, records)
+            await self._hold(key, body, actions, workload, after, records)
 
     def _spawn(self, key: BreakerKey, work: Coroutine[Any, Any, None]) -> None:
         """Run one breaker's actions in the background; it is busy until they end."""
@@ -465,7 +494,7 @@ class BreakerController:
         self,
         key: BreakerKey,
         body: dict[str, Any],
-        spec: Mapping[str, Any],
+        actions: ActionSettings,
         workload: WorkloadView | None,
         transition: machine.Transition,
         trip: Trip | None,
@@ -479,8 +508,7 @@ class BreakerController:
         records: list[dict[str, Any]] = list(status.get("actions") or [])
         extra: dict[str, Any] = {}
         scene = self._scene(key, workload, settings.dry_run)
-        order = [a["type"] for a in spec.get("actions") or _DEFAULT_ACTIONS]
-        settings_of = {a["type"]: a for a in spec.get("actions") or _DEFAULT_ACTIONS}
+        order = list(actions.order)
         history: machine.Transition | None = transition
         for effect in transition.effects:
             if effect in ("apply", "repause"):
@@ -502,28 +530,33 @@ class BreakerController:
                     # recorded and the queue has not settled yet goes with the trip.
                     extra["reclaim"] = None
                     await self._write(
-                        key, body, status, after, records, settings, spec, extra, transition
+                        key, body, status, after, records, settings, extra, transition
                     )
                     status, history = self.written.get(key, status), None
                     failpoints.hit("trip.intended")
-                records = await self._apply(scene, order, settings_of, records, trip, after)
+                records = await self._apply(scene, actions, records, trip, after)
                 if not settings.dry_run and not any(map(_unfinished, records)):
                     # Only once every action is done: from the evaluation that saw the trip
-                    # (or from seeing an admin's ForcedOpen) to the last action.
-                    took = time.monotonic() - (trip.seen_at if trip is not None else started)
+                    # (or from seeing an admin's ForcedOpen) to the last change an action
+                    # made (learning who took the freed GPUs may come later).
+                    ended = scene.acted_at or time.monotonic()
+                    took = ended - (trip.seen_at if trip is not None else started)
                     extra["timeToContainSeconds"] = round(took, 3)
                     if trip is not None:
                         metrics.TIME_TO_CONTAIN.observe(took)
             elif effect == "resume":
                 records = await self._undo(scene, records, only_types=("pause", "reassignGPUs"))
             elif effect == "revert":
+                # A handoff still recorded as awaited may have happened meanwhile: the
+                # job that got the GPUs owes them back all the same.
+                found = await self._recipients(records, transition.before.last_trip)
+                if found is not None and found[1]:
+                    records = _handed(records, *found)
                 extra["reclaim"] = _debt(workload, records)
                 records = await self._undo(scene, records, only_types=None)
         if transition.changed and after.state in ("Open", "Locked", "ForcedOpen"):
             await self._release_ownership(key, body)
-        written = await self._write(
-            key, body, status, after, records, settings, spec, extra, history
-        )
+        written = await self._write(key, body, status, after, records, settings, extra, history)
         failpoints.hit("reset.recorded" if "revert" in transition.effects else "trip.recorded")
         event = transition.event
         if event is not None:
@@ -531,13 +564,13 @@ class BreakerController:
             await events.post(self.api, body, event[0], event[1], message)
             if workload is not None:
                 await events.post(self.api, workload.body, event[0], event[1], message)
-            await self._notify(spec, body, event[1], written)
+            await self._notify(actions, body, event[1], written)
 
     async def _finish(
         self,
         key: BreakerKey,
         body: dict[str, Any],
-        spec: Mapping[str, Any],
+        actions: ActionSettings,
         workload: WorkloadView | None,
         after: machine.Breaker,
         status: dict[str, Any],
@@ -549,10 +582,8 @@ class BreakerController:
         # Only what is unfinished: in HalfOpen the pause and the handoff are undone on
         # purpose, and finishing a failed quarantine must not pause the job again.
         unfinished = {r["type"] for r in records if _unfinished(r)}
-        order = [a["type"] for a in spec.get("actions") or _DEFAULT_ACTIONS]
-        settings_of = {a["type"]: a for a in spec.get("actions") or _DEFAULT_ACTIONS}
         records = await self._apply(
-            scene, order, settings_of, records, None, after, resumed=True, only=unfinished
+            scene, actions, records, None, after, resumed=True, only=unfinished
         )
         failed = [r for r in records if _unfinished(r)]
         extra: dict[str, Any] = {}
@@ -560,7 +591,7 @@ class BreakerController:
             # From the trip to the last action, across the restart or the retries.
             took = (dt.datetime.now(dt.UTC) - after.last_trip).total_seconds()
             extra["timeToContainSeconds"] = round(max(took, 0.0), 3)
-        written = await self._write(key, body, status, after, records, settings, spec, extra)
+        written = await self._write(key, body, status, after, records, settings, extra)
         failpoints.hit("trip.recorded")
         if failed:
             # Still short of containment: tried again later (not on every watch event of
@@ -574,13 +605,13 @@ class BreakerController:
         await events.post(self.api, body, "Normal", "ContainmentFinished", message)
         # The trip's own webhook may have died with the operator that decided it: the
         # receiver hears the outcome now.
-        await self._notify(spec, body, "ContainmentFinished", written)
+        await self._notify(actions, body, "ContainmentFinished", written)
 
     async def _undo_again(
         self,
         key: BreakerKey,
         body: dict[str, Any],
-        spec: Mapping[str, Any],
+        actions: ActionSettings,
         workload: WorkloadView | None,
         after: machine.Breaker,
         status: dict[str, Any],
@@ -594,7 +625,7 @@ class BreakerController:
         scene = self._scene(key, workload, settings.dry_run)
         kept = await self._undo(scene, failed, only_types=None)
         records = [r for r in records if r["type"] not in retried] + kept
-        await self._write(key, body, status, after, records, settings, spec)
+        await self._write(key, body, status, after, records, settings)
         if kept:
             self._retry_later(key, "still not undone", kept)
             return
@@ -606,8 +637,7 @@ class BreakerController:
     async def _apply(
         self,
         scene: executor.Scene,
-        order: list[str],
-        settings_of: Mapping[str, Mapping[str, Any]],
+        actions: ActionSettings,
         records: list[dict[str, Any]],
         trip: Trip | None,
         after: machine.Breaker,
@@ -622,6 +652,7 @@ class BreakerController:
         # marks make that safe), on the nodes it held as well as the trip's.
         leftover = {r["type"]: r for r in records if _undo_failed(r)}
         handoff_since = time.monotonic()
+        order = list(actions.order)
         wanted = [a for a in order if only is None or a in only]
         if "reassignGPUs" in wanted and "reassignGPUs" not in done:
             # The quota is clamped before the pause frees anything, so the tenant's own
@@ -644,8 +675,9 @@ class BreakerController:
                 done[action] = await self._record(
                     action,
                     scene,
-                    executor.revoke_egress(scene, settings_of[action].get("revokeEgress") or {}),
+                    executor.revoke_egress(scene, actions.revoke_egress),
                 )
+                await self._cut_by(scene, done[action])
             elif action == "pause":
                 done[action] = await self._record(action, scene, executor.pause_workload(scene))
             elif action == "reassignGPUs":
@@ -661,13 +693,26 @@ class BreakerController:
                 done[action] = await self._record(
                     action,
                     scene,
-                    executor.quarantine_nodes(
-                        scene, nodes, settings_of[action].get("quarantineNode") or {}
-                    ),
+                    executor.quarantine_nodes(scene, nodes, actions.quarantine_node),
                     known=named,
                 )
             failpoints.hit(f"trip.{action}")
         return [done[a] for a in _ordered(done, order)]
+
+    async def _cut_by(self, scene: executor.Scene, record: dict[str, Any]) -> None:
+        """Say in the record on which nodes a node agent cuts the pods' open connections,
+        and where none does (they may outlive the quarantine there)."""
+        changed = record.get("changed")
+        if changed is None or "skipped" in changed:
+            return
+        nodes = {p.node for p in scene.pods if p.node}
+        try:
+            live = await executor.live_node_agents(self.api, self.operator_namespace, nodes)
+        except client.ApiException as error:
+            log.warning("Breaker %s/%s: node agents unknown: %s", scene.namespace, scene.breaker,
+                        _api_problem(error))  # fmt: skip
+            live = set()
+        changed["connections"] = connections.coverage(nodes, live)
 
     async def _clamp(self, scene: executor.Scene, freed: list[dict[str, Any]]) -> dict[str, Any]:
         return {"freed": freed, "quota": await executor.clamp_quota(scene)}
@@ -712,7 +757,58 @@ class BreakerController:
         changed["to"] = [f"{ns}/{name}" for ns, name in admitted]
         record["appliedAt"] = plan.stamp(dt.datetime.now(dt.UTC))
         if not admitted:
-            scene.notes.append("no queued TrainingJob fits the freed GPUs; they stay free")
+            # The paused pods may take their grace period to go (a real node's do): the
+            # GPUs are free only then. Who gets them is recorded when the queue says.
+            changed["awaiting"] = [f"{ns}/{name}" for ns, name in waiting]
+
+    async def _complete_handoff(
+        self,
+        key: BreakerKey,
+        body: dict[str, Any],
+        status: dict[str, Any],
+        after: machine.Breaker,
+        records: list[dict[str, Any]],
+        settings: machine.Settings,
+    ) -> None:
+        """A handoff that waited on the paused pods to go: record who got the GPUs once the
+        queue admits one of the jobs that waited (looked at once a second at most, for
+        HANDOFF_PATIENCE_SECONDS; then the GPUs are taken to have stayed free)."""
+        if time.monotonic() < self.handoff_due.get(key, 0.0):
+            return
+        found = await self._recipients(records, after.last_trip)
+        if found is None:
+            return
+        self.handoff_due[key] = time.monotonic() + 1.0
+        index, got = found
+        waited = dt.datetime.now(dt.UTC) - (after.last_trip or dt.datetime.now(dt.UTC))
+        if not got and waited.total_seconds() < HANDOFF_PATIENCE_SECONDS:
+            return
+        await self._write(key, body, status, after, _handed(records, index, got), settings)
+        self.handoff_due.pop(key, None)
+        if got:
+            message = f"GPUs handed to {', '.join(got)} once the paused pods had gone"
+            await events.post(self.api, body, "Normal", "GPUsReassigned", message)
+
+    async def _recipients(
+        self, records: list[dict[str, Any]], since: dt.datetime | None
+    ) -> tuple[int, list[str]] | None:
+        """(the awaited handoff's record, the awaited jobs the queue admitted since the
+        trip), or None when no handoff awaits."""
+        index = next(
+            (
+                i
+                for i, r in enumerate(records)
+                if r["type"] == "reassignGPUs"
+                and _applied(r)
+                and (r.get("changed") or {}).get("awaiting")
+            ),
+            None,
+        )
+        if index is None or self.training is None or since is None:
+            return None
+        awaited = set(records[index]["changed"]["awaiting"])
+        admitted = await self.training.admitted_after(since)
+        return index, [f"{ns}/{name}" for ns, name in admitted if f"{ns}/{name}" in awaited]
 
     async def _record(
         self,
@@ -740,6 +836,7 @@ class BreakerController:
                 record["error"],
             )
         record["appliedAt"] = plan.stamp(dt.datetime.now(dt.UTC))
+        scene.acted_at = time.monotonic()
         if scene.dry_run:
             record["dryRun"] = True
         return record
@@ -796,7 +893,7 @@ class BreakerController:
         self,
         key: BreakerKey,
         body: dict[str, Any],
-        spec: Mapping[str, Any],
+        actions: ActionSettings,
         workload: WorkloadView,
         after: machine.Breaker,
         records: list[dict[str, Any]],
@@ -821,11 +918,8 @@ class BreakerController:
             problem = executor.quarantine_problem(scene, record)
             opened = executor.widened(scene)
             if problem or opened:
-                settings: Mapping[str, Any] = next(
-                    (a for a in spec.get("actions") or [] if a["type"] == "revokeEgress"), {}
-                )
                 await executor.revoke_egress(
-                    scene, settings.get("revokeEgress") or {}, record.get("quarantineSpec")
+                    scene, actions.revoke_egress, record.get("quarantineSpec"), record.get("kept")
                 )
                 if problem:
                     escapes.append(f"{problem}: restored")
@@ -834,7 +928,11 @@ class BreakerController:
                         f"NetworkPolicy {', '.join(opened)} let the quarantined pods out: "
                         "narrowed again"
                     )
-            elif unlabelled and (labelled := await executor.label_pods(scene, unlabelled)):
+            elif unlabelled and (
+                labelled := await executor.label_pods(
+                    scene, unlabelled, record.get("kept") or _kept(actions)
+                )
+            ):
                 escapes.append(
                     f"pods {', '.join(labelled)} lost the {QUARANTINE_LABEL} label: labelled again"
                 )
@@ -858,7 +956,6 @@ class BreakerController:
         after: machine.Breaker,
         records: list[dict[str, Any]],
         settings: machine.Settings,
-        spec: Mapping[str, Any],
         extra: Mapping[str, Any] | None = None,
         transition: machine.Transition | None = None,
     ) -> dict[str, Any]:
@@ -1099,21 +1196,18 @@ class BreakerController:
 
     async def _notify(
         self,
-        spec: Mapping[str, Any],
+        actions: ActionSettings,
         body: dict[str, Any],
         reason: str,
         written: Mapping[str, Any],
     ) -> None:
         """Post the optional webhook in the background: containment never waits for it.
         ``written`` is the status as the outcome was recorded, so the body holds results."""
-        for action in spec.get("actions") or []:
-            settings = action.get("notify") if action.get("type") == "notify" else None
-            if not settings or not settings.get("url"):
-                continue
+        for settings in actions.notify:
             token = None
-            if settings.get("secretRef"):
+            if settings.secret_ref is not None:
                 try:
-                    token = await self._webhook_token(body, settings["secretRef"])
+                    token = await self._webhook_token(body, settings.secret_ref)
                 except (ValueError, client.ApiException) as error:
                     message = f"webhook not sent: {self._secret_problem(body, settings, error)}"
                     await events.post(self.api, body, "Warning", "WebhookFailed", message)
@@ -1128,15 +1222,15 @@ class BreakerController:
                     why = f"after {result.attempts} attempts: {result.error or result.status}"
                     await events.post(self.api, breaker, "Warning", "WebhookFailed", why)
 
-            self.notifier.submit(settings["url"], document, token, delivered)
+            self.notifier.submit(settings.url, document, token, delivered)
 
     def _secret_problem(
-        self, body: Mapping[str, Any], settings: Mapping[str, Any], error: Exception
+        self, body: Mapping[str, Any], settings: NotifyAction, error: Exception
     ) -> str:
         """What went wrong reading the webhook's Secret, and for a refusal, the grant."""
-        if not isinstance(error, client.ApiException):
+        if not isinstance(error, client.ApiException) or settings.secret_ref is None:
             return str(error)
-        name = settings["secretRef"]["name"]
+        name = settings.secret_ref.name
         namespace = body["spec"]["policyRef"].get("namespace") or self.operator_namespace
         if error.status == 403:
             account = os.environ.get("BREAKER_SERVICE_ACCOUNT", "breaker")
@@ -1151,22 +1245,17 @@ class BreakerController:
             return f"Secret {namespace}/{name} not found"
         return kube.api_message(error)
 
-    async def _webhook_token(self, body: dict[str, Any], ref: Mapping[str, Any]) -> str:
+    async def _webhook_token(self, body: dict[str, Any], ref: SecretKeyRef) -> str:
         """The Secret is read from the policy's namespace, or (cluster policies) the operator's."""
         policy_namespace = body["spec"]["policyRef"].get("namespace")
         namespace = policy_namespace or self.operator_namespace
         if not secret_namespace_allowed(namespace, self.operator_namespace, policy_namespace):
-            raise ValueError(f"Secret {ref['name']} is outside the namespaces it may be read from")
+            raise ValueError(f"Secret {ref.name} is outside the namespaces it may be read from")
         secret = await kube.call(
-            client.CoreV1Api(self.api).read_namespaced_secret, ref["name"], namespace
+            client.CoreV1Api(self.api).read_namespaced_secret, ref.name, namespace
         )
         data = {key: str(value) for key, value in (secret.data or {}).items()}
-        return decode_secret(data, ref["key"], ref["name"])
-
-
-_DEFAULT_ACTIONS = [
-    {"type": t} for t in ("captureEvidence", "revokeEgress", "pause", "reassignGPUs")
-]
+        return decode_secret(data, ref.key, ref.name)
 
 
 def _intend(
@@ -1216,6 +1305,19 @@ def policy_status_patch(
     if mine == dict(tally) and all(current.get(k) == v for k, v in totals.items()):
         return None
     return {**totals, "shards": {shard: dict(tally)}}
+
+
+def _handed(records: list[dict[str, Any]], index: int, got: list[str]) -> list[dict[str, Any]]:
+    """The records with the awaited handoff at ``index`` done: handed to ``got``."""
+    changed = {k: v for k, v in (records[index].get("changed") or {}).items() if k != "awaiting"}
+    updated = [*records]
+    updated[index] = {**records[index], "changed": {**changed, "to": got}}
+    return updated
+
+
+def _kept(actions: ActionSettings) -> dict[str, Any]:
+    """What a record written before the node agent existed would have kept."""
+    return {"dns": actions.revoke_egress.allow_dns, "services": []}
 
 
 def _undo_failed(record: Mapping[str, Any]) -> bool:

@@ -1,7 +1,8 @@
 """Bring the local control plane and Prometheus up, report on them, and take them down.
 
 Order matters both ways: etcd, the API server, the controllers and the scheduler, then
-kwok and its GPU nodes, then Prometheus; down in reverse. ``up`` on a healthy cluster
+kwok and its GPU nodes, then Prometheus, then the real node (``realnode.py``); down in
+reverse. ``up`` on a healthy cluster
 does nothing; ``up`` after a half-finished one stops the leftovers and starts afresh
 (etcd's data is kept, so objects survive). A failure stops everything it started and
 names the component and its log.
@@ -15,6 +16,7 @@ import json
 import os
 import shutil
 import ssl
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -25,6 +27,7 @@ from typing import Any
 from breaker.localcluster import paths, pki, prometheus
 from breaker.localcluster.errors import ClusterError
 from breaker.localcluster.processes import Process, port_is_free
+from breaker.localcluster.realnode import RealNode
 from breaker.localcluster.tools import Toolbox, ensure_built
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -109,6 +112,11 @@ class LocalCluster:
     ports: Ports = field(default_factory=Ports.from_env)
     nodes: GpuNodes = field(default_factory=GpuNodes)
     say: Callable[[str], None] = field(default=lambda message: print(message, flush=True))
+    # The real node (kubelet, containerd, a NetworkPolicy dataplane) beside the kwok ones;
+    # BREAKER_CLUSTER_REAL_NODE=0 leaves it out (the fleet benchmarks need only kwok).
+    with_real_node: bool = field(
+        default_factory=lambda: os.environ.get("BREAKER_CLUSTER_REAL_NODE", "1") != "0"
+    )
 
     # -- where things are ---------------------------------------------------------------
 
@@ -140,6 +148,13 @@ class LocalCluster:
     def process(self, name: str) -> Process:
         return Process(name, self.directory)
 
+    @property
+    def real_node(self) -> RealNode:
+        return RealNode(self.directory, self.ports.apiserver, self.keys, self.say)
+
+    def components(self) -> tuple[str, ...]:
+        return self.COMPONENTS + (RealNode.COMPONENTS if self.with_real_node else ())
+
     COMPONENTS = (
         "etcd",
         "kube-apiserver",
@@ -158,7 +173,7 @@ class LocalCluster:
                     self._register_nodes()
                 self.say(f"The local cluster is already up; KUBECONFIG={self.kubeconfig}")
                 return
-            leftovers = [name for name in self.COMPONENTS if self.process(name).running()]
+            leftovers = [name for name in self.components() if self.process(name).running()]
             if leftovers:
                 self.say(f"Restarting a half-running cluster (running: {', '.join(leftovers)})")
                 self._stop_all()
@@ -200,6 +215,8 @@ class LocalCluster:
         self._register_nodes()
         self._step("prometheus", "ready", self._start_prometheus, tools, timeout=60)
         self._wait_for_cluster()
+        if self.with_real_node:
+            self.real_node.up(tools, self.kubectl)
 
     def _step(
         self,
@@ -219,7 +236,7 @@ class LocalCluster:
 
     def _link_tools(self, tools: Toolbox) -> None:
         self.bin_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("kubectl", "helm", "kwok", "etcd"):
+        for name in ("kubectl", "helm", "kwok", "etcd", "ctr", "agent"):
             link = self.bin_dir / name
             link.unlink(missing_ok=True)
             link.symlink_to(tools[name])
@@ -276,7 +293,12 @@ class LocalCluster:
                 f"--tls-cert-file={keys.serving_cert}",
                 f"--tls-private-key-file={keys.serving_key}",
                 f"--client-ca-file={keys.ca_cert}",
-                "--authorization-mode=RBAC",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                # Kubelets by address only: a name would be looked up in the machine's DNS.
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={keys.client_cert(pki.KUBELET_CLIENT)}",
+                f"--kubelet-client-key={keys.client_key(pki.KUBELET_CLIENT)}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={keys.sa_pub}",
                 f"--service-account-signing-key-file={keys.sa_key}",
@@ -333,9 +355,11 @@ class LocalCluster:
                 f"--config={stages}",
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                # Fake pod addresses: never routed, never contacted.
+                # Fake pod addresses: never routed, never contacted. The nodes' own address
+                # is on loopback: the API server asking a kwok "kubelet" for logs is refused
+                # on this machine, never sent off it.
                 "--cidr=10.64.0.0/10",
-                "--node-ip=10.63.255.1",
+                "--node-ip=127.0.0.2",
                 f"--server-address=127.0.0.1:{self.ports.kwok}",
             ]
         )
@@ -405,7 +429,7 @@ class LocalCluster:
     # -- status, clients ----------------------------------------------------------------
 
     def healthy(self) -> bool:
-        if not all(self.process(name).running() for name in self.COMPONENTS):
+        if not all(self.process(name).running() for name in self.components()):
             return False
         try:
             return self._get_tls("/readyz") == "ok" and self._some_nodes_ready()
@@ -414,7 +438,7 @@ class LocalCluster:
 
     def status(self) -> list[tuple[str, str]]:
         rows = []
-        for name in self.COMPONENTS:
+        for name in self.components():
             pid = self.process(name).pid()
             rows.append((name, f"running, pid {pid}" if pid else "stopped"))
         return rows
@@ -427,6 +451,22 @@ class LocalCluster:
     def _get_tls(self, path: str) -> str:
         context = ssl.create_default_context(cafile=str(self.keys.ca_cert))
         return _get(f"{self.server}{path}", context=context)
+
+    def kubectl(self, *args: str, input: str | None = None) -> str:
+        """The cluster's kubectl as its admin; stdout, or a ClusterError with stderr."""
+        result = subprocess.run(
+            [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise ClusterError(
+                "kubectl", f"kubectl {' '.join(args)}: {result.stderr.strip()[:500]}"
+            )
+        return result.stdout
 
     def env(self) -> dict[str, str]:
         """Environment for commands that use this cluster (kubectl and helm of its version)."""
@@ -448,7 +488,9 @@ class LocalCluster:
             self.say(f"Nothing was running; removed {self.directory}")
 
     def _stop_all(self) -> list[str]:
-        stopped = []
+        # The real node first: its pods are stopped through the API server while it runs.
+        api_up = self.process("kube-apiserver").running() and self.bin_dir.exists()
+        stopped = self.real_node.down(self.kubectl if api_up else None)
         for name in reversed(self.COMPONENTS):
             if self.process(name).stop():
                 stopped.append(name)

@@ -36,7 +36,27 @@ CONTROLLER_MANAGER = Identity("kube-controller-manager", "system:kube-controller
 SCHEDULER = Identity("kube-scheduler", "system:kube-scheduler")
 # kwok plays every kubelet at once: it writes node and pod status for all of them.
 KWOK = Identity("kwok", "kwok", ("system:masters",))
-IDENTITIES = (ADMIN, CONTROLLER_MANAGER, SCHEDULER, KWOK)
+# The real node's: its kubelet (the Node authorizer and NodeRestriction apply to it),
+# kube-proxy (bound by the built-in system:node-proxier), kube-router (bound at the
+# node's start to a ClusterRole that reads pods, namespaces, nodes and policies), and
+# the API server's own identity when it calls a kubelet (logs, exec, port-forward).
+REAL_NODE = "real-node-0"
+KUBELET = Identity("kubelet", f"system:node:{REAL_NODE}", ("system:nodes",))
+KUBE_PROXY = Identity("kube-proxy", "system:kube-proxy")
+KUBE_ROUTER = Identity("kube-router", "breaker:kube-router")
+KUBELET_CLIENT = Identity(
+    "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)
+)
+IDENTITIES = (
+    ADMIN,
+    CONTROLLER_MANAGER,
+    SCHEDULER,
+    KWOK,
+    KUBELET,
+    KUBE_PROXY,
+    KUBE_ROUTER,
+    KUBELET_CLIENT,
+)
 
 SERVICE_IP = "10.96.0.1"  # the first address of the service range the API server is given
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -38,15 +39,21 @@ class GoModule:
     """One wrapper module under cluster/go and the binaries it builds."""
 
     name: str
-    version_of: str  # the upstream module whose pinned version names the build
+    version_of: str | None  # the upstream module whose pinned version names the build
     binaries: dict[str, str]  # binary name -> Go package path to build
     ldflags: Callable[[str], list[str]] = field(default=lambda _version: [])
+    cgo: bool = False  # containerd needs cgo; everything else is built static
+    tags: tuple[str, ...] = ()
 
     @property
     def directory(self) -> Path:
         return paths.go_modules_dir() / self.name
 
     def version(self) -> str:
+        """The pinned upstream version; ``local`` for the project's own programs (their
+        sources are in the cache key)."""
+        if self.version_of is None:
+            return "local"
         gomod = (self.directory / "go.mod").read_text()
         match = re.search(rf"^\s*(?:require\s+)?{re.escape(self.version_of)} (v\S+)", gomod, re.M)
         if match is None:
@@ -73,6 +80,14 @@ def _kube_ldflags(version: str) -> list[str]:
     return flags
 
 
+def _containerd_ldflags(version: str) -> list[str]:
+    return [f"-X github.com/containerd/containerd/v2/version.Version={version}"]
+
+
+def _kube_router_ldflags(version: str) -> list[str]:
+    return [f"-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version={version}"]
+
+
 def _helm_ldflags(version: str) -> list[str]:
     return [
         f"-X helm.sh/helm/v3/internal/version.version={version}",
@@ -94,6 +109,9 @@ MODULES: tuple[GoModule, ...] = (
             "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
             "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
             "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+            # The real node's.
+            "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+            "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
         },
         ldflags=_kube_ldflags,
     ),
@@ -112,6 +130,30 @@ MODULES: tuple[GoModule, ...] = (
         name="kind",
         version_of="sigs.k8s.io/kind",
         binaries={"kind-config-check": "."},
+    ),
+    GoModule(
+        name="containerd",
+        version_of="github.com/containerd/containerd/v2",
+        binaries={
+            name: f"github.com/containerd/containerd/v2/cmd/{name}"
+            for name in ("containerd", "containerd-shim-runc-v2", "ctr")
+        },
+        ldflags=_containerd_ldflags,
+        cgo=True,
+        tags=("no_btrfs",),  # no btrfs headers here, and no btrfs snapshotter wanted
+    ),
+    GoModule(
+        name="kube-router",
+        version_of="github.com/cloudnativelabs/kube-router/v2",
+        binaries={"kube-router": "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"},
+        ldflags=_kube_router_ldflags,
+    ),
+    GoModule(
+        name="node",
+        version_of=None,
+        binaries={
+            name: f"./{name}" for name in ("pause", "agent", "dnsd", "outside", "netns-proxy")
+        },
     ),
 )
 
@@ -139,10 +181,12 @@ def go_binary() -> str:
 
 def _cache_key(module: GoModule, go_version: str) -> str:
     digest = hashlib.sha256()
-    for path in sorted(module.directory.iterdir()):
+    for path in sorted(module.directory.rglob("*")):
         if path.suffix in {".mod", ".sum", ".go"}:
-            digest.update(path.name.encode())
+            digest.update(str(path.relative_to(module.directory)).encode())
             digest.update(path.read_bytes())
+    # What is built and how: a binary added to a module is a new build.
+    digest.update(json.dumps([module.binaries, module.cgo, module.tags], sort_keys=True).encode())
     # Build dates change every build; hash the flags' shape, not their values.
     flags = [f.split("=")[0] for f in module.ldflags(module.version())]
     digest.update("\n".join(flags).encode())
@@ -213,9 +257,10 @@ def _build(go: str, module: GoModule, target: Path, step: str, say: Callable[[st
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     log = target.with_name(target.name + ".build.log")
-    env = dict(os.environ, CGO_ENABLED="0")
+    env = dict(os.environ, CGO_ENABLED="1" if module.cgo else "0")
     started = time.monotonic()
     ldflags = " ".join(["-s", "-w", *module.ldflags(version)])
+    tags = ["-tags", ",".join(module.tags)] if module.tags else []
     with log.open("w") as log_file:
         for binary, package in module.binaries.items():
             command = [
@@ -224,6 +269,7 @@ def _build(go: str, module: GoModule, target: Path, step: str, say: Callable[[st
                 "-v",
                 "-trimpath",
                 "-buildvcs=false",
+                *tags,
                 "-ldflags",
                 ldflags,
                 "-o",

@@ -1,10 +1,12 @@
 """`breaker demo`: the ROME incident replayed on the local cluster, contained, and undone.
 
-It brings up (or reuses) the local control plane and Prometheus, starts the operator and
-the simulator as processes of their own, applies the demo policy and a fleet of
-TrainingJobs that fills the GPUs with one more queued, replays the incident's sequence on
-one job (probe, reverse tunnel, mining), prints what happened when, resets the breaker and
-shows everything restored. It cleans up after itself unless ``--keep`` is given.
+It brings up (or reuses) the local cluster, starts the operator, the node agent and the
+simulator as processes of their own, applies the demo policy and a fleet that fills every
+GPU with one more job queued. The agent's job runs on the real node: its pod really opens a
+reverse tunnel, a mining-pool session and DNS queries to the outside hosts, on the same
+clock as the simulator that plays its GPU and network signals. The demo prints what the
+operator recorded and what the packets showed, resets the breaker and shows everything
+restored. It cleans up after itself unless ``--keep`` is given.
 """
 
 from __future__ import annotations
@@ -29,24 +31,29 @@ from breaker.actions.egress import Destination, effective_egress
 from breaker.actions.quota import CLAMP_QUOTA_NAME
 from breaker.api import containment
 from breaker.circuit.plan import RESET_ANNOTATION, reset_token
-from breaker.localcluster import LocalCluster
+from breaker.demo.story import (
+    AGENT,
+    BREAKER,
+    OTHERS,
+    POOL_AT,
+    REPLAY,
+    SCAN_AT,
+    TENANT,
+    TUNNEL_AT,
+    WAITING,
+    DemoError,
+    packet_lines,
+    timeline_lines,
+)
+from breaker.localcluster import LocalCluster, packets
+from breaker.localcluster.cluster import GPU_RESOURCE
 from breaker.localcluster.paths import repo_root
+from breaker.localcluster.realnode import NAME as REAL_NODE
 
 T = TypeVar("T")
 GROUP, VERSION = "breaker.dev", "v1alpha1"
-TENANT, OTHERS, WAITING = "rome-lab", "team-b", "team-c"
-AGENT = "rl-agent"
-BREAKER = f"{AGENT}-demo"
-REPLAY = [  # the incident's order, compressed from an hour into half a minute
-    (5, "probe", {"at": "5s", "until": "25s", "do": "internal-scan-slow"}),
-    (12, "reverse SSH tunnel", {"at": "12s", "do": "reverse-ssh-tunnel"}),
-    (30, "mining", {"at": "30s", "do": "mine-while-training"}),
-    (30, "mining-pool egress", {"at": "30s", "do": "miner-pool-egress"}),
-]
-
-
-class DemoError(RuntimeError):
-    pass
+REAL_NODE_GPUS = 8  # an extended resource patched into the node's status: no GPU involved
+LEAD_SECONDS = 20  # from creating the agent's job to the replay's start: its pod is running
 
 
 def _free_port() -> int:
@@ -67,7 +74,9 @@ def _wait(probe: Callable[[], T | None], what: str, timeout: float = 90.0) -> T:
         time.sleep(0.2)
 
 
-def _trainingjob(name: str, replicas: int, priority: int = 0) -> dict[str, Any]:
+def _trainingjob(
+    name: str, replicas: int, priority: int, template: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "TrainingJob",
@@ -76,45 +85,14 @@ def _trainingjob(name: str, replicas: int, priority: int = 0) -> dict[str, Any]:
             "replicas": replicas,
             "gpusPerReplica": 8,
             "priority": priority,
-            "template": {"spec": {"containers": [{"name": "trainer", "image": "trainer:1"}]}},
+            "template": template
+            or {"spec": {"containers": [{"name": "trainer", "image": "trainer:1"}]}},
         },
     }
 
 
-FLEET = [
-    (TENANT, _trainingjob(AGENT, 2, priority=1)),
-    (OTHERS, _trainingjob("pretrain", 1, priority=1)),
-    (OTHERS, _trainingjob("eval", 1, priority=1)),
-]
-QUEUED = (WAITING, _trainingjob("finetune", 2, priority=5))
-
-
-def timeline_lines(status: dict[str, Any], origin: dt.datetime) -> list[str]:
-    """The demo's timeline from a Breaker's status once containment is settled, each line
-    a fact the operator recorded, timed from ``origin`` (the start of the replay)."""
-    found = containment.read(status)
-    if not found.settled or not found.contained:
-        raise DemoError(f"containment is not done: {found.reason}: {found.message}")
-    if found.seconds is None:
-        raise DemoError("the breaker says Contained but records no timeToContainSeconds")
-
-    def at(stamp: str) -> str:
-        moment = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-        return f"+{(moment - origin).total_seconds():5.1f}s"
-
-    evidence = status["evidence"][-1]
-    lines = [f"  +{offset:5.1f}s  the agent starts: {what}" for offset, what, _ in REPLAY]
-    fired = ", ".join(f"{s['name']}={s['value']:.3g}" for s in evidence["signals"])
-    tripped = at(status["lastTrip"])
-    lines.append(f"  {tripped}  signal seen: {fired} (rule {evidence['rule']})")
-    lines.append(f"  {tripped}  breaker {BREAKER} {status['state']}")
-    pods = len(evidence.get("pods") or [])
-    signals = len(evidence["signals"])
-    lines.append(f"  {at(evidence['time'])}  evidence captured: {signals} signals, {pods} pods")
-    for action in found.actions:
-        lines.append(f"  {at(action.at)}  {containment.describe(action, TENANT)}")
-    lines.append(f"  time to contain (evaluation to last action): {found.seconds:.3f} s")
-    return lines
+# On the kwok GPU nodes: 32 GPUs.
+FLEET = [(OTHERS, _trainingjob("pretrain", 2, 1)), (OTHERS, _trainingjob("eval", 2, 1))]
 
 
 class Demo:
@@ -122,11 +100,13 @@ class Demo:
         self.keep = keep
         self.cluster = LocalCluster()
         self.started_cluster = False
+        self.cluster_up = False  # a start that failed keeps its logs for the reader
         self.processes: list[subprocess.Popen[bytes]] = []
         self.workdir = Path(tempfile.mkdtemp(prefix="breaker-demo-"))
         self.t0 = time.monotonic()
-        self.t0_wall = dt.datetime.now(dt.UTC)
-        self.agent_pods: list[Any] = []
+        self.epoch = 0.0  # wall time the replay starts, for the simulator and the agent
+        self.agent_pod: Any = None
+        self.reached: dict[str, bool] = {}  # what the agent's pod reached after the trip
         self.quarantine: list[str] = []  # the quarantine policy, as the breaker recorded it
 
     def say(self, message: str) -> None:
@@ -137,10 +117,11 @@ class Demo:
     def up(self) -> None:
         self.started_cluster = not self.cluster.healthy()
         self.say(
-            "local control plane and Prometheus"
+            "local cluster (control plane, Prometheus, the real node)"
             + (" (starting)" if self.started_cluster else " (already up)")
         )
         self.cluster.up()
+        self.cluster_up = True
         config.load_kube_config(str(self.cluster.kubeconfig))  # type: ignore[no-untyped-call]
         api = client.ApiClient()
         self.custom = client.CustomObjectsApi(api)
@@ -151,15 +132,9 @@ class Demo:
         )
         self._kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
         self._clear_previous_run()
-        self._start_operator()
+        self._namespace("breaker-system", guarded=False)  # the node agent's Lease
         for namespace in (TENANT, OTHERS, WAITING):
-            self._kubectl_apply(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Namespace",
-                    "metadata": {"name": namespace, "labels": {"breaker.dev/demo": "guarded"}},
-                }
-            )
+            self._namespace(namespace, guarded=True)
         _wait(
             lambda: all(
                 self.core.read_namespaced_service_account("default", ns)
@@ -167,20 +142,35 @@ class Demo:
             ),
             "the demo namespaces",
         )
+        self._real_node_gpus(REAL_NODE_GPUS)
+        self._start_operator()
+        self._start_node_agent()
         self._kubectl("apply", "-f", str(repo_root() / "examples" / "policies" / "demo.yaml"))
         self.say(
             "applied examples/policies/demo.yaml "
             "(Enforce; the default policy's presets with short windows)"
         )
 
+    def _namespace(self, name: str, guarded: bool) -> None:
+        labels = {"breaker.dev/demo": "guarded"} if guarded else {}
+        self._kubectl_apply(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+        )
+
+    def _real_node_gpus(self, count: int | None) -> None:
+        """Give the real node ``count`` GPUs (None: take them away again): an extended
+        resource in its status, which its kubelet keeps."""
+        value = str(count) if count is not None else None
+        patch = {
+            "status": {"capacity": {GPU_RESOURCE: value}, "allocatable": {GPU_RESOURCE: value}}
+        }
+        self.core.patch_node_status(REAL_NODE, patch)
+        if count:
+            self.say(f"{REAL_NODE}: the real node, {count} {GPU_RESOURCE} for the demo")
+
     def _clear_previous_run(self) -> None:
         """A run left behind (--keep, or killed): start from a clean slate."""
-        left = [
-            ns["metadata"]["name"]
-            for ns in client.ApiClient().sanitize_for_serialization(  # type: ignore[no-untyped-call]
-                self.core.list_namespace(label_selector="breaker.dev/demo")
-            )["items"]
-        ]
+        left = _names(self.core.list_namespace(label_selector="breaker.dev/demo"))
         if not left:
             return
         self.say(f"removing what an earlier demo left: namespaces {', '.join(left)}")
@@ -195,8 +185,8 @@ class Demo:
 
     def _start_operator(self) -> None:
         port, metrics_port = _free_port(), _free_port()
-        log = (self.workdir / "operator.log").open("wb")
-        self.operator = subprocess.Popen(
+        self.operator = self._process(
+            "operator",
             [
                 sys.executable,
                 "-m",
@@ -209,12 +199,7 @@ class Demo:
                 "--metrics-port",
                 str(metrics_port),
             ],
-            env=self.cluster.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
         )
-        self.processes.append(self.operator)
-        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
 
         def live() -> bool:
             if self.operator.poll() is not None:
@@ -223,23 +208,63 @@ class Demo:
                 return bool(r.status == 200)
 
         _wait(live, "the operator to start", timeout=60)
-        self.say(
-            f"operator running (log {self.workdir / 'operator.log'}, metrics {self.metrics_url})"
-        )
+        self.say(f"operator running (log {self.workdir / 'operator.log'})")
 
-    def fleet(self) -> list[Any]:
-        for namespace, body in FLEET:
-            self.custom.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, "trainingjobs", body
+    def _start_node_agent(self) -> None:
+        agent = self._process("node-agent", self.cluster.real_node.agent_command())
+        coordination = client.CoordinationV1Api(client.ApiClient())
+
+        def renewed() -> bool:
+            if agent.poll() is not None:
+                raise DemoError(
+                    f"the node agent exited; its log: {self.workdir / 'node-agent.log'}"
+                )
+            lease = coordination.read_namespaced_lease(
+                f"breaker-node-agent-{REAL_NODE}", "breaker-system"
             )
+            return lease.spec is not None and lease.spec.renew_time is not None
+
+        _wait(renewed, "the node agent's Lease", timeout=60)
+        self.say(f"node agent running on {REAL_NODE} (log {self.workdir / 'node-agent.log'})")
+
+    def _process(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("wb")
+        process = subprocess.Popen(
+            command, env=self.cluster.env(), stdout=log, stderr=subprocess.STDOUT
+        )
+        self.processes.append(process)
+        return process
+
+    def fleet(self) -> None:
+        for namespace, body in FLEET:
+            self._create(namespace, body)
         for namespace, body in FLEET:
             self._until_state(namespace, body["metadata"]["name"], "Running")
-        self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, QUEUED[0], "trainingjobs", QUEUED[1]
+        # The agent's job, on the real node: its schedule counts from the replay's start.
+        self.epoch = time.time() + LEAD_SECONDS
+        pod_cidr = self.cluster.real_node.settings().pod_cidr
+        scan = f"{pod_cidr.network_address}/28"  # its own node's pods: nothing else is touched
+        play = packets.play(
+            tunnel_at=TUNNEL_AT,
+            pool_at=POOL_AT,
+            dns_at=TUNNEL_AT,
+            scan=scan,
+            scan_at=SCAN_AT,
+            epoch=self.epoch,
         )
-        self._until_state(QUEUED[0], QUEUED[1]["metadata"]["name"], "Queued")
-        self.say("fleet: 32 of 32 GPUs busy; team-c/finetune (16 GPUs, priority 5) queued")
-        pods = _wait(lambda: self._pods(TENANT, AGENT, 2), "the agent's pods")
+        agent = packets.pod_template(AGENT, play, grace=10)
+        self._create(TENANT, _trainingjob(AGENT, 1, 1, agent))
+        self._until_state(TENANT, AGENT, "Running")
+        # The queued job may run anywhere, the real node included (it tolerates its taint).
+        queued = packets.pod_template("finetune", ["/agent", "idle"], grace=2)
+        del queued["spec"]["nodeSelector"]
+        self._create(WAITING, _trainingjob("finetune", 1, 5, queued))
+        self._until_state(WAITING, "finetune", "Queued")
+        self.say(
+            f"fleet: 40 of 40 GPUs busy ({TENANT}/{AGENT} on {REAL_NODE}, {OTHERS}'s jobs on "
+            f"the kwok nodes); {WAITING}/finetune (8 GPUs, priority 5) queued"
+        )
+        self.agent_pod = _wait(lambda: self._pod(TENANT, AGENT), "the agent's pod")
         # A policy written for the job's convenience by its tenant: open to the world.
         self._kubectl_apply(
             {
@@ -249,32 +274,28 @@ class Demo:
                 "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]},
             }
         )
-        self.agent_pods = pods
         self.say(
-            f"{TENANT} also has a NetworkPolicy allowing all egress: {self._egress_summary(pods)}"
+            f"{TENANT} also has a NetworkPolicy allowing all egress: "
+            f"{self._egress_summary(self.agent_pod)}"
         )
-        return pods
 
     # -- the incident ---------------------------------------------------------------------
 
-    def replay(self, pods: list[Any]) -> float:
-        others = [
-            p for ns, body in FLEET[1:] for p in self._pods(ns, body["metadata"]["name"], 1) or []
-        ]
+    def replay(self) -> float:
+        """Start the simulator at the replay's start; the agent's pod keeps the same clock."""
+        others = [p for ns, body in FLEET for p in self._pods(ns, body["metadata"]["name"])]
+        agent = self.agent_pod
         scenario = {
             "name": "demo-rome",
             "duration": "30m",
             "interval": "1s",
             "pods": [
-                *(
-                    {
-                        "namespace": TENANT,
-                        "name": p.metadata.name,
-                        "node": p.spec.node_name,
-                        "timeline": [{"at": "0s", "do": "train-mixed"}, *(s for _, _, s in REPLAY)],
-                    }
-                    for p in pods
-                ),
+                {
+                    "namespace": TENANT,
+                    "name": agent.metadata.name,
+                    "node": agent.spec.node_name,
+                    "timeline": [{"at": "0s", "do": "train-mixed"}, *(s for _, _, s in REPLAY)],
+                },
                 *(
                     {
                         "namespace": p.metadata.namespace,
@@ -291,32 +312,32 @@ class Demo:
         }
         path = self.workdir / "rome.yaml"
         path.write_text(json.dumps(scenario))
-        self.processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "breaker.cli",
-                    "sim",
-                    str(path),
-                    "--port",
-                    str(_free_port()),
-                    "--register",
-                ],
-                env=self.cluster.env(),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.STDOUT,
-            )
+        time.sleep(max(0.0, self.epoch - time.time()))
+        self._process(
+            "simulator",
+            [
+                sys.executable,
+                "-m",
+                "breaker.cli",
+                "sim",
+                str(path),
+                f"--port={_free_port()}",
+                "--register",
+            ],
         )
-        started = time.monotonic()
-        self.say(f"replaying the ROME sequence on {TENANT}/{AGENT}; the other jobs train normally")
+        started = time.monotonic() - (time.time() - self.epoch)
+        self.say(
+            f"replaying the ROME sequence on {TENANT}/{AGENT} (its pod on {REAL_NODE} sends "
+            "real packets); the other jobs train normally"
+        )
         for at, what, _ in REPLAY:
             self.say(f"  scheduled at +{at:>2}s: {what}")
         return started
 
     def watch(self) -> dict[str, Any]:
-        """The Breaker once containment is recorded as finished (its Contained condition
-        left InProgress), and the queued job running on the GPUs it was handed."""
+        """The Breaker once containment is recorded as finished (its Contained condition left
+        InProgress); what the agent's pod reaches then; the queued job running on the GPUs
+        it was handed, once the handoff is recorded."""
 
         def settled() -> dict[str, Any] | None:
             breaker = self._breaker()
@@ -334,16 +355,35 @@ class Demo:
             breaker = _wait(settled, "the breaker to trip and contain the agent", timeout=180)
         except DemoError as error:
             raise DemoError("; ".join([str(error), *failures])) from None
-        _wait(lambda: self._running_on(WAITING, "finetune"), "the queued job to run", 60)
+        # At once, while the agent's pod (ignoring SIGTERM) lives out its grace period.
+        self.reached = packets.reach(self.cluster.real_node, self.agent_pod.status.pod_ip)
+
+        def handed() -> dict[str, Any] | None:
+            latest = self._breaker()
+            handoff = containment.read(latest.get("status")).of("reassignGPUs")
+            detail = handoff.detail if handoff is not None else None
+            if isinstance(detail, containment.GPUsReassigned) and detail.to:
+                return latest
+            return None
+
+        breaker = _wait(handed, f"the GPUs handed to {WAITING}/finetune", timeout=90)
+        _wait(lambda: self._running_on(WAITING, "finetune"), "the queued job to run", 90)
         return breaker
 
     def timeline(self, breaker: dict[str, Any], started: float) -> None:
-        """What the operator recorded, and nothing else: the evidence, every action's
-        outcome, the time to contain; then what the cluster shows of it."""
-        origin = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=time.monotonic() - started)
+        """What the operator recorded, what the packets showed, what the cluster shows."""
+        origin = dt.datetime.fromtimestamp(self.epoch, dt.UTC)
+        status = breaker["status"]
         print("\nTimeline (from the start of the replay):")
-        print("\n".join(timeline_lines(breaker["status"], origin)))
-        found = containment.read(breaker["status"])
+        print("\n".join(timeline_lines(status, origin)))
+        tripped = dt.datetime.fromisoformat(status["lastTrip"].replace("Z", "+00:00"))
+        report = self.cluster.real_node.outside()
+        print("What the packets showed (the outside hosts' record; the pod probed from inside):")
+        lines = packet_lines(
+            report, self.agent_pod.status.pod_ip, tripped.timestamp(), origin, self.reached
+        )
+        print("\n".join(lines))
+        found = containment.read(status)
         self.quarantine = [
             a.detail.quarantine_policy
             for a in found.actions
@@ -354,8 +394,8 @@ class Demo:
             f"  now: {TENANT}/{AGENT} {agent.get('state')}; {WAITING}/finetune Running on "
             f"{self._running_on(WAITING, 'finetune')}"
         )
-        summary = self._egress_summary(self.agent_pods, quarantined=True)
-        print(f"  the agent's pods, quarantined, by every NetworkPolicy of {TENANT}: {summary}")
+        summary = self._egress_summary(self.agent_pod, quarantined=True)
+        print(f"  the agent's pod, quarantined, by every NetworkPolicy of {TENANT}: {summary}")
 
     def reset(self) -> None:
         print()
@@ -383,18 +423,21 @@ class Demo:
 
         _wait(undone, "the reset to undo every action", 60)
         took = time.monotonic() - asked
-        nodes = _wait(lambda: self._running_on(TENANT, AGENT), f"{AGENT} to run again", 90)
+        nodes = _wait(lambda: self._running_on(TENANT, AGENT), f"{AGENT} to run again", 120)
         _wait(lambda: self._state(WAITING, "finetune") == "Queued", "finetune to queue again", 60)
-        policies = [
-            p["metadata"]["name"] for p in self._items(self.net.list_namespaced_network_policy)
-        ]
-        quotas = [
-            q["metadata"]["name"] for q in self._items(self.core.list_namespaced_resource_quota)
-        ]
-        pods = _wait(lambda: self._pods(TENANT, AGENT, 2), "the agent's pods again")
+        pod = _wait(lambda: self._pod(TENANT, AGENT), "the agent's new pod")
+        node = self.cluster.real_node
+        _wait(
+            lambda: packets.flowing(node.outside(), pod.status.pod_ip),
+            "the agent's new pod to reach the outside again",
+            60,
+        )
+        policies = _names(self.net.list_namespaced_network_policy(TENANT))
+        quotas = _names(self.core.list_namespaced_resource_quota(TENANT))
         left = [n for n in policies if n in self.quarantine] + [
             n for n in quotas if n == CLAMP_QUOTA_NAME
         ]
+        _wait(lambda: not node.cut_rules(), "the node agent to lift its drops", 30)
         if left:
             raise DemoError(f"the reset left {', '.join(left)} behind")
         self.say(f"reset done: breaker {BREAKER} Closed, every action undone ({took:.1f} s)")
@@ -402,8 +445,10 @@ class Demo:
         print(f"  {WAITING}/finetune Queued again (the GPUs went back to {AGENT})")
         print(f"  NetworkPolicies of {TENANT}: {', '.join(sorted(policies))} (quarantine removed)")
         print(f"  ResourceQuotas of {TENANT}: {', '.join(quotas) or 'none'} (GPU clamp removed)")
+        print(f"  drops the node agent placed on {REAL_NODE}: none left")
         print(
-            f"  the agent's pods, by every NetworkPolicy of {TENANT}: {self._egress_summary(pods)}"
+            f"  the agent's new pod reaches the outside again: tunnel and pool carrying bytes "
+            f"({self._egress_summary(pod)})"
         )
 
     # -- helpers --------------------------------------------------------------------------
@@ -417,6 +462,9 @@ class Demo:
             text=True,
         )
         print(result.stdout.rstrip() or result.stderr.rstrip(), flush=True)
+
+    def _create(self, namespace: str, body: dict[str, Any]) -> None:
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingjobs", body)
 
     def _breaker(self) -> dict[str, Any]:
         try:
@@ -450,41 +498,40 @@ class Demo:
     def _until_state(self, namespace: str, name: str, state: str) -> None:
         _wait(lambda: self._state(namespace, name) == state, f"{namespace}/{name} {state}", 90)
 
-    def _pods(self, namespace: str, tj: str, count: int) -> list[Any] | None:
+    def _pods(self, namespace: str, tj: str) -> list[Any]:
         listed = self.core.list_namespaced_pod(
             namespace, label_selector=f"breaker.dev/trainingjob={tj}"
         )
-        pods = [
+        return [
             p
             for p in listed.items
             if p.status is not None
             and p.status.phase == "Running"
+            and p.status.pod_ip
             and p.metadata is not None
             and not p.metadata.deletion_timestamp
         ]
-        return pods if len(pods) >= count and pods else None
 
-    def _egress_summary(self, pods: list[Any], quarantined: bool = False) -> str:
-        """What the effective-egress function says of the first pod, over every policy."""
-        policies = self._items(self.net.list_namespaced_network_policy)
-        labels = dict(pods[0].metadata.labels or {})
+    def _pod(self, namespace: str, tj: str) -> Any:
+        found = self._pods(namespace, tj)
+        return found[0] if found else None
+
+    def _egress_summary(self, pod: Any, quarantined: bool = False) -> str:
+        """What the effective-egress function says of the pod, over every policy."""
+        policies = [
+            client.ApiClient().sanitize_for_serialization(p)  # type: ignore[no-untyped-call]
+            for p in self.net.list_namespaced_network_policy(TENANT).items
+        ]
+        labels = dict(pod.metadata.labels or {})
         if quarantined:
             labels["breaker.dev/quarantined"] = BREAKER
         egress = effective_egress(labels, policies)
-        pool = egress.allows(Destination(port=3333, ip="203.0.113.7"), TENANT)
-        ssh = egress.allows(Destination(port=22, ip="198.51.100.4"), TENANT)
-        return (
-            f"mining pool 203.0.113.7:3333 {'REACHABLE' if pool else 'blocked'}, "
-            f"ssh 198.51.100.4:22 {'REACHABLE' if ssh else 'blocked'}"
-        )
-
-    def _items(self, list_in_namespace: Callable[[str], Any]) -> list[dict[str, Any]]:
-        """The tenant's objects of one kind, as plain dicts."""
-        listed = client.ApiClient().sanitize_for_serialization(  # type: ignore[no-untyped-call]
-            list_in_namespace(TENANT)
-        )
-        items: list[dict[str, Any]] = listed.get("items") or []
-        return items
+        said = []
+        for name in ("pool", "ssh"):
+            target: Destination = packets.DESTINATIONS[name]
+            verdict = "REACHABLE" if egress.allows(target, TENANT) else "blocked"
+            said.append(f"{name} {target.ip}:{target.port} {verdict}")
+        return ", ".join(said)
 
     def _kubectl(self, *args: str) -> None:
         result = subprocess.run(
@@ -507,16 +554,21 @@ class Demo:
     def cleanup(self) -> None:
         for process in reversed(self.processes):
             if process.poll() is None:
-                process.send_signal(
-                    signal.SIGINT if process is not self.operator else signal.SIGTERM
-                )
+                process.send_signal(signal.SIGTERM)
                 try:
                     process.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     process.kill()
         if self.started_cluster:
-            self.cluster.down()
+            if self.cluster_up:
+                self.cluster.down()
+            else:
+                self.say(
+                    f"the cluster did not start; its logs are in {self.cluster.directory}/logs"
+                )
             return
+        with contextlib.suppress(client.ApiException):
+            self._real_node_gpus(None)
         for namespace in (TENANT, OTHERS, WAITING):
             with contextlib.suppress(client.ApiException):
                 self.core.delete_namespace(namespace)
@@ -528,6 +580,11 @@ class Demo:
             "cleaned up the demo's namespaces and policy "
             "(the local cluster was already up: it stays)"
         )
+
+
+def _names(listed: Any) -> list[str]:
+    """The names in a list the API returned."""
+    return [str(item.metadata.name) for item in listed.items]
 
 
 @contextlib.contextmanager
@@ -545,9 +602,9 @@ def run(keep: bool) -> int:
     with _signals_interrupt():
         try:
             demo.up()
-            pods = demo.fleet()
+            demo.fleet()
             demo.show()
-            started = demo.replay(pods)
+            started = demo.replay()
             breaker = demo.watch()
             demo.timeline(breaker, started)
             demo.show()
@@ -566,8 +623,8 @@ def run(keep: bool) -> int:
             f"  export KUBECONFIG={demo.cluster.kubeconfig}\n"
             f"  export PATH={demo.cluster.bin_dir}:$PATH\n"
             "  kubectl get trainingjobs,breakers -A\n"
-            f"  operator log: {demo.workdir / 'operator.log'}\n"
-            f"  stop the operator and simulator: kill {pids}"
+            f"  logs: {demo.workdir}\n"
+            f"  stop the operator, node agent and simulator: kill {pids}"
             "\n  then the cluster: make cluster-down"
         )
     return 0 if ok else 1

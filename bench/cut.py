@@ -1,0 +1,254 @@
+"""Time to cut: from a trip to the end of a reverse tunnel that was open before it.
+
+On a local cluster of its own with the real node, the node agent and the operator (as
+processes), an agent pod keeps a reverse tunnel to the outside "SSH server" (a line every
+100 ms both ways) and a mining-pool session. An admin trips its breaker (ForcedOpen), the
+breaker is reset, and again, ``--trips`` times in each mode:
+
+- ``revoke-only``: a Deployment guarded by revokeEgress alone; its pod keeps running;
+- ``pause``: a Job guarded by revokeEgress and pause; its pod, ignoring SIGTERM, lives out
+  its grace period cut off.
+
+Per trip it takes, from the outside host's record and the trip's time in the Breaker's
+status (one clock: the same machine): ``cut``, when the tunnel's far end received the
+reset, and ``last_byte``, the last byte either way of any tunnel or pool connection of the
+pod (reconnections that slipped through before the dataplane caught up included). It
+prints p50 and p99 of each and writes ``bench/results/cut.json``. A benchmark, never a
+test: the machine is shared and noisy.
+
+    .venv/bin/python bench/cut.py [--trips 20] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+GROUP, VERSION = "breaker.dev", "v1alpha1"
+NAMESPACE = "cut-bench"
+TICK = 0.1
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "p50_s": round(statistics.median(values), 3),
+        "p99_s": round(percentile(values, 0.99), 3),
+        "max_s": round(max(values), 3),
+        "n": len(values),
+    }
+
+
+class Bench:
+    def __init__(self, work: Path) -> None:
+        from breaker.localcluster import LocalCluster
+
+        self.work = work
+        self.cluster = LocalCluster()
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        from kubernetes import client
+
+        self.cluster.up()
+        self.api = self.cluster.api_client()
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.apps = client.AppsV1Api(self.api)
+        self.batch = client.BatchV1Api(self.api)
+        root = Path(__file__).resolve().parents[1]
+        self.cluster.kubectl("apply", "--server-side", "-f", str(root / "crds"))
+        self.cluster.kubectl("wait", "--for=condition=Established", "crd", "--all")
+        for namespace in ("breaker-system", NAMESPACE):
+            manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+            self.cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+        env = self.cluster.env()
+        run = [sys.executable, "-m", "breaker.cli", "run", "--metrics-port=0"]
+        agent = self.cluster.real_node.agent_command()
+        for name, command in (("operator", run), ("node-agent", agent)):
+            log = (self.work / f"{name}.log").open("wb")
+            self.processes.append(
+                subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            )
+
+    def stop(self, keep: bool) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        if not keep:
+            self.cluster.down()
+
+    def workload(self, mode: str) -> tuple[str, str]:
+        """The guarded workload of a mode, created with its policy; (kind, name)."""
+        from breaker.localcluster import packets
+
+        name = "svc" if mode == "revoke-only" else "rl"
+        template = packets.pod_template(name, packets.play(tick=TICK), grace=10)
+        actions: list[dict[str, str]] = [{"type": "revokeEgress"}]
+        if mode == "revoke-only":
+            body = {
+                "metadata": {"name": name},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": {"app": name}},
+                    "template": template,
+                },
+            }
+            self.apps.create_namespaced_deployment(NAMESPACE, body)
+            kind = "Deployment"
+        else:
+            template["spec"]["restartPolicy"] = "Never"
+            body = {"metadata": {"name": name}, "spec": {"backoffLimit": 0, "template": template}}
+            self.batch.create_namespaced_job(NAMESPACE, body)
+            kind, actions = "Job", [*actions, {"type": "pause"}]
+        policy = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "BreakerPolicy",
+            "metadata": {"name": f"{name}-guard"},
+            "spec": {
+                "targets": {"kinds": [kind]},
+                "signals": [{"name": "pool", "preset": "mining-pool-egress"}],
+                "mode": "Enforce",
+                "actions": actions,
+                "prometheus": {"interval": "30s"},
+            },
+        }
+        self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, "breakerpolicies", policy
+        )
+        return kind, name
+
+    def pod_ip(self, app: str) -> str:
+        from breaker.localcluster import packets
+
+        def running() -> str | None:
+            pods = self.core.list_namespaced_pod(NAMESPACE, label_selector=f"app={app}").items
+            ready = [
+                p.status.pod_ip
+                for p in pods
+                if p.status.phase == "Running"
+                and p.status.pod_ip
+                and p.metadata.deletion_timestamp is None
+            ]
+            return ready[0] if ready else None
+
+        found: str = packets.wait(running, f"a running pod of {app}", timeout=120)
+        return found
+
+    def breaker(self, name: str) -> dict[str, Any]:
+        """The Breaker, or {} while the operator has not made it."""
+        from kubernetes import client
+
+        try:
+            found: dict[str, Any] = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, NAMESPACE, "breakers", name
+            )
+        except client.ApiException as error:
+            if error.status == 404:
+                return {}
+            raise
+        return found
+
+    def trip_once(self, mode: str, app: str, breaker: str) -> dict[str, float]:
+        from breaker.api import containment
+        from breaker.localcluster import packets
+
+        node = self.cluster.real_node
+        ip = self.pod_ip(app)
+        packets.wait(lambda: self.breaker(breaker).get("status"), f"Breaker {breaker}", 60)
+        packets.wait(lambda: packets.flowing(node.outside(), ip), f"{app}'s tunnel", 60)
+        patch = {"spec": {"override": "ForcedOpen"}}
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, "breakers", breaker, patch
+        )
+
+        def contained() -> dict[str, Any] | None:
+            status = self.breaker(breaker).get("status") or {}
+            reason = containment.read(status).reason
+            return status if reason == containment.CONTAINED else None
+
+        status = packets.wait(contained, "containment", 60)
+        tripped = dt.datetime.fromisoformat(status["lastTrip"].replace("Z", "+00:00")).timestamp()
+        cut = packets.wait(lambda: packets.cut_at(node.outside(), ip, tripped), "the cut", 30)
+        time.sleep(3)  # anything that still slips through shows in the record meanwhile
+        last = packets.last_byte(node.outside(), ip)
+        token = str(time.time())
+        reset = {"spec": {"override": None, "reset": token}}
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, "breakers", breaker, reset
+        )
+        packets.wait(
+            lambda: (
+                containment.read(self.breaker(breaker).get("status")).reason
+                == containment.NOT_TRIPPED
+            ),
+            "the reset",
+            60,
+        )
+        return {"cut_s": cut - tripped, "last_byte_s": max(0.0, last - tripped)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--trips", type=int, default=20, help="trips per mode (20)")
+    parser.add_argument("--keep", action="store_true", help="leave the bench cluster up")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="breaker-bench-cut-"))
+    os.environ["BREAKER_CLUSTER_DIR"] = str(work / "cluster")
+    os.environ.setdefault("BREAKER_CLUSTER_PORT_OFFSET", "5000")
+    os.environ["BREAKER_CLUSTER_REAL_NODE"] = "1"
+    bench = Bench(work)
+    began = time.monotonic()
+    result: dict[str, Any] = {"trips_per_mode": args.trips, "tick_s": TICK, "modes": {}}
+    try:
+        bench.start()
+        for mode in ("revoke-only", "pause"):
+            _, name = bench.workload(mode)
+            runs = []
+            for trip in range(args.trips):
+                run = bench.trip_once(mode, name, f"{name}-{name}-guard")
+                runs.append(run)
+                print(f"{mode} trip {trip + 1}: {json.dumps(run)}", flush=True)
+            result["modes"][mode] = {
+                "cut": summary([r["cut_s"] for r in runs]),
+                "last_byte": summary([r["last_byte_s"] for r in runs]),
+                "runs": runs,
+            }
+    finally:
+        bench.stop(args.keep)
+        result["wall_s"] = round(time.monotonic() - began, 1)
+        result["measured_at"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "cut.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n{'mode':<12} {'cut p50':>8} {'cut p99':>8} {'last byte p50':>14} {'p99':>6}")
+    for mode, row in result["modes"].items():
+        cut, last = row["cut"], row["last_byte"]
+        print(
+            f"{mode:<12} {cut['p50_s']:>7.3f}s {cut['p99_s']:>7.3f}s "
+            f"{last['p50_s']:>13.3f}s {last['p99_s']:>5.3f}s"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
