@@ -109,6 +109,18 @@ PEERING = "breaker"
 PEERING_LIFETIME = 5  # seconds; the chart's default is 15
 
 
+def terminate(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, as Kubernetes stops a pod; SIGKILL if it has not gone after 20 s."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -252,14 +264,7 @@ class Operator:
 
     def stop(self) -> None:
         """SIGTERM, as Kubernetes stops a pod; SIGKILL if it does not go."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process)
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, no last write, as an OOM kill or a lost node ends it."""
@@ -355,14 +360,8 @@ class NodeAgent:
         wait_for(renewed, "the node agent's Lease", timeout=60, ignore=(client.ApiException,))
 
     def stop(self) -> None:
-        """SIGTERM; its Lease expires on its own (the operator then says: may survive)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """SIGTERM, and its Lease goes (without it the operator says: may survive)."""
+        terminate(self.process)
         with contextlib.suppress(client.ApiException):
             client.CoordinationV1Api(self.cluster.api_client()).delete_namespaced_lease(
                 f"breaker-node-agent-{REAL_NODE}", RELEASE_NAMESPACE

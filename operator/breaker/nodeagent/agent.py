@@ -127,7 +127,13 @@ class NodeAgent:
             log.warning("no list of the node's pods after 60s; carrying on and retrying")
         log.info("node agent on %s: cutting what quarantined pods opened", self.settings.node)
         while not self.stopping.is_set():
-            self.reconcile()
+            try:
+                self.reconcile()
+            except (RuntimeError, OSError) as error:
+                # iptables busy or our chain flushed by someone: said, and set up again.
+                log.warning("pass failed: %s; again in %.2fs", error, self.settings.interval)
+                with contextlib.suppress(RuntimeError):
+                    self._ensure_chain()
             busy = any(p.breaker for p in self._snapshot().values())
             self.wake.wait(timeout=self.settings.interval if busy else 10.0)
             self.wake.clear()
