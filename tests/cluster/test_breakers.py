@@ -575,25 +575,44 @@ def test_node_quarantine_cordons_and_taints_and_the_reset_undoes_only_that(
         quarantined = core.read_node(node)
         assert quarantined.spec.unschedulable is True
         assert any(t.key == QUARANTINE_TAINT for t in quarantined.spec.taints or [])
-        cluster.patch("breakers", name, {"spec": {"reset": "node-checked"}})
-        wait_for(lambda: released(core, node), "the node released on reset")
-    finally:
+        # The pod keeps running (no pause here) and its attack is still in the signal's
+        # window, so a breaker reset under its policy trips again at once, on the same
+        # samples. Deleting the policy first takes that out: a contained breaker whose
+        # policy is gone still holds, and its reset undoes what it did.
         cluster.custom.delete_cluster_custom_object(
             GROUP, VERSION, "clusterbreakerpolicies", body["metadata"]["name"]
         )
-        # The attack's samples are still in the signal's window, so the breaker may trip
-        # again after the reset; the policy gone, its Breaker goes and undoes that too.
+        assert released(core, node) is False, "the node let go when the policy went"
+        assert cluster.settled_state(name) == "Open"
+        cluster.patch("breakers", name, {"spec": {"reset": "node-checked"}})
         try:
-            wait_for(lambda: released(core, node), "the node released once the policy is gone")
-        finally:
-            taints = [
-                t for t in core.read_node(node).spec.taints or [] if t.key != QUARANTINE_TAINT
-            ]
-            # Never leave it cordoned or tainted for the tests after this one.
-            core.patch_node(node, {"spec": {"unschedulable": None, "taints": taints or None}})
+            wait_for(lambda: released(core, node), "the node released on reset")
+        except AssertionError as error:
+            history = (cluster.breaker(name).get("status") or {}).get("history")
+            raise AssertionError(f"{error}; the breaker's history: {history}") from None
+        assert QUARANTINE_MARK not in (core.read_node(node).metadata.annotations or {})
+    finally:
+        try:
+            cluster.custom.delete_cluster_custom_object(
+                GROUP, VERSION, "clusterbreakerpolicies", body["metadata"]["name"]
+            )
+        except client.ApiException as error:
+            if error.status != 404:
+                raise
+        # Never leave the node cordoned, tainted or marked for the tests after this one.
+        found = core.read_node(node)
+        taints = [t for t in found.spec.taints or [] if t.key != QUARANTINE_TAINT]
+        core.patch_node(
+            node,
+            {
+                "metadata": {"annotations": {QUARANTINE_MARK: None}},
+                "spec": {"unschedulable": None, "taints": taints or None},
+            },
+        )
 
 
 QUARANTINE_TAINT = "breaker.dev/quarantined"
+QUARANTINE_MARK = "breaker.dev/quarantine"
 
 
 def released(core: client.CoreV1Api, node: str) -> bool:
