@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from breaker.actions.node import MARK, TAINT_KEY, quarantine, quarantine_taint, release
+from breaker.actions.node import MARK, TAINT_KEY, holder, quarantine, quarantine_taint, release
 
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 
@@ -102,6 +103,19 @@ def test_a_quarantine_shared_by_two_breakers_lifts_with_the_last() -> None:
     held = merge(held, release(held, first))
     assert held["spec"]["unschedulable"] is True
     assert [t["key"] for t in held["spec"]["taints"]] == [TAINT_KEY]
+
+    after = merge(held, release(held, second))
+    assert "unschedulable" not in after["spec"] and "taints" not in after["spec"]
+
+
+def test_breakers_of_one_name_in_two_namespaces_hold_a_node_apart() -> None:
+    held, first = quarantined(node(), holder("team-a", "rl-guard"))
+    patch, second = quarantine(held, holder("team-b", "rl-guard"), cordon=True, taint=True)
+    held = merge(held, patch)
+
+    held = merge(held, release(held, first))  # team-a's reset
+    assert held["spec"]["unschedulable"] is True  # team-b's breaker still holds it
+    assert json.loads(held["metadata"]["annotations"][MARK])["holders"] == ["team-b/rl-guard"]
 
     after = merge(held, release(held, second))
     assert "unschedulable" not in after["spec"] and "taints" not in after["spec"]

@@ -484,7 +484,7 @@ async def quarantine_nodes(
         def plan(found: Mapping[str, Any], name: str = name) -> dict[str, Any] | None:
             patch, records[name] = node.quarantine(
                 found,
-                scene.breaker,
+                node_holder(scene),
                 cordon=settings.cordon,
                 taint=settings.taint,
             )
@@ -492,6 +492,16 @@ async def quarantine_nodes(
 
         await _patch_node(scene, core, name, plan)
     return {"nodes": records}
+
+
+def node_holder(scene: Scene) -> str:
+    return node.holder(scene.namespace, scene.breaker)
+
+
+def nodes_named(scene: Scene, nodes: Iterable[str]) -> dict[str, Any]:
+    """A quarantineNode record that names its nodes and nothing more (written ahead, or
+    after a failure): a release lets go of whichever of them carry the breaker's mark."""
+    return {"nodes": {n: {"breaker": node_holder(scene)} for n in sorted(set(nodes))}}
 
 
 async def release_nodes(scene: Scene, record: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,12 @@ TAINT_KEY = "breaker.dev/quarantined"
 MARK = "breaker.dev/quarantine"
 
 
+def holder(namespace: str, breaker: str) -> str:
+    """Who holds a node's quarantine: a Node is cluster-wide, so a Breaker's name alone
+    would let two namespaces' breakers of one name release each other's quarantine."""
+    return f"{namespace}/{breaker}"
+
+
 def quarantine_taint(breaker: str, evict: bool = False) -> dict[str, str]:
     """The taint a breaker puts on a node; its value names the breaker.
 
@@ -38,6 +44,8 @@ def quarantine(
     node: Mapping[str, Any], breaker: str, cordon: bool, taint: bool, evict: bool = False
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """(the merge patch that quarantines the node or None, the record of what it did).
+
+    ``breaker`` is the holder's identity, ``holder(namespace, name)``.
 
     The record: ``{"breaker", "wasUnschedulable", "cordoned", "hadTaint", "taint"}`` where
     ``cordoned`` says this call cordons the node and ``taint`` is the taint it adds (None

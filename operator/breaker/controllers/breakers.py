@@ -689,7 +689,7 @@ class BreakerController:
                 nodes |= set(((leftover.get(action) or {}).get("changed") or {}).get("nodes") or {})
                 # Failed, it still names its nodes: a reset releases whichever of them
                 # carry this breaker's mark.
-                named = {"nodes": {n: {"breaker": scene.breaker} for n in sorted(nodes)}}
+                named = executor.nodes_named(scene, nodes)
                 done[action] = await self._record(
                     action,
                     scene,
@@ -1277,7 +1277,7 @@ def _intend(
             record["changed"] = {"freed": executor.freed_gpus(scene.pods)}
         elif action == "quarantineNode":
             named = nodes | set(held.get(action, {}).get("nodes") or {})
-            record["changed"] = {"nodes": {n: {"breaker": scene.breaker} for n in sorted(named)}}
+            record["changed"] = executor.nodes_named(scene, named)
         intended.append(record)
     return intended
 
