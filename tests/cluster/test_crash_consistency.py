@@ -149,7 +149,7 @@ class Scene:
         quota = c.core.read_namespaced_resource_quota("breaker-gpu-clamp", c.ns)
         assert quota.spec.hard["requests.nvidia.com/gpu"] == "16"
         mark = json.loads(quota.metadata.annotations["breaker.dev/gpu-clamp"])
-        assert mark["holders"] == [f"{self.c.ns}/{self.breaker}"] and mark["created"] is True
+        assert mark["holders"] == [self.breaker] and mark["created"] is True
         assert len(c.core.list_namespaced_resource_quota(c.ns).items) == 1
         handoff = next(a for a in status["actions"] if a["type"] == "reassignGPUs")["changed"]
         assert sum(f["gpus"] for f in handoff["freed"]) == 16
