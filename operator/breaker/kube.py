@@ -67,10 +67,6 @@ def to_dict(api: client.ApiClient, obj: Any) -> dict[str, Any]:
     return result
 
 
-def is_status(error: Exception, *codes: int) -> bool:
-    return isinstance(error, client.ApiException) and error.status in codes
-
-
 def namespace_terminating(error: BaseException | None) -> bool:
     """The API refused a write because the namespace is being deleted: nothing to fix."""
     return (

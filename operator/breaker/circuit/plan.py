@@ -103,7 +103,6 @@ def reset_token(body: Mapping[str, Any]) -> str | None:
 class BreakerPlan:
     create: tuple[dict[str, Any], ...]
     delete: tuple[tuple[str, str], ...]
-    guarded: Mapping[tuple[str, str], tuple[Policy, Workload]]  # breaker key -> its pair
 
 
 def plan_breakers(
@@ -149,7 +148,7 @@ def plan_breakers(
             if now - last_trip < retention:
                 continue  # tripped: the evidence stays, whether or not the workload does
         delete.append(key)
-    return BreakerPlan(create, tuple(delete), wanted)
+    return BreakerPlan(create, tuple(delete))
 
 
 def _policy_ref(policy: Policy) -> dict[str, Any]:

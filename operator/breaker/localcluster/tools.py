@@ -211,9 +211,6 @@ class Toolbox:
     def __getitem__(self, name: str) -> Path:
         return self.binaries[name]
 
-    def bin_dirs(self) -> list[Path]:
-        return sorted({path.parent for path in self.binaries.values()})
-
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
