@@ -90,3 +90,22 @@ def test_openmetrics_groups_families_escapes_and_ends() -> None:
     assert "# TYPE falcosecurity_falcosidekick_falco_events counter" in types
     assert 'pod="odd\\"pod\\\\name"' in text
     assert f" {START.timestamp():.3f}" in text
+
+
+def test_the_live_exporter_scraped_at_once_shows_the_first_sample() -> None:
+    """A scrape before the first step (CI's Prometheus managed one) saw every GPU idle."""
+    from breaker.sim.exporter import ScenarioCollector
+
+    mining = scenario({"at": "0m", "do": "mine"})
+    ((_, first), *_rest) = model.run(mining)
+    live = {
+        (family.name, tuple(sorted(sample.labels.items())), sample.value)
+        for family in ScenarioCollector(mining, speed=1e-9).collect()
+        for sample in family.samples
+        if family.name.startswith("DCGM")
+    }
+    expected = {
+        (s.name, tuple(sorted(s.labels)), s.value) for s in first if s.name.startswith("DCGM")
+    }
+    assert live == expected
+    assert any(name == "DCGM_FI_PROF_DRAM_ACTIVE" and value >= 0.9 for name, _, value in live)

@@ -29,17 +29,20 @@ class ScenarioCollector(Collector):
         self.offset = 0.0
         self.profiles = {pod.key: "idle" for pod in scenario.pods}
         self.lock = threading.Lock()
+        self._sample(0.0)  # a scrape before the first step sees the scenario's start, not idle
+
+    def _sample(self, offset: float) -> None:
+        for pod in self.scenario.pods:
+            if pod.exists(offset):
+                self.profiles[pod.key] = model.tick(
+                    pod, self.states[pod.key], offset, self.scenario.step
+                )
 
     def _catch_up(self) -> float:
         target = min((time.time() - self.started) * self.speed, self.scenario.seconds)
-        step = self.scenario.step
-        while self.offset + step <= target:
-            self.offset += step
-            for pod in self.scenario.pods:
-                if pod.exists(self.offset):
-                    self.profiles[pod.key] = model.advance(
-                        pod, self.states[pod.key], self.offset, step
-                    )
+        while self.offset + self.scenario.step <= target:
+            self.offset += self.scenario.step
+            self._sample(self.offset)
         return self.offset
 
     def collect(self) -> Iterator[Metric]:

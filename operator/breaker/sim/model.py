@@ -271,6 +271,12 @@ def samples(pod: SimPod, state: PodState, profile: str, at: float) -> Iterator[S
         yield Series("kube_pod_owner", "gauge", labels, 1.0)
 
 
+def tick(pod: SimPod, state: PodState, offset: float, step: float) -> str:
+    """Advance an existing pod to the sample at ``offset``; a pod's first sample counts nothing."""
+    born = offset - step < _seconds(pod.start)
+    return advance(pod, state, offset, 0.0 if born else step)
+
+
 def run(scenario: Scenario) -> Iterator[tuple[float, list[Series]]]:
     """Every sample time (offset in seconds from the start) and the series then."""
     states = {pod.key: PodState() for pod in scenario.pods}
@@ -281,8 +287,7 @@ def run(scenario: Scenario) -> Iterator[tuple[float, list[Series]]]:
         for pod in scenario.pods:
             if not pod.exists(offset):
                 continue
-            born = offset - step < _seconds(pod.start)
-            profile = advance(pod, states[pod.key], offset, 0.0 if born else step)
+            profile = tick(pod, states[pod.key], offset, step)
             current.extend(samples(pod, states[pod.key], profile, offset))
         yield offset, current
         offset += step
