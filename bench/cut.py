@@ -34,8 +34,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from breaker.constants import GROUP, VERSION
+
 RESULTS = Path(__file__).parent / "results"
-GROUP, VERSION = "breaker.dev", "v1alpha1"
+
 NAMESPACE = "cut-bench"
 TICK = 0.1
 

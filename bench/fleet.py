@@ -53,9 +53,10 @@ from typing import Any, TypeVar
 import yaml
 
 from breaker.api import containment
+from breaker.constants import GROUP, VERSION
 
 RESULTS = Path(__file__).parent / "results"
-GROUP, VERSION = "breaker.dev", "v1alpha1"
+
 FLEET = [f"fleet-{i}" for i in range(10)]
 WAITING, FILLER = "waiting", "filler"
 

@@ -18,9 +18,6 @@ from breaker import metrics
 
 T = TypeVar("T")
 
-GROUP = "breaker.dev"
-VERSION = "v1alpha1"
-
 
 def api_client() -> client.ApiClient:
     """In a pod: its ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config."""

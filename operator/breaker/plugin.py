@@ -30,8 +30,9 @@ from kubernetes import client, config
 from breaker.actions.egress import Destination, EffectiveEgress, effective_egress
 from breaker.api import containment
 from breaker.circuit.plan import reset_token
+from breaker.constants import BREAKERS, GROUP, VERSION
 
-GROUP, VERSION, PLURAL = "breaker.dev", "v1alpha1", "breakers"
+PLURAL = BREAKERS
 OPERATOR_HINT = "is the operator running? `kubectl -n breaker-system get pods` and its logs say"
 
 

@@ -18,11 +18,11 @@ from kubernetes import client
 
 from breaker.actions.egress import Destination, effective_egress
 from breaker.api import containment
+from breaker.constants import GROUP, VERSION
 from breaker.localcluster import LocalCluster
 from tests.conftest import free_port, service_account_kubeconfig
 from tests.helpers import wait_for
 
-GROUP, VERSION = "breaker.dev", "v1alpha1"
 OUTSIDE_POOL = Destination(port=3333, ip="203.0.113.7")
 OUTSIDE_SSH = Destination(port=22, ip="198.51.100.4")
 

@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from breaker.constants import GROUP, VERSION
 from breaker.localcluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
-
-GROUP, VERSION = "breaker.dev", "v1alpha1"
 
 
 def trainingjob(name: str = "tj") -> dict[str, Any]:

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from breaker.actions.egress import KEPT_ANNOTATION, effective_egress
+from breaker.actions.egress import effective_egress
 from breaker.api import containment
+from breaker.constants import KEPT_ANNOTATION
 from breaker.localcluster import packets
 from breaker.localcluster.realnode import NAME as REAL_NODE
 from breaker.localcluster.realnode import RealNode

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from breaker.constants import GROUP, TRAININGJOBS, VERSION
 from breaker.localcluster import LocalCluster
 from breaker.localcluster.paths import repo_root
 from breaker.selectors import matches
@@ -18,7 +19,7 @@ from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
 
-GROUP, VERSION, PLURAL = "breaker.dev", "v1alpha1", "trainingjobs"
+PLURAL = TRAININGJOBS
 
 
 def trainingjob(

@@ -124,7 +124,8 @@ def test_port_ranges() -> None:
 
 
 def test_revocation_really_revokes_and_restores_exactly() -> None:
-    from breaker.actions.egress import QUARANTINE_LABEL, plan_revocation, restore_patch
+    from breaker.actions.egress import plan_revocation, restore_patch
+    from breaker.constants import QUARANTINE_LABEL
 
     team_open = policy("team-open", {"matchLabels": {"app": "train"}}, [{}], ["Egress"])
     unrelated = policy("other-app", {"matchLabels": {"app": "serve"}}, [{}], ["Egress"])

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from breaker.actions.quota import (
-    CLAMP_QUOTA_NAME,
     GPU_QUOTA_KEY,
     MARK,
     Create,
@@ -18,6 +17,7 @@ from breaker.actions.quota import (
     plan_clamp,
     plan_restore,
 )
+from breaker.constants import CLAMP_QUOTA_NAME
 
 
 def quota(name: str, gpus: Any = None, version: str = "1", **spec: Any) -> dict[str, Any]:

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from breaker.constants import JOB_LABEL
 from breaker.training.render import (
-    JOB_LABEL,
     InvalidTemplate,
     render_job,
     render_network_policy,

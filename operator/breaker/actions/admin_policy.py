@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from breaker.actions.egress import DNS_NAMESPACE, DNS_PODS, DNS_PORTS, QUARANTINE_LABEL
+from breaker.actions.egress import DNS_NAMESPACE, DNS_PODS, DNS_PORTS
+from breaker.constants import QUARANTINE_LABEL
 
 ANP_GROUP, ANP_VERSION, ANP_PLURAL = "policy.networking.k8s.io", "v1alpha1", "adminnetworkpolicies"
 CILIUM_GROUP, CILIUM_VERSION, CILIUM_PLURAL = "cilium.io", "v2", "ciliumnetworkpolicies"

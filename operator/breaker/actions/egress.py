@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from breaker.constants import QUARANTINE_LABEL
 from breaker.selectors import matches
 
 
@@ -128,9 +129,6 @@ def _rule_allows(rule: Mapping[str, Any], destination: Destination, pod_namespac
     return any(_peer_allows(peer, destination, pod_namespace) for peer in peers)
 
 
-QUARANTINE_LABEL = "breaker.dev/quarantined"
-# What the node agent keeps of a quarantined pod's open connections (JSON, on the pod).
-KEPT_ANNOTATION = "breaker.dev/egress-kept"
 _EXCLUDED = {"key": QUARANTINE_LABEL, "operator": "DoesNotExist"}
 # The cluster's DNS: CoreDNS (or kube-dns) in kube-system, as every distribution labels it.
 # Any namespace would let a tenant label a pod of its own k8s-app=kube-dns and tunnel

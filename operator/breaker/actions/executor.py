@@ -24,13 +24,18 @@ from kubernetes import client
 from breaker import failpoints, kube
 from breaker.actions import admin_policy, connections, egress, node, pause, quota
 from breaker.api.policy import QuarantineNodeAction, RevokeEgressAction, ServiceRef
-from breaker.controllers.inventory import PAUSED_BY, PodView, WorkloadView
+from breaker.constants import (
+    KEPT_ANNOTATION,
+    NARROWED_FOR,
+    ORIGINAL_SELECTOR,
+    PAUSED_BY,
+    PAUSED_WAS,
+    QUARANTINE_LABEL,
+)
+from breaker.controllers.inventory import PodView, WorkloadView
 
 log = logging.getLogger("breaker.actions")
 
-ORIGINAL_SELECTOR = "breaker.dev/original-pod-selector"
-NARROWED_FOR = "breaker.dev/narrowed-for"
-PAUSED_WAS = "breaker.dev/paused-was"
 MANAGED = {"app.kubernetes.io/managed-by": "breaker"}
 
 
@@ -71,13 +76,13 @@ async def revoke_egress(
     ``recorded`` is the quarantine's spec as first written, and ``kept`` what the node agent
     was told to keep: holding puts back exactly those."""
     name = quarantine_name(scene.breaker)
-    labelled = [{**p.labels, egress.QUARANTINE_LABEL: scene.breaker} for p in scene.pods]
+    labelled = [{**p.labels, QUARANTINE_LABEL: scene.breaker} for p in scene.pods]
     plan = egress.plan_revocation(
         name, scene.namespace, labelled, scene.netpols, settings.allow_dns
     )
     policy = plan.quarantine
     policy["metadata"]["labels"] = {**MANAGED, "breaker.dev/breaker": scene.breaker[:63]}
-    policy["spec"]["podSelector"] = {"matchLabels": {egress.QUARANTINE_LABEL: scene.breaker}}
+    policy["spec"]["podSelector"] = {"matchLabels": {QUARANTINE_LABEL: scene.breaker}}
     if recorded is not None:
         policy["spec"] = dict(recorded)
     services: list[str] = []
@@ -172,12 +177,12 @@ async def label_pods(scene: Scene, pods: Iterable[PodView], kept: Mapping[str, A
     done = []
     core = client.CoreV1Api(scene.api)
     for pod in pods:
-        if pod.labels.get(egress.QUARANTINE_LABEL) == scene.breaker or pod.deleting:
+        if pod.labels.get(QUARANTINE_LABEL) == scene.breaker or pod.deleting:
             continue
         patch = {
             "metadata": {
-                "labels": {egress.QUARANTINE_LABEL: scene.breaker},
-                "annotations": {egress.KEPT_ANNOTATION: json.dumps(dict(kept), sort_keys=True)},
+                "labels": {QUARANTINE_LABEL: scene.breaker},
+                "annotations": {KEPT_ANNOTATION: json.dumps(dict(kept), sort_keys=True)},
             }
         }
         try:
@@ -204,7 +209,7 @@ def quarantine_problem(scene: Scene, record: Mapping[str, Any]) -> str | None:
 def widened(scene: Scene) -> list[str]:
     """The policies that still let a quarantined pod of this breaker out (someone widened
     them, or made them)."""
-    labelled = [{**p.labels, egress.QUARANTINE_LABEL: scene.breaker} for p in scene.pods]
+    labelled = [{**p.labels, QUARANTINE_LABEL: scene.breaker} for p in scene.pods]
     name = quarantine_name(scene.breaker)
     return sorted(egress.plan_revocation(name, scene.namespace, labelled, scene.netpols).patches)
 
@@ -214,12 +219,12 @@ async def restore_egress(scene: Scene, record: Mapping[str, Any]) -> dict[str, A
     core = client.CoreV1Api(scene.api)
     networking = client.NetworkingV1Api(scene.api)
     for pod in scene.namespace_pods:
-        if pod.labels.get(egress.QUARANTINE_LABEL) != scene.breaker:
+        if pod.labels.get(QUARANTINE_LABEL) != scene.breaker:
             continue
         unlabel = {
             "metadata": {
-                "labels": {egress.QUARANTINE_LABEL: None},
-                "annotations": {egress.KEPT_ANNOTATION: None},
+                "labels": {QUARANTINE_LABEL: None},
+                "annotations": {KEPT_ANNOTATION: None},
             }
         }
         await _ignore_404(

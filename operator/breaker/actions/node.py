@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from breaker.actions import marks
+from breaker.constants import NODE_MARK, NODE_TAINT
 
-TAINT_KEY = "breaker.dev/quarantined"
-MARK = "breaker.dev/quarantine"
+TAINT_KEY = NODE_TAINT
+MARK = NODE_MARK
 
 
 def holder(namespace: str, breaker: str) -> str:

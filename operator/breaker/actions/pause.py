@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from breaker.constants import GROUP, TRAININGJOBS, VERSION
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -25,7 +27,7 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
-    "TrainingJob": Kind("breaker.dev", "v1alpha1", "trainingjobs", ("spec", "suspend")),
+    "TrainingJob": Kind(GROUP, VERSION, TRAININGJOBS, ("spec", "suspend")),
     "Job": Kind("batch", "v1", "jobs", ("spec", "suspend")),
     "JobSet": Kind("jobset.x-k8s.io", "v1alpha2", "jobsets", ("spec", "suspend")),
     "TrainJob": Kind("trainer.kubeflow.org", "v1alpha1", "trainjobs", ("spec", "suspend")),

@@ -16,9 +16,10 @@ from typing import Any
 import yaml
 
 from breaker.api.breaker import Breaker
-from breaker.api.common import GROUP, VERSION, ApiModel
+from breaker.api.common import ApiModel
 from breaker.api.policy import BreakerPolicy, ClusterBreakerPolicy
 from breaker.api.trainingjob import MAX_NAME, TrainingJob
+from breaker.constants import GROUP, VERSION
 
 _KEEP = {
     "type",

@@ -16,8 +16,8 @@ from breaker.api.common import parse_duration
 from breaker.api.policy import PolicySpecBase
 from breaker.circuit import machine
 from breaker.circuit.selection import Policy, Workload, breaker_name, desired_breaker, selects
+from breaker.constants import RESET_ANNOTATION
 
-RESET_ANNOTATION = "breaker.dev/reset"
 CONTAINED_STATES = frozenset({"Open", "Locked", "ForcedOpen", "HalfOpen"})
 PAUSED_STATES = frozenset({"Open", "Locked", "ForcedOpen"})  # HalfOpen runs on probation
 

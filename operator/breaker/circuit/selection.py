@@ -13,11 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from breaker.api.common import API_VERSION
+from breaker.constants import API_VERSION, POLICY_LABEL, WORKLOAD_LABEL
 from breaker.selectors import matches
-
-POLICY_LABEL = "breaker.dev/policy"
-WORKLOAD_LABEL = "breaker.dev/workload"
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,6 @@ from kubernetes import client
 from breaker import events, failpoints, heap, kube, leadership, metrics, serving
 from breaker.actions import connections, executor
 from breaker.actions import evidence as evidence_core
-from breaker.actions.egress import QUARANTINE_LABEL
 from breaker.actions.notify import (
     Notifier,
     Result,
@@ -59,6 +58,7 @@ from breaker.circuit import machine, plan
 from breaker.circuit.ownership import WorkloadKey, workload_of
 from breaker.circuit.policy_check import problems
 from breaker.circuit.selection import Policy, Workload
+from breaker.constants import GROUP, QUARANTINE_LABEL, VERSION
 from breaker.controllers import inventory
 from breaker.controllers.handoff import Handoffs, RemoteQueue
 from breaker.controllers.inventory import PodView, WorkloadView, items, only
@@ -67,7 +67,6 @@ from breaker.detect.prom import Prom
 
 log = logging.getLogger("breaker.breakers")
 
-GROUP, VERSION = "breaker.dev", "v1alpha1"
 DEBOUNCE_SECONDS = 0.02
 RETRY_SECONDS = 5.0
 RETRY_CAP_SECONDS = 300.0  # a retry that keeps failing backs off to this

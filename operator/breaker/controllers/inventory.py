@@ -23,12 +23,9 @@ import kopf
 from breaker import serving
 from breaker.actions.pause import KINDS, field_value, is_paused, with_field
 from breaker.circuit.ownership import OwnerRef
+from breaker.constants import GROUP, PAUSED_BY, VERSION
 from breaker.controllers import compact
 from breaker.controllers.trainingjobs import pod_gpus
-
-GROUP = "breaker.dev"
-VERSION = "v1alpha1"
-PAUSED_BY = "breaker.dev/paused-by"
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ from breaker import serving
 from breaker.api.conditions import Cond, find, merge
 from breaker.api.policy import BreakerPolicySpec, ClusterBreakerPolicySpec, PolicySpecBase
 from breaker.circuit.policy_check import problems
+from breaker.constants import BREAKER_POLICIES, CLUSTER_BREAKER_POLICIES, GROUP, VERSION
 
-POLICY = ("breaker.dev", "v1alpha1", "breakerpolicies")
-CLUSTER_POLICY = ("breaker.dev", "v1alpha1", "clusterbreakerpolicies")
+POLICY = (GROUP, VERSION, BREAKER_POLICIES)
+CLUSTER_POLICY = (GROUP, VERSION, CLUSTER_BREAKER_POLICIES)
 
 
 def _check(

@@ -28,9 +28,9 @@ from typing import Any, TypeVar
 from kubernetes import client, config
 
 from breaker.actions.egress import Destination, effective_egress
-from breaker.actions.quota import CLAMP_QUOTA_NAME
 from breaker.api import containment
-from breaker.circuit.plan import RESET_ANNOTATION, reset_token
+from breaker.circuit.plan import reset_token
+from breaker.constants import CLAMP_QUOTA_NAME, GROUP, RESET_ANNOTATION, VERSION
 from breaker.demo.story import (
     AGENT,
     BREAKER,
@@ -51,7 +51,6 @@ from breaker.localcluster.paths import repo_root
 from breaker.localcluster.realnode import NAME as REAL_NODE
 
 T = TypeVar("T")
-GROUP, VERSION = "breaker.dev", "v1alpha1"
 REAL_NODE_GPUS = 8  # an extended resource patched into the node's status: no GPU involved
 LEAD_SECONDS = 20  # from creating the agent's job to the replay's start: its pod is running
 

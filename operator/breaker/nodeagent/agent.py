@@ -32,11 +32,10 @@ import prometheus_client
 from kubernetes import client, watch
 
 from breaker.actions.connections import LEASE_SECONDS, Kept, lease_name
-from breaker.actions.egress import KEPT_ANNOTATION, QUARANTINE_LABEL
+from breaker.constants import API_VERSION, KEPT_ANNOTATION, QUARANTINE_LABEL
 from breaker.nodeagent import flows
 
 log = logging.getLogger("breaker.node-agent")
-API_VERSION = "breaker.dev/v1alpha1"
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from breaker.actions.egress import QUARANTINE_LABEL
 from breaker.api.trainingjob import Egress, PortRange, TrainingJob
+from breaker.constants import JOB_LABEL, QUARANTINE_LABEL
 
 GPU_RESOURCE = "nvidia.com/gpu"
-JOB_LABEL = "breaker.dev/trainingjob"
 MANAGED_BY = "breaker"
 DNS_POD_SELECTOR = {"matchLabels": {"k8s-app": "kube-dns"}}
 

@@ -1,0 +1,41 @@
+"""The names breaker writes into the cluster: its API group, its kinds, and the labels,
+annotations and taints it puts on other objects.
+
+They are a contract with every running copy of the operator, with admins' selectors and
+with the tests; one definition each, here, so that no copy drifts.
+"""
+
+from __future__ import annotations
+
+GROUP = "breaker.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Plurals of the kinds breaker serves.
+BREAKERS = "breakers"
+TRAININGJOBS = "trainingjobs"
+BREAKER_POLICIES = "breakerpolicies"
+CLUSTER_BREAKER_POLICIES = "clusterbreakerpolicies"
+
+# On workloads: which Breaker holds it paused, and what the pause field held before.
+PAUSED_BY = f"{GROUP}/paused-by"
+PAUSED_WAS = f"{GROUP}/paused-was"
+# On pods: quarantined (selected by the quarantine NetworkPolicy), and what the node agent
+# kept of their open connections.
+QUARANTINE_LABEL = f"{GROUP}/quarantined"
+KEPT_ANNOTATION = f"{GROUP}/egress-kept"
+# On a tenant's NetworkPolicy that breaker narrowed: its selector before, and for whom.
+ORIGINAL_SELECTOR = f"{GROUP}/original-pod-selector"
+NARROWED_FOR = f"{GROUP}/narrowed-for"
+# On a Breaker: the policy and the workload it guards; an admin's reset request.
+POLICY_LABEL = f"{GROUP}/policy"
+WORKLOAD_LABEL = f"{GROUP}/workload"
+RESET_ANNOTATION = f"{GROUP}/reset"
+# On a Node: the quarantine taint and who holds it.
+NODE_TAINT = f"{GROUP}/quarantined"
+NODE_MARK = f"{GROUP}/quarantine"
+# On a namespace's GPU ResourceQuota: the clamp and who holds it.
+CLAMP_QUOTA_NAME = "breaker-gpu-clamp"
+CLAMP_MARK = f"{GROUP}/gpu-clamp"
+# On a TrainingJob's pods and Jobs.
+JOB_LABEL = f"{GROUP}/trainingjob"
