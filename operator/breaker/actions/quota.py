@@ -14,16 +14,16 @@ only the last to let go puts the value back (or deletes the quota a breaker crea
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from breaker.actions import marks
+from breaker.api.quantity import count
+from breaker.constants import CLAMP_MARK, CLAMP_QUOTA_NAME
 
 GPU_QUOTA_KEY = "requests.nvidia.com/gpu"
-CLAMP_QUOTA_NAME = "breaker-gpu-clamp"
-MARK = "breaker.dev/gpu-clamp"
+MARK = CLAMP_MARK
 MANAGED = {"app.kubernetes.io/managed-by": "breaker"}
 
 
@@ -47,19 +47,9 @@ class Delete:
 Operation = Create | Patch | Delete
 
 
-def quantity(value: Any) -> int | None:
-    """A GPU count as a quota writes it ("16", or 16 in a hand-made object).
-
-    None for anything else (a suffix, a fraction): the plan leaves such a quota alone and
-    relies on a quota it can read, creating one if it must.
-    """
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
-        return int(value)
-    return None
+# A quota's GPU count, None when it is not a whole count (a fraction, garbage): the plan
+# leaves such a quota alone and relies on a quota it can read, creating one if it must.
+quantity = count
 
 
 def plan_clamp(

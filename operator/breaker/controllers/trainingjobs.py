@@ -27,14 +27,16 @@ from kubernetes import client
 from breaker import events, kube, serving
 from breaker.actions import marks
 from breaker.actions import quota as quota_core
+from breaker.api import quantity
 from breaker.api.trainingjob import TrainingJob
+from breaker.constants import GROUP, JOB_LABEL, PAUSED_BY, TRAININGJOBS, VERSION
 from breaker.training import queue, render
 from breaker.training import status as status_core
-from breaker.training.render import GPU_RESOURCE, JOB_LABEL
+from breaker.training.render import GPU_RESOURCE
 
 log = logging.getLogger("breaker.trainingjobs")
 
-TJ = ("breaker.dev", "v1alpha1", "trainingjobs")
+TJ = (GROUP, VERSION, TRAININGJOBS)
 RESYNC_SECONDS = 300.0
 DEBOUNCE_SECONDS = 0.05
 RETRY_SECONDS = 5.0
@@ -45,7 +47,6 @@ Key = tuple[str, str]
 # flips spec.suspend back. A Breaker's status.reclaim (written on a reset, where no tenant
 # can write): the job that was handed this job's GPUs gives them back, and this one goes
 # first in the queue.
-PAUSED_BY = "breaker.dev/paused-by"
 QUOTA_KEY = "requests.nvidia.com/gpu"
 
 
@@ -68,7 +69,7 @@ def _gpus_of(containers: list[dict[str, Any]]) -> int:
         amount = (resources.get("limits") or {}).get(GPU_RESOURCE) or (
             resources.get("requests") or {}
         ).get(GPU_RESOURCE)
-        total += int(amount or 0)
+        total += quantity.gpus(amount)
     return total
 
 
@@ -121,7 +122,7 @@ def node_gpus(spec: kopf.Spec, status: kopf.Status) -> int:
     ready = any(
         c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", [])
     )
-    gpus = int((status.get("allocatable") or {}).get(GPU_RESOURCE, 0))
+    gpus = quantity.gpus((status.get("allocatable") or {}).get(GPU_RESOURCE))
     return gpus if ready and not spec.get("unschedulable") else 0
 
 
@@ -369,7 +370,7 @@ class TrainingController:
             if limit is None:
                 continue
             namespace = key[0]
-            hard[namespace] = min(hard.get(namespace, 1 << 30), _quantity(limit))
+            hard[namespace] = min(hard.get(namespace, 1 << 30), quantity.gpus(limit))
         used: dict[str, int] = {}
         for pod in pods:
             if pod.namespace in hard and pod.phase in ("Pending", "Running") and not pod.deleting:
@@ -615,14 +616,6 @@ def _wants_back(indexes: dict[str, kopf.Index[Any, Any]], key: Key) -> bool:
         return False
     annotations = (body.get("metadata") or {}).get("annotations") or {}
     return not (body.get("spec") or {}).get("suspend") and PAUSED_BY not in annotations
-
-
-def _quantity(value: Any) -> int:
-    """A GPU count as a quota writes it ("8", 8)."""
-    try:
-        return int(str(value))
-    except ValueError:
-        return 0
 
 
 def _conflict(kind: str, name: str) -> tuple[str, str]:
