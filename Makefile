@@ -36,10 +36,11 @@ cluster-status: deps ## what runs, and the GPU nodes
 cluster-build: deps ## only build the Go binaries into the cache
 	$(BIN)/breaker cluster build
 
-lint: deps ## ruff and mypy --strict
+lint: deps ## ruff, mypy --strict and the layer contracts (import-linter)
 	$(BIN)/ruff check $(PY_SOURCES)
 	$(BIN)/ruff format --check $(PY_SOURCES)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 unit: deps ## the tests that need no cluster
 	$(BIN)/pytest tests/unit

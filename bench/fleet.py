@@ -158,7 +158,7 @@ class Bench:
         from kubernetes import client, config
 
         from breaker.localcluster import LocalCluster
-        from breaker.localcluster.cluster import GpuNodes
+        from breaker.localcluster.nodes import GpuNodes
 
         self.design, self.attacks, self.work = design, attacks, work
         self.agents = [agents(size) for size in attacked]

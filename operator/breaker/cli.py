@@ -16,14 +16,19 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from breaker.localcluster import ClusterError, LocalCluster
-from breaker.localcluster.cluster import GPU_RESOURCE, GpuNodes, node_ready
-from breaker.localcluster.paths import repo_root
+from breaker.constants import GPU_RESOURCE
+from breaker.localcluster.errors import ClusterError
+from breaker.localcluster.nodes import GpuNodes, node_ready
+
+if TYPE_CHECKING:
+    from breaker.localcluster import LocalCluster
 
 
 def _cluster(args: argparse.Namespace) -> LocalCluster:
+    from breaker.localcluster import LocalCluster
+
     nodes = (
         GpuNodes(count=args.nodes, gpus=args.gpus_per_node)
         if hasattr(args, "nodes")
@@ -97,6 +102,7 @@ def _print_nodes(cluster: LocalCluster) -> None:
 
 def _crds(args: argparse.Namespace) -> int:
     from breaker.api import crd
+    from breaker.localcluster.paths import repo_root
 
     directories = [Path(d) for d in args.directory] or [repo_root() / d for d in crd.DIRECTORIES]
     if args.check:
@@ -216,6 +222,8 @@ def _serve(scenario: Any, args: argparse.Namespace) -> int:
     registry.register(ScenarioCollector(scenario, speed=args.speed))
     server, thread = start_http_server(args.port, addr=args.address, registry=registry)
     address = f"{args.address}:{server.server_port}"
+    from breaker.localcluster import LocalCluster
+
     cluster = LocalCluster() if args.register else None
     if cluster is not None:
         cluster.targets.add(f"sim-{scenario.name}", [address])

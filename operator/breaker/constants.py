@@ -11,6 +11,9 @@ GROUP = "breaker.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
+# The extended resource NVIDIA's device plugin registers for a GPU.
+GPU_RESOURCE = "nvidia.com/gpu"
+
 # Plurals of the kinds breaker serves.
 BREAKERS = "breakers"
 TRAININGJOBS = "trainingjobs"

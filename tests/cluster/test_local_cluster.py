@@ -14,8 +14,8 @@ from kubernetes import client
 from prometheus_api_client import PrometheusConnect
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+from breaker.constants import GPU_RESOURCE
 from breaker.localcluster import LocalCluster
-from breaker.localcluster.cluster import GPU_RESOURCE
 from breaker.localcluster.realnode import NAME as REAL_NODE
 from breaker.localcluster.tools import MODULES, ensure_built
 from tests.helpers import wait_for

@@ -20,8 +20,9 @@ from breaker.actions import connections, executor
 from breaker.actions.notify import payload
 from breaker.api import containment
 from breaker.api.policy import RevokeEgressAction
+from breaker.circuit.ownership import OwnerRef
+from breaker.circuit.views import PodView, WorkloadView
 from breaker.controllers.breakers import _intend
-from breaker.controllers.inventory import OwnerRef, PodView, WorkloadView
 from breaker.demo import DemoError, timeline_lines
 from breaker.plugin import explain, reset_done, tripped
 

@@ -8,7 +8,7 @@ import pytest
 
 from breaker.api.common import parse_duration
 from breaker.api.policy import BreakerPolicySpec
-from breaker.circuit.policy_check import problems, unbalanced
+from breaker.detect.policy_check import problems, unbalanced
 
 
 def spec(*signals: dict[str, object]) -> BreakerPolicySpec:

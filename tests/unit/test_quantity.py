@@ -42,7 +42,8 @@ def test_a_missing_or_unreadable_gpu_count_counts_as_none() -> None:
 def test_pods_nodes_and_quotas_read_one_value_alike() -> None:
     """They used to differ: a pod's `int("1k")` raised while the quota's parser said None."""
     from breaker.actions.quota import quantity
-    from breaker.controllers.trainingjobs import node_gpus, pod_gpus
+    from breaker.api.quantity import pod_gpus
+    from breaker.controllers.trainingjobs import node_gpus
 
     resources = {"limits": {"nvidia.com/gpu": "1k"}}
     assert pod_gpus({"containers": [{"resources": resources}]}) == 1000

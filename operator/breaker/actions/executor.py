@@ -24,6 +24,7 @@ from kubernetes import client
 from breaker import failpoints, kube
 from breaker.actions import admin_policy, connections, egress, node, pause, quota
 from breaker.api.policy import QuarantineNodeAction, RevokeEgressAction, ServiceRef
+from breaker.circuit.views import PodView, WorkloadView
 from breaker.constants import (
     KEPT_ANNOTATION,
     NARROWED_FOR,
@@ -32,7 +33,6 @@ from breaker.constants import (
     PAUSED_WAS,
     QUARANTINE_LABEL,
 )
-from breaker.controllers.inventory import PodView, WorkloadView
 
 log = logging.getLogger("breaker.actions")
 

@@ -12,6 +12,8 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from breaker.constants import GPU_RESOURCE
+
 _QUANTITY = re.compile(
     r"^\+?(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
     r"(?:(?P<suffix>[a-zA-Z]*)|[eE](?P<exponent>[+-]?[0-9]+))$"
@@ -50,3 +52,23 @@ def count(value: Any) -> int | None:
 def gpus(value: Any) -> int:
     """A GPU count where a missing or unreadable value counts as none."""
     return count(value) or 0
+
+
+def pod_gpus(spec: dict[str, Any]) -> int:
+    """GPUs a pod holds: its containers' requests, or its largest init container's."""
+    return max(
+        _gpus_of(spec.get("containers", [])),
+        *(_gpus_of([c]) for c in spec.get("initContainers") or []),
+        0,
+    )
+
+
+def _gpus_of(containers: list[dict[str, Any]]) -> int:
+    total = 0
+    for container in containers:
+        resources = container.get("resources") or {}
+        amount = (resources.get("limits") or {}).get(GPU_RESOURCE) or (
+            resources.get("requests") or {}
+        ).get(GPU_RESOURCE)
+        total += gpus(amount)
+    return total

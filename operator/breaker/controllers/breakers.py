@@ -56,13 +56,14 @@ from breaker.api.policy import (
 )
 from breaker.circuit import machine, plan
 from breaker.circuit.ownership import WorkloadKey, workload_of
-from breaker.circuit.policy_check import problems
 from breaker.circuit.selection import Policy, Workload
+from breaker.circuit.views import PodView, WorkloadView
 from breaker.constants import GROUP, QUARANTINE_LABEL, VERSION
 from breaker.controllers import inventory
 from breaker.controllers.handoff import Handoffs, RemoteQueue
-from breaker.controllers.inventory import PodView, WorkloadView, items, only
+from breaker.controllers.inventory import items, only
 from breaker.detect import engine, live
+from breaker.detect.policy_check import problems
 from breaker.detect.prom import Prom
 
 log = logging.getLogger("breaker.breakers")

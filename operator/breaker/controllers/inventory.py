@@ -15,45 +15,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
 from breaker import serving
 from breaker.actions.pause import KINDS, field_value, is_paused, with_field
+from breaker.api.quantity import pod_gpus
 from breaker.circuit.ownership import OwnerRef
+from breaker.circuit.views import PodView, WorkloadView
 from breaker.constants import GROUP, PAUSED_BY, VERSION
 from breaker.controllers import compact
-from breaker.controllers.trainingjobs import pod_gpus
-
-
-@dataclass(frozen=True)
-class WorkloadView:
-    api_version: str
-    kind: str
-    namespace: str
-    name: str
-    uid: str
-    labels: dict[str, str]
-    paused: bool
-    paused_by: str | None
-    pause_field: Any  # the value at the kind's pause path, as found
-    deleting: bool
-    body: dict[str, Any] = field(repr=False, compare=False)  # metadata and the pause field
-
-
-@dataclass(frozen=True)
-class PodView:
-    namespace: str
-    name: str
-    uid: str
-    owner: OwnerRef | None
-    labels: dict[str, str]
-    node: str | None
-    gpus: int
-    phase: str
-    deleting: bool
 
 
 def _controller(meta: kopf.Meta) -> OwnerRef | None:

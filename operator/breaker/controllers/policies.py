@@ -11,8 +11,8 @@ from pydantic import ValidationError
 from breaker import serving
 from breaker.api.conditions import Cond, find, merge
 from breaker.api.policy import BreakerPolicySpec, ClusterBreakerPolicySpec, PolicySpecBase
-from breaker.circuit.policy_check import problems
 from breaker.constants import BREAKER_POLICIES, CLUSTER_BREAKER_POLICIES, GROUP, VERSION
+from breaker.detect.policy_check import problems
 
 POLICY = (GROUP, VERSION, BREAKER_POLICIES)
 CLUSTER_POLICY = (GROUP, VERSION, CLUSTER_BREAKER_POLICIES)

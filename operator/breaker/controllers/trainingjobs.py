@@ -28,11 +28,11 @@ from breaker import events, kube, serving
 from breaker.actions import marks
 from breaker.actions import quota as quota_core
 from breaker.api import quantity
+from breaker.api.quantity import pod_gpus
 from breaker.api.trainingjob import TrainingJob
-from breaker.constants import GROUP, JOB_LABEL, PAUSED_BY, TRAININGJOBS, VERSION
+from breaker.constants import GPU_RESOURCE, GROUP, JOB_LABEL, PAUSED_BY, TRAININGJOBS, VERSION
 from breaker.training import queue, render
 from breaker.training import status as status_core
-from breaker.training.render import GPU_RESOURCE
 
 log = logging.getLogger("breaker.trainingjobs")
 
@@ -51,26 +51,6 @@ QUOTA_KEY = "requests.nvidia.com/gpu"
 
 
 # -- what the indexes hold ---------------------------------------------------------------
-
-
-def pod_gpus(spec: dict[str, Any]) -> int:
-    """GPUs a pod holds: its containers' requests, or its largest init container's."""
-    return max(
-        _gpus_of(spec.get("containers", [])),
-        *(_gpus_of([c]) for c in spec.get("initContainers") or []),
-        0,
-    )
-
-
-def _gpus_of(containers: list[dict[str, Any]]) -> int:
-    total = 0
-    for container in containers:
-        resources = container.get("resources") or {}
-        amount = (resources.get("limits") or {}).get(GPU_RESOURCE) or (
-            resources.get("requests") or {}
-        ).get(GPU_RESOURCE)
-        total += quantity.gpus(amount)
-    return total
 
 
 def _gpu_or_training_pod(spec: kopf.Spec, labels: kopf.Labels, **_: Any) -> bool:

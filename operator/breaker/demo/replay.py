@@ -30,7 +30,7 @@ from kubernetes import client, config
 from breaker.actions.egress import Destination, effective_egress
 from breaker.api import containment
 from breaker.circuit.plan import reset_token
-from breaker.constants import CLAMP_QUOTA_NAME, GROUP, RESET_ANNOTATION, VERSION
+from breaker.constants import CLAMP_QUOTA_NAME, GPU_RESOURCE, GROUP, RESET_ANNOTATION, VERSION
 from breaker.demo.story import (
     AGENT,
     BREAKER,
@@ -46,7 +46,6 @@ from breaker.demo.story import (
     timeline_lines,
 )
 from breaker.localcluster import LocalCluster, packets
-from breaker.localcluster.cluster import GPU_RESOURCE
 from breaker.localcluster.paths import repo_root
 from breaker.localcluster.realnode import NAME as REAL_NODE
 

@@ -114,12 +114,12 @@ def series_range(path: Path) -> tuple[float, float]:
 @contextlib.contextmanager
 def temporary_prometheus(series: Path, say: Callable[[str], None]) -> Iterator[str]:
     """A Prometheus on loopback serving the series in ``series``; yields its URL."""
-    from breaker.localcluster import prometheus as local_prometheus
-
-    try:
-        binary = local_prometheus.binary()
-    except Exception as error:
-        raise BacktestError(str(error)) from error
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise BacktestError(
+            "the prometheus server is not installed; on Debian or Ubuntu run "
+            "`sudo apt-get install --no-install-recommends prometheus` (`make deps` does)"
+        )
     promtool = shutil.which("promtool") or str(Path(binary).with_name("promtool"))
     if not Path(promtool).exists():
         raise BacktestError(

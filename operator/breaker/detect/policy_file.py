@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from breaker.api.policy import BreakerPolicySpec, ClusterBreakerPolicySpec, PolicySpecBase
-from breaker.circuit.policy_check import problems
+from breaker.detect.policy_check import problems
 
 
 class PolicyFileError(ValueError):

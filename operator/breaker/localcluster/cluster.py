@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from breaker.constants import GPU_RESOURCE
 from breaker.localcluster import paths, pki, prometheus
 from breaker.localcluster.errors import ClusterError
+from breaker.localcluster.nodes import NODE_LABEL, GpuNodes, node_ready
 from breaker.localcluster.processes import Process, port_is_free
 from breaker.localcluster.realnode import RealNode
 from breaker.localcluster.tools import Toolbox, ensure_built
 
-GPU_RESOURCE = "nvidia.com/gpu"
-NODE_LABEL = "breaker.dev/local-gpu-node"
 SERVICE_RANGE = "10.96.0.0/16"
 
 
@@ -58,50 +58,6 @@ class Ports:
             ) from None
         defaults = cls()
         return cls(**{name: port + offset for name, port in defaults.__dict__.items()})
-
-
-@dataclass(frozen=True)
-class GpuNodes:
-    """The kwok nodes to register: every one alike."""
-
-    count: int = 4
-    gpus: int = 8
-    cpu: str = "64"
-    memory: str = "512Gi"
-    pods: int = 110
-    product: str = "NVIDIA-H100-80GB-HBM3"
-
-    def names(self) -> list[str]:
-        return [f"gpu-node-{index}" for index in range(self.count)]
-
-    def manifest(self, name: str) -> dict[str, Any]:
-        capacity = {
-            "cpu": self.cpu,
-            "memory": self.memory,
-            "pods": str(self.pods),
-            "ephemeral-storage": "1Ti",
-            GPU_RESOURCE: str(self.gpus),
-        }
-        return {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": name,
-                "annotations": {"kwok.x-k8s.io/node": "fake"},
-                "labels": {
-                    NODE_LABEL: "true",
-                    "type": "kwok",
-                    "kubernetes.io/hostname": name,
-                    "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": "amd64",
-                    # What NVIDIA's GPU feature discovery labels a real GPU node with.
-                    "nvidia.com/gpu.present": "true",
-                    "nvidia.com/gpu.count": str(self.gpus),
-                    "nvidia.com/gpu.product": self.product,
-                },
-            },
-            "status": {"capacity": capacity, "allocatable": capacity},
-        }
 
 
 @dataclass
@@ -507,11 +463,6 @@ class LocalCluster:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def node_ready(node: dict[str, Any]) -> bool:
-    conditions = node.get("status", {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
 def _get(url: str, verify: bool = True, context: ssl.SSLContext | None = None) -> str:

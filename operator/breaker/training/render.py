@@ -6,9 +6,8 @@ import copy
 from typing import Any
 
 from breaker.api.trainingjob import Egress, PortRange, TrainingJob
-from breaker.constants import JOB_LABEL, QUARANTINE_LABEL
+from breaker.constants import GPU_RESOURCE, JOB_LABEL, QUARANTINE_LABEL
 
-GPU_RESOURCE = "nvidia.com/gpu"
 MANAGED_BY = "breaker"
 DNS_POD_SELECTOR = {"matchLabels": {"k8s-app": "kube-dns"}}
 

@@ -1,0 +1,24 @@
+"""What `breaker run` loads: the operator's process imports the CLI, never the developer
+tooling (the local cluster builder with `cryptography`, the demo, the simulator).
+
+import-linter (in `make lint`) holds the layers between packages; this holds the one
+entry point that sits above them all.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+TOOLING = ("breaker.localcluster.cluster", "breaker.demo", "breaker.sim", "cryptography")
+
+
+def test_the_operator_entry_point_loads_no_developer_tooling() -> None:
+    probe = (
+        "import sys, breaker.cli, breaker.runner\n"
+        f"print([m for m in sys.modules if m.startswith({TOOLING!r})])\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"
