@@ -4,11 +4,14 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-PY_SOURCES := operator tests bench
+PY_SOURCES := operator tests bench docs/hooks
+# The site, strictly: a broken link, a missing page or a page left out of the nav fails.
+# (NO_MKDOCS_2_WARNING quiets the theme's notice printed on every build.)
+DOCS_BUILD := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 .DEFAULT_GOAL := help
 .PHONY: help deps system-deps cluster-up cluster-down cluster-status cluster-build \
-        test lint unit demo bench bench-eval bench-fleet bench-cut kind-up kind-deploy kind-down clean
+        test lint unit docs demo bench bench-eval bench-fleet bench-cut kind-up kind-deploy kind-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -36,11 +39,16 @@ cluster-status: deps ## what runs, and the GPU nodes
 cluster-build: deps ## only build the Go binaries into the cache
 	$(BIN)/breaker cluster build
 
-lint: deps ## ruff, mypy --strict and the layer contracts (import-linter)
+lint: deps ## ruff, mypy --strict, the layer contracts (import-linter) and the strict docs build
 	$(BIN)/ruff check $(PY_SOURCES)
 	$(BIN)/ruff format --check $(PY_SOURCES)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(DOCS_BUILD)
+
+docs: $(VENV)/.installed ## build the documentation site into site/ (MkDocs, strict)
+	$(DOCS_BUILD)
+	@echo "site/index.html"
 
 unit: deps ## the tests that need no cluster
 	$(BIN)/pytest tests/unit
@@ -96,4 +104,4 @@ kind-down: ## delete the kind cluster
 	kind delete cluster --name breaker
 
 clean: cluster-down ## remove the virtualenv too (the Go build cache in ~/.cache/breaker stays)
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache site

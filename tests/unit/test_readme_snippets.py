@@ -1,6 +1,7 @@
-"""The README's recording rules and the signals that use them: promtool takes the rules,
-the policy schema takes the signals, and the queries read only what the rules record
-or the exporters export."""
+"""The recording rules and the signals that use them, from the docs page they moved to
+from the README (docs/how-to/large-prometheus.md): promtool takes the rules, the policy
+schema takes the signals, and the queries read only what the rules record or the
+exporters export."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from breaker.api.policy import BreakerPolicySpec
 from breaker.detect import engine
 from breaker.localcluster import prometheus
 
-README = Path(__file__).parents[2] / "README.md"
+PAGE = Path(__file__).parents[2] / "docs" / "how-to" / "large-prometheus.md"
 
 
 def blocks() -> list[str]:
-    section = README.read_text().split("### A large Prometheus", 1)[1].split("\n## ", 1)[0]
+    section = PAGE.read_text().split("# A large Prometheus", 1)[1]
     return [
         re.sub(r"^  ", "", block, flags=re.M)
         for block in re.findall(r"```yaml\n(.*?)```", section, re.S)

@@ -29,7 +29,7 @@ from breaker.localcluster.errors import ClusterError, log_tail
 
 MINIMUM_GO = (1, 26)
 
-# Measured on the project's 2-core machine (README, "Figures"): said up front so nobody
+# Measured on the project's 2-core machine (docs/figures.md): said up front so nobody
 # thinks a silent first build has hung.
 COLD_BUILD_MINUTES = 12
 
