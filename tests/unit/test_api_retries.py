@@ -13,7 +13,8 @@ from breaker import kube
 from breaker.actions import executor
 from breaker.api.policy import QuarantineNodeAction
 from breaker.circuit.machine import Breaker
-from breaker.controllers.breakers import _applied, _failed_undos, _intend, _unfinished
+from breaker.circuit.records import applied, failed_undos, unfinished
+from breaker.controllers.breakers import _intend
 
 
 def throttled(retry_after: str | None = None) -> client.ApiException:
@@ -57,11 +58,11 @@ def test_a_throttled_call_is_retried_and_other_errors_are_not(
 
 
 def test_pending_and_failed_actions_are_unfinished_but_not_dry_runs_or_failed_undos() -> None:
-    assert _unfinished({"type": "pause", "pending": True})
-    assert _unfinished({"type": "pause", "error": "429 Too Many Requests: slow down"})
-    assert not _unfinished({"type": "pause", "changed": {}})
-    assert not _unfinished({"type": "pause", "error": "x", "dryRun": True})
-    assert not _unfinished({"type": "pause", "error": "undo failed: 500 boom"})
+    assert unfinished({"type": "pause", "pending": True})
+    assert unfinished({"type": "pause", "error": "429 Too Many Requests: slow down"})
+    assert not unfinished({"type": "pause", "changed": {}})
+    assert not unfinished({"type": "pause", "error": "x", "dryRun": True})
+    assert not unfinished({"type": "pause", "error": "undo failed: 500 boom"})
 
 
 class HeartbeatingNodes:
@@ -134,9 +135,9 @@ def test_failed_undos_are_retried_where_the_state_still_wants_them_undone() -> N
         {"type": "pause", "changed": {}, "error": "undo failed: 500 boom"},
         {"type": "quarantineNode", "changed": {}},
     ]
-    assert _failed_undos(records, Breaker(state="Closed")) == records[:2]
-    assert _failed_undos(records, Breaker(state="HalfOpen", contained=True)) == records[1:2]
-    assert _failed_undos(records, Breaker(state="Open", contained=True)) == []
+    assert failed_undos(records, Breaker(state="Closed")) == records[:2]
+    assert failed_undos(records, Breaker(state="HalfOpen", contained=True)) == records[1:2]
+    assert failed_undos(records, Breaker(state="Open", contained=True)) == []
 
 
 def test_an_action_whose_undo_failed_is_applied_again_on_the_next_trip() -> None:
@@ -145,8 +146,8 @@ def test_an_action_whose_undo_failed_is_applied_again_on_the_next_trip() -> None
         {"type": "revokeEgress", "changed": {"policy": "q"}},
         {"type": "quarantineNode", "changed": held, "error": "undo failed: 409 Conflict"},
     ]
-    assert _applied(records[0]) and not _applied(records[1])
-    assert not _unfinished(records[1])  # nothing to finish: it is to be undone, or redone
+    assert applied(records[0]) and not applied(records[1])
+    assert not unfinished(records[1])  # nothing to finish: it is to be undone, or redone
     scene = executor.Scene(client.ApiClient(), "rl-guard", "team-a", None, [], [], [], [])
     order = ["revokeEgress", "pause", "quarantineNode"]
     intended = _intend(records, order, scene, {"gpu-1"})

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from breaker import serving
+from breaker.circuit.tally import policy_status_patch
 from breaker.cli import main
-from breaker.controllers.breakers import policy_status_patch
 from breaker.training import queue
 
 T0 = dt.datetime(2026, 11, 30, 12, 0, 0, 500_000, tzinfo=dt.UTC)

@@ -55,8 +55,10 @@ from breaker.api.policy import (
     SecretKeyRef,
 )
 from breaker.circuit import machine, plan
+from breaker.circuit import records as protocol
 from breaker.circuit.ownership import WorkloadKey, workload_of
 from breaker.circuit.selection import Policy, Workload
+from breaker.circuit.tally import policy_status_patch
 from breaker.circuit.views import PodView, WorkloadView
 from breaker.constants import GROUP, QUARANTINE_LABEL, VERSION
 from breaker.controllers import inventory
@@ -362,7 +364,7 @@ class BreakerController:
                 actions, settings = ActionSettings(), machine.Settings(dry_run=dry_run)
             signals_known = known.get(policy_key, compiled.known if compiled else True)
             status = self.written.get(key) or body.get("status") or {}
-            if signals_known and _quiet(status, body, key in trips):
+            if signals_known and protocol.quiet(status, body, key in trips):
                 continue  # Closed, nothing fired, nothing asked: the common case, skipped
             target = body["spec"]["targetRef"]
             workload = workloads.get((key[0], target["kind"], target["name"]))
@@ -418,7 +420,7 @@ class BreakerController:
         before = plan.memory(status)
         seen = machine.Observation(
             now=now,
-            tripped=_reason(trip) if trip else None,
+            tripped=protocol.reason(trip.decision) if trip else None,
             signals_known=known,
             override=body["spec"].get("override"),
             override_reason=body["spec"].get("overrideReason"),
@@ -437,11 +439,11 @@ class BreakerController:
                 key, self._act(key, body, actions, workload, transition, trip, status, settings)
             )
             return
-        unfinished = any(map(_unfinished, records))
+        unfinished = any(map(protocol.unfinished, records))
         if unfinished and after.contained and not settings.dry_run and self._may_retry(key):
             self._spawn(key, self._finish(key, body, actions, workload, after, status, settings))
             return
-        failed_undos = _failed_undos(records, after)
+        failed_undos = protocol.failed_undos(records, after)
         if failed_undos and self._may_retry(key):
             self._spawn(
                 key, self._undo_again(key, body, actions, workload, after, status, settings)
@@ -535,7 +537,7 @@ class BreakerController:
                     status, history = self.written.get(key, status), None
                     failpoints.hit("trip.intended")
                 records = await self._apply(scene, actions, records, trip, after)
-                if not settings.dry_run and not any(map(_unfinished, records)):
+                if not settings.dry_run and not any(map(protocol.unfinished, records)):
                     # Only once every action is done: from the evaluation that saw the trip
                     # (or from seeing an admin's ForcedOpen) to the last change an action
                     # made (learning who took the freed GPUs may come later).
@@ -551,8 +553,8 @@ class BreakerController:
                 # job that got the GPUs owes them back all the same.
                 found = await self._recipients(records, transition.before.last_trip)
                 if found is not None and found[1]:
-                    records = _handed(records, *found)
-                extra["reclaim"] = _debt(workload, records)
+                    records = protocol.handed(records, *found)
+                extra["reclaim"] = protocol.debt(workload, records)
                 records = await self._undo(scene, records, only_types=None)
         if transition.changed and after.state in ("Open", "Locked", "ForcedOpen"):
             await self._release_ownership(key, body)
@@ -560,7 +562,7 @@ class BreakerController:
         failpoints.hit("reset.recorded" if "revert" in transition.effects else "trip.recorded")
         event = transition.event
         if event is not None:
-            message = _event_message(after, records, settings.dry_run)
+            message = protocol.event_message(after, records, settings.dry_run)
             await events.post(self.api, body, event[0], event[1], message)
             if workload is not None:
                 await events.post(self.api, workload.body, event[0], event[1], message)
@@ -581,11 +583,11 @@ class BreakerController:
         scene = self._scene(key, workload, settings.dry_run)
         # Only what is unfinished: in HalfOpen the pause and the handoff are undone on
         # purpose, and finishing a failed quarantine must not pause the job again.
-        unfinished = {r["type"] for r in records if _unfinished(r)}
+        unfinished = {r["type"] for r in records if protocol.unfinished(r)}
         records = await self._apply(
             scene, actions, records, None, after, resumed=True, only=unfinished
         )
-        failed = [r for r in records if _unfinished(r)]
+        failed = [r for r in records if protocol.unfinished(r)]
         extra: dict[str, Any] = {}
         if not failed and after.last_trip is not None:
             # From the trip to the last action, across the restart or the retries.
@@ -620,7 +622,7 @@ class BreakerController:
         """Undo again what a reset, resume or probation failed to undo (an API error, a
         node written meanwhile): a reset is not done while a taint or a quota is left."""
         records: list[dict[str, Any]] = list(status.get("actions") or [])
-        failed = _failed_undos(records, after)
+        failed = protocol.failed_undos(records, after)
         retried = {r["type"] for r in failed}
         scene = self._scene(key, workload, settings.dry_run)
         kept = await self._undo(scene, failed, only_types=None)
@@ -646,11 +648,11 @@ class BreakerController:
     ) -> list[dict[str, Any]]:
         """Apply what is not done yet; ``resumed``: finishing an earlier operator's trip;
         ``only``: these action types and no others."""
-        done = {r["type"]: r for r in records if _applied(r)}
-        pending = {r["type"]: r for r in records if _unfinished(r)}
+        done = {r["type"]: r for r in records if protocol.applied(r)}
+        pending = {r["type"]: r for r in records if protocol.unfinished(r)}
         # Left over from an undo that failed: applied again from scratch (the objects'
         # marks make that safe), on the nodes it held as well as the trip's.
-        leftover = {r["type"]: r for r in records if _undo_failed(r)}
+        leftover = {r["type"]: r for r in records if protocol.undo_failed(r)}
         handoff_since = time.monotonic()
         order = list(actions.order)
         wanted = [a for a in order if only is None or a in only]
@@ -697,7 +699,7 @@ class BreakerController:
                     known=named,
                 )
             failpoints.hit(f"trip.{action}")
-        return [done[a] for a in _ordered(done, order)]
+        return [done[a] for a in protocol.ordered(done, order)]
 
     async def _cut_by(self, scene: executor.Scene, record: dict[str, Any]) -> None:
         """Say in the record on which nodes a node agent cuts the pods' open connections,
@@ -783,7 +785,7 @@ class BreakerController:
         waited = dt.datetime.now(dt.UTC) - (after.last_trip or dt.datetime.now(dt.UTC))
         if not got and waited.total_seconds() < HANDOFF_PATIENCE_SECONDS:
             return
-        await self._write(key, body, status, after, _handed(records, index, got), settings)
+        await self._write(key, body, status, after, protocol.handed(records, index, got), settings)
         self.handoff_due.pop(key, None)
         if got:
             message = f"GPUs handed to {', '.join(got)} once the paused pods had gone"
@@ -799,7 +801,7 @@ class BreakerController:
                 i
                 for i, r in enumerate(records)
                 if r["type"] == "reassignGPUs"
-                and _applied(r)
+                and protocol.applied(r)
                 and (r.get("changed") or {}).get("awaiting")
             ),
             None,
@@ -856,7 +858,7 @@ class BreakerController:
                 continue
             if record.get("dryRun"):
                 continue
-            if _unfinished(record):
+            if protocol.unfinished(record):
                 # Written ahead, or failed partway: the objects' marks say what happened.
                 changed = _undo_pending(action, changed, scene)
             try:
@@ -1261,90 +1263,19 @@ class BreakerController:
 def _intend(
     records: list[dict[str, Any]], order: list[str], scene: executor.Scene, nodes: set[str]
 ) -> list[dict[str, Any]]:
-    """The records with every action about to be applied marked pending (write-ahead).
-
-    A record whose undo failed is applied again: its pending record replaces it, naming
-    the nodes it held too."""
-    done = {r["type"] for r in records if not r.get("pending") and not _undo_failed(r)}
-    stamp = plan.stamp(dt.datetime.now(dt.UTC))
-    intended = [r for r in records if r["type"] in done]
-    held = {r["type"]: (r.get("changed") or {}) for r in records if _undo_failed(r)}
-    for action in order:
-        if action in done or action in ("captureEvidence", "notify"):
-            continue
-        record: dict[str, Any] = {"type": action, "appliedAt": stamp, "pending": True}
-        if action == "reassignGPUs":
-            record["changed"] = {"freed": executor.freed_gpus(scene.pods)}
-        elif action == "quarantineNode":
-            named = nodes | set(held.get(action, {}).get("nodes") or {})
-            record["changed"] = executor.nodes_named(scene, named)
-        intended.append(record)
-    return intended
-
-
-def policy_status_patch(
-    tally: Mapping[str, int], current: Mapping[str, Any], shard: str | None
-) -> dict[str, Any] | None:
-    """The status patch that brings a policy's counts up to date (None: they are).
-
-    Unsharded, the counts are the tally. A shard writes its tally under ``shards`` (a
-    merge patch leaves the other shards' entries alone) and the totals as the sum of every
-    shard's, as far as it has seen them; a shard that wrote on a stale view is corrected
-    by the next shard to look, since each write wakes every shard."""
-    if shard is None:
-        return None if all(current.get(k) == v for k, v in tally.items()) else dict(tally)
-    found = current.get("shards")
-    shards = {
-        name: dict(counted)
-        for name, counted in (found.items() if isinstance(found, Mapping) else ())
-        if isinstance(counted, Mapping)
-    }
-    mine = shards.get(shard)
-    shards[shard] = dict(tally)
-    totals = {k: sum(int(counted.get(k) or 0) for counted in shards.values()) for k in tally}
-    if mine == dict(tally) and all(current.get(k) == v for k, v in totals.items()):
-        return None
-    return {**totals, "shards": {shard: dict(tally)}}
-
-
-def _handed(records: list[dict[str, Any]], index: int, got: list[str]) -> list[dict[str, Any]]:
-    """The records with the awaited handoff at ``index`` done: handed to ``got``."""
-    changed = {k: v for k, v in (records[index].get("changed") or {}).items() if k != "awaiting"}
-    updated = [*records]
-    updated[index] = {**records[index], "changed": {**changed, "to": got}}
-    return updated
+    """The write-ahead records for ``order`` on this scene (see ``records.intend``)."""
+    return protocol.intend(
+        records,
+        order,
+        dt.datetime.now(dt.UTC),
+        executor.freed_gpus(scene.pods),
+        lambda held: executor.nodes_named(scene, nodes | held),
+    )
 
 
 def _kept(actions: ActionSettings) -> dict[str, Any]:
     """What a record written before the node agent existed would have kept."""
     return {"dns": actions.revoke_egress.allow_dns, "services": []}
-
-
-def _undo_failed(record: Mapping[str, Any]) -> bool:
-    return str(record.get("error") or "").startswith("undo failed")
-
-
-def _applied(record: Mapping[str, Any]) -> bool:
-    """Carried out and still in place: not pending, not failed, not half undone."""
-    return not _unfinished(record) and not _undo_failed(record)
-
-
-def _unfinished(record: Mapping[str, Any]) -> bool:
-    """Decided and not carried out: written ahead of a restart, or failed (an API error).
-    A DryRun record and a failed undo are finished as far as applying goes."""
-    if record.get("dryRun"):
-        return False
-    error = str(record.get("error") or "")
-    return bool(record.get("pending")) or (bool(error) and not error.startswith("undo failed"))
-
-
-def _failed_undos(records: list[dict[str, Any]], after: machine.Breaker) -> list[dict[str, Any]]:
-    """The records whose undo failed and that the breaker's state still wants undone: all
-    of them once it is no longer contained; the pause and the handoff in HalfOpen."""
-    failed = [r for r in records if _undo_failed(r)]
-    if after.state == "HalfOpen":
-        return [r for r in failed if r["type"] in ("pause", "reassignGPUs")]
-    return [] if after.contained else failed
 
 
 def _api_problem(error: client.ApiException) -> str:
@@ -1358,33 +1289,6 @@ def _undo_pending(action: str, intended: dict[str, Any], scene: executor.Scene) 
         names = [q["metadata"]["name"] for q in scene.quotas]
         return {**intended, "quota": {"breaker": scene.breaker, "held": names}}
     return intended  # egress and pause undo by name and annotation; nodes were named ahead
-
-
-def _debt(workload: WorkloadView | None, records: list[dict[str, Any]]) -> dict[str, str] | None:
-    """On a reset: the job handed a TrainingJob's GPUs owes them back (read by the queue)."""
-    handoff = next(
-        (r for r in records if r["type"] == "reassignGPUs" and not r.get("dryRun")), None
-    )
-    recipients = ((handoff or {}).get("changed") or {}).get("to") or []
-    if workload is None or workload.kind != "TrainingJob" or not recipients:
-        return None
-    return {"job": workload.name, "from": recipients[0]}
-
-
-def _quiet(status: Mapping[str, Any], body: Mapping[str, Any], tripped: bool) -> bool:
-    """Nothing can change for this breaker: Closed with its signals read, nothing fired, no
-    override, no new reset. (Stepping the machine would confirm it, a thousand times a pass.)"""
-    if (
-        tripped
-        or not status
-        or status.get("state") != "Closed"
-        or status.get("signals") != "Available"
-    ):
-        return False
-    if body["spec"].get("override") or status.get("actions"):
-        return False  # records left on a Closed breaker: undos that failed, to retry
-    token = plan.reset_token(body)
-    return token is None or token == status.get("handledReset")
 
 
 def _nodes_named(trip: Trip | None) -> set[str]:
@@ -1401,28 +1305,6 @@ def _nodes_named(trip: Trip | None) -> set[str]:
 def _target_nodes(trip: Trip | None, scene: executor.Scene) -> set[str]:
     """The nodes quarantineNode acts on: those the node signals name, else the pods'."""
     return _nodes_named(trip) or {p.node for p in scene.pods if p.node}
-
-
-def _ordered(done: Mapping[str, Any], order: list[str]) -> list[str]:
-    return [a for a in order if a in done] + [a for a in done if a not in order]
-
-
-def _reason(trip: Trip) -> str:
-    fired = ", ".join(f"{f.signal}={f.value:.3g}" for f in trip.decision.signals[:6])
-    return f"{trip.decision.rule}: {fired}"
-
-
-def _event_message(after: machine.Breaker, records: list[dict[str, Any]], dry_run: bool) -> str:
-    done = ", ".join(r["type"] for r in records if not r.get("error"))
-    failed = ", ".join(r["type"] for r in records if r.get("error"))
-    message = after.reason or after.state
-    if done:
-        message += f"; {'would have applied' if dry_run else 'applied'}: {done}"
-    if failed:
-        message += f"; FAILED: {failed} (see status.actions)"
-    if dry_run:
-        message += " (DryRun: nothing was changed)"
-    return message
 
 
 def _policy_key(ref: Mapping[str, Any]) -> PolicyKey:
