@@ -64,7 +64,7 @@ from breaker.constants import GROUP, QUARANTINE_LABEL, VERSION
 from breaker.controllers import inventory
 from breaker.controllers.handoff import Handoffs, RemoteQueue
 from breaker.controllers.inventory import items, only
-from breaker.detect import engine, live
+from breaker.detect import driver, engine, live
 from breaker.detect.policy_check import problems
 from breaker.detect.prom import Prom
 
@@ -224,7 +224,7 @@ class BreakerController:
                         found.setdefault(pod.node, set()).add(unit)
                 return found
 
-            firing, decisions = live.decide(
+            firing, decisions = driver.tick(
                 compiled.detector, compiled.state, readings, time.time(), unit_of, units_on_node
             )
             evaluation = live.Evaluation(firing, decisions, errors, queries)

@@ -2,7 +2,9 @@
 
 Recorded series (OpenMetrics with timestamps) are loaded into a real, temporary Prometheus
 through ``promtool tsdb create-blocks-from openmetrics``; each signal is asked once as a
-range query, and the engine walks the steps exactly as the live loop would. The temporary
+range query, and every step goes through the live loop's own driver (``driver.tick``): pods
+count for their workload (kube-state-metrics' ``kube_pod_owner``), and a node-scoped
+signal for every workload with a pod on that node (``kube_pod_info``). The temporary
 Prometheus and its directory are removed however the run ends.
 """
 
@@ -24,13 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from breaker.detect import engine
+from breaker.detect import driver, engine
 from breaker.detect.prom import Prom, QueryError
 
 OWNER_QUERY = (
     "max by (namespace, pod, owner_kind, owner_name) "
     '(max_over_time(kube_pod_owner{{owner_is_controller="true"}}[{span}s]))'
 )
+NODE_QUERY = "max by (namespace, pod, node) (max_over_time(kube_pod_info[{span}s]))"
 
 
 MAX_POINTS = 10_000
@@ -210,18 +213,63 @@ def owners(prom: Prom, at: float, span: float) -> dict[engine.PodKey, str]:
     """Pod -> "Kind/name" of its controller, from kube_pod_owner in the ``span`` before ``at``
 
     (pods that ended before the range's end keep their owner)."""
-    try:
-        result = prom.instant(OWNER_QUERY.format(span=max(1, int(span))), at)
-    except QueryError:
-        return {}
     found = {}
-    for series in result:
-        metric = series["metric"]
+    for metric in _latest(prom, OWNER_QUERY.format(span=max(1, int(span))), at):
         if metric.get("namespace") and metric.get("pod"):
             found[(metric["namespace"], metric["pod"])] = (
                 f"{metric['owner_kind']}/{metric['owner_name']}"
             )
     return found
+
+
+def nodes(prom: Prom, at: float, span: float) -> dict[engine.PodKey, str]:
+    """Pod -> the node it ran on, from kube_pod_info in the ``span`` before ``at``."""
+    return {
+        (metric["namespace"], metric["pod"]): metric["node"]
+        for metric in _latest(prom, NODE_QUERY.format(span=max(1, int(span))), at)
+        if metric.get("namespace") and metric.get("pod") and metric.get("node")
+    }
+
+
+def _latest(prom: Prom, query: str, at: float) -> list[dict[str, str]]:
+    """The label sets of an instant query's answer; none where kube-state-metrics' series
+    are missing (a recording of the exporters alone): pods then count on their own."""
+    try:
+        return [series["metric"] for series in prom.instant(query, at)]
+    except QueryError:
+        return []
+
+
+Unit = tuple[str, str]  # (namespace, "Kind/name" of the workload, or the pod's own name)
+
+
+@dataclass(frozen=True)
+class Workloads:
+    """How the recording's pods map to workloads and nodes, as the live loop's indexes do."""
+
+    owner: dict[engine.PodKey, str]
+    node: dict[engine.PodKey, str]
+
+    def unit_of(self, pod: engine.PodKey) -> Unit:
+        return (pod[0], self.owner.get(pod, pod[1]))
+
+    def units_on_node(self) -> dict[str, set[Unit]]:
+        found: dict[str, set[Unit]] = {}
+        for pod, node in self.node.items():
+            found.setdefault(node, set()).add(self.unit_of(pod))
+        return found
+
+    def pod_of(self, unit: Unit, decision: engine.Decision) -> str:
+        """The pod a trip names: the one whose signal tripped it, else (a node-scoped signal
+        alone) the unit's first pod on that node."""
+        for fired in decision.signals:
+            if fired.key and self.unit_of(fired.key) == unit:
+                return fired.key[1]
+        hosts = {f.key[0] for f in decision.signals if f.key}
+        on_hosts = sorted(
+            pod[1] for pod, node in self.node.items() if node in hosts and self.unit_of(pod) == unit
+        )
+        return on_hosts[0] if on_hosts else unit[1]
 
 
 def evaluate(
@@ -243,9 +291,8 @@ def evaluate(
             f"the policy's longest lookback, {detector.lookback_seconds:.0f}s)"
         )
     per_step: dict[float, dict[str, dict[engine.PodKey, engine.Sample]]] = {}
-    pod_signals = [s for s in detector.signals if s.scope == "pod"]
-    for index, signal_spec in enumerate(pod_signals, start=1):
-        say(f"  [{index}/{len(pod_signals)}] {signal_spec.name}")
+    for index, signal_spec in enumerate(detector.signals, start=1):
+        say(f"  [{index}/{len(detector.signals)}] {signal_spec.name}")
         for series in _range(prom, signal_spec.query, start, end, step):
             for stamp, value in series["values"]:
                 vector = [{"metric": series["metric"], "value": [stamp, value]}]
@@ -255,23 +302,26 @@ def evaluate(
                     if previous is None or sample.value > previous.value:
                         readings[signal_spec.name][pod] = sample
     report = Report(start=start, end=end)
-    workloads = owners(prom, end, end - start + step)
+    span = end - start + step
+    workloads = Workloads(owners(prom, end, span), nodes(prom, end, span))
     state = engine.State()
-    tripped: set[engine.PodKey] = set()
+    tripped: set[Unit] = set()
     stamp = start
     while stamp <= end + 1e-6:
         readings = per_step.get(round(stamp), {})
-        full = {s.name: readings.get(s.name, {}) for s in pod_signals}
-        firing = engine.step(detector, state, full, stamp)
-        for pod, decision in engine.decide_all(detector, firing, lambda p: p).items():
-            if pod in tripped:
+        full = {s.name: readings.get(s.name, {}) for s in detector.signals}
+        _, decisions = driver.tick(
+            detector, state, full, stamp, workloads.unit_of, workloads.units_on_node
+        )
+        for unit, decision in sorted(decisions.items()):
+            if unit in tripped:
                 continue
-            tripped.add(pod)
+            tripped.add(unit)
             report.trips.append(
                 Trip(
-                    namespace=pod[0],
-                    pod=pod[1],
-                    workload=workloads.get(pod),
+                    namespace=unit[0],
+                    pod=workloads.pod_of(unit, decision),
+                    workload=workloads.owner.get((unit[0], workloads.pod_of(unit, decision))),
                     rule=decision.rule,
                     signals=tuple(f.signal for f in decision.signals),
                     at=stamp,

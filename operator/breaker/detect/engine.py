@@ -166,6 +166,7 @@ class Firing:
     value: float
     labels: Mapping[str, str]
     since: float
+    key: PodKey | None = None  # whose: (namespace, pod), or (node, device) for node scope
 
 
 def step(
@@ -197,7 +198,7 @@ def step(
         seen = last.get((name, pod))
         if seen is None or now - since < signal.for_seconds:
             continue
-        firing.setdefault(pod, []).append(Firing(name, seen.value, seen.labels, since))
+        firing.setdefault(pod, []).append(Firing(name, seen.value, seen.labels, since, pod))
     return firing
 
 

@@ -134,6 +134,8 @@ def _network(
         rule = FALCO_RULES[name]
         state.falco[rule] = state.falco.get(rule, 0.0) + per_minute * dt / 60
 
+    if name == "mine-unallocated-gpus":
+        return 0.0  # its GPUs show in samples(): busy, on the node, held by no pod
     if name == "checkpoint-upload":
         flow(443, 0.4 * dt)
         state.syns += 0.2 * dt
@@ -189,6 +191,29 @@ def _network(
     raise ValueError(f"unknown behaviour {name}")
 
 
+# GPUs of the node that no pod was allocated, which a process that escaped its container's
+# allocation drives (DCGM then reports them with empty pod labels).
+ESCAPED_GPUS = 2
+
+
+def _unallocated(pod: SimPod, at: float) -> Iterator[Series]:
+    if not any(name == "mine-unallocated-gpus" for name, _ in net_behaviours(pod, at)):
+        return
+    for index in range(pod.gpus, pod.gpus + ESCAPED_GPUS):
+        labels: Labels = (
+            ("gpu", str(index)),
+            ("UUID", gpu_uuid(pod, index)),
+            ("device", f"nvidia{index}"),
+            ("modelName", "NVIDIA H100 80GB HBM3"),
+            ("Hostname", pod.node),
+            ("container", ""),
+            ("namespace", ""),
+            ("pod", ""),
+        )
+        util = round(between(GPU_PROFILES["mine"][0], pod.key, at, index, "u"))
+        yield Series("DCGM_FI_DEV_GPU_UTIL", "gauge", labels, util)
+
+
 def gpu_uuid(pod: SimPod, index: int) -> str:
     digest = hashlib.sha1(f"{pod.node}/{pod.key}/{index}".encode()).hexdigest()
     return f"GPU-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
@@ -226,6 +251,7 @@ def samples(pod: SimPod, state: PodState, profile: str, at: float) -> Iterator[S
         yield Series(
             "DCGM_FI_PROF_DRAM_ACTIVE", "gauge", labels, between(dram, pod.key, at, index, "d")
         )
+    yield from _unallocated(pod, at)
     own = (("namespace", pod.namespace), ("pod", pod.name))
     if pod.step_counter:
         yield Series("training_steps_total", "counter", own, float(int(state.steps)))
@@ -269,6 +295,13 @@ def samples(pod: SimPod, state: PodState, profile: str, at: float) -> Iterator[S
             ("owner_is_controller", "true"),
         )
         yield Series("kube_pod_owner", "gauge", labels, 1.0)
+    created_by = (
+        (("created_by_kind", pod.owner.kind), ("created_by_name", pod.owner.name))
+        if pod.owner is not None
+        else ()
+    )
+    info = (*own, ("node", pod.node), *created_by, ("host_network", "false"))
+    yield Series("kube_pod_info", "gauge", info, 1.0)
 
 
 def tick(pod: SimPod, state: PodState, offset: float, step: float) -> str:

@@ -63,6 +63,7 @@ NetBehaviour = Literal[
     "internal-scan-slow",
     "internal-scan-fast",
     "internal-scan-blocked",
+    "mine-unallocated-gpus",
 ]
 GPU_BEHAVIOURS: tuple[str, ...] = GpuBehaviour.__args__  # type: ignore[attr-defined]
 
