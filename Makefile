@@ -36,7 +36,7 @@ cluster-status: deps ## what runs, and the GPU nodes
 cluster-build: deps ## only build the Go binaries into the cache
 	$(BIN)/breaker cluster build
 
-lint: deps ## ruff and mypy --strict
+lint: $(VENV)/.installed ## ruff and mypy --strict (needs only the venv: no Go, no Debian packages)
 	$(BIN)/ruff check $(PY_SOURCES)
 	$(BIN)/ruff format --check $(PY_SOURCES)
 	$(BIN)/mypy
@@ -44,7 +44,8 @@ lint: deps ## ruff and mypy --strict
 unit: deps ## the tests that need no cluster
 	$(BIN)/pytest tests/unit
 
-test: lint ## lint, then every test against the real local cluster and Prometheus
+# lint first, so a CI run fails fast before any Go or apt work (.ci/run is `make test`).
+test: lint deps ## lint, then every test against the real local cluster and Prometheus
 	$(BIN)/pytest
 
 demo: deps ## the ROME incident on the local cluster: detected, contained, reset (KEEP=1 leaves it running)
