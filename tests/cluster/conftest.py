@@ -13,6 +13,18 @@ from breaker.localcluster import LocalCluster
 from tests.cluster.scenes import Cluster
 from tests.helpers import wait_for
 
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under this directory ``cluster``: they all need the local control plane.
+
+    The hook sees the whole session's items, so it marks only those that live here.
+    """
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.cluster)
+
 
 @pytest.fixture
 def cluster(

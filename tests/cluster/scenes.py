@@ -258,7 +258,8 @@ def contained(c: Cluster, pods: list[Any]) -> dict[str, Any]:
     status = breaker["status"]
     found = containment.read(status)  # the operator's status, held to the contract
     assert (found.reason, found.contained) == (containment.CONTAINED, True), found.message
-    assert found.seconds is not None and found.seconds > 0
+    assert found.seconds is not None
+    assert found.seconds > 0
     assert [a.type for a in found.actions] == ["revokeEgress", "pause", "reassignGPUs"]
     assert all(a.stage == "done" for a in found.actions), status["actions"]
     assert status["evidence"][-1]["signals"], "the evidence names what fired"
@@ -285,7 +286,8 @@ def contained(c: Cluster, pods: list[Any]) -> dict[str, Any]:
     assert handoff.to == (f"{c.other}/waiting",)
     assert sum(f.gpus for f in handoff.freed) == 16
     paused = found.of("pause")
-    assert paused is not None and paused.detail == containment.Paused("TrainingJob", "rl")
+    assert paused is not None
+    assert paused.detail == containment.Paused("TrainingJob", "rl")
     quota = c.core.read_namespaced_resource_quota("breaker-gpu-clamp", c.ns)
     assert quota.spec.hard["requests.nvidia.com/gpu"] == "16"  # filler's, and no more
     return status

@@ -13,8 +13,6 @@ from kubernetes import client
 
 from breaker.localcluster import LocalCluster
 
-pytestmark = pytest.mark.cluster
-
 GROUP, VERSION = "breaker.dev", "v1alpha1"
 
 

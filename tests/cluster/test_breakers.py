@@ -41,8 +41,6 @@ from tests.cluster.scenes import (
 from tests.conftest import OPERATOR_METRICS, free_port
 from tests.helpers import wait_for
 
-pytestmark = pytest.mark.cluster
-
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_an_attack_is_contained(cluster: Cluster, attack: str) -> None:
@@ -66,7 +64,8 @@ def test_an_attack_is_contained(cluster: Cluster, attack: str) -> None:
         and f'namespace="{cluster.ns}"' in line
         and 'breaker="rl-guard"' in line
     ]
-    assert len(ours) == 1 and ours[0].endswith(" 1.0"), ours
+    assert len(ours) == 1, ours
+    assert ours[0].endswith(" 1.0"), ours
     assert f'state="{status["state"]}"' in ours[0]
 
 
@@ -92,7 +91,9 @@ def test_a_reset_restores_every_changed_spec(cluster: Cluster) -> None:
     )
     status = cluster.breaker("rl-guard").get("status", {})
     # The count starts afresh (maxTrips counts from the reset); the evidence stays.
-    assert not status.get("actions") and status["trips"] == 0 and status["evidence"]
+    assert not status.get("actions")
+    assert status["trips"] == 0
+    assert status["evidence"]
     assert [h["to"] for h in status["history"]][-2:] == ["Open", "Closed"]
 
 
@@ -110,7 +111,8 @@ def test_benign_training_is_never_contained(cluster: Cluster) -> None:
         wait_for(lambda: cluster.breaker("rl-guard").get("status"), "the breaker", timeout=30)
         time.sleep(15)  # fifteen evaluations
     status = cluster.breaker("rl-guard").get("status", {})
-    assert status["state"] == "Closed" and not status.get("actions")
+    assert status["state"] == "Closed"
+    assert not status.get("actions")
     assert cluster.state("rl") == "Running"
     # kubectl finds the plugin on PATH and shows the open policy.
     env = cluster.local.env()
@@ -131,7 +133,8 @@ def test_benign_training_is_never_contained(cluster: Cluster) -> None:
         text=True,
         check=True,
     ).stdout
-    assert "allow-all-egress" in shown and "203.0.113.7:3333: ALLOWED" in shown
+    assert "allow-all-egress" in shown
+    assert "203.0.113.7:3333: ALLOWED" in shown
 
 
 def test_dry_run_records_and_changes_nothing(cluster: Cluster) -> None:
@@ -152,7 +155,8 @@ def test_dry_run_records_and_changes_nothing(cluster: Cluster) -> None:
     assert breaker["status"]["dryRun"] is True
     assert all(a.get("dryRun") for a in breaker["status"]["actions"])
     assert cluster.specs() == before
-    assert cluster.state("rl") == "Running" and cluster.state("waiting", cluster.other) == "Queued"
+    assert cluster.state("rl") == "Running"
+    assert cluster.state("waiting", cluster.other) == "Queued"
 
 
 def test_unreachable_prometheus_holds_and_reports_unknown(cluster: Cluster) -> None:
@@ -166,9 +170,11 @@ def test_unreachable_prometheus_holds_and_reports_unknown(cluster: Cluster) -> N
         "signals Unknown",
         timeout=30,
     )
-    assert breaker["status"]["state"] == "Closed" and not breaker["status"].get("actions")
+    assert breaker["status"]["state"] == "Closed"
+    assert not breaker["status"].get("actions")
     signals = next(c for c in breaker["status"]["conditions"] if c["type"] == "SignalsAvailable")
-    assert signals["status"] == "Unknown" and signals["reason"] == "PrometheusUnreachable"
+    assert signals["status"] == "Unknown"
+    assert signals["reason"] == "PrometheusUnreachable"
     wait_for(
         lambda: cluster.get("breakerpolicies", "guard").get("status", {}).get("unknown") == 1,
         "the policy to count the breaker Unknown",
@@ -547,7 +553,8 @@ def test_prometheus_lost_mid_run_holds_the_state_and_says_unknown(cluster: Clust
             )
     finally:
         proxy.stop()
-    assert status["state"] == "Closed" and not status.get("actions")
+    assert status["state"] == "Closed"
+    assert not status.get("actions")
     assert cluster.state("rl") == "Running"
     events = cluster.core.list_namespaced_event(cluster.ns).items
     assert not [e for e in events if e.reason == "BreakerTripped"]
@@ -652,12 +659,16 @@ def test_kubectl_breaker_trips_explains_and_resets(cluster: Cluster) -> None:
     status = kubectl_breaker(cluster, "status", kubeconfig=viewer)
     assert status.returncode == 0, status.stderr
     (row,) = [line for line in status.stdout.splitlines() if line.startswith("rl-guard")]
-    assert "TrainingJob/rl" in row and "ForcedOpen" in row and "agent opened a tunnel" in row
+    assert "TrainingJob/rl" in row
+    assert "ForcedOpen" in row
+    assert "agent opened a tunnel" in row
 
     story = kubectl_breaker(cluster, "explain", "rl-guard", kubeconfig=viewer).stdout
     assert "Closed → ForcedOpen: forced open by an admin: agent opened a tunnel" in story
-    assert "revokeEgress applied" in story and "pause applied" in story
-    assert "  contained yes in " in story and "None" not in story
+    assert "revokeEgress applied" in story
+    assert "pause applied" in story
+    assert "  contained yes in " in story
+    assert "None" not in story
     assert f"kubectl breaker reset rl-guard -n {cluster.ns}" in story
 
     reset = kubectl_breaker(cluster, "reset", "rl")
@@ -667,4 +678,5 @@ def test_kubectl_breaker_trips_explains_and_resets(cluster: Cluster) -> None:
     assert "override" not in cluster.breaker("rl-guard")["spec"]
 
     missing = kubectl_breaker(cluster, "explain", "nothing-here")
-    assert missing.returncode == 1 and "not found" in missing.stderr
+    assert missing.returncode == 1
+    assert "not found" in missing.stderr

@@ -42,8 +42,6 @@ from tests.cluster.scenes import (
 from tests.conftest import Operator
 from tests.helpers import wait_for
 
-pytestmark = pytest.mark.cluster
-
 SEED = int(os.environ.get("BREAKER_CRASH_SEED", "20261130"))
 # Where the operator may die, in the order it passes them.
 TRIP_POINTS = {
@@ -149,7 +147,8 @@ class Scene:
         quota = c.core.read_namespaced_resource_quota("breaker-gpu-clamp", c.ns)
         assert quota.spec.hard["requests.nvidia.com/gpu"] == "16"
         mark = json.loads(quota.metadata.annotations["breaker.dev/gpu-clamp"])
-        assert mark["holders"] == [self.breaker] and mark["created"] is True
+        assert mark["holders"] == [self.breaker]
+        assert mark["created"] is True
         assert len(c.core.list_namespaced_resource_quota(c.ns).items) == 1
         handoff = next(a for a in status["actions"] if a["type"] == "reassignGPUs")["changed"]
         assert sum(f["gpus"] for f in handoff["freed"]) == 16
@@ -161,7 +160,8 @@ class Scene:
         for name in self.nodes:
             node = self.c.core.read_node(name)
             ours = [t for t in node.spec.taints or [] if t.key == "breaker.dev/quarantined"]
-            assert len(ours) == 1 and node.spec.unschedulable is True
+            assert len(ours) == 1
+            assert node.spec.unschedulable is True
             mark = json.loads(node.metadata.annotations["breaker.dev/quarantine"])
             assert mark["holders"] == [f"{self.c.ns}/{self.breaker}"]
 

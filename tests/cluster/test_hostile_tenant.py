@@ -30,8 +30,6 @@ from tests.cluster.scenes import (
 )
 from tests.helpers import wait_for
 
-pytestmark = pytest.mark.cluster
-
 # (attack, how it ended, seconds to undo or None if refused): printed after the run.
 ATTEMPTS: list[tuple[str, str, float | None]] = []
 BREAKER = "rl-guard"  # the TrainingJob's: revokeEgress, pause, reassignGPUs
@@ -288,7 +286,8 @@ def test_a_tripped_tenant_cannot_get_out(cluster: Cluster) -> None:
         "the new job to queue",
     )
     queued = next(x for x in held["conditions"] if x["type"] == "Queued")
-    assert queued["reason"] == "HeldByBreaker" and BREAKER in queued["message"]
+    assert queued["reason"] == "HeldByBreaker"
+    assert BREAKER in queued["message"]
     warning = wait_for(
         lambda: [
             e
@@ -301,7 +300,8 @@ def test_a_tripped_tenant_cannot_get_out(cluster: Cluster) -> None:
     )
     assert "clamped by tripped Breaker rl-guard" in warning[0].message
     time.sleep(2)  # the queue has had its chance: the other tenant keeps the GPUs
-    assert c.state("rl-again") == "Queued" and c.state("waiting", c.other) == "Running"
+    assert c.state("rl-again") == "Queued"
+    assert c.state("waiting", c.other) == "Running"
     ATTEMPTS.append(("create a new TrainingJob to get GPUs back", "held by the quota clamp", None))
 
     # In the end: still contained, and the admin's reset still undoes everything.

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,8 +29,6 @@ from breaker.localcluster.realnode import RealNode
 from tests.cluster.scenes import GROUP, VERSION, Cluster, done, kubectl_breaker
 from tests.conftest import NodeAgent
 from tests.helpers import wait_for
-
-pytestmark = pytest.mark.cluster
 
 CUTS: list[tuple[str, float]] = []  # (mode, seconds from the trip to the far end's reset)
 NOTHING = dict.fromkeys(packets.DESTINATIONS, False)
@@ -159,8 +156,8 @@ class Live:
 
 
 @pytest.fixture
-def live(cluster: Cluster) -> Iterator[Live]:
-    yield Live(cluster)
+def live(cluster: Cluster) -> Live:
+    return Live(cluster)
 
 
 def trip_time(status: dict[str, Any]) -> float:
@@ -195,8 +192,10 @@ def test_without_a_node_agent_the_open_tunnel_outlives_the_policy(
     wait_for(lambda: c.breaker("steady-guard").get("status"), "the breaker")
     breaker = live.trip("steady-guard")
     egress = containment.read(breaker["status"]).of("revokeEgress")
-    assert egress is not None and isinstance(egress.detail, containment.EgressRevoked)
-    assert egress.detail.uncut_on == (REAL_NODE,) and egress.detail.cut_on == ()
+    assert egress is not None
+    assert isinstance(egress.detail, containment.EgressRevoked)
+    assert egress.detail.uncut_on == (REAL_NODE,)
+    assert egress.detail.cut_on == ()
     explained = kubectl_breaker(c, "explain", "steady-guard")
     assert f"open connections MAY SURVIVE on {REAL_NODE}" in explained.stdout, explained
     # New connections are refused; the one already open goes on carrying bytes.
@@ -232,7 +231,8 @@ def test_rome_on_the_real_node_the_tunnel_and_the_pool_are_cut_and_the_job_pause
     tripped = trip_time(breaker["status"])
     CUTS.append(("pause", cut_after(live, ip, tripped)))
     egress = containment.read(breaker["status"]).of("revokeEgress")
-    assert egress is not None and isinstance(egress.detail, containment.EgressRevoked)
+    assert egress is not None
+    assert isinstance(egress.detail, containment.EgressRevoked)
     assert egress.detail.cut_on == (REAL_NODE,)
     # The job is suspended; its pod, ignoring SIGTERM, lives out its grace period: cut off.
     assert c.batch.read_namespaced_job("rl", c.ns).spec.suspend is True
@@ -247,7 +247,8 @@ def test_rome_on_the_real_node_the_tunnel_and_the_pool_are_cut_and_the_job_pause
     assert live.agree(neighbour) == EVERYTHING
     live.flowing(other_ip, ("tunnel",))
     cuts = [e for e in c.core.list_namespaced_event(c.ns).items if e.reason == "ConnectionsCut"]
-    assert cuts and "tcp 198.51.100.4:22" in cuts[0].message
+    assert cuts
+    assert "tcp 198.51.100.4:22" in cuts[0].message
 
     live.reset("rl-guard")
     again = live.pod("rl")
@@ -335,7 +336,8 @@ def test_revoke_only_cuts_what_is_open_closes_dns_and_holds_against_escapes(
     live.quiet_since(ip)
     # Still running, and nothing gets out, DNS included (a DNS tunnel through the cluster's
     # resolver too: allowDNS false closes it).
-    assert fresh.status.phase == "Running" and fresh.metadata.deletion_timestamp is None
+    assert fresh.status.phase == "Running"
+    assert fresh.metadata.deletion_timestamp is None
     assert live.agree(pod) == NOTHING
 
     for what, escape in ESCAPES.items():

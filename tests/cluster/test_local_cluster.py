@@ -20,8 +20,6 @@ from breaker.localcluster.realnode import NAME as REAL_NODE
 from breaker.localcluster.tools import MODULES, ensure_built
 from tests.helpers import wait_for
 
-pytestmark = pytest.mark.cluster
-
 
 def gpu_pod(name: str, gpus: int, labels: dict[str, str] | None = None) -> dict[str, Any]:
     return {
@@ -114,7 +112,8 @@ def test_suspending_a_job_deletes_its_pods_and_resuming_recreates_them(
     )
     status = batch.read_namespaced_job_status("train", namespace).status
     suspended = [c for c in status.conditions or [] if c.type == "Suspended"]
-    assert suspended and suspended[0].status == "True"
+    assert suspended
+    assert suspended[0].status == "True"
 
     batch.patch_namespaced_job("train", namespace, {"spec": {"suspend": False}})
     second = wait_for(lambda: len(running_pods()) == 2 and running_pods(), "2 new Running pods")
@@ -259,7 +258,8 @@ def test_prometheus_scrapes_an_exporter_and_the_client_reads_it_back(
 
 def test_up_when_already_up_changes_nothing(local_cluster: LocalCluster) -> None:
     components = local_cluster.components()
-    assert "kubelet" in components and "kube-router" in components
+    assert "kubelet" in components
+    assert "kube-router" in components
     before = {name: local_cluster.process(name).pid() for name in components}
     local_cluster.up()
     after = {name: local_cluster.process(name).pid() for name in components}

@@ -30,8 +30,6 @@ from tests.cluster.scenes import (
 from tests.conftest import PEERING, Operator
 from tests.helpers import wait_for
 
-pytestmark = pytest.mark.cluster
-
 SHARD_LABEL = "breaker.dev/shard-test"
 
 

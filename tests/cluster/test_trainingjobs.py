@@ -16,8 +16,6 @@ from breaker.selectors import matches
 from tests.cluster.test_local_cluster import gpus_requested_cluster_wide
 from tests.helpers import wait_for
 
-pytestmark = pytest.mark.cluster
-
 GROUP, VERSION, PLURAL = "breaker.dev", "v1alpha1", "trainingjobs"
 
 

@@ -63,7 +63,8 @@ def test_the_order_and_each_actions_settings_come_from_the_policy() -> None:
         ]
     )
     assert settings.order == ("revokeEgress", "quarantineNode", "notify")
-    assert settings.quarantine_node.cordon is False and settings.quarantine_node.taint
+    assert settings.quarantine_node.cordon is False
+    assert settings.quarantine_node.taint
     assert [n.url for n in settings.notify] == ["https://hooks.example/x"]
 
 

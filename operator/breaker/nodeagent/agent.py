@@ -173,7 +173,8 @@ class NodeAgent:
         self.metrics.passes.observe(self.last_pass - began)
 
     def _cut(self, pod: Pod, comment: str, cut: list[flows.Flow], placed: list[list[str]]) -> None:
-        assert pod.ip is not None and pod.breaker is not None
+        assert pod.ip is not None
+        assert pod.breaker is not None
         # 1. The sockets, in the pod's namespace: the far end gets a reset.
         netns = self._netns_of(pod.ip)
         if netns is not None:
