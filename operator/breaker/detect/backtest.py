@@ -115,10 +115,11 @@ def series_range(path: Path) -> tuple[float, float]:
 def temporary_prometheus(series: Path, say: Callable[[str], None]) -> Iterator[str]:
     """A Prometheus on loopback serving the series in ``series``; yields its URL."""
     from breaker.localcluster import prometheus as local_prometheus
+    from breaker.localcluster.errors import ClusterError
 
     try:
         binary = local_prometheus.binary()
-    except Exception as error:
+    except ClusterError as error:  # not installed: the message says how to install it
         raise BacktestError(str(error)) from error
     promtool = shutil.which("promtool") or str(Path(binary).with_name("promtool"))
     if not Path(promtool).exists():
