@@ -400,16 +400,19 @@ def custom(api_client: Any) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(api_client)
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Figures of the runs that happened: detection latencies, faults, takeovers, escapes."""
+    _report_containment(terminalreporter)
+    _report_faults(terminalreporter)
+    _report_latencies(terminalreporter)
+
+
+def _report_containment(terminalreporter: pytest.TerminalReporter) -> None:
+    """Cuts on the real node, the demo, crash runs and the generated specs."""
     from tests.cluster.test_bad_input import OUTCOMES
     from tests.cluster.test_crash_consistency import CRASHES
     from tests.cluster.test_demo import DEMO_RUNS
-    from tests.cluster.test_faults import FAULTS
-    from tests.cluster.test_high_availability import TAKEOVERS
-    from tests.cluster.test_hostile_tenant import ATTEMPTS
     from tests.cluster.test_live_tunnel import CUTS
-    from tests.detect.test_corpus import LATENCIES
 
     if CUTS:
         terminalreporter.section("open connections cut on the real node (node agent)")
@@ -435,6 +438,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(
                 f"{plural}: {accepted} accepted and handled, {refused} refused naming the field"
             )
+
+
+def _report_faults(terminalreporter: pytest.TerminalReporter) -> None:
+    """Faults outside the operator, takeovers, and a tripped tenant's attempts to get out."""
+    from tests.cluster.test_faults import FAULTS
+    from tests.cluster.test_high_availability import TAKEOVERS
+    from tests.cluster.test_hostile_tenant import ATTEMPTS
+
     if FAULTS:
         terminalreporter.section("faults outside the operator")
         for fault, said in FAULTS:
@@ -449,6 +460,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         for what, outcome, took in ATTEMPTS:
             after = f" in {took:.3f}s" if took is not None else ""
             terminalreporter.write_line(f"{what}: {outcome}{after}")
+
+
+def _report_latencies(terminalreporter: pytest.TerminalReporter) -> None:
+    """The corpus's detection latencies, as a table."""
+    from tests.detect.test_corpus import LATENCIES
+
     if not LATENCIES:
         return
     rows = [("scenario", "pod", "rule", "latency", "budget"), *sorted(LATENCIES)]
