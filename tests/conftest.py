@@ -29,6 +29,7 @@ from breaker.localcluster import LocalCluster
 from breaker.localcluster.paths import repo_root
 from breaker.localcluster.realnode import NAME as REAL_NODE
 from tests.helpers import wait_for
+from tests.kube import as_body
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +67,9 @@ def namespace(request: pytest.FixtureRequest, core: client.CoreV1Api) -> Iterato
     """A fresh namespace for one test, ready for pods, deleted afterwards."""
     stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"t-{stem}-{uuid.uuid4().hex[:5]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {"breaker.dev/test": "true"}}})
+    core.create_namespace(
+        as_body({"metadata": {"name": name, "labels": {"breaker.dev/test": "true"}}})
+    )
     # Pods are refused until the ServiceAccount controller has made the default account.
     wait_for(
         lambda: core.read_namespaced_service_account("default", name),
@@ -457,8 +460,8 @@ def _report_faults(terminalreporter: pytest.TerminalReporter) -> None:
 
     if ATTEMPTS:
         terminalreporter.section("a tripped tenant's attempts to get out")
-        for what, outcome, took in ATTEMPTS:
-            after = f" in {took:.3f}s" if took is not None else ""
+        for what, outcome, seconds in ATTEMPTS:
+            after = f" in {seconds:.3f}s" if seconds is not None else ""
             terminalreporter.write_line(f"{what}: {outcome}{after}")
 
 

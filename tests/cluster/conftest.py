@@ -12,6 +12,7 @@ from kubernetes import client
 from breaker.localcluster import LocalCluster
 from tests.cluster.scenes import Cluster
 from tests.helpers import wait_for
+from tests.kube import as_body
 
 HERE = Path(__file__).parent
 
@@ -37,7 +38,9 @@ def cluster(
 ) -> Iterator[Cluster]:
     """The tenant's namespace, and another tenant's (``cluster.other``) queued for GPUs."""
     other = f"{namespace[:56]}-other"
-    core.create_namespace({"metadata": {"name": other, "labels": {"breaker.dev/test": "true"}}})
+    core.create_namespace(
+        as_body({"metadata": {"name": other, "labels": {"breaker.dev/test": "true"}}})
+    )
     wait_for(
         lambda: core.read_namespaced_service_account("default", other),
         "the other namespace's ServiceAccount",

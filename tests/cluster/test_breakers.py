@@ -10,6 +10,7 @@ changed back as it was.
 
 from __future__ import annotations
 
+import functools
 import http.server
 import json
 import re
@@ -40,6 +41,7 @@ from tests.cluster.scenes import (
 )
 from tests.conftest import OPERATOR_METRICS, free_port
 from tests.helpers import wait_for
+from tests.kube import as_body, as_dict, meta_of, spec_of, status_of
 
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
@@ -144,9 +146,10 @@ def test_dry_run_records_and_changes_nothing(cluster: Cluster) -> None:
     with cluster.sim(pods, ATTACKS["mining-mid-run"]):
         breaker = wait_for(
             lambda: (
-                containment.read((b := cluster.breaker("rl-guard")).get("status")).reason
+                b
+                if containment.read((b := cluster.breaker("rl-guard")).get("status")).reason
                 == containment.DRY_RUN
-                and b
+                else None
             ),
             "the dry-run trip",
             timeout=90,
@@ -205,15 +208,17 @@ def test_half_open_retrips_on_relapse_and_closes_when_clean(cluster: Cluster) ->
     labels = {"app": "agent"}
     cluster.apps.create_namespaced_stateful_set(
         cluster.ns,
-        {
-            "metadata": {"name": "agent"},
-            "spec": {
-                "replicas": 2,
-                "serviceName": "agent",
-                "selector": {"matchLabels": labels},
-                "template": {"metadata": {"labels": labels}, "spec": gpu_pod_spec("Always")},
-            },
-        },
+        as_body(
+            {
+                "metadata": {"name": "agent"},
+                "spec": {
+                    "replicas": 2,
+                    "serviceName": "agent",
+                    "selector": {"matchLabels": labels},
+                    "template": {"metadata": {"labels": labels}, "spec": gpu_pod_spec("Always")},
+                },
+            }
+        ),
     )
     recovery = {"mode": "HalfOpen", "cooldown": "3s", "probation": "10s", "maxTrips": 5}
     cluster.create(
@@ -257,7 +262,7 @@ def running_pods(cluster: Cluster, count: int) -> list[Any] | None:
     pods = [
         p
         for p in listed.items
-        if p.status.phase == "Running" and p.metadata.deletion_timestamp is None
+        if status_of(p).phase == "Running" and meta_of(p).deletion_timestamp is None
     ]
     return pods if len(pods) == count else None
 
@@ -277,15 +282,23 @@ def test_foreign_workloads_are_paused_through_their_adapters(cluster: Cluster, k
     if kind == "Job":
         cluster.batch.create_namespaced_job(
             cluster.ns,
-            {"metadata": {"name": "agent"}, "spec": {"parallelism": 1, "template": template}},
+            as_body(
+                {"metadata": {"name": "agent"}, "spec": {"parallelism": 1, "template": template}}
+            ),
         )
     else:
         cluster.apps.create_namespaced_deployment(
             cluster.ns,
-            {
-                "metadata": {"name": "agent"},
-                "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": template},
-            },
+            as_body(
+                {
+                    "metadata": {"name": "agent"},
+                    "spec": {
+                        "replicas": 2,
+                        "selector": {"matchLabels": labels},
+                        "template": template,
+                    },
+                }
+            ),
         )
     cluster.create("breakerpolicies", policy(kinds=(kind,)))
 
@@ -299,9 +312,9 @@ def test_foreign_workloads_are_paused_through_their_adapters(cluster: Cluster, k
             timeout=90,
         )
     if kind == "Job":
-        assert cluster.batch.read_namespaced_job("agent", cluster.ns).spec.suspend is True
+        assert spec_of(cluster.batch.read_namespaced_job("agent", cluster.ns)).suspend is True
     else:
-        assert cluster.apps.read_namespaced_deployment("agent", cluster.ns).spec.replicas == 0
+        assert spec_of(cluster.apps.read_namespaced_deployment("agent", cluster.ns)).replicas == 0
     cluster.patch("breakers", "agent-guard", {"spec": {"reset": "now"}})
     wait_for(
         lambda: cluster.breaker("agent-guard").get("status", {})["state"] == "Closed",
@@ -309,9 +322,9 @@ def test_foreign_workloads_are_paused_through_their_adapters(cluster: Cluster, k
         timeout=30,
     )
     if kind == "Job":
-        assert not cluster.batch.read_namespaced_job("agent", cluster.ns).spec.suspend
+        assert not spec_of(cluster.batch.read_namespaced_job("agent", cluster.ns)).suspend
     else:
-        assert cluster.apps.read_namespaced_deployment("agent", cluster.ns).spec.replicas == 2
+        assert spec_of(cluster.apps.read_namespaced_deployment("agent", cluster.ns)).replicas == 2
 
 
 def stand_in_crd(group: str, version: str, kind: str, plural: str, scope: str) -> dict[str, Any]:
@@ -364,17 +377,16 @@ def test_deny_policies_are_added_where_the_cluster_serves_their_apis(
         ),
     ]
     for crd in crds:
-        extensions.create_custom_resource_definition(crd)
+        extensions.create_custom_resource_definition(as_body(crd))
+
+    def established(name: str) -> bool:
+        found = status_of(extensions.read_custom_resource_definition(name))
+        return any(c.type == "Established" and c.status == "True" for c in found.conditions or [])
+
     try:
         for crd in crds:
             wait_for(
-                lambda crd=crd: any(
-                    c.type == "Established" and c.status == "True"
-                    for c in extensions.read_custom_resource_definition(
-                        crd["metadata"]["name"]
-                    ).status.conditions
-                    or []
-                ),
+                functools.partial(established, crd["metadata"]["name"]),
                 f"{crd['metadata']['name']} established",
             )
         pods = full_cluster(cluster)
@@ -382,25 +394,31 @@ def test_deny_policies_are_added_where_the_cluster_serves_their_apis(
         with cluster.sim(pods, ATTACKS["mining-mid-run"]):
             status = contained(cluster, pods)
         revoked = status["actions"][0]["changed"]
-        anp = cluster.custom.get_cluster_custom_object(
-            "policy.networking.k8s.io",
-            "v1alpha1",
-            "adminnetworkpolicies",
-            revoked["adminNetworkPolicy"],
+        anp = as_dict(
+            cluster.custom.get_cluster_custom_object(
+                "policy.networking.k8s.io",
+                "v1alpha1",
+                "adminnetworkpolicies",
+                revoked["adminNetworkPolicy"],
+            )
         )
         assert anp["spec"]["egress"][-1]["action"] == "Deny"
         assert anp["spec"]["subject"]["pods"]["podSelector"] == {
             "matchLabels": {"breaker.dev/quarantined": "rl-guard"}
         }
-        cilium = cluster.custom.get_namespaced_custom_object(
-            "cilium.io", "v2", cluster.ns, "ciliumnetworkpolicies", revoked["ciliumPolicy"]
+        cilium = as_dict(
+            cluster.custom.get_namespaced_custom_object(
+                "cilium.io", "v2", cluster.ns, "ciliumnetworkpolicies", revoked["ciliumPolicy"]
+            )
         )
         assert cilium["spec"]["egressDeny"] == [{"toEntities": ["world"]}]
         cluster.patch("breakers", "rl-guard", {"spec": {"reset": "after-review"}})
         wait_for(
             lambda: (
-                not cluster.custom.list_cluster_custom_object(
-                    "policy.networking.k8s.io", "v1alpha1", "adminnetworkpolicies"
+                not as_dict(
+                    cluster.custom.list_cluster_custom_object(
+                        "policy.networking.k8s.io", "v1alpha1", "adminnetworkpolicies"
+                    )
                 )["items"]
             ),
             "the AdminNetworkPolicy removed on reset",
@@ -408,8 +426,10 @@ def test_deny_policies_are_added_where_the_cluster_serves_their_apis(
         # Undone one after the other: the Cilium policy may go a moment after.
         wait_for(
             lambda: (
-                not cluster.custom.list_namespaced_custom_object(
-                    "cilium.io", "v2", cluster.ns, "ciliumnetworkpolicies"
+                not as_dict(
+                    cluster.custom.list_namespaced_custom_object(
+                        "cilium.io", "v2", cluster.ns, "ciliumnetworkpolicies"
+                    )
                 )["items"]
             ),
             "the CiliumNetworkPolicy removed on reset",
@@ -444,7 +464,7 @@ def test_the_webhook_hears_of_the_trip_with_the_secrets_token(cluster: Cluster) 
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         cluster.core.create_namespaced_secret(
-            cluster.ns, {"metadata": {"name": "hook"}, "stringData": {"token": "s3cret"}}
+            cluster.ns, as_body({"metadata": {"name": "hook"}, "stringData": {"token": "s3cret"}})
         )
         cluster.create("trainingjobs", trainingjob("rl", 1, 8))
         pods = cluster.running("rl", 1)
@@ -579,9 +599,9 @@ def test_node_quarantine_cordons_and_taints_and_the_reset_undoes_only_that(
                 "the breaker to trip",
                 timeout=90,
             )
-        quarantined = core.read_node(node)
-        assert quarantined.spec.unschedulable is True
-        assert any(t.key == QUARANTINE_TAINT for t in quarantined.spec.taints or [])
+        quarantined = spec_of(core.read_node(node))
+        assert quarantined.unschedulable is True
+        assert any(t.key == QUARANTINE_TAINT for t in quarantined.taints or [])
         # The pod keeps running (no pause here) and its attack is still in the signal's
         # window, so a breaker reset under its policy trips again at once, on the same
         # samples. Deleting the policy first takes that out: a contained breaker whose
@@ -597,7 +617,7 @@ def test_node_quarantine_cordons_and_taints_and_the_reset_undoes_only_that(
         except AssertionError as error:
             history = (cluster.breaker(name).get("status") or {}).get("history")
             raise AssertionError(f"{error}; the breaker's history: {history}") from None
-        assert QUARANTINE_MARK not in (core.read_node(node).metadata.annotations or {})
+        assert QUARANTINE_MARK not in (meta_of(core.read_node(node)).annotations or {})
     finally:
         try:
             cluster.custom.delete_cluster_custom_object(
@@ -608,7 +628,7 @@ def test_node_quarantine_cordons_and_taints_and_the_reset_undoes_only_that(
                 raise
         # Never leave the node cordoned, tainted or marked for the tests after this one.
         found = core.read_node(node)
-        taints = [t for t in found.spec.taints or [] if t.key != QUARANTINE_TAINT]
+        taints = [t for t in spec_of(found).taints or [] if t.key != QUARANTINE_TAINT]
         core.patch_node(
             node,
             {
@@ -623,7 +643,7 @@ QUARANTINE_MARK = "breaker.dev/quarantine"
 
 
 def released(core: client.CoreV1Api, node: str) -> bool:
-    found = core.read_node(node).spec
+    found = spec_of(core.read_node(node))
     return not found.unschedulable and not any(
         t.key == QUARANTINE_TAINT for t in found.taints or []
     )

@@ -27,6 +27,7 @@ from tests.conftest import (
     SERVICE_ACCOUNT,
     service_account_kubeconfig,
 )
+from tests.kube import as_body
 
 CHART = repo_root() / "helm" / "breaker"
 KUBE = ("--kube-version", "1.36.0")  # helm template assumes 1.20 unless told; the chart needs 1.30
@@ -181,7 +182,10 @@ def operator_api(
 
     path = tmp_path_factory.mktemp("sa") / "kubeconfig"
     service_account_kubeconfig(local_cluster, RELEASE_NAMESPACE, SERVICE_ACCOUNT, path)
-    return config.new_client_from_config(config_file=str(path))  # type: ignore[no-untyped-call]
+    api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(path)
+    )
+    return api
 
 
 def refused(call: Any, *args: Any, **kwargs: Any) -> bool:
@@ -195,7 +199,9 @@ def refused(call: Any, *args: Any, **kwargs: Any) -> bool:
 def test_the_operators_token_is_refused_what_it_does_not_need(
     operator_api: client.ApiClient, core: client.CoreV1Api, namespace: str
 ) -> None:
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "s"}, "stringData": {"k": "v"}})
+    core.create_namespaced_secret(
+        namespace, as_body({"metadata": {"name": "s"}, "stringData": {"k": "v"}})
+    )
     as_operator = client.CoreV1Api(operator_api)
     # Authenticated and allowed what it uses...
     assert as_operator.list_namespaced_pod(namespace).items is not None

@@ -20,6 +20,7 @@ from kubernetes import client
 from tests.cluster.scenes import GROUP, VERSION, Cluster, policy, trainingjob
 from tests.conftest import RELEASE_NAMESPACE, free_port
 from tests.helpers import wait_for
+from tests.kube import as_body, as_dict, meta_of
 
 
 def crafted(series: list[tuple[str, str]]) -> str:
@@ -53,7 +54,7 @@ def test_a_namespaced_policy_acts_on_its_own_namespace_only(cluster: Cluster) ->
     c.create("breakerpolicies", body)
     wait_for(lambda: c.settled_state("mine-guard") == "Open", "its own job tripped")
     time.sleep(3)  # three more evaluations, each naming the victim's pod too
-    breakers = c.custom.list_namespaced_custom_object(GROUP, VERSION, c.other, "breakers")
+    breakers = as_dict(c.custom.list_namespaced_custom_object(GROUP, VERSION, c.other, "breakers"))
     assert [b["metadata"]["name"] for b in breakers["items"]] == ["victim-guard"]
     assert all(b["spec"]["policyRef"].get("namespace") == c.other for b in breakers["items"]), (
         "a policy of another namespace made a Breaker here"
@@ -62,7 +63,7 @@ def test_a_namespaced_policy_acts_on_its_own_namespace_only(cluster: Cluster) ->
     assert not c.get("trainingjobs", "victim", c.other)["spec"].get("suspend")
     assert not (victim.metadata.labels or {}).get("breaker.dev/quarantined")
     refreshed = c.core.read_namespaced_pod(victim.metadata.name, c.other)
-    assert "breaker.dev/quarantined" not in (refreshed.metadata.labels or {})
+    assert "breaker.dev/quarantined" not in (meta_of(refreshed).labels or {})
     assert not c.net.list_namespaced_network_policy(
         c.other, label_selector="breaker.dev/breaker"
     ).items
@@ -80,7 +81,7 @@ def test_the_webhook_secret_is_read_from_the_policys_namespace_only(cluster: Clu
     for namespace in (c.other, RELEASE_NAMESPACE):
         c.core.create_namespaced_secret(
             namespace,
-            {"metadata": {"name": "hook-token"}, "stringData": {"token": "not-yours"}},
+            as_body({"metadata": {"name": "hook-token"}, "stringData": {"token": "not-yours"}}),
         )
     try:
         c.create("trainingjobs", trainingjob("mine", 1, 8))
@@ -112,6 +113,7 @@ def test_the_webhook_secret_is_read_from_the_policys_namespace_only(cluster: Clu
         # Read from the policy's namespace, where there is none (or refused there): never
         # from the other tenant's or the operator's, where one of that name exists.
         message = failed[0].message
+        assert message is not None
         assert f"{c.ns}/hook-token" in message, message
         assert c.other not in message
         assert RELEASE_NAMESPACE not in message.split("serviceaccount")[0]

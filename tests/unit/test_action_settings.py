@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from kubernetes import client
+
 from breaker.actions import executor
 from breaker.actions.egress import DNS_NAMESPACE, DNS_PODS
 from breaker.actions.settings import ActionSettings
@@ -24,7 +26,7 @@ def compiled(actions: list[dict[str, Any]]) -> ActionSettings:
 
 def quarantine(settings: ActionSettings) -> dict[str, Any]:
     scene = executor.Scene(
-        api=None,
+        api=client.ApiClient(),  # unconfigured: a dry run does not call the API
         breaker="rl-guard",
         namespace="team-a",
         workload=None,

@@ -100,7 +100,7 @@ class HeartbeatingNodes:
 
 
 def scene_with(core: HeartbeatingNodes, monkeypatch: pytest.MonkeyPatch) -> executor.Scene:
-    monkeypatch.setattr(executor.client, "CoreV1Api", lambda _: core)
+    monkeypatch.setattr(client, "CoreV1Api", lambda _: core)  # the module executor calls
     return executor.Scene(client.ApiClient(), "rl-guard", "team-a", None, [], [], [], [])
 
 

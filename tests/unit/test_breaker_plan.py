@@ -4,6 +4,7 @@ owner chains, and the deny rules for clusters with an API above NetworkPolicies.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from breaker.actions.admin_policy import admin_network_policy, anp_name, cilium_policy
 from breaker.api.policy import BreakerPolicySpec
@@ -27,7 +28,10 @@ def test_each_selected_workload_gets_one_breaker() -> None:
 def test_a_breaker_holding_containment_is_never_removed() -> None:
     contained = {"spec": {}, "status": {"contained": True}}
     idle = {"spec": {}, "status": {"state": "Closed"}}
-    existing = {("team-a", "held"): contained, ("team-a", "idle"): idle}
+    existing: dict[tuple[str, str], dict[str, Any]] = {
+        ("team-a", "held"): contained,
+        ("team-a", "idle"): idle,
+    }
     assert plan.plan_breakers([], [], {}, existing, NOW).delete == (("team-a", "idle"),)
 
 

@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from breaker.actions import connections, executor
 from breaker.actions.notify import payload
 from breaker.api import containment
 from breaker.api.policy import RevokeEgressAction
+from breaker.circuit.ownership import OwnerRef
 from breaker.controllers.breakers import _intend
-from breaker.controllers.inventory import OwnerRef, PodView, WorkloadView
+from breaker.controllers.inventory import PodView, WorkloadView
 from breaker.demo import DemoError, timeline_lines
 from breaker.plugin import explain, reset_done, tripped
 
@@ -66,7 +68,7 @@ def scene() -> executor.Scene:
         "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]},
     }
     return executor.Scene(
-        api=None,
+        api=client.ApiClient(),  # unconfigured: a dry run does not call the API
         breaker="rl-agent-demo",
         namespace="rome-lab",
         workload=workload,
