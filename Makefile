@@ -39,7 +39,7 @@ cluster-status: deps ## what runs, and the GPU nodes
 cluster-build: deps ## only build the Go binaries into the cache
 	$(BIN)/breaker cluster build
 
-lint: deps ## ruff, mypy --strict, the layer contracts (import-linter) and the strict docs build
+lint: $(VENV)/.installed ## ruff, mypy --strict, the layer contracts and the strict docs build (only the venv: no Go, no Debian packages)
 	$(BIN)/ruff check $(PY_SOURCES)
 	$(BIN)/ruff format --check $(PY_SOURCES)
 	$(BIN)/mypy
@@ -53,7 +53,8 @@ docs: $(VENV)/.installed ## build the documentation site into site/ (MkDocs, str
 unit: deps ## the tests that need no cluster
 	$(BIN)/pytest tests/unit
 
-test: lint ## lint, then every test against the real local cluster and Prometheus
+# lint first, so a CI run fails fast before any Go or apt work (.ci/run is `make test`).
+test: lint deps ## lint, then every test against the real local cluster and Prometheus
 	$(BIN)/pytest
 
 demo: deps ## the ROME incident on the local cluster: detected, contained, reset (KEEP=1 leaves it running)

@@ -37,7 +37,8 @@ from typing import Any
 from breaker.constants import GROUP, VERSION
 
 RESULTS = Path(__file__).parent / "results"
-
+# The API client serialises a dict body as it does its model classes, but annotates a body
+# as the model: the `type: ignore[arg-type]` on the create calls below say only that.
 NAMESPACE = "cut-bench"
 TICK = 0.1
 
@@ -116,12 +117,12 @@ class Bench:
                     "template": template,
                 },
             }
-            self.apps.create_namespaced_deployment(NAMESPACE, body)
+            self.apps.create_namespaced_deployment(NAMESPACE, body)  # type: ignore[arg-type]
             kind = "Deployment"
         else:
             template["spec"]["restartPolicy"] = "Never"
             body = {"metadata": {"name": name}, "spec": {"backoffLimit": 0, "template": template}}
-            self.batch.create_namespaced_job(NAMESPACE, body)
+            self.batch.create_namespaced_job(NAMESPACE, body)  # type: ignore[arg-type]
             kind, actions = "Job", [*actions, {"type": "pause"}]
         policy = {
             "apiVersion": f"{GROUP}/{VERSION}",
@@ -148,8 +149,10 @@ class Bench:
             ready = [
                 p.status.pod_ip
                 for p in pods
-                if p.status.phase == "Running"
+                if p.status is not None
+                and p.status.phase == "Running"
                 and p.status.pod_ip
+                and p.metadata is not None
                 and p.metadata.deletion_timestamp is None
             ]
             return ready[0] if ready else None
@@ -162,13 +165,14 @@ class Bench:
         from kubernetes import client
 
         try:
-            found: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            found = self.custom.get_namespaced_custom_object(
                 GROUP, VERSION, NAMESPACE, "breakers", name
             )
         except client.ApiException as error:
             if error.status == 404:
                 return {}
             raise
+        assert isinstance(found, dict), found  # annotated `object`: a JSON object
         return found
 
     def trip_once(self, mode: str, app: str, breaker: str) -> dict[str, float]:

@@ -56,7 +56,8 @@ from breaker.api import containment
 from breaker.constants import GROUP, VERSION
 
 RESULTS = Path(__file__).parent / "results"
-
+# The API client serialises a dict body as it does its model classes, but annotates a body
+# as the model: the `type: ignore[arg-type]` on the create calls below say only that.
 FLEET = [f"fleet-{i}" for i in range(10)]
 WAITING, FILLER = "waiting", "filler"
 
@@ -109,6 +110,31 @@ def free_port() -> int:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def json_object(found: object) -> dict[str, Any]:
+    """What the CustomObjectsApi returns (annotated ``object``): a JSON object."""
+    assert isinstance(found, dict), found
+    return found
+
+
+def pod_name(obj: Any) -> str:
+    """The name of an object the API server returned (its models make every field optional)."""
+    name: str | None = obj.metadata.name
+    assert name is not None, obj
+    return name
+
+
+def trainingjob_of(pod: Any) -> str:
+    """The TrainingJob a pod runs for, by its label."""
+    job: str = pod.metadata.labels["breaker.dev/trainingjob"]
+    return job
+
+
+def answers(port: int) -> bool:
+    """True once something listens on the loopback port (else the connect raises)."""
+    socket.create_connection(("127.0.0.1", port), 1).close()
+    return True
 
 
 def wait(probe: Callable[[], T | None], what: str, timeout: float, every: float = 2.0) -> T:
@@ -197,7 +223,9 @@ class Bench:
         self.kubectl("wait", "--for=condition=Established", "crd", "--all")
         for namespace in (*FLEET, *self.agents, WAITING, FILLER):
             labels = {"bench": "guarded"} if namespace in (*FLEET, *self.agents) else {}
-            self.core.create_namespace({"metadata": {"name": namespace, "labels": labels}})
+            self.core.create_namespace(
+                {"metadata": {"name": namespace, "labels": labels}}  # type: ignore[arg-type]
+            )
         namespace, account = ACCOUNT
         wait(lambda: self.core.read_namespaced_service_account("default", FILLER), "SAs", 120)
         self.kubectl("create", "serviceaccount", account, "-n", namespace)
@@ -218,7 +246,7 @@ class Bench:
             context["context"]["user"] = account
         self.operator_kubeconfig = self.work / "operator-kubeconfig"
         self.operator_kubeconfig.write_text(yaml.safe_dump(config))
-        self.apps.create_namespaced_deployment(FILLER, filler_deployment(0))
+        self.apps.create_namespaced_deployment(FILLER, filler_deployment(0))  # type: ignore[arg-type]
 
     def start(self) -> None:
         """The operator under test as the bench ServiceAccount; for the baseline, breaker
@@ -343,7 +371,8 @@ class Bench:
         nodes; the filler takes the GPUs left, so that nothing is free for queued jobs."""
         wanted = math.ceil((guarded_jobs + room) / GPUS_PER_NODE)
         while self.nodes < wanted:
-            self.core.create_node(self.gpu_nodes.manifest(f"gpu-node-{self.nodes}"))
+            node = self.gpu_nodes.manifest(f"gpu-node-{self.nodes}")
+            self.core.create_node(node)  # type: ignore[arg-type]
             self.nodes += 1
         filler = self.nodes * GPUS_PER_NODE - guarded_jobs - room
         self.apps.patch_namespaced_deployment_scale(
@@ -351,7 +380,8 @@ class Bench:
         )
         began = time.monotonic()
         while self.jobs < guarded_jobs:
-            self.batch.create_namespaced_job(FLEET[self.jobs % len(FLEET)], job(self.jobs))
+            namespace = FLEET[self.jobs % len(FLEET)]
+            self.batch.create_namespaced_job(namespace, job(self.jobs))  # type: ignore[arg-type]
             self.jobs += 1
         want = guarded_jobs + filler
         wait(
@@ -370,7 +400,7 @@ class Bench:
         pods = self.core.list_pod_for_all_namespaces(
             field_selector="status.phase=Running", resource_version="0"
         )
-        return sum(1 for p in pods.items if p.metadata.namespace in namespaces)
+        return sum(1 for p in pods.items if p.metadata and p.metadata.namespace in namespaces)
 
     def settle(self, guarded: int, tenant: str | None = None) -> None:
         """breaker: a Breaker with a status for every guarded workload (the fleet's, and
@@ -380,8 +410,10 @@ class Bench:
             counted = {*FLEET, tenant}
 
             def guarding() -> bool:
-                found = self.custom.list_cluster_custom_object(
-                    GROUP, VERSION, "breakers", resource_version="0"
+                found = json_object(
+                    self.custom.list_cluster_custom_object(
+                        GROUP, VERSION, "breakers", resource_version="0"
+                    )
                 )["items"]
                 ours = [b for b in found if b["metadata"]["namespace"] in counted]
                 return sum(1 for b in ours if b.get("status")) >= guarded
@@ -428,9 +460,9 @@ class Bench:
         pods = self.core.list_pod_for_all_namespaces(
             field_selector="status.phase=Running", resource_version="0"
         ).items
-        fleet = [p for p in pods if p.metadata.namespace in FLEET]
+        fleet = [p for p in pods if p.metadata and p.metadata.namespace in FLEET]
         attackers = sorted(
-            (p for p in pods if p.metadata.namespace == tenant), key=lambda p: p.metadata.name
+            (p for p in pods if p.metadata and p.metadata.namespace == tenant), key=pod_name
         )
         scenario = {
             "name": f"bench-{size}",
@@ -460,17 +492,14 @@ class Bench:
         sim = self.processes[-1]
         # The simulator's clock starts just before it serves: its port answering is when.
         wait(
-            lambda: socket.create_connection(("127.0.0.1", port), 1).close() or True,
+            lambda: answers(port),
             "sim",
             60,
             0.05,
         )
         started = time.time()
         onsets = {
-            p.metadata.labels["breaker.dev/trainingjob"]: (
-                p.metadata.name,
-                started + ATTACK_START + i * ATTACK_GAP,
-            )
+            trainingjob_of(p): (pod_name(p), started + ATTACK_START + i * ATTACK_GAP)
             for i, p in enumerate(attackers)
         }
         budget = ATTACK_START + self.attacks * ATTACK_GAP + 300
@@ -492,9 +521,9 @@ class Bench:
         self, tenant: str, onsets: dict[str, tuple[str, float]], budget: float
     ) -> dict[str, Any]:
         def done() -> list[dict[str, Any]] | None:
-            found = self.custom.list_namespaced_custom_object(GROUP, VERSION, tenant, "breakers")[
-                "items"
-            ]
+            found = json_object(
+                self.custom.list_namespaced_custom_object(GROUP, VERSION, tenant, "breakers")
+            )["items"]
             # Contained as the status records it once every action is done (the first
             # Open holds only the actions decided).
             finished = [
@@ -550,8 +579,8 @@ class Bench:
         self, tenant: str, onsets: dict[str, tuple[str, float]], budget: float
     ) -> dict[str, Any]:
         def done() -> list[dict[str, Any]] | None:
-            found = self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, tenant, "trainingjobs"
+            found = json_object(
+                self.custom.list_namespaced_custom_object(GROUP, VERSION, tenant, "trainingjobs")
             )["items"]
             marked = [t for t in found if CONTAINED in (t["metadata"].get("annotations") or {})]
             return marked if len(marked) >= self.attacks else None
@@ -559,8 +588,8 @@ class Bench:
         contained = wait(done, f"{self.attacks} jobs contained by the baseline", budget)
 
         def admitted() -> list[float] | None:
-            found = self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, WAITING, "trainingjobs"
+            found = json_object(
+                self.custom.list_namespaced_custom_object(GROUP, VERSION, WAITING, "trainingjobs")
             )["items"]
             stamps = [
                 stamp_seconds(t["status"]["admittedAt"])
@@ -599,7 +628,7 @@ class Bench:
         networking = self.client.NetworkingV1Api(self.api)
         for policy in networking.list_namespaced_network_policy(tenant).items:
             try:
-                networking.delete_namespaced_network_policy(policy.metadata.name, tenant)
+                networking.delete_namespaced_network_policy(pod_name(policy), tenant)
             except self.client.ApiException as error:
                 if error.status != 404:  # a TrainingJob's own, collected with it meanwhile
                     raise

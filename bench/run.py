@@ -61,7 +61,7 @@ PARTS = ("evaluation", "breaker", "baseline", "sharded", "cut")
 
 
 def run_parts(quick: bool, wanted: list[str]) -> None:
-    parts = [
+    parts: list[tuple[str, list[Path | str]]] = [
         ("evaluation", [HERE / "evaluation.py", *(QUICK["evaluation"] if quick else [])]),
         *(
             (

@@ -29,6 +29,7 @@ from breaker.localcluster import LocalCluster
 from breaker.localcluster.paths import repo_root
 from breaker.localcluster.realnode import NAME as REAL_NODE
 from tests.helpers import wait_for
+from tests.kube import as_body
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +67,9 @@ def namespace(request: pytest.FixtureRequest, core: client.CoreV1Api) -> Iterato
     """A fresh namespace for one test, ready for pods, deleted afterwards."""
     stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"t-{stem}-{uuid.uuid4().hex[:5]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {"breaker.dev/test": "true"}}})
+    core.create_namespace(
+        as_body({"metadata": {"name": name, "labels": {"breaker.dev/test": "true"}}})
+    )
     # Pods are refused until the ServiceAccount controller has made the default account.
     wait_for(
         lambda: core.read_namespaced_service_account("default", name),
@@ -400,16 +403,19 @@ def custom(api_client: Any) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(api_client)
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Figures of the runs that happened: detection latencies, faults, takeovers, escapes."""
+    _report_containment(terminalreporter)
+    _report_faults(terminalreporter)
+    _report_latencies(terminalreporter)
+
+
+def _report_containment(terminalreporter: pytest.TerminalReporter) -> None:
+    """Cuts on the real node, the demo, crash runs and the generated specs."""
     from tests.cluster.test_bad_input import OUTCOMES
     from tests.cluster.test_crash_consistency import CRASHES
     from tests.cluster.test_demo import DEMO_RUNS
-    from tests.cluster.test_faults import FAULTS
-    from tests.cluster.test_high_availability import TAKEOVERS
-    from tests.cluster.test_hostile_tenant import ATTEMPTS
     from tests.cluster.test_live_tunnel import CUTS
-    from tests.detect.test_corpus import LATENCIES
 
     if CUTS:
         terminalreporter.section("open connections cut on the real node (node agent)")
@@ -435,6 +441,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(
                 f"{plural}: {accepted} accepted and handled, {refused} refused naming the field"
             )
+
+
+def _report_faults(terminalreporter: pytest.TerminalReporter) -> None:
+    """Faults outside the operator, takeovers, and a tripped tenant's attempts to get out."""
+    from tests.cluster.test_faults import FAULTS
+    from tests.cluster.test_high_availability import TAKEOVERS
+    from tests.cluster.test_hostile_tenant import ATTEMPTS
+
     if FAULTS:
         terminalreporter.section("faults outside the operator")
         for fault, said in FAULTS:
@@ -446,9 +460,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
     if ATTEMPTS:
         terminalreporter.section("a tripped tenant's attempts to get out")
-        for what, outcome, took in ATTEMPTS:
-            after = f" in {took:.3f}s" if took is not None else ""
+        for what, outcome, seconds in ATTEMPTS:
+            after = f" in {seconds:.3f}s" if seconds is not None else ""
             terminalreporter.write_line(f"{what}: {outcome}{after}")
+
+
+def _report_latencies(terminalreporter: pytest.TerminalReporter) -> None:
+    """The corpus's detection latencies, as a table."""
+    from tests.detect.test_corpus import LATENCIES
+
     if not LATENCIES:
         return
     rows = [("scenario", "pod", "rule", "latency", "budget"), *sorted(LATENCIES)]

@@ -16,12 +16,14 @@ from typing import Any
 
 from kubernetes import client
 
+from breaker import kube
 from breaker.actions.egress import Destination, effective_egress
 from breaker.api import containment
 from breaker.constants import GROUP, VERSION
 from breaker.localcluster import LocalCluster
 from tests.conftest import free_port, service_account_kubeconfig
 from tests.helpers import wait_for
+from tests.kube import as_body, as_dict, meta_of, spec_of
 
 OUTSIDE_POOL = Destination(port=3333, ip="203.0.113.7")
 OUTSIDE_SSH = Destination(port=22, ip="198.51.100.4")
@@ -123,16 +125,18 @@ class Cluster:
         )
 
     def get(self, plural: str, name: str, namespace: str | None = None) -> dict[str, Any]:
-        found: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, namespace or self.ns, plural, name
+        return as_dict(
+            self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace or self.ns, plural, name
+            )
         )
-        return found
 
     def patch(self, plural: str, name: str, body: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, plural, name, body)
 
     def state(self, tj: str, namespace: str | None = None) -> str | None:
-        return self.get("trainingjobs", tj, namespace).get("status", {}).get("state")
+        state: str | None = self.get("trainingjobs", tj, namespace).get("status", {}).get("state")
+        return state
 
     def breaker(self, name: str, namespace: str | None = None) -> dict[str, Any]:
         """The Breaker, or {} while the operator has not made it yet."""
@@ -153,11 +157,11 @@ class Cluster:
         pods = self.core.list_namespaced_pod(
             namespace or self.ns, label_selector=f"breaker.dev/trainingjob={tj}"
         )
-        return [p for p in pods.items if p.metadata.deletion_timestamp is None]
+        return [p for p in pods.items if meta_of(p).deletion_timestamp is None]
 
     def netpols(self) -> list[dict[str, Any]]:
         listed = self.net.list_namespaced_network_policy(self.ns)
-        return [client.ApiClient().sanitize_for_serialization(p) for p in listed.items]
+        return [kube.to_dict(client.ApiClient(), p) for p in listed.items]
 
     def egress_of(self, pod: Any) -> Any:
         return effective_egress(pod.metadata.labels or {}, self.netpols())
@@ -214,12 +218,14 @@ class Cluster:
 
     def specs(self) -> dict[str, Any]:
         """Every spec a breaker may change in this namespace, to compare after a reset."""
-        tjs = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, "trainingjobs")
+        tjs = as_dict(
+            self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, "trainingjobs")
+        )
         quotas = self.core.list_namespaced_resource_quota(self.ns)
         return {
             "trainingjobs": {t["metadata"]["name"]: t["spec"] for t in tjs["items"]},
             "networkpolicies": {p["metadata"]["name"]: p["spec"] for p in self.netpols()},
-            "quotas": {q.metadata.name: q.spec.to_dict() for q in quotas.items},
+            "quotas": {meta_of(q).name: spec_of(q).to_dict() for q in quotas.items},
         }
 
 
@@ -231,7 +237,7 @@ def full_cluster(c: Cluster) -> list[Any]:
     c.running("filler", 2)
     c.create("trainingjobs", trainingjob("waiting", 2, 8, priority=5), c.other)
     wait_for(lambda: c.state("waiting", c.other) == "Queued", "waiting to queue")
-    c.net.create_namespaced_network_policy(c.ns, ALLOW_ALL)
+    c.net.create_namespaced_network_policy(c.ns, as_body(ALLOW_ALL))
     assert c.egress_of(pods[0]).allows(OUTSIDE_POOL, c.ns)  # before: wide open
     return pods
 
@@ -255,10 +261,11 @@ def contained(c: Cluster, pods: list[Any]) -> dict[str, Any]:
         "the breaker to trip",
         timeout=150,  # outbound-ssh's persistence is counted in whole minutes
     )
-    status = breaker["status"]
+    status: dict[str, Any] = breaker["status"]
     found = containment.read(status)  # the operator's status, held to the contract
     assert (found.reason, found.contained) == (containment.CONTAINED, True), found.message
-    assert found.seconds is not None and found.seconds > 0
+    assert found.seconds is not None
+    assert found.seconds > 0
     assert [a.type for a in found.actions] == ["revokeEgress", "pause", "reassignGPUs"]
     assert all(a.stage == "done" for a in found.actions), status["actions"]
     assert status["evidence"][-1]["signals"], "the evidence names what fired"
@@ -285,9 +292,10 @@ def contained(c: Cluster, pods: list[Any]) -> dict[str, Any]:
     assert handoff.to == (f"{c.other}/waiting",)
     assert sum(f.gpus for f in handoff.freed) == 16
     paused = found.of("pause")
-    assert paused is not None and paused.detail == containment.Paused("TrainingJob", "rl")
+    assert paused is not None
+    assert paused.detail == containment.Paused("TrainingJob", "rl")
     quota = c.core.read_namespaced_resource_quota("breaker-gpu-clamp", c.ns)
-    assert quota.spec.hard["requests.nvidia.com/gpu"] == "16"  # filler's, and no more
+    assert (spec_of(quota).hard or {})["requests.nvidia.com/gpu"] == "16"  # filler's, no more
     return status
 
 
@@ -311,7 +319,9 @@ def kubectl_breaker(
 
 def person(cluster: Cluster, name: str, role: str) -> Path:
     """A ServiceAccount bound to ``role`` in the test namespace, as a kubeconfig."""
-    cluster.core.create_namespaced_service_account(cluster.ns, {"metadata": {"name": name}})
+    cluster.core.create_namespaced_service_account(
+        cluster.ns, as_body({"metadata": {"name": name}})
+    )
     binding = f"create rolebinding {name} --clusterrole={role} --serviceaccount={cluster.ns}:{name}"
     subprocess.run(
         ["kubectl", "-n", cluster.ns, *binding.split()],

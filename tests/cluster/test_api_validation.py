@@ -13,8 +13,7 @@ from kubernetes import client
 
 from breaker.constants import GROUP, VERSION
 from breaker.localcluster import LocalCluster
-
-pytestmark = pytest.mark.cluster
+from tests.kube import as_dict
 
 
 def trainingjob(name: str = "tj") -> dict[str, Any]:
@@ -236,7 +235,7 @@ def test_the_api_server_refuses_it_naming_the_field(
     with pytest.raises(client.ApiException) as refused:
         create(custom, namespace, obj)
     assert refused.value.status == 422, refused.value.body
-    message = json.loads(refused.value.body)["message"]
+    message = json.loads(refused.value.body or "")["message"]
     for fragment in expected:
         assert fragment in message, f"{case}: {fragment!r} not in {message!r}"
 
@@ -246,7 +245,9 @@ def test_the_unedited_objects_are_accepted(
 ) -> None:
     for obj in (trainingjob(), policy(), breaker()):
         create(custom, namespace, obj)
-    stored = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "breakerpolicies", "p")
+    stored = as_dict(
+        custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "breakerpolicies", "p")
+    )
     # The API server filled in the documented defaults.
     assert stored["spec"]["mode"] == "DryRun"
     assert [a["type"] for a in stored["spec"]["actions"]] == [
@@ -266,7 +267,7 @@ def test_a_trainingjob_cannot_change_shape_after_creation(
         custom.patch_namespaced_custom_object(
             GROUP, VERSION, namespace, "trainingjobs", "tj", {"spec": {"replicas": 2}}
         )
-    message = json.loads(refused.value.body)["message"]
+    message = json.loads(refused.value.body or "")["message"]
     assert "spec.replicas" in message
     assert "replicas cannot change once the job exists; create a new TrainingJob" in message
     # What may change, does: priority, suspend, egress.

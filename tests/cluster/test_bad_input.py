@@ -10,8 +10,10 @@ acting while it all goes on.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -19,12 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes import client
 
+from breaker.constants import GROUP, VERSION
 from breaker.detect.catalog import PRESETS
-from tests.cluster.scenes import GROUP, VERSION, Cluster, policy, trainingjob
+from tests.cluster.scenes import Cluster, policy, trainingjob
 from tests.conftest import Operator
 from tests.helpers import wait_for
-
-pytestmark = pytest.mark.cluster
 
 # (kind, accepted, refused): printed after the run.
 OUTCOMES: dict[str, list[int]] = {}
@@ -83,9 +84,33 @@ ANY_SIGNAL = st.fixed_dictionaries(
         "for": DURATIONS,
     },
 )
+
+
+def _named(signal: Mapping[str, object]) -> str:
+    """A signal's name (every generated name is a string), to keep the names unique."""
+    return str(signal["name"])
+
+
+def _typed(action: Mapping[str, object]) -> str:
+    """An action's type (a generated string), to keep the types unique."""
+    return str(action["type"])
+
+
 SIGNAL = st.one_of(PRESET_SIGNAL, PRESET_SIGNAL, QUERY_SIGNAL, QUERY_SIGNAL, ANY_SIGNAL)
+SIGNALS = st.lists(SIGNAL, min_size=1, max_size=2, unique_by=_named)
+ACTIONS = st.lists(
+    st.fixed_dictionaries(
+        {
+            "type": st.sampled_from(
+                ["revokeEgress", "pause", "reassignGPUs", "captureEvidence", "explode"]
+            )
+        }
+    ),
+    max_size=3,
+    unique_by=_typed,
+)
 POLICY_SPEC = st.fixed_dictionaries(
-    {"signals": st.lists(SIGNAL, min_size=1, max_size=2, unique_by=lambda s: s["name"])},
+    {"signals": SIGNALS},
     optional={
         "mode": st.sampled_from(["Enforce", "DryRun", "DryRun", "Off"]),
         "prometheus": st.fixed_dictionaries(
@@ -98,17 +123,7 @@ POLICY_SPEC = st.fixed_dictionaries(
                 ),
             },
         ),
-        "actions": st.lists(
-            st.fixed_dictionaries(
-                {
-                    "type": st.sampled_from(
-                        ["revokeEgress", "pause", "reassignGPUs", "captureEvidence", "explode"]
-                    )
-                }
-            ),
-            max_size=3,
-            unique_by=lambda a: a["type"],
-        ),
+        "actions": ACTIONS,
         "recovery": st.fixed_dictionaries(
             {},
             optional={
@@ -188,12 +203,26 @@ def submit(c: Cluster, plural: str, body: dict[str, Any]) -> bool:
     try:
         c.create(plural, body)
     except client.ApiException as error:
-        assert error.status in (400, 422), f"{error.status}: {error.body}"
-        assert FIELD.search(error.body or ""), f"the refusal names no field: {error.body}"
-        outcome[1] += 1
-        return False
-    outcome[0] += 1
-    return True
+        refusal = error
+    else:
+        outcome[0] += 1
+        return True
+    assert refusal.status in (400, 422), f"{refusal.status}: {refusal.body}"
+    assert FIELD.search(refusal.body or ""), f"the refusal names no field: {refusal.body}"
+    outcome[1] += 1
+    return False
+
+
+def ready_condition(c: Cluster, name: str) -> dict[str, Any] | None:
+    """The policy's Ready condition, once the operator has written one."""
+    conditions = (c.get("breakerpolicies", name).get("status") or {}).get("conditions") or []
+    return next((x for x in conditions if x["type"] == "Ready"), None)
+
+
+def job_state(c: Cluster, name: str) -> str | None:
+    """The job's state, once the operator has written one."""
+    state: str | None = (c.get("trainingjobs", name).get("status") or {}).get("state")
+    return state
 
 
 def canary_acts(c: Cluster, token: str) -> None:
@@ -252,15 +281,7 @@ def test_generated_policies_are_refused_naming_the_field_or_handled(
     canary_acts(c, "after-policies")
     for name in accepted:
         ready = wait_for(
-            lambda n=name: next(
-                (
-                    x
-                    for x in (c.get("breakerpolicies", n).get("status") or {}).get("conditions")
-                    or []
-                    if x["type"] == "Ready"
-                ),
-                None,
-            ),
+            functools.partial(ready_condition, c, name),
             f"policy {name} handled (its Ready condition)",
         )
         assert ready["reason"] in ("Valid", "InvalidPolicy"), ready
@@ -289,7 +310,7 @@ def test_generated_jobs_are_refused_naming_the_field_or_handled(
     canary_acts(c, "after-jobs")
     for name in accepted:
         wait_for(
-            lambda n=name: (c.get("trainingjobs", n).get("status") or {}).get("state"),
+            functools.partial(job_state, c, name),
             f"job {name} handled (a state in its status)",
         )
     assert not operator_process.dead()

@@ -10,6 +10,7 @@ changed back as it was.
 
 from __future__ import annotations
 
+import functools
 import http.server
 import json
 import re
@@ -26,10 +27,9 @@ import pytest
 from kubernetes import client
 
 from breaker.api import containment
+from breaker.constants import GROUP, VERSION
 from tests.cluster.scenes import (
     ATTACKS,
-    GROUP,
-    VERSION,
     Cluster,
     contained,
     full_cluster,
@@ -40,8 +40,7 @@ from tests.cluster.scenes import (
 )
 from tests.conftest import OPERATOR_METRICS, free_port
 from tests.helpers import wait_for
-
-pytestmark = pytest.mark.cluster
+from tests.kube import as_body, as_dict, meta_of, spec_of, status_of
 
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
@@ -66,7 +65,8 @@ def test_an_attack_is_contained(cluster: Cluster, attack: str) -> None:
         and f'namespace="{cluster.ns}"' in line
         and 'breaker="rl-guard"' in line
     ]
-    assert len(ours) == 1 and ours[0].endswith(" 1.0"), ours
+    assert len(ours) == 1, ours
+    assert ours[0].endswith(" 1.0"), ours
     assert f'state="{status["state"]}"' in ours[0]
 
 
@@ -92,7 +92,9 @@ def test_a_reset_restores_every_changed_spec(cluster: Cluster) -> None:
     )
     status = cluster.breaker("rl-guard").get("status", {})
     # The count starts afresh (maxTrips counts from the reset); the evidence stays.
-    assert not status.get("actions") and status["trips"] == 0 and status["evidence"]
+    assert not status.get("actions")
+    assert status["trips"] == 0
+    assert status["evidence"]
     assert [h["to"] for h in status["history"]][-2:] == ["Open", "Closed"]
 
 
@@ -110,7 +112,8 @@ def test_benign_training_is_never_contained(cluster: Cluster) -> None:
         wait_for(lambda: cluster.breaker("rl-guard").get("status"), "the breaker", timeout=30)
         time.sleep(15)  # fifteen evaluations
     status = cluster.breaker("rl-guard").get("status", {})
-    assert status["state"] == "Closed" and not status.get("actions")
+    assert status["state"] == "Closed"
+    assert not status.get("actions")
     assert cluster.state("rl") == "Running"
     # kubectl finds the plugin on PATH and shows the open policy.
     env = cluster.local.env()
@@ -131,7 +134,8 @@ def test_benign_training_is_never_contained(cluster: Cluster) -> None:
         text=True,
         check=True,
     ).stdout
-    assert "allow-all-egress" in shown and "203.0.113.7:3333: ALLOWED" in shown
+    assert "allow-all-egress" in shown
+    assert "203.0.113.7:3333: ALLOWED" in shown
 
 
 def test_dry_run_records_and_changes_nothing(cluster: Cluster) -> None:
@@ -141,9 +145,10 @@ def test_dry_run_records_and_changes_nothing(cluster: Cluster) -> None:
     with cluster.sim(pods, ATTACKS["mining-mid-run"]):
         breaker = wait_for(
             lambda: (
-                containment.read((b := cluster.breaker("rl-guard")).get("status")).reason
+                b
+                if containment.read((b := cluster.breaker("rl-guard")).get("status")).reason
                 == containment.DRY_RUN
-                and b
+                else None
             ),
             "the dry-run trip",
             timeout=90,
@@ -152,7 +157,8 @@ def test_dry_run_records_and_changes_nothing(cluster: Cluster) -> None:
     assert breaker["status"]["dryRun"] is True
     assert all(a.get("dryRun") for a in breaker["status"]["actions"])
     assert cluster.specs() == before
-    assert cluster.state("rl") == "Running" and cluster.state("waiting", cluster.other) == "Queued"
+    assert cluster.state("rl") == "Running"
+    assert cluster.state("waiting", cluster.other) == "Queued"
 
 
 def test_unreachable_prometheus_holds_and_reports_unknown(cluster: Cluster) -> None:
@@ -166,9 +172,11 @@ def test_unreachable_prometheus_holds_and_reports_unknown(cluster: Cluster) -> N
         "signals Unknown",
         timeout=30,
     )
-    assert breaker["status"]["state"] == "Closed" and not breaker["status"].get("actions")
+    assert breaker["status"]["state"] == "Closed"
+    assert not breaker["status"].get("actions")
     signals = next(c for c in breaker["status"]["conditions"] if c["type"] == "SignalsAvailable")
-    assert signals["status"] == "Unknown" and signals["reason"] == "PrometheusUnreachable"
+    assert signals["status"] == "Unknown"
+    assert signals["reason"] == "PrometheusUnreachable"
     wait_for(
         lambda: cluster.get("breakerpolicies", "guard").get("status", {}).get("unknown") == 1,
         "the policy to count the breaker Unknown",
@@ -199,15 +207,17 @@ def test_half_open_retrips_on_relapse_and_closes_when_clean(cluster: Cluster) ->
     labels = {"app": "agent"}
     cluster.apps.create_namespaced_stateful_set(
         cluster.ns,
-        {
-            "metadata": {"name": "agent"},
-            "spec": {
-                "replicas": 2,
-                "serviceName": "agent",
-                "selector": {"matchLabels": labels},
-                "template": {"metadata": {"labels": labels}, "spec": gpu_pod_spec("Always")},
-            },
-        },
+        as_body(
+            {
+                "metadata": {"name": "agent"},
+                "spec": {
+                    "replicas": 2,
+                    "serviceName": "agent",
+                    "selector": {"matchLabels": labels},
+                    "template": {"metadata": {"labels": labels}, "spec": gpu_pod_spec("Always")},
+                },
+            }
+        ),
     )
     recovery = {"mode": "HalfOpen", "cooldown": "3s", "probation": "10s", "maxTrips": 5}
     cluster.create(
@@ -251,7 +261,7 @@ def running_pods(cluster: Cluster, count: int) -> list[Any] | None:
     pods = [
         p
         for p in listed.items
-        if p.status.phase == "Running" and p.metadata.deletion_timestamp is None
+        if status_of(p).phase == "Running" and meta_of(p).deletion_timestamp is None
     ]
     return pods if len(pods) == count else None
 
@@ -271,15 +281,23 @@ def test_foreign_workloads_are_paused_through_their_adapters(cluster: Cluster, k
     if kind == "Job":
         cluster.batch.create_namespaced_job(
             cluster.ns,
-            {"metadata": {"name": "agent"}, "spec": {"parallelism": 1, "template": template}},
+            as_body(
+                {"metadata": {"name": "agent"}, "spec": {"parallelism": 1, "template": template}}
+            ),
         )
     else:
         cluster.apps.create_namespaced_deployment(
             cluster.ns,
-            {
-                "metadata": {"name": "agent"},
-                "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": template},
-            },
+            as_body(
+                {
+                    "metadata": {"name": "agent"},
+                    "spec": {
+                        "replicas": 2,
+                        "selector": {"matchLabels": labels},
+                        "template": template,
+                    },
+                }
+            ),
         )
     cluster.create("breakerpolicies", policy(kinds=(kind,)))
 
@@ -293,9 +311,9 @@ def test_foreign_workloads_are_paused_through_their_adapters(cluster: Cluster, k
             timeout=90,
         )
     if kind == "Job":
-        assert cluster.batch.read_namespaced_job("agent", cluster.ns).spec.suspend is True
+        assert spec_of(cluster.batch.read_namespaced_job("agent", cluster.ns)).suspend is True
     else:
-        assert cluster.apps.read_namespaced_deployment("agent", cluster.ns).spec.replicas == 0
+        assert spec_of(cluster.apps.read_namespaced_deployment("agent", cluster.ns)).replicas == 0
     cluster.patch("breakers", "agent-guard", {"spec": {"reset": "now"}})
     wait_for(
         lambda: cluster.breaker("agent-guard").get("status", {})["state"] == "Closed",
@@ -303,9 +321,9 @@ def test_foreign_workloads_are_paused_through_their_adapters(cluster: Cluster, k
         timeout=30,
     )
     if kind == "Job":
-        assert not cluster.batch.read_namespaced_job("agent", cluster.ns).spec.suspend
+        assert not spec_of(cluster.batch.read_namespaced_job("agent", cluster.ns)).suspend
     else:
-        assert cluster.apps.read_namespaced_deployment("agent", cluster.ns).spec.replicas == 2
+        assert spec_of(cluster.apps.read_namespaced_deployment("agent", cluster.ns)).replicas == 2
 
 
 def stand_in_crd(group: str, version: str, kind: str, plural: str, scope: str) -> dict[str, Any]:
@@ -358,17 +376,16 @@ def test_deny_policies_are_added_where_the_cluster_serves_their_apis(
         ),
     ]
     for crd in crds:
-        extensions.create_custom_resource_definition(crd)
+        extensions.create_custom_resource_definition(as_body(crd))
+
+    def established(name: str) -> bool:
+        found = status_of(extensions.read_custom_resource_definition(name))
+        return any(c.type == "Established" and c.status == "True" for c in found.conditions or [])
+
     try:
         for crd in crds:
             wait_for(
-                lambda crd=crd: any(
-                    c.type == "Established" and c.status == "True"
-                    for c in extensions.read_custom_resource_definition(
-                        crd["metadata"]["name"]
-                    ).status.conditions
-                    or []
-                ),
+                functools.partial(established, crd["metadata"]["name"]),
                 f"{crd['metadata']['name']} established",
             )
         pods = full_cluster(cluster)
@@ -376,25 +393,31 @@ def test_deny_policies_are_added_where_the_cluster_serves_their_apis(
         with cluster.sim(pods, ATTACKS["mining-mid-run"]):
             status = contained(cluster, pods)
         revoked = status["actions"][0]["changed"]
-        anp = cluster.custom.get_cluster_custom_object(
-            "policy.networking.k8s.io",
-            "v1alpha1",
-            "adminnetworkpolicies",
-            revoked["adminNetworkPolicy"],
+        anp = as_dict(
+            cluster.custom.get_cluster_custom_object(
+                "policy.networking.k8s.io",
+                "v1alpha1",
+                "adminnetworkpolicies",
+                revoked["adminNetworkPolicy"],
+            )
         )
         assert anp["spec"]["egress"][-1]["action"] == "Deny"
         assert anp["spec"]["subject"]["pods"]["podSelector"] == {
             "matchLabels": {"breaker.dev/quarantined": "rl-guard"}
         }
-        cilium = cluster.custom.get_namespaced_custom_object(
-            "cilium.io", "v2", cluster.ns, "ciliumnetworkpolicies", revoked["ciliumPolicy"]
+        cilium = as_dict(
+            cluster.custom.get_namespaced_custom_object(
+                "cilium.io", "v2", cluster.ns, "ciliumnetworkpolicies", revoked["ciliumPolicy"]
+            )
         )
         assert cilium["spec"]["egressDeny"] == [{"toEntities": ["world"]}]
         cluster.patch("breakers", "rl-guard", {"spec": {"reset": "after-review"}})
         wait_for(
             lambda: (
-                not cluster.custom.list_cluster_custom_object(
-                    "policy.networking.k8s.io", "v1alpha1", "adminnetworkpolicies"
+                not as_dict(
+                    cluster.custom.list_cluster_custom_object(
+                        "policy.networking.k8s.io", "v1alpha1", "adminnetworkpolicies"
+                    )
                 )["items"]
             ),
             "the AdminNetworkPolicy removed on reset",
@@ -402,8 +425,10 @@ def test_deny_policies_are_added_where_the_cluster_serves_their_apis(
         # Undone one after the other: the Cilium policy may go a moment after.
         wait_for(
             lambda: (
-                not cluster.custom.list_namespaced_custom_object(
-                    "cilium.io", "v2", cluster.ns, "ciliumnetworkpolicies"
+                not as_dict(
+                    cluster.custom.list_namespaced_custom_object(
+                        "cilium.io", "v2", cluster.ns, "ciliumnetworkpolicies"
+                    )
                 )["items"]
             ),
             "the CiliumNetworkPolicy removed on reset",
@@ -438,7 +463,7 @@ def test_the_webhook_hears_of_the_trip_with_the_secrets_token(cluster: Cluster) 
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         cluster.core.create_namespaced_secret(
-            cluster.ns, {"metadata": {"name": "hook"}, "stringData": {"token": "s3cret"}}
+            cluster.ns, as_body({"metadata": {"name": "hook"}, "stringData": {"token": "s3cret"}})
         )
         cluster.create("trainingjobs", trainingjob("rl", 1, 8))
         pods = cluster.running("rl", 1)
@@ -547,7 +572,8 @@ def test_prometheus_lost_mid_run_holds_the_state_and_says_unknown(cluster: Clust
             )
     finally:
         proxy.stop()
-    assert status["state"] == "Closed" and not status.get("actions")
+    assert status["state"] == "Closed"
+    assert not status.get("actions")
     assert cluster.state("rl") == "Running"
     events = cluster.core.list_namespaced_event(cluster.ns).items
     assert not [e for e in events if e.reason == "BreakerTripped"]
@@ -572,9 +598,9 @@ def test_node_quarantine_cordons_and_taints_and_the_reset_undoes_only_that(
                 "the breaker to trip",
                 timeout=90,
             )
-        quarantined = core.read_node(node)
-        assert quarantined.spec.unschedulable is True
-        assert any(t.key == QUARANTINE_TAINT for t in quarantined.spec.taints or [])
+        quarantined = spec_of(core.read_node(node))
+        assert quarantined.unschedulable is True
+        assert any(t.key == QUARANTINE_TAINT for t in quarantined.taints or [])
         # The pod keeps running (no pause here) and its attack is still in the signal's
         # window, so a breaker reset under its policy trips again at once, on the same
         # samples. Deleting the policy first takes that out: a contained breaker whose
@@ -590,7 +616,7 @@ def test_node_quarantine_cordons_and_taints_and_the_reset_undoes_only_that(
         except AssertionError as error:
             history = (cluster.breaker(name).get("status") or {}).get("history")
             raise AssertionError(f"{error}; the breaker's history: {history}") from None
-        assert QUARANTINE_MARK not in (core.read_node(node).metadata.annotations or {})
+        assert QUARANTINE_MARK not in (meta_of(core.read_node(node)).annotations or {})
     finally:
         try:
             cluster.custom.delete_cluster_custom_object(
@@ -601,7 +627,7 @@ def test_node_quarantine_cordons_and_taints_and_the_reset_undoes_only_that(
                 raise
         # Never leave the node cordoned, tainted or marked for the tests after this one.
         found = core.read_node(node)
-        taints = [t for t in found.spec.taints or [] if t.key != QUARANTINE_TAINT]
+        taints = [t for t in spec_of(found).taints or [] if t.key != QUARANTINE_TAINT]
         core.patch_node(
             node,
             {
@@ -616,7 +642,7 @@ QUARANTINE_MARK = "breaker.dev/quarantine"
 
 
 def released(core: client.CoreV1Api, node: str) -> bool:
-    found = core.read_node(node).spec
+    found = spec_of(core.read_node(node))
     return not found.unschedulable and not any(
         t.key == QUARANTINE_TAINT for t in found.taints or []
     )
@@ -652,12 +678,16 @@ def test_kubectl_breaker_trips_explains_and_resets(cluster: Cluster) -> None:
     status = kubectl_breaker(cluster, "status", kubeconfig=viewer)
     assert status.returncode == 0, status.stderr
     (row,) = [line for line in status.stdout.splitlines() if line.startswith("rl-guard")]
-    assert "TrainingJob/rl" in row and "ForcedOpen" in row and "agent opened a tunnel" in row
+    assert "TrainingJob/rl" in row
+    assert "ForcedOpen" in row
+    assert "agent opened a tunnel" in row
 
     story = kubectl_breaker(cluster, "explain", "rl-guard", kubeconfig=viewer).stdout
     assert "Closed → ForcedOpen: forced open by an admin: agent opened a tunnel" in story
-    assert "revokeEgress applied" in story and "pause applied" in story
-    assert "  contained yes in " in story and "None" not in story
+    assert "revokeEgress applied" in story
+    assert "pause applied" in story
+    assert "  contained yes in " in story
+    assert "None" not in story
     assert f"kubectl breaker reset rl-guard -n {cluster.ns}" in story
 
     reset = kubectl_breaker(cluster, "reset", "rl")
@@ -667,4 +697,5 @@ def test_kubectl_breaker_trips_explains_and_resets(cluster: Cluster) -> None:
     assert "override" not in cluster.breaker("rl-guard")["spec"]
 
     missing = kubectl_breaker(cluster, "explain", "nothing-here")
-    assert missing.returncode == 1 and "not found" in missing.stderr
+    assert missing.returncode == 1
+    assert "not found" in missing.stderr

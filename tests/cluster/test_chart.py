@@ -27,8 +27,7 @@ from tests.conftest import (
     SERVICE_ACCOUNT,
     service_account_kubeconfig,
 )
-
-pytestmark = pytest.mark.cluster
+from tests.kube import as_body
 
 CHART = repo_root() / "helm" / "breaker"
 KUBE = ("--kube-version", "1.36.0")  # helm template assumes 1.20 unless told; the chart needs 1.30
@@ -183,7 +182,10 @@ def operator_api(
 
     path = tmp_path_factory.mktemp("sa") / "kubeconfig"
     service_account_kubeconfig(local_cluster, RELEASE_NAMESPACE, SERVICE_ACCOUNT, path)
-    return config.new_client_from_config(config_file=str(path))  # type: ignore[no-untyped-call]
+    api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(path)
+    )
+    return api
 
 
 def refused(call: Any, *args: Any, **kwargs: Any) -> bool:
@@ -197,7 +199,9 @@ def refused(call: Any, *args: Any, **kwargs: Any) -> bool:
 def test_the_operators_token_is_refused_what_it_does_not_need(
     operator_api: client.ApiClient, core: client.CoreV1Api, namespace: str
 ) -> None:
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "s"}, "stringData": {"k": "v"}})
+    core.create_namespaced_secret(
+        namespace, as_body({"metadata": {"name": "s"}, "stringData": {"k": "v"}})
+    )
     as_operator = client.CoreV1Api(operator_api)
     # Authenticated and allowed what it uses...
     assert as_operator.list_namespaced_pod(namespace).items is not None
@@ -316,7 +320,8 @@ def test_the_service_monitor_scrapes_the_metrics_port(local_cluster: LocalCluste
         "metrics.service.enabled=false",
         check=False,
     )
-    assert done.returncode != 0 and "metrics.service.enabled" in done.stderr
+    assert done.returncode != 0
+    assert "metrics.service.enabled" in done.stderr
 
 
 def test_the_operator_accepts_the_arguments_the_chart_and_image_give_it(

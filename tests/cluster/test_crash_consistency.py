@@ -20,6 +20,7 @@ What "exactly once" means here, checked after every run:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -29,11 +30,10 @@ from typing import Any
 import pytest
 
 from breaker.actions.egress import effective_egress
+from breaker.constants import GROUP, VERSION
 from breaker.failpoints import VARIABLE
 from tests.cluster.scenes import (
-    GROUP,
     OUTSIDE_POOL,
-    VERSION,
     Cluster,
     full_cluster,
     policy,
@@ -41,8 +41,7 @@ from tests.cluster.scenes import (
 )
 from tests.conftest import Operator
 from tests.helpers import wait_for
-
-pytestmark = pytest.mark.cluster
+from tests.kube import as_body, meta_of, name_of, spec_of
 
 SEED = int(os.environ.get("BREAKER_CRASH_SEED", "20261130"))
 # Where the operator may die, in the order it passes them.
@@ -147,9 +146,10 @@ class Scene:
     def check_handoff(self, status: dict[str, Any]) -> None:
         c = self.c
         quota = c.core.read_namespaced_resource_quota("breaker-gpu-clamp", c.ns)
-        assert quota.spec.hard["requests.nvidia.com/gpu"] == "16"
-        mark = json.loads(quota.metadata.annotations["breaker.dev/gpu-clamp"])
-        assert mark["holders"] == [self.breaker] and mark["created"] is True
+        assert (spec_of(quota).hard or {})["requests.nvidia.com/gpu"] == "16"
+        mark = json.loads((meta_of(quota).annotations or {})["breaker.dev/gpu-clamp"])
+        assert mark["holders"] == [self.breaker]
+        assert mark["created"] is True
         assert len(c.core.list_namespaced_resource_quota(c.ns).items) == 1
         handoff = next(a for a in status["actions"] if a["type"] == "reassignGPUs")["changed"]
         assert sum(f["gpus"] for f in handoff["freed"]) == 16
@@ -160,9 +160,10 @@ class Scene:
     def check_nodes(self) -> None:
         for name in self.nodes:
             node = self.c.core.read_node(name)
-            ours = [t for t in node.spec.taints or [] if t.key == "breaker.dev/quarantined"]
-            assert len(ours) == 1 and node.spec.unschedulable is True
-            mark = json.loads(node.metadata.annotations["breaker.dev/quarantine"])
+            ours = [t for t in spec_of(node).taints or [] if t.key == "breaker.dev/quarantined"]
+            assert len(ours) == 1
+            assert spec_of(node).unschedulable is True
+            mark = json.loads((meta_of(node).annotations or {})["breaker.dev/quarantine"])
             assert mark["holders"] == [f"{self.c.ns}/{self.breaker}"]
 
     def check_restored(self) -> None:
@@ -174,9 +175,9 @@ class Scene:
         assert not c.core.list_namespaced_pod(c.ns, label_selector="breaker.dev/quarantined").items
         for name in self.nodes:
             node = self.c.core.read_node(name)
-            assert not node.spec.unschedulable
-            assert not [t for t in node.spec.taints or [] if t.key == "breaker.dev/quarantined"]
-            assert "breaker.dev/quarantine" not in (node.metadata.annotations or {})
+            assert not spec_of(node).unschedulable
+            assert not [t for t in spec_of(node).taints or [] if t.key == "breaker.dev/quarantined"]
+            assert "breaker.dev/quarantine" not in (meta_of(node).annotations or {})
         status = self.status()
         assert not status.get("actions"), status
 
@@ -208,10 +209,12 @@ def scene(
         c.create("trainingjobs", trainingjob("rl", 2, 8))
         c.net.create_namespaced_network_policy(
             c.ns,
-            {
-                "metadata": {"name": "allow-all-egress"},
-                "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]},
-            },
+            as_body(
+                {
+                    "metadata": {"name": "allow-all-egress"},
+                    "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]},
+                }
+            ),
         )
         c.core.patch_namespace(c.ns, {"metadata": {"labels": {"crash-test": c.ns}}})
         body = policy(actions=("revokeEgress", "pause", "quarantineNode"))
@@ -235,14 +238,14 @@ def scene(
 def lift_quarantines(c: Cluster) -> None:
     """Whatever a failed run left on the shared nodes goes: the tests after need them."""
     for found in c.core.list_node().items:
-        taints = found.spec.taints or []
+        taints = spec_of(found).taints or []
         kept = [t for t in taints if t.key != "breaker.dev/quarantined"]
-        marked = "breaker.dev/quarantine" in (found.metadata.annotations or {})
-        if len(kept) == len(taints) and not marked and not found.spec.unschedulable:
+        marked = "breaker.dev/quarantine" in (meta_of(found).annotations or {})
+        if len(kept) == len(taints) and not marked and not spec_of(found).unschedulable:
             continue
         kept_taints = c.core.api_client.sanitize_for_serialization(kept) or None
         c.core.patch_node(
-            found.metadata.name,
+            name_of(found),
             {
                 "metadata": {"annotations": {"breaker.dev/quarantine": None}},
                 "spec": {"unschedulable": None, "taints": kept_taints},
@@ -279,7 +282,9 @@ def test_killed_anywhere_the_operator_converges_and_acts_exactly_once(scene: Sce
             scene.check_contained()
             scene.reset(token)
         wait_for(
-            lambda t=token: scene.settled_closed(t), f"{where}: closed after the reset", timeout=60
+            functools.partial(scene.settled_closed, token),
+            f"{where}: closed after the reset",
+            timeout=60,
         )
         scene.check_restored()
         CRASHES.append((setting, run, phase, point, "converged"))

@@ -15,10 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.cluster
-
 DEMO_RUNS: list[tuple[float, str]] = []  # (seconds, the timeline), for the run's summary
 # Its own ports: far enough from the session cluster's to never meet them.
 PORT_SHIFT = 2000

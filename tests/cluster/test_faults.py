@@ -8,13 +8,13 @@ own stop would stop every other test's too); the API server is the real one, res
 
 from __future__ import annotations
 
+import functools
 import http.server
 import threading
 import time
 import urllib.request
 from typing import Any
 
-import pytest
 from kubernetes import client
 
 from tests.cluster.scenes import Cluster, policy, trainingjob
@@ -27,8 +27,7 @@ from tests.conftest import (
     free_port,
 )
 from tests.helpers import wait_for
-
-pytestmark = pytest.mark.cluster
+from tests.kube import as_body, spec_of
 
 # (fault, what the breaker said): printed after the run.
 FAULTS: list[tuple[str, str]] = []
@@ -95,8 +94,15 @@ class FaultyPrometheus:
 
 def signals(c: Cluster, name: str = "rl-guard") -> tuple[str | None, str | None, str]:
     status = c.breaker(name).get("status") or {}
-    found = next((x for x in status.get("conditions") or [] if x["type"] == "SignalsAvailable"), {})
+    conditions = status.get("conditions") or []
+    found: dict[str, Any] = next((x for x in conditions if x["type"] == "SignalsAvailable"), {})
     return status.get("signals"), found.get("reason"), found.get("message", "")
+
+
+def signals_with_reason(c: Cluster, reason: str) -> tuple[str | None, str | None, str] | None:
+    """What ``signals`` says, once its reason is ``reason``."""
+    said = signals(c)
+    return said if said[1] == reason else None
 
 
 def test_prometheus_down_slow_or_garbled_holds_says_why_and_recovers(cluster: Cluster) -> None:
@@ -120,11 +126,12 @@ def test_prometheus_down_slow_or_garbled_holds_says_why_and_recovers(cluster: Cl
             ):
                 proxy.mode = mode
                 seen = wait_for(
-                    lambda r=reason: (s := signals(c))[1] == r and s,
+                    functools.partial(signals_with_reason, c, reason),
                     f"the breaker to say {reason} while Prometheus is {mode}",
                     timeout=60,
                 )
-                assert seen[0] == "Unknown" and "state is held" in seen[2]
+                assert seen[0] == "Unknown"
+                assert "state is held" in seen[2]
                 FAULTS.append((f"Prometheus {mode}", f"{reason}: {seen[2][:90]}"))
                 other = c.get("breakerpolicies", "guard", c.other).get("status", {})
                 assert other.get("unknown", 0) == 0, "the healthy policy was held up"
@@ -133,7 +140,8 @@ def test_prometheus_down_slow_or_garbled_holds_says_why_and_recovers(cluster: Cl
     finally:
         proxy.stop()
     status = c.breaker("rl-guard")["status"]
-    assert status["state"] == "Closed" and not status.get("actions")
+    assert status["state"] == "Closed"
+    assert not status.get("actions")
     assert c.state("rl") == "Running"
     tripped = [e for e in c.core.list_namespaced_event(c.ns).items if e.reason == "BreakerTripped"]
     assert not tripped
@@ -199,8 +207,8 @@ def test_a_webhook_receiver_that_is_down_is_reported_and_never_delays_containmen
         "a WebhookFailed Warning",
         timeout=120,
     )
-    FAULTS.append(("webhook receiver down", f"WebhookFailed: {failed[0].message[:90]}"))
-    assert "attempts" in failed[0].message
+    FAULTS.append(("webhook receiver down", f"WebhookFailed: {(failed[0].message or '')[:90]}"))
+    assert "attempts" in (failed[0].message or "")
 
 
 def api_errors(operator: Operator, code: str) -> float:
@@ -224,49 +232,53 @@ def test_throttled_by_the_api_server_it_retries_and_contains_once_let_through(
     flow = client.FlowcontrolApiserverV1Api(api_client)
     name = f"breaker-test-{c.ns[-5:]}"
     flow.create_priority_level_configuration(
-        {
-            "metadata": {"name": name},
-            "spec": {
-                "type": "Limited",
-                "limited": {
-                    "nominalConcurrencyShares": 0,
-                    "lendablePercent": 0,
-                    "borrowingLimitPercent": 0,
-                    "limitResponse": {"type": "Reject"},
+        as_body(
+            {
+                "metadata": {"name": name},
+                "spec": {
+                    "type": "Limited",
+                    "limited": {
+                        "nominalConcurrencyShares": 0,
+                        "lendablePercent": 0,
+                        "borrowingLimitPercent": 0,
+                        "limitResponse": {"type": "Reject"},
+                    },
                 },
-            },
-        }
+            }
+        )
     )
     flow.create_flow_schema(
-        {
-            "metadata": {"name": name},
-            "spec": {
-                "priorityLevelConfiguration": {"name": name},
-                "matchingPrecedence": 100,
-                "rules": [
-                    {
-                        "subjects": [
-                            {
-                                "kind": "ServiceAccount",
-                                "serviceAccount": {
-                                    "name": SERVICE_ACCOUNT,
-                                    "namespace": RELEASE_NAMESPACE,
-                                },
-                            }
-                        ],
-                        "resourceRules": [
-                            {
-                                "verbs": ["*"],
-                                "apiGroups": ["*"],
-                                "resources": ["*"],
-                                "clusterScope": True,
-                                "namespaces": ["*"],
-                            }
-                        ],
-                    }
-                ],
-            },
-        }
+        as_body(
+            {
+                "metadata": {"name": name},
+                "spec": {
+                    "priorityLevelConfiguration": {"name": name},
+                    "matchingPrecedence": 100,
+                    "rules": [
+                        {
+                            "subjects": [
+                                {
+                                    "kind": "ServiceAccount",
+                                    "serviceAccount": {
+                                        "name": SERVICE_ACCOUNT,
+                                        "namespace": RELEASE_NAMESPACE,
+                                    },
+                                }
+                            ],
+                            "resourceRules": [
+                                {
+                                    "verbs": ["*"],
+                                    "apiGroups": ["*"],
+                                    "resources": ["*"],
+                                    "clusterScope": True,
+                                    "namespaces": ["*"],
+                                }
+                            ],
+                        }
+                    ],
+                },
+            }
+        )
     )
     try:
         before = api_errors(operator_process, "429")
@@ -311,14 +323,14 @@ def test_conflicting_writes_are_redone_from_the_newer_state(
     wait_for(lambda: c.settled_state("rl-guard") == "ForcedOpen", "contained")
     before = api_errors(operator_process, "409")
     clamped = c.core.read_namespaced_resource_quota("breaker-gpu-clamp", c.ns)
-    limit = clamped.spec.hard["requests.nvidia.com/gpu"]
+    limit = (spec_of(clamped).hard or {})["requests.nvidia.com/gpu"]
     for value in range(40, 60):
         c.core.patch_namespaced_resource_quota(
             "breaker-gpu-clamp", c.ns, {"spec": {"hard": {"requests.nvidia.com/gpu": str(value)}}}
         )
     wait_for(
         lambda: (
-            c.core.read_namespaced_resource_quota("breaker-gpu-clamp", c.ns).spec.hard[
+            (spec_of(c.core.read_namespaced_resource_quota("breaker-gpu-clamp", c.ns)).hard or {})[
                 "requests.nvidia.com/gpu"
             ]
             == limit

@@ -12,13 +12,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from tests.cluster.scenes import Cluster, policy, trainingjob
 from tests.conftest import Operator
 from tests.helpers import wait_for
-
-pytestmark = pytest.mark.cluster
 
 TAKEOVERS: list[float] = []  # seconds from the SIGKILL to the standby's action
 

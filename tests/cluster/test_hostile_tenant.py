@@ -9,6 +9,7 @@ each undo took is printed at the end of the run.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,10 +19,9 @@ import pytest
 from kubernetes import client, config
 
 from breaker.actions.egress import effective_egress
+from breaker.constants import GROUP, VERSION
 from tests.cluster.scenes import (
-    GROUP,
     OUTSIDE_POOL,
-    VERSION,
     Cluster,
     full_cluster,
     person,
@@ -29,8 +29,7 @@ from tests.cluster.scenes import (
     trainingjob,
 )
 from tests.helpers import wait_for
-
-pytestmark = pytest.mark.cluster
+from tests.kube import as_body, meta_of
 
 # (attack, how it ended, seconds to undo or None if refused): printed after the run.
 ATTEMPTS: list[tuple[str, str, float | None]] = []
@@ -40,11 +39,17 @@ QUARANTINE = f"{HELPER}-quarantine"
 SIDECAR = "sidecar-stop"  # a Deployment that is paused (scaled to zero)
 
 
+def closed(c: Cluster, breaker: str) -> bool:
+    return bool(c.breaker(breaker).get("status", {}).get("state") == "Closed")
+
+
 class Tenant:
     """The tenant's own clients: everything it does goes through its `edit` token."""
 
     def __init__(self, kubeconfig: Path) -> None:
-        api = config.new_client_from_config(config_file=str(kubeconfig))
+        api = config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=str(kubeconfig)
+        )
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.net = client.NetworkingV1Api(api)
@@ -87,7 +92,7 @@ def restored_events(c: Cluster, breaker: str) -> list[Any]:
 
 def helper_pods(c: Cluster) -> list[Any]:
     listed = c.core.list_namespaced_pod(c.ns, label_selector="app=helper")
-    return [p for p in listed.items if p.metadata.deletion_timestamp is None]
+    return [p for p in listed.items if meta_of(p).deletion_timestamp is None]
 
 
 def egress_closed(c: Cluster) -> bool:
@@ -137,7 +142,7 @@ def test_a_tripped_tenant_cannot_get_out(cluster: Cluster) -> None:
     c = cluster
     full_cluster(c)
     for name in ("helper", "sidecar"):
-        c.apps.create_namespaced_deployment(c.ns, deployment(name))
+        c.apps.create_namespaced_deployment(c.ns, as_body(deployment(name)))
     c.create("breakerpolicies", policy())
     c.create("breakerpolicies", deployment_policy("keep-training", "helper", "revokeEgress"))
     c.create("breakerpolicies", deployment_policy("stop", "sidecar", "pause"))
@@ -177,10 +182,12 @@ def test_a_tripped_tenant_cannot_get_out(cluster: Cluster) -> None:
         lambda: tenant.net.replace_namespaced_network_policy(
             "allow-all-egress",
             ns,
-            {
-                "metadata": {"name": "allow-all-egress"},
-                "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]},
-            },
+            as_body(
+                {
+                    "metadata": {"name": "allow-all-egress"},
+                    "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]},
+                }
+            ),
         ),
         lambda: egress_closed(c),
     )
@@ -190,14 +197,16 @@ def test_a_tripped_tenant_cannot_get_out(cluster: Cluster) -> None:
         "create a new NetworkPolicy letting the job's pods out",
         lambda: tenant.net.create_namespaced_network_policy(
             ns,
-            {
-                "metadata": {"name": "let-rl-out"},
-                "spec": {
-                    "podSelector": {"matchLabels": {"app": "helper"}},
-                    "policyTypes": ["Egress"],
-                    "egress": [{}],
-                },
-            },
+            as_body(
+                {
+                    "metadata": {"name": "let-rl-out"},
+                    "spec": {
+                        "podSelector": {"matchLabels": {"app": "helper"}},
+                        "policyTypes": ["Egress"],
+                        "egress": [{}],
+                    },
+                }
+            ),
         ),
         lambda: egress_closed(c),
     )
@@ -211,7 +220,7 @@ def test_a_tripped_tenant_cannot_get_out(cluster: Cluster) -> None:
         ),
         lambda: (
             egress_closed(c)
-            and (c.core.read_namespaced_pod(pod, ns).metadata.labels or {}).get(
+            and (meta_of(c.core.read_namespaced_pod(pod, ns)).labels or {}).get(
                 "breaker.dev/quarantined"
             )
             == HELPER
@@ -288,7 +297,8 @@ def test_a_tripped_tenant_cannot_get_out(cluster: Cluster) -> None:
         "the new job to queue",
     )
     queued = next(x for x in held["conditions"] if x["type"] == "Queued")
-    assert queued["reason"] == "HeldByBreaker" and BREAKER in queued["message"]
+    assert queued["reason"] == "HeldByBreaker"
+    assert BREAKER in queued["message"]
     warning = wait_for(
         lambda: [
             e
@@ -299,9 +309,10 @@ def test_a_tripped_tenant_cannot_get_out(cluster: Cluster) -> None:
         ],
         "a Warning Event on the new job",
     )
-    assert "clamped by tripped Breaker rl-guard" in warning[0].message
+    assert "clamped by tripped Breaker rl-guard" in (warning[0].message or "")
     time.sleep(2)  # the queue has had its chance: the other tenant keeps the GPUs
-    assert c.state("rl-again") == "Queued" and c.state("waiting", c.other) == "Running"
+    assert c.state("rl-again") == "Queued"
+    assert c.state("waiting", c.other) == "Running"
     ATTEMPTS.append(("create a new TrainingJob to get GPUs back", "held by the quota clamp", None))
 
     # In the end: still contained, and the admin's reset still undoes everything.
@@ -312,7 +323,7 @@ def test_a_tripped_tenant_cannot_get_out(cluster: Cluster) -> None:
         c.patch("breakers", breaker, {"spec": {"override": None, "reset": "admin"}})
     for breaker in (BREAKER, HELPER, SIDECAR):
         wait_for(
-            lambda b=breaker: c.breaker(b).get("status", {}).get("state") == "Closed",
+            functools.partial(closed, c, breaker),
             f"the admin's reset of {breaker}",
         )
     wait_for(

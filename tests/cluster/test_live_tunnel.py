@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,15 +23,14 @@ from kubernetes import client
 
 from breaker.actions.egress import effective_egress
 from breaker.api import containment
-from breaker.constants import KEPT_ANNOTATION
+from breaker.constants import GROUP, KEPT_ANNOTATION, VERSION
 from breaker.localcluster import packets
 from breaker.localcluster.realnode import NAME as REAL_NODE
 from breaker.localcluster.realnode import RealNode
-from tests.cluster.scenes import GROUP, VERSION, Cluster, done, kubectl_breaker
+from tests.cluster.scenes import Cluster, done, kubectl_breaker
 from tests.conftest import NodeAgent
 from tests.helpers import wait_for
-
-pytestmark = pytest.mark.cluster
+from tests.kube import as_body, meta_of, name_of, spec_of, status_of
 
 CUTS: list[tuple[str, float]] = []  # (mode, seconds from the trip to the far end's reset)
 NOTHING = dict.fromkeys(packets.DESTINATIONS, False)
@@ -95,9 +93,9 @@ class Live:
             ready = [
                 p
                 for p in pods.items
-                if p.status.phase == "Running"
-                and p.status.pod_ip
-                and p.metadata.deletion_timestamp is None
+                if status_of(p).phase == "Running"
+                and status_of(p).pod_ip
+                and meta_of(p).deletion_timestamp is None
             ]
             return ready[0] if ready else None
 
@@ -116,8 +114,9 @@ class Live:
     def modelled(self, pod: Any) -> dict[str, bool]:
         """What the effective-egress model says the pod can reach."""
         fresh = self.c.core.read_namespaced_pod(pod.metadata.name, pod.metadata.namespace)
-        egress = effective_egress(fresh.metadata.labels or {}, self.c.netpols())
-        namespace = fresh.metadata.namespace
+        egress = effective_egress(meta_of(fresh).labels or {}, self.c.netpols())
+        namespace = meta_of(fresh).namespace
+        assert namespace is not None
         return {name: egress.allows(d, namespace) for name, d in packets.DESTINATIONS.items()}
 
     def agree(self, pod: Any) -> dict[str, bool]:
@@ -130,9 +129,10 @@ class Live:
         self.c.patch("breakers", breaker, {"spec": {"override": "ForcedOpen"}})
         found: dict[str, Any] = wait_for(
             lambda: (
-                (b := self.c.breaker(breaker)).get("status", {}).get("state") == "ForcedOpen"
+                b
+                if (b := self.c.breaker(breaker)).get("status", {}).get("state") == "ForcedOpen"
                 and containment.read(b["status"]).reason == containment.CONTAINED
-                and b
+                else None
             ),
             "contained",
             timeout=60,
@@ -160,8 +160,8 @@ class Live:
 
 
 @pytest.fixture
-def live(cluster: Cluster) -> Iterator[Live]:
-    yield Live(cluster)
+def live(cluster: Cluster) -> Live:
+    return Live(cluster)
 
 
 def trip_time(status: dict[str, Any]) -> float:
@@ -189,15 +189,17 @@ def test_without_a_node_agent_the_open_tunnel_outlives_the_policy(
     agent the tunnel carries bytes after the quarantine; the Breaker says so plainly."""
     c = live.c
     node_agent.stop()
-    c.apps.create_namespaced_deployment(c.ns, deployment("steady"))
+    c.apps.create_namespaced_deployment(c.ns, as_body(deployment("steady")))
     c.create("breakerpolicies", live_policy("Deployment", [{"type": "revokeEgress"}]))
     pod = live.pod("steady")
     live.flowing(pod.status.pod_ip)
     wait_for(lambda: c.breaker("steady-guard").get("status"), "the breaker")
     breaker = live.trip("steady-guard")
     egress = containment.read(breaker["status"]).of("revokeEgress")
-    assert egress is not None and isinstance(egress.detail, containment.EgressRevoked)
-    assert egress.detail.uncut_on == (REAL_NODE,) and egress.detail.cut_on == ()
+    assert egress is not None
+    assert isinstance(egress.detail, containment.EgressRevoked)
+    assert egress.detail.uncut_on == (REAL_NODE,)
+    assert egress.detail.cut_on == ()
     explained = kubectl_breaker(c, "explain", "steady-guard")
     assert f"open connections MAY SURVIVE on {REAL_NODE}" in explained.stdout, explained
     # New connections are refused; the one already open goes on carrying bytes.
@@ -217,8 +219,8 @@ def test_rome_on_the_real_node_the_tunnel_and_the_pool_are_cut_and_the_job_pause
     live: Live, node_agent: NodeAgent
 ) -> None:
     c = live.c
-    c.batch.create_namespaced_job(c.ns, job("rl"))
-    c.apps.create_namespaced_deployment(c.other, deployment("neighbour"))
+    c.batch.create_namespaced_job(c.ns, as_body(job("rl")))
+    c.apps.create_namespaced_deployment(c.other, as_body(deployment("neighbour")))
     actions = [{"type": "revokeEgress"}, {"type": "pause"}]
     c.create("breakerpolicies", live_policy("Job", actions))
     pod, neighbour = live.pod("rl"), live.pod("neighbour", c.other)
@@ -233,10 +235,11 @@ def test_rome_on_the_real_node_the_tunnel_and_the_pool_are_cut_and_the_job_pause
     tripped = trip_time(breaker["status"])
     CUTS.append(("pause", cut_after(live, ip, tripped)))
     egress = containment.read(breaker["status"]).of("revokeEgress")
-    assert egress is not None and isinstance(egress.detail, containment.EgressRevoked)
+    assert egress is not None
+    assert isinstance(egress.detail, containment.EgressRevoked)
     assert egress.detail.cut_on == (REAL_NODE,)
     # The job is suspended; its pod, ignoring SIGTERM, lives out its grace period: cut off.
-    assert c.batch.read_namespaced_job("rl", c.ns).spec.suspend is True
+    assert spec_of(c.batch.read_namespaced_job("rl", c.ns)).suspend is True
     live.quiet_since(ip)
     assert live.agree(pod) == {
         "pool": False,
@@ -248,7 +251,8 @@ def test_rome_on_the_real_node_the_tunnel_and_the_pool_are_cut_and_the_job_pause
     assert live.agree(neighbour) == EVERYTHING
     live.flowing(other_ip, ("tunnel",))
     cuts = [e for e in c.core.list_namespaced_event(c.ns).items if e.reason == "ConnectionsCut"]
-    assert cuts and "tcp 198.51.100.4:22" in cuts[0].message
+    assert cuts
+    assert "tcp 198.51.100.4:22" in (cuts[0].message or "")
 
     live.reset("rl-guard")
     again = live.pod("rl")
@@ -270,7 +274,7 @@ def _new_policy(c: Cluster) -> None:
         "metadata": {"name": "escape"},
         "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]},
     }
-    c.net.create_namespaced_network_policy(c.ns, body)
+    c.net.create_namespaced_network_policy(c.ns, as_body(body))
 
 
 def _widen(c: Cluster) -> None:
@@ -286,10 +290,10 @@ def _unlabel(c: Cluster) -> None:
     (pod,) = [
         p
         for p in c.core.list_namespaced_pod(c.ns, label_selector="app=svc").items
-        if p.metadata.deletion_timestamp is None
+        if meta_of(p).deletion_timestamp is None
     ]
     unlabel = {"metadata": {"labels": {"breaker.dev/quarantined": None}}}
-    c.core.patch_namespaced_pod(pod.metadata.name, c.ns, unlabel)
+    c.core.patch_namespaced_pod(name_of(pod), c.ns, unlabel)
 
 
 ESCAPES = {
@@ -307,18 +311,20 @@ def test_revoke_only_cuts_what_is_open_closes_dns_and_holds_against_escapes(
     """A Deployment guarded by revokeEgress alone, DNS not allowed: its pod keeps running,
     cut off; every way the tenant tries out is undone, and the packets agree."""
     c = live.c
-    c.apps.create_namespaced_deployment(c.ns, deployment("svc"))
+    c.apps.create_namespaced_deployment(c.ns, as_body(deployment("svc")))
     # The team's own policy: the pod may go anywhere (narrowed at the trip).
     c.net.create_namespaced_network_policy(
         c.ns,
-        {
-            "metadata": {"name": "svc-egress"},
-            "spec": {
-                "podSelector": {"matchLabels": {"app": "svc"}},
-                "policyTypes": ["Egress"],
-                "egress": [{}],
-            },
-        },
+        as_body(
+            {
+                "metadata": {"name": "svc-egress"},
+                "spec": {
+                    "podSelector": {"matchLabels": {"app": "svc"}},
+                    "policyTypes": ["Egress"],
+                    "egress": [{}],
+                },
+            }
+        ),
     )
     action = {"type": "revokeEgress", "revokeEgress": {"allowDNS": False}}
     c.create("breakerpolicies", live_policy("Deployment", [action]))
@@ -332,11 +338,15 @@ def test_revoke_only_cuts_what_is_open_closes_dns_and_holds_against_escapes(
     tripped = trip_time(breaker["status"])
     CUTS.append(("revoke-only", cut_after(live, ip, tripped)))
     fresh = c.core.read_namespaced_pod(pod.metadata.name, c.ns)
-    assert json.loads(fresh.metadata.annotations[KEPT_ANNOTATION]) == {"dns": False, "services": []}
+    assert json.loads((meta_of(fresh).annotations or {})[KEPT_ANNOTATION]) == {
+        "dns": False,
+        "services": [],
+    }
     live.quiet_since(ip)
     # Still running, and nothing gets out, DNS included (a DNS tunnel through the cluster's
     # resolver too: allowDNS false closes it).
-    assert fresh.status.phase == "Running" and fresh.metadata.deletion_timestamp is None
+    assert status_of(fresh).phase == "Running"
+    assert meta_of(fresh).deletion_timestamp is None
     assert live.agree(pod) == NOTHING
 
     for what, escape in ESCAPES.items():
@@ -355,7 +365,7 @@ def test_revoke_only_cuts_what_is_open_closes_dns_and_holds_against_escapes(
 
     live.reset("svc-guard")
     fresh = c.core.read_namespaced_pod(pod.metadata.name, c.ns)
-    assert KEPT_ANNOTATION not in (fresh.metadata.annotations or {})
+    assert KEPT_ANNOTATION not in (meta_of(fresh).annotations or {})
     assert live.agree(fresh) == EVERYTHING
     live.flowing(ip)
     wait_for(lambda: not live.node.cut_rules(), "every drop the agent placed lifted")

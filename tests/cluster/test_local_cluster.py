@@ -19,8 +19,7 @@ from breaker.localcluster import LocalCluster
 from breaker.localcluster.realnode import NAME as REAL_NODE
 from breaker.localcluster.tools import MODULES, ensure_built
 from tests.helpers import wait_for
-
-pytestmark = pytest.mark.cluster
+from tests.kube import as_body, meta_of, spec_of, status_of
 
 
 def gpu_pod(name: str, gpus: int, labels: dict[str, str] | None = None) -> dict[str, Any]:
@@ -41,10 +40,10 @@ def gpu_pod(name: str, gpus: int, labels: dict[str, str] | None = None) -> dict[
 def gpus_requested_cluster_wide(core: client.CoreV1Api) -> int:
     total = 0
     for pod in core.list_pod_for_all_namespaces().items:
-        if pod.status.phase in ("Succeeded", "Failed"):
+        if status_of(pod).phase in ("Succeeded", "Failed"):
             continue
-        for container in pod.spec.containers:
-            limits = container.resources.limits or {}
+        for container in spec_of(pod).containers:
+            limits = (container.resources and container.resources.limits) or {}
             total += int(limits.get(GPU_RESOURCE, 0))
     return total
 
@@ -56,19 +55,23 @@ def test_gpu_pods_fill_the_nodes_and_the_fifth_waits(
     wait_for(lambda: gpus_requested_cluster_wide(core) == 0, "no GPU pods left from other tests")
     capacity = local_cluster.nodes.count
     for index in range(capacity + 1):
-        core.create_namespaced_pod(namespace, gpu_pod(f"full-{index}", local_cluster.nodes.gpus))
+        core.create_namespaced_pod(
+            namespace, as_body(gpu_pod(f"full-{index}", local_cluster.nodes.gpus))
+        )
 
-    def running() -> list[Any]:
+    def running() -> list[client.V1Pod]:
         pods = core.list_namespaced_pod(namespace).items
-        return [p for p in pods if p.status.phase == "Running"]
+        return [p for p in pods if status_of(p).phase == "Running"]
 
-    placed = wait_for(lambda: len(running()) == capacity and running(), f"{capacity} Running pods")
-    assert {pod.spec.node_name for pod in placed} == set(local_cluster.nodes.names())
+    placed = wait_for(
+        lambda: pods if len(pods := running()) == capacity else None, f"{capacity} Running pods"
+    )
+    assert {spec_of(pod).node_name for pod in placed} == set(local_cluster.nodes.names())
 
     def unschedulable() -> Any:
-        pods = [p for p in core.list_namespaced_pod(namespace).items if p.status.phase == "Pending"]
-        for pod in pods:
-            for condition in pod.status.conditions or []:
+        pods = core.list_namespaced_pod(namespace).items
+        for pod in [p for p in pods if status_of(p).phase == "Pending"]:
+            for condition in status_of(pod).conditions or []:
                 if condition.type == "PodScheduled" and condition.reason == "Unschedulable":
                     return pod, condition
         return None
@@ -95,34 +98,39 @@ def test_suspending_a_job_deletes_its_pods_and_resuming_recreates_them(
             },
         },
     }
-    batch.create_namespaced_job(namespace, job)
+    batch.create_namespaced_job(namespace, as_body(job))
 
-    def running_pods() -> set[str]:
+    def running_pods() -> set[str | None]:
         pods = core.list_namespaced_pod(namespace, label_selector="app=train").items
         return {
-            p.metadata.uid
+            meta_of(p).uid
             for p in pods
-            if p.status.phase == "Running" and p.metadata.deletion_timestamp is None
+            if status_of(p).phase == "Running" and meta_of(p).deletion_timestamp is None
         }
 
-    first = wait_for(lambda: len(running_pods()) == 2 and running_pods(), "2 Running pods")
+    first = wait_for(lambda: pods if len(pods := running_pods()) == 2 else None, "2 Running pods")
 
     batch.patch_namespaced_job("train", namespace, {"spec": {"suspend": True}})
     wait_for(
         lambda: not core.list_namespaced_pod(namespace, label_selector="app=train").items,
         "the Job controller to delete the suspended Job's pods",
     )
-    status = batch.read_namespaced_job_status("train", namespace).status
+    status = status_of(batch.read_namespaced_job_status("train", namespace))
     suspended = [c for c in status.conditions or [] if c.type == "Suspended"]
-    assert suspended and suspended[0].status == "True"
+    assert suspended
+    assert suspended[0].status == "True"
 
     batch.patch_namespaced_job("train", namespace, {"spec": {"suspend": False}})
-    second = wait_for(lambda: len(running_pods()) == 2 and running_pods(), "2 new Running pods")
+    second = wait_for(
+        lambda: pods if len(pods := running_pods()) == 2 else None, "2 new Running pods"
+    )
     assert not first & second, "resuming must create new pods, not keep the old ones"
     # kwok keeps training pods Running: nothing completes them behind the test's back.
     status = wait_for(
         lambda: (
-            (s := batch.read_namespaced_job_status("train", namespace).status).active == 2 and s
+            s
+            if (s := status_of(batch.read_namespaced_job_status("train", namespace))).active == 2
+            else None
         ),
         "the Job to count 2 active pods",
     )
@@ -153,7 +161,7 @@ def test_a_network_policy_round_trips(api_client: Any, namespace: str) -> None:
         ],
     }
     networking.create_namespaced_network_policy(
-        namespace, {"metadata": {"name": "train-egress"}, "spec": spec}
+        namespace, as_body({"metadata": {"name": "train-egress"}, "spec": spec})
     )
     stored = networking.read_namespaced_network_policy("train-egress", namespace)
     assert api_client.sanitize_for_serialization(stored.spec) == spec
@@ -162,10 +170,12 @@ def test_a_network_policy_round_trips(api_client: Any, namespace: str) -> None:
         "train-egress", namespace, {"spec": {"podSelector": {"matchLabels": {"app": "other"}}}}
     )
     patched = networking.read_namespaced_network_policy("train-egress", namespace)
-    assert patched.spec.pod_selector.match_labels == {"app": "other"}
+    selector = spec_of(patched).pod_selector
+    assert selector is not None
+    assert selector.match_labels == {"app": "other"}
 
     networking.delete_namespaced_network_policy("train-egress", namespace)
-    names = [p.metadata.name for p in networking.list_namespaced_network_policy(namespace).items]
+    names = [meta_of(p).name for p in networking.list_namespaced_network_policy(namespace).items]
     assert "train-egress" not in names
 
 
@@ -173,29 +183,36 @@ def test_a_service_account_token_is_authenticated_and_authorized_by_rbac(
     api_client: Any, core: client.CoreV1Api, namespace: str, local_cluster: LocalCluster
 ) -> None:
     rbac = client.RbacAuthorizationV1Api(api_client)
-    core.create_namespaced_service_account(namespace, {"metadata": {"name": "reader"}})
+    core.create_namespaced_service_account(namespace, as_body({"metadata": {"name": "reader"}}))
     rbac.create_namespaced_role(
         namespace,
-        {
-            "metadata": {"name": "pod-reader"},
-            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}],
-        },
+        as_body(
+            {
+                "metadata": {"name": "pod-reader"},
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}],
+            }
+        ),
     )
     rbac.create_namespaced_role_binding(
         namespace,
-        {
-            "metadata": {"name": "reader-reads-pods"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "Role",
-                "name": "pod-reader",
-            },
-            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
-        },
+        as_body(
+            {
+                "metadata": {"name": "reader-reads-pods"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "pod-reader",
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
+            }
+        ),
     )
-    token = core.create_namespaced_service_account_token(
-        "reader", namespace, {"spec": {"expirationSeconds": 600}}
-    ).status.token
+    token = status_of(
+        core.create_namespaced_service_account_token(
+            "reader", namespace, as_body({"spec": {"expirationSeconds": 600}})
+        )
+    ).token
+    assert token is not None
 
     def as_bearer(bearer: str) -> client.ApiClient:
         configuration = client.Configuration()
@@ -205,8 +222,10 @@ def test_a_service_account_token_is_authenticated_and_authorized_by_rbac(
         return client.ApiClient(configuration)
 
     reader = as_bearer(token)
-    review = client.AuthenticationV1Api(reader).create_self_subject_review({})
-    assert review.status.user_info.username == f"system:serviceaccount:{namespace}:reader"
+    review = client.AuthenticationV1Api(reader).create_self_subject_review(as_body({}))
+    user_info = status_of(review).user_info
+    assert user_info is not None
+    assert user_info.username == f"system:serviceaccount:{namespace}:reader"
 
     # Granted: listing pods works (RBAC can take a moment to see the new binding).
     wait_for(
@@ -218,7 +237,7 @@ def test_a_service_account_token_is_authenticated_and_authorized_by_rbac(
     with pytest.raises(client.ApiException) as forbidden:
         client.CoreV1Api(reader).list_namespaced_secret(namespace)
     assert forbidden.value.status == 403
-    assert f"system:serviceaccount:{namespace}:reader" in forbidden.value.body
+    assert f"system:serviceaccount:{namespace}:reader" in (forbidden.value.body or "")
 
     # A forged token is not authenticated at all.
     with pytest.raises(client.ApiException) as unauthorized:
@@ -259,7 +278,8 @@ def test_prometheus_scrapes_an_exporter_and_the_client_reads_it_back(
 
 def test_up_when_already_up_changes_nothing(local_cluster: LocalCluster) -> None:
     components = local_cluster.components()
-    assert "kubelet" in components and "kube-router" in components
+    assert "kubelet" in components
+    assert "kube-router" in components
     before = {name: local_cluster.process(name).pid() for name in components}
     local_cluster.up()
     after = {name: local_cluster.process(name).pid() for name in components}

@@ -18,10 +18,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from breaker.constants import GROUP, VERSION
 from tests.cluster.scenes import (
     ATTACKS,
-    GROUP,
-    VERSION,
     Cluster,
     contained,
     full_cluster,
@@ -29,8 +28,7 @@ from tests.cluster.scenes import (
 )
 from tests.conftest import PEERING, Operator
 from tests.helpers import wait_for
-
-pytestmark = pytest.mark.cluster
+from tests.kube import as_dict
 
 SHARD_LABEL = "breaker.dev/shard-test"
 
@@ -108,8 +106,10 @@ def test_each_shard_guards_its_namespaces_and_the_queue_hands_on_across_them(
 
         def tallied() -> dict[str, Any] | None:
             status = (
-                c.custom.get_cluster_custom_object(
-                    GROUP, VERSION, "clusterbreakerpolicies", name
+                as_dict(
+                    c.custom.get_cluster_custom_object(
+                        GROUP, VERSION, "clusterbreakerpolicies", name
+                    )
                 ).get("status")
                 or {}
             )

@@ -9,14 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from prometheus_api_client import PrometheusConnect
 
 from breaker.localcluster import LocalCluster
 from breaker.localcluster.paths import repo_root
 from tests.helpers import wait_for
-
-pytestmark = pytest.mark.cluster
 
 
 def test_the_local_prometheus_scrapes_the_simulator(

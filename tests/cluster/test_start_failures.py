@@ -14,8 +14,6 @@ from breaker.localcluster.paths import repo_root
 from breaker.localcluster.realnode import RealNode
 from breaker.localcluster.tools import Toolbox, ensure_built
 
-pytestmark = pytest.mark.cluster
-
 
 def test_a_component_that_fails_stops_the_rest_and_names_its_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -71,7 +69,8 @@ def test_a_real_node_that_fails_names_its_log_and_leaves_nothing_behind(
     assert "unknown flag: --no-such-flag" in message
     assert not any(cluster.process(name).running() for name in cluster.components())
     # Nothing of the node is left on the machine.
-    assert not netns.exists(node.node_ns) and not netns.exists(node.outside_ns)
+    assert not netns.exists(node.node_ns)
+    assert not netns.exists(node.outside_ns)
     assert (
         node.host_link
         not in subprocess.run(

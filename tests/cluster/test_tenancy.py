@@ -15,12 +15,13 @@ import time
 from typing import Any
 
 import pytest
+from kubernetes import client
 
-from tests.cluster.scenes import GROUP, VERSION, Cluster, policy, trainingjob
+from breaker.constants import GROUP, VERSION
+from tests.cluster.scenes import Cluster, policy, trainingjob
 from tests.conftest import RELEASE_NAMESPACE, free_port
 from tests.helpers import wait_for
-
-pytestmark = pytest.mark.cluster
+from tests.kube import as_body, as_dict, meta_of
 
 
 def crafted(series: list[tuple[str, str]]) -> str:
@@ -54,7 +55,7 @@ def test_a_namespaced_policy_acts_on_its_own_namespace_only(cluster: Cluster) ->
     c.create("breakerpolicies", body)
     wait_for(lambda: c.settled_state("mine-guard") == "Open", "its own job tripped")
     time.sleep(3)  # three more evaluations, each naming the victim's pod too
-    breakers = c.custom.list_namespaced_custom_object(GROUP, VERSION, c.other, "breakers")
+    breakers = as_dict(c.custom.list_namespaced_custom_object(GROUP, VERSION, c.other, "breakers"))
     assert [b["metadata"]["name"] for b in breakers["items"]] == ["victim-guard"]
     assert all(b["spec"]["policyRef"].get("namespace") == c.other for b in breakers["items"]), (
         "a policy of another namespace made a Breaker here"
@@ -63,14 +64,17 @@ def test_a_namespaced_policy_acts_on_its_own_namespace_only(cluster: Cluster) ->
     assert not c.get("trainingjobs", "victim", c.other)["spec"].get("suspend")
     assert not (victim.metadata.labels or {}).get("breaker.dev/quarantined")
     refreshed = c.core.read_namespaced_pod(victim.metadata.name, c.other)
-    assert "breaker.dev/quarantined" not in (refreshed.metadata.labels or {})
+    assert "breaker.dev/quarantined" not in (meta_of(refreshed).labels or {})
     assert not c.net.list_namespaced_network_policy(
         c.other, label_selector="breaker.dev/breaker"
     ).items
     evidence = c.breaker("mine-guard")["status"]["evidence"][-1]
     assert [p["name"] for p in evidence["pods"]] == [own.metadata.name]
     note = evidence["signals"][0]["labels"]["note"]
-    assert len(note) < 300 and "\n" not in note and note.isascii(), note  # cut, escaped
+    # cut, escaped
+    assert len(note) < 300, note
+    assert "\n" not in note, note
+    assert note.isascii(), note
 
 
 def test_the_webhook_secret_is_read_from_the_policys_namespace_only(cluster: Cluster) -> None:
@@ -78,7 +82,7 @@ def test_the_webhook_secret_is_read_from_the_policys_namespace_only(cluster: Clu
     for namespace in (c.other, RELEASE_NAMESPACE):
         c.core.create_namespaced_secret(
             namespace,
-            {"metadata": {"name": "hook-token"}, "stringData": {"token": "not-yours"}},
+            as_body({"metadata": {"name": "hook-token"}, "stringData": {"token": "not-yours"}}),
         )
     try:
         c.create("trainingjobs", trainingjob("mine", 1, 8))
@@ -110,10 +114,10 @@ def test_the_webhook_secret_is_read_from_the_policys_namespace_only(cluster: Clu
         # Read from the policy's namespace, where there is none (or refused there): never
         # from the other tenant's or the operator's, where one of that name exists.
         message = failed[0].message
+        assert message is not None
         assert f"{c.ns}/hook-token" in message, message
-        assert (
-            c.other not in message and RELEASE_NAMESPACE not in message.split("serviceaccount")[0]
-        )
+        assert c.other not in message
+        assert RELEASE_NAMESPACE not in message.split("serviceaccount")[0]
     finally:
         c.core.delete_namespaced_secret("hook-token", RELEASE_NAMESPACE)
 
@@ -137,6 +141,6 @@ def test_a_cluster_wide_field_in_a_namespaced_policy_is_refused_at_the_door(
     assert 'unknown field "spec.targets.namespaceSelector"' in done.stderr, done.stderr
     quarantine = policy(actions=("quarantineNode",))
     quarantine["metadata"]["name"] = "nodes"
-    with pytest.raises(Exception) as refused:
+    with pytest.raises(client.ApiException) as refused:
         c.create("breakerpolicies", quarantine)
     assert "quarantineNode" in str(refused.value)

@@ -3,6 +3,8 @@ baseline egress, and problems reported on the object while everything else keeps
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,7 @@ from breaker.localcluster.paths import repo_root
 from breaker.selectors import matches
 from tests.cluster.test_local_cluster import gpus_requested_cluster_wide
 from tests.helpers import wait_for
-
-pytestmark = pytest.mark.cluster
+from tests.kube import as_dict, meta_of, spec_of
 
 PLURAL = TRAININGJOBS
 
@@ -59,14 +60,16 @@ class Jobs:
         self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
 
     def status(self, name: str) -> dict[str, Any]:
-        obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+        obj = as_dict(
+            self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+        )
         status: dict[str, Any] = obj.get("status") or {}
         return status
 
     def states(self) -> dict[str, tuple[str | None, int | None]]:
-        items = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)[
-            "items"
-        ]
+        items = as_dict(
+            self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)
+        )["items"]
         return {
             i["metadata"]["name"]: (
                 (i.get("status") or {}).get("state"),
@@ -81,7 +84,7 @@ class Jobs:
             for p in self.core.list_namespaced_pod(
                 self.namespace, label_selector=f"breaker.dev/trainingjob={name}"
             ).items
-            if p.metadata.deletion_timestamp is None
+            if meta_of(p).deletion_timestamp is None
         ]
 
     def running_on_nodes(self, name: str, replicas: int) -> list[Any] | None:
@@ -174,14 +177,19 @@ def test_events_mark_the_transitions(jobs: Jobs) -> None:
     jobs.patch("evented", {"suspend": True})
     jobs.wait_states({"evented": ("Suspended", None)}, "the job to suspend")
 
-    def reasons() -> list[str]:
+    def created(event: client.CoreV1Event) -> dt.datetime:
+        stamp = meta_of(event).creation_timestamp
+        assert stamp is not None, event
+        return stamp
+
+    def reasons() -> list[str | None]:
         events = jobs.core.list_namespaced_event(
             jobs.namespace,
             field_selector="involvedObject.name=evented,involvedObject.kind=TrainingJob",
         ).items
-        return [e.reason for e in sorted(events, key=lambda e: e.metadata.creation_timestamp)]
+        return [e.reason for e in sorted(events, key=created)]
 
-    seen = wait_for(lambda: "Suspended" in reasons() and reasons(), "a Suspended event")
+    seen = wait_for(lambda: r if "Suspended" in (r := reasons()) else None, "a Suspended event")
     assert "Running" in seen
     assert len(seen) == len(set(seen)), f"one event per transition, not per pass: {seen}"
 
@@ -205,12 +213,10 @@ def test_each_jobs_pods_are_selected_by_exactly_its_baseline_policy(
     policies = (
         client.NetworkingV1Api(api_client).list_namespaced_network_policy(jobs.namespace).items
     )
-    by_name = {p.metadata.name: api_client.sanitize_for_serialization(p.spec) for p in policies}
+    by_name = {meta_of(p).name: api_client.sanitize_for_serialization(p.spec) for p in policies}
 
     for job, replicas in (("open", 1), ("listed", 2)):
-        pods = wait_for(
-            lambda job=job, replicas=replicas: jobs.running_on_nodes(job, replicas), f"{job} pods"
-        )
+        pods = wait_for(functools.partial(jobs.running_on_nodes, job, replicas), f"{job} pods")
         for pod in pods:
             selecting = [
                 name
@@ -235,9 +241,12 @@ def test_each_jobs_pods_are_selected_by_exactly_its_baseline_policy(
     wait_for(
         lambda: (
             len(
-                client.NetworkingV1Api(api_client)
-                .read_namespaced_network_policy("listed-egress", jobs.namespace)
-                .spec.egress
+                spec_of(
+                    client.NetworkingV1Api(api_client).read_namespaced_network_policy(
+                        "listed-egress", jobs.namespace
+                    )
+                ).egress
+                or []
             )
             == 1
         ),
@@ -295,8 +304,10 @@ def test_problems_show_on_the_object_and_the_rest_keeps_running(
     )
 
     def policy_ready() -> dict[str, Any] | None:
-        obj = custom.get_namespaced_custom_object(
-            GROUP, VERSION, jobs.namespace, "breakerpolicies", "typo"
+        obj = as_dict(
+            custom.get_namespaced_custom_object(
+                GROUP, VERSION, jobs.namespace, "breakerpolicies", "typo"
+            )
         )
         return next(
             (c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == "Ready"),

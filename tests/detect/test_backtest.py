@@ -180,7 +180,8 @@ def test_long_ranges_are_asked_in_pieces() -> None:
     _range(recorder, "up", 0, 15 * 25_000, 15)  # type: ignore[arg-type]
     assert len(recorder.calls) == 3
     assert all((end - start) / 15 + 1 <= MAX_POINTS for start, end in recorder.calls)
-    assert recorder.calls[0][0] == 0 and recorder.calls[-1][1] == 15 * 25_000
+    assert recorder.calls[0][0] == 0
+    assert recorder.calls[-1][1] == 15 * 25_000
 
 
 def test_a_single_falco_event_counts(tmp_path: Path) -> None:

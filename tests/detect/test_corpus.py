@@ -45,7 +45,8 @@ def test_scenario_outcome(path: Path, tmp_path: Path) -> None:
     for expectation in scenario.expect:
         if not expectation.trips:
             continue
-        assert expectation.from_ is not None and expectation.within is not None
+        assert expectation.from_ is not None
+        assert expectation.within is not None
         trip = tripped[expectation.pod]
         began = start + parse_duration(expectation.from_).total_seconds()
         latency = trip.at - began

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from kubernetes import client
+
 from breaker.actions import executor
 from breaker.actions.egress import DNS_NAMESPACE, DNS_PODS
 from breaker.actions.settings import ActionSettings
@@ -24,7 +26,7 @@ def compiled(actions: list[dict[str, Any]]) -> ActionSettings:
 
 def quarantine(settings: ActionSettings) -> dict[str, Any]:
     scene = executor.Scene(
-        api=None,
+        api=client.ApiClient(),  # unconfigured: a dry run does not call the API
         breaker="rl-guard",
         namespace="team-a",
         workload=None,
@@ -63,7 +65,8 @@ def test_the_order_and_each_actions_settings_come_from_the_policy() -> None:
         ]
     )
     assert settings.order == ("revokeEgress", "quarantineNode", "notify")
-    assert settings.quarantine_node.cordon is False and settings.quarantine_node.taint
+    assert settings.quarantine_node.cordon is False
+    assert settings.quarantine_node.taint
     assert [n.url for n in settings.notify] == ["https://hooks.example/x"]
 
 

@@ -41,7 +41,8 @@ def test_a_throttled_call_is_retried_and_other_errors_are_not(
             raise throttled("1")
         return "done"
 
-    assert asyncio.run(kube.call(flaky)) == "done" and len(calls) == 3
+    assert asyncio.run(kube.call(flaky)) == "done"
+    assert len(calls) == 3
 
     def conflict() -> Any:
         raise client.ApiException(status=409, reason="Conflict")
@@ -100,7 +101,7 @@ class HeartbeatingNodes:
 
 
 def scene_with(core: HeartbeatingNodes, monkeypatch: pytest.MonkeyPatch) -> executor.Scene:
-    monkeypatch.setattr(executor.client, "CoreV1Api", lambda _: core)
+    monkeypatch.setattr(client, "CoreV1Api", lambda _: core)  # the module executor calls
     return executor.Scene(client.ApiClient(), "rl-guard", "team-a", None, [], [], [], [])
 
 
@@ -110,7 +111,8 @@ def test_a_node_written_meanwhile_is_read_and_patched_again(
     core = HeartbeatingNodes(beats=2)
     scene = scene_with(core, monkeypatch)
     done = asyncio.run(executor.quarantine_nodes(scene, ["gpu-0"], QuarantineNodeAction()))
-    assert core.patches == 3 and core.node["spec"]["unschedulable"] is True
+    assert core.patches == 3
+    assert core.node["spec"]["unschedulable"] is True
     assert done["nodes"]["gpu-0"]["cordoned"] is True
     core.beats = 1
     assert asyncio.run(executor.release_nodes(scene, done)) == {"released": ["gpu-0"]}
@@ -126,7 +128,8 @@ def test_a_node_that_never_holds_still_gives_up(monkeypatch: pytest.MonkeyPatch)
                 scene_with(core, monkeypatch), ["gpu-0"], QuarantineNodeAction()
             )
         )
-    assert caught.value.status == 409 and core.patches == executor.NODE_CONFLICT_ATTEMPTS
+    assert caught.value.status == 409
+    assert core.patches == executor.NODE_CONFLICT_ATTEMPTS
 
 
 def test_failed_undos_are_retried_where_the_state_still_wants_them_undone() -> None:
@@ -146,7 +149,8 @@ def test_an_action_whose_undo_failed_is_applied_again_on_the_next_trip() -> None
         {"type": "revokeEgress", "changed": {"policy": "q"}},
         {"type": "quarantineNode", "changed": held, "error": "undo failed: 409 Conflict"},
     ]
-    assert applied(records[0]) and not applied(records[1])
+    assert applied(records[0])
+    assert not applied(records[1])
     assert not unfinished(records[1])  # nothing to finish: it is to be undone, or redone
     scene = executor.Scene(client.ApiClient(), "rl-guard", "team-a", None, [], [], [], [])
     order = ["revokeEgress", "pause", "quarantineNode"]
@@ -154,5 +158,6 @@ def test_an_action_whose_undo_failed_is_applied_again_on_the_next_trip() -> None
     assert [r["type"] for r in intended] == order
     assert intended[0] == records[0]  # still in place: not applied twice
     redo = intended[2]
-    assert redo["pending"] and "error" not in redo
+    assert redo["pending"]
+    assert "error" not in redo
     assert sorted(redo["changed"]["nodes"]) == ["gpu-0", "gpu-1"]  # the nodes it held too

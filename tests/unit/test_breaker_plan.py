@@ -4,6 +4,7 @@ owner chains, and the deny rules for clusters with an API above NetworkPolicies.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from breaker.actions.admin_policy import admin_network_policy, anp_name, cilium_policy
 from breaker.api.policy import BreakerPolicySpec
@@ -20,13 +21,17 @@ def test_each_selected_workload_gets_one_breaker() -> None:
     planned = plan.plan_breakers([POLICY], [RL], {}, {}, NOW)
     assert [b["metadata"]["name"] for b in planned.create] == ["rl-guard"]
     again = plan.plan_breakers([POLICY], [RL], {}, {("team-a", "rl-guard"): {}}, NOW)
-    assert not again.create and not again.delete
+    assert not again.create
+    assert not again.delete
 
 
 def test_a_breaker_holding_containment_is_never_removed() -> None:
     contained = {"spec": {}, "status": {"contained": True}}
     idle = {"spec": {}, "status": {"state": "Closed"}}
-    existing = {("team-a", "held"): contained, ("team-a", "idle"): idle}
+    existing: dict[tuple[str, str], dict[str, Any]] = {
+        ("team-a", "held"): contained,
+        ("team-a", "idle"): idle,
+    }
     assert plan.plan_breakers([], [], {}, existing, NOW).delete == (("team-a", "idle"),)
 
 
@@ -68,7 +73,9 @@ def test_a_reset_is_asked_by_spec_or_annotation() -> None:
     by_annotation = plan.reset_token(
         {"spec": {"reset": "1"}, "metadata": {"annotations": {"breaker.dev/reset": "x"}}}
     )
-    assert by_spec and by_annotation and by_spec != by_annotation
+    assert by_spec
+    assert by_annotation
+    assert by_spec != by_annotation
 
 
 SIGNAL = {"name": "pool", "preset": "mining-pool-egress"}
@@ -76,7 +83,8 @@ SIGNAL = {"name": "pool", "preset": "mining-pool-egress"}
 
 def test_policy_settings_default_to_dry_run_and_manual_recovery() -> None:
     settings = plan.settings_of(BreakerPolicySpec.model_validate({"signals": [SIGNAL]}))
-    assert settings.dry_run and not settings.half_open
+    assert settings.dry_run
+    assert not settings.half_open
     enforced = plan.settings_of(
         BreakerPolicySpec.model_validate(
             {
@@ -87,7 +95,9 @@ def test_policy_settings_default_to_dry_run_and_manual_recovery() -> None:
             }
         )
     )
-    assert not enforced.dry_run and enforced.half_open and enforced.max_trips == 2
+    assert not enforced.dry_run
+    assert enforced.half_open
+    assert enforced.max_trips == 2
     assert enforced.cooldown == dt.timedelta(seconds=30)
     assert enforced.trip_when_unreachable
 
@@ -146,6 +156,7 @@ def test_a_namespaced_policy_named_like_a_cluster_one_gets_its_own_breaker() -> 
     cluster = Policy("ClusterBreakerPolicy", "guard", None, {"targets": {}})
     planned = plan.plan_breakers([POLICY, cluster], [RL], {}, {}, NOW)
     names = sorted(b["metadata"]["name"] for b in planned.create)
-    assert len(names) == 2 and "rl-guard" in names
+    assert len(names) == 2
+    assert "rl-guard" in names
     plain = next(b for b in planned.create if b["metadata"]["name"] == "rl-guard")
     assert plain["spec"]["policyRef"]["kind"] == "ClusterBreakerPolicy"

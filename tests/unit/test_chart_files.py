@@ -29,6 +29,7 @@ def test_the_chart_ships_the_packages_version() -> None:
 def test_the_dashboard_is_grafana_json_over_the_operators_metrics() -> None:
     dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
-    assert exprs and all("breaker_" in expr for expr in exprs)
+    assert exprs
+    assert all("breaker_" in expr for expr in exprs)
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))

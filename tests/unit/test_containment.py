@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from breaker.actions import connections, executor
 from breaker.actions.notify import payload
@@ -67,7 +68,7 @@ def scene() -> executor.Scene:
         "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]},
     }
     return executor.Scene(
-        api=None,
+        api=client.ApiClient(),  # unconfigured: a dry run does not call the API
         breaker="rl-agent-demo",
         namespace="rome-lab",
         workload=workload,
@@ -282,7 +283,8 @@ def test_the_demo_prints_only_recorded_facts_once_contained() -> None:
         "rome-lab's GPU quota clamped (breaker-gpu-clamp)"
     ) in text
     assert lines[-1] == "  time to contain (evaluation to last action): 0.310 s"
-    assert "None" not in text and "nobody" not in text
+    assert "None" not in text
+    assert "nobody" not in text
 
 
 def test_the_demo_refuses_a_status_still_written_ahead() -> None:
@@ -321,7 +323,8 @@ def test_trip_waits_past_the_write_ahead_and_past_an_older_generation() -> None:
     assert tripped(stale, 2) is None
     done = breaker("ForcedOpen", done_records(), generation=2, timeToContainSeconds=0.2)
     verdict = tripped(done, 2)
-    assert verdict is not None and verdict[0]
+    assert verdict is not None
+    assert verdict[0]
     assert verdict[1].startswith("ForcedOpen, contained in 0.20 s")
     assert "handed to team-c/finetune" in verdict[1]
 
@@ -340,7 +343,9 @@ def test_reset_is_done_only_when_its_token_is_handled_and_nothing_is_held() -> N
     )
     left = [{"type": "pause", "appliedAt": DONE, "error": "undo failed: 409 Conflict"}]
     verdict = reset_done(breaker("Closed", left, handledReset="t1"), "t1")
-    assert verdict is not None and verdict[0] is False and "UndoFailed" in verdict[1]
+    assert verdict is not None
+    assert verdict[0] is False
+    assert "UndoFailed" in verdict[1]
 
 
 def test_the_webhook_body_carries_the_outcome() -> None:

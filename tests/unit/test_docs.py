@@ -31,7 +31,8 @@ def hook() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
         "docs_reference_hook", ROOT / "docs" / "hooks" / "reference.py"
     )
-    assert spec and spec.loader
+    assert spec
+    assert spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclass looks its module up there
     spec.loader.exec_module(module)

@@ -85,9 +85,11 @@ def test_a_critical_signal_trips_alone_and_weak_ones_only_together() -> None:
     )
     assert engine.decide(detector, firing("ssh")) is None
     both = engine.decide(detector, firing("ssh", "idle"))
-    assert both is not None and both.rule == "tunnel-while-idle"
+    assert both is not None
+    assert both.rule == "tunnel-while-idle"
     critical = engine.decide(detector, firing("mining"))
-    assert critical is not None and critical.rule == "critical:mining"
+    assert critical is not None
+    assert critical.rule == "critical:mining"
 
 
 def test_any_of_rules_and_turning_critical_off() -> None:
@@ -97,7 +99,8 @@ def test_any_of_rules_and_turning_critical_off() -> None:
         any_critical=False,
     )
     decision = engine.decide(detector, firing("b"))
-    assert decision is not None and decision.rule == "either"
+    assert decision is not None
+    assert decision.rule == "either"
 
 
 def test_signals_of_a_workloads_pods_combine() -> None:

@@ -41,7 +41,8 @@ def test_waiters_wake_once_when_the_last_toggle_goes() -> None:
         for toggle in toggles[:-1]:
             await ready.drop_toggle(toggle)
         await asyncio.sleep(0)
-        assert woken == 0 and not ready.is_on()
+        assert woken == 0
+        assert not ready.is_on()
         await ready.drop_toggle(toggles[-1])
         await asyncio.wait_for(asyncio.gather(*waiters), 5)
         return woken, notified

@@ -56,7 +56,9 @@ def test_kubeconfig_is_self_contained(tmp_path: Path) -> None:
     keys = pki_module.Pki(tmp_path)
     keys.ensure()
     config = keys.kubeconfig(pki_module.SCHEDULER, "https://127.0.0.1:1")
-    (user,) = config["users"]  # type: ignore[misc]
+    users = config["users"]
+    assert isinstance(users, list)
+    (user,) = users
     assert user["name"] == "system:kube-scheduler"
     assert set(user["user"]) == {"client-certificate-data", "client-key-data"}
 

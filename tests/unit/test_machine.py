@@ -56,7 +56,8 @@ def test_half_open_after_the_cooldown_resumes_then_closes_when_clean() -> None:
     assert probation.effects == ("resume",)  # the workload runs; egress stays revoked
     assert probation.after.contained
     still = step(probation.after, at(14), HALF_OPEN)
-    assert still.after.state == "HalfOpen" and still.effects == ()
+    assert still.after.state == "HalfOpen"
+    assert still.effects == ()
     closed = step(probation.after, at(15), HALF_OPEN)
     assert closed.after.state == "Closed"
     assert closed.effects == ("revert",)
@@ -118,7 +119,8 @@ def test_forced_open_applies_once_and_stays_until_reset() -> None:
     assert forced.after.state == "ForcedOpen"
     assert forced.effects == ("apply",)
     again = step(forced.after, at(1, override="ForcedOpen"), Settings())
-    assert again.effects == () and again.event is None
+    assert again.effects == ()
+    assert again.event is None
     lifted = step(again.after, at(2), Settings())
     assert lifted.after.state == "Open", "lifting the override keeps containment until reset"
     assert step(lifted.after, at(3, reset="r1"), Settings()).effects == ("revert",)
@@ -128,7 +130,8 @@ def test_an_overrides_reason_becomes_the_breakers_reason() -> None:
     forced = step(Breaker(), at(0, override="ForcedOpen", override_reason="tunnel"), Settings())
     assert forced.after.reason == "forced open by an admin: tunnel"
     reset = step(forced.after, at(1, reset="r1"), Settings())
-    assert reset.after.state == "Closed" and reset.effects == ("revert",)
+    assert reset.after.state == "Closed"
+    assert reset.effects == ("revert",)
 
 
 def test_disabled_is_hands_off() -> None:

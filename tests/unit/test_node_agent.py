@@ -26,7 +26,8 @@ def test_conntrack_lines_read_in_their_original_direction() -> None:
     assert flows.Flow("tcp", POD, 40190, "198.51.100.4", 22, "ESTABLISHED") in found
     # The reply direction's addresses (after kube-proxy's translation) are not the flow's.
     dns = next(f for f in found if f.dport == 53 and f.dst == "10.96.0.10")
-    assert dns.protocol == "udp" and dns.state is None
+    assert dns.protocol == "udp"
+    assert dns.state is None
     assert all(f.protocol in ("tcp", "udp") for f in found)  # icmp skipped
 
 

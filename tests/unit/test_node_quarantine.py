@@ -71,7 +71,8 @@ def test_release_restores_the_node_exactly() -> None:
 
 def test_a_node_cordoned_before_stays_cordoned() -> None:
     held, record = quarantined(node(unschedulable=True))
-    assert record["wasUnschedulable"] and not record["cordoned"]
+    assert record["wasUnschedulable"]
+    assert not record["cordoned"]
     after = merge(held, release(held, record))
     assert after["spec"]["unschedulable"] is True
     assert after["spec"].get("taints") is None  # our taint went all the same
@@ -89,15 +90,18 @@ def test_quarantining_twice_changes_nothing() -> None:
     held, _ = quarantined(node())
     patch, record = quarantine(held, "b1", cordon=True, taint=True)
     assert patch is None
-    assert record["hadTaint"] and record["taint"] is None
+    assert record["hadTaint"]
+    assert record["taint"] is None
     after = merge(held, release(held, record))  # the second record releases all the same
-    assert "unschedulable" not in after["spec"] and "taints" not in after["spec"]
+    assert "unschedulable" not in after["spec"]
+    assert "taints" not in after["spec"]
 
 
 def test_a_quarantine_shared_by_two_breakers_lifts_with_the_last() -> None:
     held, first = quarantined(node())
     patch, second = quarantine(held, "b2", cordon=True, taint=True)
-    assert patch is not None and "spec" not in patch  # taints are unique by key and effect
+    assert patch is not None
+    assert "spec" not in patch
     held = merge(held, patch)
 
     held = merge(held, release(held, first))
@@ -105,7 +109,8 @@ def test_a_quarantine_shared_by_two_breakers_lifts_with_the_last() -> None:
     assert [t["key"] for t in held["spec"]["taints"]] == [TAINT_KEY]
 
     after = merge(held, release(held, second))
-    assert "unschedulable" not in after["spec"] and "taints" not in after["spec"]
+    assert "unschedulable" not in after["spec"]
+    assert "taints" not in after["spec"]
 
 
 def test_breakers_of_one_name_in_two_namespaces_hold_a_node_apart() -> None:
@@ -118,12 +123,14 @@ def test_breakers_of_one_name_in_two_namespaces_hold_a_node_apart() -> None:
     assert json.loads(held["metadata"]["annotations"][MARK])["holders"] == ["team-b/rl-guard"]
 
     after = merge(held, release(held, second))
-    assert "unschedulable" not in after["spec"] and "taints" not in after["spec"]
+    assert "unschedulable" not in after["spec"]
+    assert "taints" not in after["spec"]
 
 
 def test_nothing_asked_nothing_done() -> None:
     patch, record = quarantine(node(), "b1", cordon=False, taint=False)
-    assert patch is None and release(node(), record) is None
+    assert patch is None
+    assert release(node(), record) is None
 
 
 def test_a_taint_value_is_a_valid_label_value() -> None:

@@ -91,9 +91,11 @@ def test_status_table_aligns_and_colours_only_when_asked() -> None:
     assert lines[1].split()[:7] == [
         "team-a", "quiet", "TrainingJob/rl", "cluster/default", "Closed", "Unknown", "0",
     ]  # fmt: skip
-    assert "2m" in lines[2] and "mining-pool-egress fired" in lines[2]
+    assert "2m" in lines[2]
+    assert "mining-pool-egress fired" in lines[2]
     coloured = status_table(rows, NOW, all_namespaces=False, colour=True)
-    assert "\033[31mOpen" in coloured and "\033[33mUnknown" in coloured
+    assert "\033[31mOpen" in coloured
+    assert "\033[33mUnknown" in coloured
     assert "NAMESPACE" not in coloured
 
 
@@ -112,7 +114,8 @@ def test_the_timeline_puts_a_trip_before_its_evidence_and_actions_in_time_order(
     ]
     evidence = moments[1].details
     assert evidence[0] == "pool = 3.142 on pod rl-0"
-    assert "rate(flows[1m])" in evidence[1] and "destination_port=3333" in evidence[2]
+    assert "rate(flows[1m])" in evidence[1]
+    assert "destination_port=3333" in evidence[2]
     assert evidence[3] == "pods: rl-0@gpu-node-1"
 
 
@@ -137,7 +140,8 @@ def test_explain_tells_the_story_and_how_to_undo_it() -> None:
     assert "2026-11-23 11:58:00Z  Closed → Open: pool" in text
     assert text.rstrip().endswith("kubectl breaker reset rl-default -n team-a")
     fresh = explain(breaker("new", "Closed", trips=0))
-    assert "nothing has happened yet" in fresh and "reset" not in fresh
+    assert "nothing has happened yet" in fresh
+    assert "reset" not in fresh
 
 
 def test_names_resolve_to_the_breaker_or_else_the_workloads_breakers() -> None:

@@ -62,7 +62,8 @@ def gpus(quotas: list[dict[str, Any]], name: str) -> Any:
 
 def test_a_namespace_without_a_gpu_quota_gets_the_clamp_quota() -> None:
     operations, record = plan_clamp([quota("compute")], "team", 4, "b1")
-    assert len(operations) == 1 and isinstance(operations[0], Create)
+    assert len(operations) == 1
+    assert isinstance(operations[0], Create)
     body = operations[0].body
     assert body["metadata"]["name"] == CLAMP_QUOTA_NAME
     assert body["metadata"]["namespace"] == "team"
@@ -72,7 +73,8 @@ def test_a_namespace_without_a_gpu_quota_gets_the_clamp_quota() -> None:
     assert json.loads(json.dumps(record)) == record  # fits in a status
 
     restored, skipped = plan_restore(record, apply([quota("compute")], operations))
-    assert restored == [Delete(CLAMP_QUOTA_NAME)] and skipped == {}
+    assert restored == [Delete(CLAMP_QUOTA_NAME)]
+    assert skipped == {}
 
 
 def test_a_scoped_quota_does_not_count_as_a_cap() -> None:
@@ -84,7 +86,8 @@ def test_a_scoped_quota_does_not_count_as_a_cap() -> None:
 
 def test_an_existing_gpu_quota_is_lowered_and_its_value_kept() -> None:
     operations, record = plan_clamp([quota("gpus", "16")], "team", 4, "b1")
-    assert len(operations) == 1 and isinstance(operations[0], Patch)
+    assert len(operations) == 1
+    assert isinstance(operations[0], Patch)
     assert operations[0].name == "gpus"
     assert operations[0].patch["spec"] == {"hard": {GPU_QUOTA_KEY: "4"}}
     assert operations[0].patch["metadata"]["resourceVersion"] == "1"
@@ -101,7 +104,8 @@ def test_a_quota_is_never_raised() -> None:
     quotas = [quota("tight", "2"), quota("loose", "16")]
     operations, record = plan_clamp(quotas, "team", 4, "b1")
     assert [o.name for o in operations if isinstance(o, Patch)] == ["loose"]
-    assert "tight" not in record["lowered"] and "tight" not in record["held"]
+    assert "tight" not in record["lowered"]
+    assert "tight" not in record["held"]
 
 
 def test_clamping_twice_changes_nothing_the_second_time() -> None:
@@ -109,7 +113,8 @@ def test_clamping_twice_changes_nothing_the_second_time() -> None:
     clamped = apply([quota("gpus", "16")], first)
     second, again = plan_clamp(clamped, "team", 4, "b1")
     assert second == []
-    assert again["lowered"] == {} and again["created"] == []
+    assert again["lowered"] == {}
+    assert again["created"] == []
     assert again["held"] == ["gpus"]  # a restore from either record lets go of it
 
     created, _ = plan_clamp([], "team", 0, "b1")
@@ -121,7 +126,8 @@ def test_a_restore_puts_back_the_exact_value() -> None:
     clamped = apply([quota("gpus", "16")], operations)
     restored, skipped = plan_restore(record, clamped)
     after = apply(clamped, restored)
-    assert gpus(after, "gpus") == "16" and skipped == {}
+    assert gpus(after, "gpus") == "16"
+    assert skipped == {}
     assert MARK not in after[0]["metadata"]["annotations"]
     assert plan_restore(record, after) == ([], {})  # restoring twice changes nothing
 
@@ -133,7 +139,8 @@ def test_a_value_an_admin_changed_meanwhile_stays(admin_set: str) -> None:
     clamped[0]["spec"]["hard"][GPU_QUOTA_KEY] = admin_set
     restored, skipped = plan_restore(record, clamped)
     assert gpus(apply(clamped, restored), "gpus") == admin_set
-    assert "gpus" in skipped and admin_set in skipped["gpus"]
+    assert "gpus" in skipped
+    assert admin_set in skipped["gpus"]
 
 
 def test_the_clamp_quota_found_from_another_breaker_is_shared_not_duplicated() -> None:
@@ -156,7 +163,8 @@ def test_a_tight_clamp_held_by_another_breaker_is_joined() -> None:
     lowered, first = plan_clamp([quota("gpus", "16")], "team", 4, "b1")
     namespace = apply([quota("gpus", "16")], lowered)
     joined, second = plan_clamp(namespace, "team", 6, "b2")
-    assert second["held"] == ["gpus"] and second["lowered"] == {}
+    assert second["held"] == ["gpus"]
+    assert second["lowered"] == {}
     namespace = apply(namespace, joined)
 
     namespace = apply(namespace, plan_restore(first, namespace)[0])
@@ -178,4 +186,5 @@ def test_stacked_clamps_restore_the_value_before_the_first() -> None:
 def test_a_quota_deleted_meanwhile_is_reported() -> None:
     _, record = plan_clamp([quota("gpus", "16")], "team", 4, "b1")
     operations, skipped = plan_restore(record, [])
-    assert operations == [] and "gpus" in skipped
+    assert operations == []
+    assert "gpus" in skipped

@@ -17,7 +17,8 @@ NODE = NodeSettings(
 
 def test_two_clusters_nodes_never_share_addresses_or_state() -> None:
     other = NodeSettings("real-node-0", Path("/other/node"), 50, "breaker-def456", Path("/run/y"))
-    assert NODE.link != other.link and NODE.pod_cidr != other.pod_cidr
+    assert NODE.link != other.link
+    assert NODE.pod_cidr != other.pod_cidr
     assert (NODE.host_ip, NODE.node_ip) == ("10.250.49.1", "10.250.49.2")
     assert str(NODE.pod_cidr) == "10.244.49.0/24"
 
@@ -27,28 +28,32 @@ def test_containerd_is_configured_under_the_nodes_own_paths() -> None:
         nodeconfig.containerd_config(NODE, Path("/usr/sbin/runc"), Path("/usr/lib/cni"))
     )
     assert config["version"] == 3
-    assert config["root"].startswith("/state/node/") and config["state"].startswith("/state/node/")
+    assert config["root"].startswith("/state/node/")
+    assert config["state"].startswith("/state/node/")
     assert config["grpc"]["address"] == "/run/breaker/x/containerd.sock"
     plugins = config["plugins"]
     runtime = plugins["io.containerd.cri.v1.runtime"]
     assert runtime["restrict_oom_score_adj"] is True
     assert runtime["cni"]["conf_dir"] == "/state/node/cni/net.d"
     options = runtime["containerd"]["runtimes"]["runc"]["options"]
-    assert options["Root"] == "/state/node/runc" and options["SystemdCgroup"] is False
+    assert options["Root"] == "/state/node/runc"
+    assert options["SystemdCgroup"] is False
     pinned = plugins["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"]
     assert pinned == images.PAUSE_IMAGE
 
 
 def test_the_bridge_does_not_masquerade_and_keeps_its_addresses_in_the_nodes_range() -> None:
     (bridge,) = json.loads(nodeconfig.cni_config(NODE))["plugins"]
-    assert bridge["type"] == "bridge" and bridge["ipMasq"] is False
+    assert bridge["type"] == "bridge"
+    assert bridge["ipMasq"] is False
     assert bridge["ipam"]["ranges"] == [[{"subnet": "10.244.49.0/24"}]]
     assert bridge["ipam"]["dataDir"] == "/state/node/cni/ipam"
 
 
 def test_the_kubelet_runs_on_cgroup_v1_here_and_never_collects_images() -> None:
     config = nodeconfig.kubelet_config(NODE, Path("/state/pki/ca.crt"))
-    assert config["failCgroupV1"] is False and config["cgroupDriver"] == "cgroupfs"
+    assert config["failCgroupV1"] is False
+    assert config["cgroupDriver"] == "cgroupfs"
     assert config["cgroupRoot"] == "/breaker-abc123"
     assert config["imageGCHighThresholdPercent"] == 100
     assert config["registerWithTaints"] == [nodeconfig.TAINT]

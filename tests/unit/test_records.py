@@ -57,7 +57,8 @@ def test_a_failed_undo_is_applied_again_and_keeps_the_nodes_it_held() -> None:
     (again,) = [
         r for r in intend([failed], ORDER, NOW, FREED, nodes_changed) if r["type"] == failed["type"]
     ]
-    assert again["pending"] and again["changed"] == {"nodes": ["gpu-node-0", "gpu-node-3"]}
+    assert again["pending"]
+    assert again["changed"] == {"nodes": ["gpu-node-0", "gpu-node-3"]}
 
 
 def test_records_are_classified_for_retry_and_undo() -> None:
@@ -93,7 +94,9 @@ def test_failed_undos_are_retried_as_far_as_the_state_wants_them_undone() -> Non
 
 
 def test_the_awaited_handoff_records_its_recipient() -> None:
-    records = [{"type": "reassignGPUs", "changed": {"freed": FREED, "awaiting": True}}]
+    records: list[dict[str, Any]] = [
+        {"type": "reassignGPUs", "changed": {"freed": FREED, "awaiting": True}}
+    ]
     assert handed(records, 0, ["team-c/finetune"])[0]["changed"] == {
         "freed": FREED,
         "to": ["team-c/finetune"],

@@ -25,15 +25,18 @@ def _unsharded() -> Iterator[None]:
 
 def test_a_shard_runs_the_breakers_of_its_namespaces_only() -> None:
     serving.configure(["breakers"], ["team-a-*"], "a")
-    assert serving.breakers() and not serving.queue()
-    assert serving.breakers(namespace="team-a-1") and not serving.breakers(namespace="team-b")
+    assert serving.breakers()
+    assert not serving.queue()
+    assert serving.breakers(namespace="team-a-1")
+    assert not serving.breakers(namespace="team-b")
     assert serving.here(namespace=None)  # cluster-scoped objects are every shard's
     assert serving.shard() == "a"
 
 
 def test_the_queue_alone_serves_every_namespace() -> None:
     serving.configure(["queue"], [], None)
-    assert serving.queue() and not serving.breakers(namespace="team-a-1")
+    assert serving.queue()
+    assert not serving.breakers(namespace="team-a-1")
     assert serving.here(namespace="anything")
 
 

@@ -85,15 +85,7 @@ async def revoke_egress(
     policy["spec"]["podSelector"] = {"matchLabels": {QUARANTINE_LABEL: scene.breaker}}
     if recorded is not None:
         policy["spec"] = dict(recorded)
-    services: list[str] = []
-    for service in [] if recorded is not None else settings.allow_services or []:
-        found = await _service(scene, service)
-        if found is not None:
-            selector, address = found
-            if selector:
-                policy["spec"]["egress"].append(_service_rule(service.namespace, selector))
-            if address:
-                services.append(address)
+    services = [] if recorded is not None else await _allow_services(scene, settings, policy)
     if kept is None:
         kept = {"dns": settings.allow_dns, "services": sorted(services)}
     changed: dict[str, Any] = {
@@ -108,6 +100,35 @@ async def revoke_egress(
     if scene.dry_run:
         return changed
     networking = client.NetworkingV1Api(scene.api)
+    await _write_quarantine(scene, networking, name, policy)
+    failpoints.hit("egress.quarantine-written")
+    await label_pods(scene, scene.pods, changed["kept"])
+    failpoints.hit("egress.pods-labelled")
+    changed.update(await _deny_above_network_policies(scene, settings.allow_dns))
+    await _narrow_policies(scene, networking, plan)
+    return changed
+
+
+async def _allow_services(
+    scene: Scene, settings: RevokeEgressAction, policy: dict[str, Any]
+) -> list[str]:
+    """Add a rule to the quarantine per allowed Service found; their addresses, to keep."""
+    services: list[str] = []
+    for service in settings.allow_services or []:
+        found = await _service(scene, service)
+        if found is not None:
+            selector, address = found
+            if selector:
+                policy["spec"]["egress"].append(_service_rule(service.namespace, selector))
+            if address:
+                services.append(address)
+    return services
+
+
+async def _write_quarantine(
+    scene: Scene, networking: client.NetworkingV1Api, name: str, policy: dict[str, Any]
+) -> None:
+    """Create the quarantine policy, or put back its spec if it was edited."""
     existing = next((p for p in scene.netpols if p["metadata"]["name"] == name), None)
     if existing is None:
         try:
@@ -122,10 +143,12 @@ async def revoke_egress(
             scene.namespace,
             {**policy, "metadata": {**policy["metadata"], **_version(existing)}},
         )
-    failpoints.hit("egress.quarantine-written")
-    await label_pods(scene, scene.pods, changed["kept"])
-    failpoints.hit("egress.pods-labelled")
-    changed.update(await _deny_above_network_policies(scene, settings.allow_dns))
+
+
+async def _narrow_policies(
+    scene: Scene, networking: client.NetworkingV1Api, plan: egress.Revocation
+) -> None:
+    """Narrow every other policy that lets the pods out, remembering who holds it narrowed."""
     for policy_name, patch in plan.patches.items():
         original = plan.narrowed[policy_name]
         current = next(p for p in scene.netpols if p["metadata"]["name"] == policy_name)
@@ -142,7 +165,6 @@ async def revoke_egress(
             networking.patch_namespaced_network_policy, policy_name, scene.namespace, patch
         )
         failpoints.hit("egress.narrowed")
-    return changed
 
 
 async def live_node_agents(api: client.ApiClient, namespace: str, nodes: Iterable[str]) -> set[str]:

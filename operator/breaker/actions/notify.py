@@ -335,7 +335,7 @@ class Notifier:
                 outcome = on_done(result)
                 if inspect.isawaitable(outcome):
                     await outcome
-            except Exception:
+            except Exception:  # the same unawaited task: a failing record must reach the log
                 logger.exception("notify %s: recording the result failed", _origin(url))
         return result
 

@@ -44,6 +44,18 @@ _FORMATS = {"date-time"}
 
 def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     """One JSON Schema node, as a structural OpenAPI v3 schema node."""
+    inlined = _inlined(schema, defs)
+    if inlined is not None:
+        return inlined
+    out = _kept_keywords(schema)
+    _add_children(schema, defs, out)
+    if not out.get("required"):
+        out.pop("required", None)
+    return {key: out[key] for key in sorted(out, key=_key_order)}
+
+
+def _inlined(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any] | None:
+    """A ``$ref``, a one-member ``allOf`` or an optional's ``anyOf``, inlined; else None."""
     if "$ref" in schema:
         target = defs[schema["$ref"].rsplit("/", 1)[1]]
         siblings = {k: v for k, v in schema.items() if k != "$ref"}
@@ -59,7 +71,11 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         merged = structural({**options[0], **siblings}, defs)
         merged["nullable"] = True
         return merged
+    return None
 
+
+def _kept_keywords(schema: dict[str, Any]) -> dict[str, Any]:
+    """The node's own keywords that a structural schema keeps (``const`` as an ``enum``)."""
     out: dict[str, Any] = {}
     for key, value in schema.items():
         if key in _KEEP or key.startswith("x-kubernetes-"):
@@ -70,6 +86,11 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         out.pop("format", None)
     if "default" in out and out["default"] is None:
         del out["default"]
+    return out
+
+
+def _add_children(schema: dict[str, Any], defs: dict[str, Any], out: dict[str, Any]) -> None:
+    """Properties, additional properties and items, each made structural in turn."""
     if "properties" in schema:
         out["type"] = "object"
         out["properties"] = {
@@ -86,9 +107,6 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         out["additionalProperties"] = structural(additional, defs)
     if "items" in schema:
         out["items"] = structural(schema["items"], defs)
-    if not out.get("required"):
-        out.pop("required", None)
-    return {key: out[key] for key in sorted(out, key=_key_order)}
 
 
 _ORDER = ("type", "description", "format", "enum", "default", "nullable")

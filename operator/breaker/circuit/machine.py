@@ -99,12 +99,20 @@ class Transition:
 
 def step(breaker: Breaker, seen: Observation, settings: Settings) -> Transition:
     """The one place breaker states change."""
-    now = seen.now
     known = dataclasses.replace(breaker, signals_known=seen.signals_known)
+    decided = _admin_decides(breaker, known, seen)
+    if decided is None:
+        decided = _by_signals(breaker, known, seen, settings)
+    after, effects = decided
+    return Transition(breaker, after, effects, settings.dry_run)
 
-    def go(after: Breaker, *effects: Effect) -> Transition:
-        return Transition(breaker, after, effects, settings.dry_run)
 
+# The state after a step, and the effects that take the cluster there.
+_Decision = tuple[Breaker, tuple[Effect, ...]]
+
+
+def _admin_decides(breaker: Breaker, known: Breaker, seen: Observation) -> _Decision | None:
+    """A reset, an override, or an override lifted; None if the admin has no say this step."""
     # An admin's reset wins over everything: close and undo exactly what was done.
     if seen.reset is not None and seen.reset != breaker.handled_reset:
         closed = Breaker(
@@ -113,12 +121,12 @@ def step(breaker: Breaker, seen: Observation, settings: Settings) -> Transition:
             reason="reset by an admin",
             signals_known=seen.signals_known,
         )
-        return go(closed, *(("revert",) if breaker.contained else ()))
+        return closed, ("revert",) if breaker.contained else ()
 
     if seen.override == "Disabled":
         # Hands off: nothing is evaluated, and nothing applied is undone without a reset.
         why = _by_admin("disabled", seen.override_reason)
-        return go(dataclasses.replace(known, state="Disabled", reason=why))
+        return dataclasses.replace(known, state="Disabled", reason=why), ()
     if seen.override == "ForcedOpen":
         why = _by_admin("forced open", seen.override_reason)
         forced = dataclasses.replace(
@@ -126,50 +134,74 @@ def step(breaker: Breaker, seen: Observation, settings: Settings) -> Transition:
             state="ForcedOpen",
             reason=why,
             contained=True,
-            last_trip=breaker.last_trip if breaker.state == "ForcedOpen" else now,
+            last_trip=breaker.last_trip if breaker.state == "ForcedOpen" else seen.now,
         )
-        return go(forced, *(() if breaker.contained else ("apply",)))
+        return forced, () if breaker.contained else ("apply",)
     if breaker.state in ("Disabled", "ForcedOpen"):
         # The override was lifted: what is contained stays Open until reset or cooldown.
         lifted: State = "Open" if breaker.contained else "Closed"
-        return go(dataclasses.replace(known, state=lifted, reason="override removed"))
+        return dataclasses.replace(known, state=lifted, reason="override removed"), ()
+    return None
 
+
+def _by_signals(
+    breaker: Breaker, known: Breaker, seen: Observation, settings: Settings
+) -> _Decision:
+    """What the signals decide for a breaker no admin is steering."""
+    now = seen.now
     tripped = seen.tripped
     if not seen.signals_known:
         if settings.trip_when_unreachable and breaker.state == "Closed":
             tripped = "Prometheus unreachable (prometheus.onUnreachable: Trip)"
         elif tripped is None:
             # Missing data never trips and never clears: hold the state, report Unknown.
-            return go(known)
+            return known, ()
 
     if breaker.state == "Closed":
-        return go(_trip(known, tripped, now, settings), "apply") if tripped else go(known)
+        return (_trip(known, tripped, now, settings), ("apply",)) if tripped else (known, ())
     if breaker.state == "Open":
-        due = breaker.cooldown_until is not None and now >= breaker.cooldown_until
-        if settings.half_open and due:
-            probation = dataclasses.replace(
-                known,
-                state="HalfOpen",
-                probation_until=now + settings.probation,
-                reason=f"probation until {_iso(now + settings.probation)}",
-            )
-            return go(probation, "resume")
-        return go(known)
+        return _open(breaker, known, now, settings)
     if breaker.state == "HalfOpen":
-        if tripped:
-            return go(_trip(known, tripped, now, settings), "repause")
-        if breaker.probation_until is not None and now >= breaker.probation_until:
-            clean = Breaker(
-                state="Closed",
-                trips=breaker.trips,
-                last_trip=breaker.last_trip,
-                handled_reset=breaker.handled_reset,
-                reason="probation passed clean",
-                signals_known=seen.signals_known,
-            )
-            return go(clean, "revert")
-        return go(known)
-    return go(known)  # Locked: only a reset leaves it
+        return _half_open(breaker, known, seen, tripped, settings)
+    return known, ()  # Locked: only a reset leaves it
+
+
+def _open(breaker: Breaker, known: Breaker, now: dt.datetime, settings: Settings) -> _Decision:
+    """Open: on probation once the cooldown is over (if half-open is on); else stay."""
+    due = breaker.cooldown_until is not None and now >= breaker.cooldown_until
+    if settings.half_open and due:
+        probation = dataclasses.replace(
+            known,
+            state="HalfOpen",
+            probation_until=now + settings.probation,
+            reason=f"probation until {_iso(now + settings.probation)}",
+        )
+        return probation, ("resume",)
+    return known, ()
+
+
+def _half_open(
+    breaker: Breaker,
+    known: Breaker,
+    seen: Observation,
+    tripped: str | None,
+    settings: Settings,
+) -> _Decision:
+    """On probation: a trip pauses again; a clean probation closes and undoes."""
+    now = seen.now
+    if tripped:
+        return _trip(known, tripped, now, settings), ("repause",)
+    if breaker.probation_until is not None and now >= breaker.probation_until:
+        clean = Breaker(
+            state="Closed",
+            trips=breaker.trips,
+            last_trip=breaker.last_trip,
+            handled_reset=breaker.handled_reset,
+            reason="probation passed clean",
+            signals_known=seen.signals_known,
+        )
+        return clean, ("revert",)
+    return known, ()
 
 
 def _trip(breaker: Breaker, rule: str, now: dt.datetime, settings: Settings) -> Breaker:

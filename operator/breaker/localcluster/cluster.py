@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import ssl
@@ -32,6 +33,7 @@ from breaker.localcluster.processes import Process, port_is_free
 from breaker.localcluster.realnode import RealNode
 from breaker.localcluster.tools import Toolbox, ensure_built
 
+log = logging.getLogger(__name__)
 SERVICE_RANGE = "10.96.0.0/16"
 
 
@@ -387,9 +389,20 @@ class LocalCluster:
     def healthy(self) -> bool:
         if not all(self.process(name).running() for name in self.components()):
             return False
+        import urllib3
+        from kubernetes import client, config
+
         try:
             return self._get_tls("/readyz") == "ok" and self._some_nodes_ready()
-        except Exception:
+        except (
+            OSError,  # refused, timed out, TLS, no CA file yet
+            ValueError,  # a garbled answer
+            urllib3.exceptions.HTTPError,  # the API client's transport
+            client.ApiException,
+            config.ConfigException,  # no kubeconfig yet
+        ) as error:
+            # Not up is the answer this probe exists to give; the cause is for debugging.
+            log.debug("the local cluster is not healthy: %s", error)
             return False
 
     def status(self) -> list[tuple[str, str]]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import prometheus_client
+import urllib3
 from kubernetes import client, watch
 
 from breaker.actions.connections import LEASE_SECONDS, Kept, lease_name
@@ -172,7 +173,8 @@ class NodeAgent:
         self.metrics.passes.observe(self.last_pass - began)
 
     def _cut(self, pod: Pod, comment: str, cut: list[flows.Flow], placed: list[list[str]]) -> None:
-        assert pod.ip is not None and pod.breaker is not None
+        assert pod.ip is not None
+        assert pod.breaker is not None
         # 1. The sockets, in the pod's namespace: the far end gets a reset.
         netns = self._netns_of(pod.ip)
         if netns is not None:
@@ -272,8 +274,16 @@ class NodeAgent:
                     self.wake.set()
                     if self.stopping.is_set():
                         return
-            except Exception as error:  # the API server away, a watch cut: list again
+            except (
+                client.ApiException,
+                urllib3.exceptions.HTTPError,  # the API server away, a watch cut
+                OSError,
+                ValueError,  # a garbled answer
+            ) as error:
                 log.warning("watching the node's pods: %s; again in 1s", error)
+                time.sleep(1)
+            except Exception:  # the watch thread must never die: a bug is logged, then list again
+                log.exception("watching the node's pods failed unexpectedly; again in 1s")
                 time.sleep(1)
 
     def _hold_lease(self) -> None:
@@ -299,8 +309,10 @@ class NodeAgent:
                     if error.status != 404:
                         raise
                     coordination.create_namespaced_lease(namespace, body)
-            except Exception as error:
+            except (client.ApiException, urllib3.exceptions.HTTPError, OSError) as error:
                 log.warning("renewing Lease %s/%s: %s", namespace, name, error)
+            except Exception:  # the Lease thread must never die: a bug is logged, then renew again
+                log.exception("renewing Lease %s/%s failed unexpectedly", namespace, name)
             self.stopping.wait(LEASE_SECONDS / 3)
 
     def _event(self, pod: Pod, reason: str, message: str) -> None:

@@ -125,19 +125,27 @@ def _network(
     name: str, state: PodState, since: float, dt: float, pod: SimPod, offset: float
 ) -> float:
     """Count one network behaviour's flows and return its transmit rate (bytes per second)."""
+    for kind in (_benign_network, _hostile_network, _scan_network):
+        rate = kind(name, state, since, dt)
+        if rate is not None:
+            return rate
+    raise ValueError(f"unknown behaviour {name}")
 
-    def flow(port: int, count: float) -> None:
-        state.flows[port] = state.flows.get(port, 0.0) + count
-        state.ports[port] = state.ports.get(port, 0.0) + count
 
-    def falco(per_minute: float) -> None:
-        rule = FALCO_RULES[name]
-        state.falco[rule] = state.falco.get(rule, 0.0) + per_minute * dt / 60
+def _flow(state: PodState, port: int, count: float) -> None:
+    state.flows[port] = state.flows.get(port, 0.0) + count
+    state.ports[port] = state.ports.get(port, 0.0) + count
 
-    if name == "mine-unallocated-gpus":
-        return 0.0  # its GPUs show in samples(): busy, on the node, held by no pod
+
+def _falco(state: PodState, name: str, per_minute: float, dt: float) -> None:
+    rule = FALCO_RULES[name]
+    state.falco[rule] = state.falco.get(rule, 0.0) + per_minute * dt / 60
+
+
+def _benign_network(name: str, state: PodState, since: float, dt: float) -> float | None:
+    """What training does on the network; None if ``name`` is not one of these."""
     if name == "checkpoint-upload":
-        flow(443, 0.4 * dt)
+        _flow(state, 443, 0.4 * dt)
         state.syns += 0.2 * dt
         return 400e6
     if name == "nccl-allreduce":
@@ -147,29 +155,41 @@ def _network(
             state.syns += 16
         return 1.5e9
     if name == "package-install":
-        flow(443, 1.5 * dt)
-        flow(80, 0.3 * dt)
+        _flow(state, 443, 1.5 * dt)
+        _flow(state, 80, 0.3 * dt)
         state.syns += 2 * dt
-        falco(2)
+        _falco(state, name, 2, dt)
         return 2e6
     if name == "git-over-ssh":
-        flow(22, 0.2 * dt)
+        _flow(state, 22, 0.2 * dt)
         state.syns += 0.1 * dt
         return 1e6
+    return None
+
+
+def _hostile_network(name: str, state: PodState, since: float, dt: float) -> float | None:
+    """Mining and tunnels out; None if ``name`` is not one of these."""
+    if name == "mine-unallocated-gpus":
+        return 0.0  # its GPUs show in samples(): busy, on the node, held by no pod
     if name == "miner-pool-egress":
-        flow(3333, 0.1 * dt)
-        falco(4)
+        _flow(state, 3333, 0.1 * dt)
+        _falco(state, name, 4, dt)
         return 5e3
     if name == "miner-pool-egress-tls":
-        flow(443, 0.1 * dt)  # looks like any HTTPS client
+        _flow(state, 443, 0.1 * dt)  # looks like any HTTPS client
         return 5e3
     if name == "reverse-ssh-tunnel":
-        flow(22, 0.1 * dt)  # keepalives on one long-lived connection
+        _flow(state, 22, 0.1 * dt)  # keepalives on one long-lived connection
         return 20e3
     if name == "tunnel-over-443":
-        flow(443, 0.1 * dt)
-        falco(1)
+        _flow(state, 443, 0.1 * dt)
+        _falco(state, name, 1, dt)
         return 20e3
+    return None
+
+
+def _scan_network(name: str, state: PodState, since: float, dt: float) -> float | None:
+    """Internal scans, blocked or not; None if ``name`` is not one of these."""
     if name == "internal-scan-blocked":
         # Probes the pod's NetworkPolicy drops: Hubble counts them as drops, nothing more.
         probes = 2.0 * dt
@@ -186,9 +206,9 @@ def _network(
         state.syns += probes
         state.drops += probes
         if name == "internal-scan-fast":
-            falco(1)
+            _falco(state, name, 1, dt)
         return 50e3
-    raise ValueError(f"unknown behaviour {name}")
+    return None
 
 
 # GPUs of the node that no pod was allocated, which a process that escaped its container's
