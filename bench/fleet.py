@@ -54,6 +54,7 @@ import yaml
 
 from breaker.api import containment
 from breaker.constants import GROUP, VERSION
+from breaker.wait import wait_for
 
 RESULTS = Path(__file__).parent / "results"
 # The API client serialises a dict body as it does its model classes, but annotates a body
@@ -138,15 +139,8 @@ def answers(port: int) -> bool:
 
 
 def wait(probe: Callable[[], T | None], what: str, timeout: float, every: float = 2.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(Exception):
-            found = probe()
-            if found:
-                return found
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
+    # Anything a probe of a cluster being built can raise means "not yet".
+    return wait_for(probe, what, timeout, every, ignore=(Exception,))
 
 
 def rss_mb(pid: int) -> float:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import TypeVar
+
+from breaker import wait
 
 T = TypeVar("T")
 
@@ -16,20 +17,8 @@ def wait_for(
     interval: float = 0.2,
     ignore: tuple[type[BaseException], ...] = (),
 ) -> T:
-    """Call ``probe`` until it returns something truthy, and return that."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            result = probe()
-        except ignore as error:
-            result, last = None, error
-        else:
-            last = result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout:.0f}s waiting for {what}; last saw: {last!r}"
-            )
-        time.sleep(interval)
+    """``breaker.wait.wait_for``, failing the test (an AssertionError) when time runs out."""
+    try:
+        return wait.wait_for(probe, what, timeout, interval, ignore)
+    except wait.WaitTimeout as error:
+        raise AssertionError(str(error)) from None

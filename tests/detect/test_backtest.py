@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from breaker.detect.prom import Prom
 from breaker.localcluster.paths import repo_root
 from breaker.sim import openmetrics
 from breaker.sim.scenario import load as load_scenario
+from tests.helpers import wait_for
 
 SCENARIOS = repo_root() / "tests" / "scenarios"
 
@@ -126,10 +126,7 @@ def test_an_interrupted_backtest_leaves_nothing_behind(rome_series: Path) -> Non
             break
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=60)
-    deadline = time.monotonic() + 10
-    while leftovers() - before and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert leftovers() - before == set()
+    wait_for(lambda: not leftovers() - before, "the backtest's files removed", timeout=10)
     children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True)
     assert children.stdout == ""
 

@@ -48,6 +48,7 @@ from breaker.demo.story import (
 from breaker.localcluster import LocalCluster, packets
 from breaker.localcluster.paths import repo_root
 from breaker.localcluster.realnode import NAME as REAL_NODE
+from breaker.wait import WaitTimeout, wait_for
 
 T = TypeVar("T")
 REAL_NODE_GPUS = 8  # an extended resource patched into the node's status: no GPU involved
@@ -61,15 +62,10 @@ def _free_port() -> int:
 
 
 def _wait(probe: Callable[[], T | None], what: str, timeout: float = 90.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(client.ApiException, OSError):
-            found = probe()
-            if found:
-                return found
-        if time.monotonic() > deadline:
-            raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
+    try:
+        return wait_for(probe, what, timeout, ignore=(client.ApiException, OSError))
+    except WaitTimeout as error:
+        raise DemoError(str(error)) from None
 
 
 def _trainingjob(

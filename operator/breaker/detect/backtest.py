@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 
 from breaker.detect import driver, engine
 from breaker.detect.prom import Prom, QueryError
+from breaker.wait import WaitTimeout, wait_for
 
 OWNER_QUERY = (
     "max by (namespace, pod, owner_kind, owner_name) "
@@ -174,16 +174,16 @@ def temporary_prometheus(series: Path, say: Callable[[str], None]) -> Iterator[s
             stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
+
+        def running() -> None:
+            if process is not None and process.poll() is not None:
                 tail = (workdir / "prometheus.log").read_text()[-800:]
                 raise BacktestError(f"the temporary Prometheus exited: {tail}")
-            if _ready(f"{url}/-/ready"):
-                break
-            if time.monotonic() > deadline:
-                raise BacktestError("the temporary Prometheus did not become ready in 60s")
-            time.sleep(0.2)
+
+        try:
+            wait_for(lambda: _ready(f"{url}/-/ready"), "ready", 60, check=running)
+        except WaitTimeout:
+            raise BacktestError("the temporary Prometheus did not become ready in 60s") from None
         yield url
     finally:
         if process is not None:

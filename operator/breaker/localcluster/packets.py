@@ -9,13 +9,13 @@ kube-router).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from breaker.actions.egress import Destination
 from breaker.localcluster import images, nodeconfig, outside
 from breaker.localcluster.realnode import RealNode
+from breaker.wait import wait_for
 
 SERVICES = ("tunnel", "pool")
 KUBE_SYSTEM = {"kubernetes.io/metadata.name": "kube-system"}
@@ -121,11 +121,4 @@ def cut_at(report: outside.Report, ip: str, before: float) -> float | None:
 
 
 def wait(probe: Any, what: str, timeout: float, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    return wait_for(probe, what, timeout, interval)

@@ -11,12 +11,12 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from breaker.localcluster.errors import ClusterError, log_tail
+from breaker.wait import WaitTimeout, wait_for
 
 
 def _start_time(pid: int) -> str | None:
@@ -91,36 +91,38 @@ class Process:
             return False
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.pid() is not None:
+
+        def gone() -> bool:
             _reap(pid)
-            time.sleep(0.05)
-        if self.pid() is not None:
+            return self.pid() is None
+
+        try:
+            wait_for(gone, "the process to end", timeout, interval=0.05)
+        except WaitTimeout:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while self.pid() is not None:
-                if time.monotonic() > deadline:
-                    raise ClusterError(self.name, f"pid {pid} survived SIGKILL for 10s")
-                _reap(pid)
-                time.sleep(0.05)
+            try:
+                wait_for(gone, "the process to end", 10, interval=0.05)
+            except WaitTimeout:
+                raise ClusterError(self.name, f"pid {pid} survived SIGKILL for 10s") from None
         self.pid_file.unlink(missing_ok=True)
         return True
 
     def wait_until(self, ready: Callable[[], bool], what: str, timeout: float) -> None:
         """Poll ``ready`` until it holds; fail with the log if the process dies or time runs out."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def alive() -> None:
             if not self.running():
                 raise ClusterError(self.name, f"exited before {what}", self.log, log_tail(self.log))
-            with contextlib.suppress(Exception):
-                if ready():
-                    return
-            if time.monotonic() > deadline:
-                raise ClusterError(
-                    self.name, f"not {what} after {timeout:.0f}s", self.log, log_tail(self.log)
-                )
-            time.sleep(0.2)
+
+        try:
+            # Any failure of a readiness probe (a refused connection, an API error, a
+            # command that fails) means "not yet"; the process dying does not.
+            wait_for(ready, what, timeout, ignore=(Exception,), check=alive)
+        except WaitTimeout:
+            raise ClusterError(
+                self.name, f"not {what} after {timeout:.0f}s", self.log, log_tail(self.log)
+            ) from None
 
 
 def _reap(pid: int) -> None:

@@ -39,6 +39,7 @@ from breaker.localcluster.errors import ClusterError, log_tail
 from breaker.localcluster.nodeconfig import NodeSettings
 from breaker.localcluster.processes import Process
 from breaker.localcluster.tools import Toolbox
+from breaker.wait import WaitTimeout, wait_for
 
 NAME = pki.REAL_NODE
 CNI_BIN = Path("/usr/lib/cni")
@@ -437,12 +438,13 @@ class RealNode:
             f"--address={node.containerd_socket}",
             "--namespace=k8s.io",
         ]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+
+        def none_left() -> bool:
             listed = subprocess.run([*ctr, "tasks", "ls", "-q"], capture_output=True, text=True)
-            if listed.returncode != 0 or not listed.stdout.strip():
-                return
-            time.sleep(0.5)
+            return listed.returncode != 0 or not listed.stdout.strip()
+
+        with contextlib.suppress(WaitTimeout):  # best effort: the shutdown goes on regardless
+            wait_for(none_left, "containerd's tasks to end", 30, interval=0.5)
 
     def _release(self) -> None:
         (REGISTRY / self.id).unlink(missing_ok=True)
