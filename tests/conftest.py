@@ -283,6 +283,45 @@ class Operator:
     def dead(self) -> bool:
         return self.process is None or self.process.poll() is not None
 
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's series on this operator's /metrics (those with ``labels``)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        wanted = [f'{key}="{value}"' for key, value in labels.items()]
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if (line.startswith((f"{name} ", f"{name}{{")))
+            and all(label in line for label in wanted)
+        )
+
+    def evaluations(self, policy: str | None = None) -> float:
+        """Evaluations run (of one policy, "namespace/name", or of all)."""
+        labels = {"policy": policy} if policy else {}
+        return self.metric("breaker_evaluation_duration_seconds_count", **labels)
+
+    def wait_evaluations(self, count: int, policy: str | None = None, timeout: float = 60) -> None:
+        """Wait until ``count`` more evaluations have run: what a test that checks that
+        nothing happens waits for, instead of a fixed time."""
+        target = self.evaluations(policy) + count
+        wait_for(
+            lambda: self.evaluations(policy) >= target,
+            f"{count} more evaluations of {policy or 'every policy'}",
+            timeout=timeout,
+            ignore=(OSError,),
+        )
+
+    def wait_queue_passes(self, count: int, timeout: float = 60) -> None:
+        """Wait until the TrainingJob queue has made ``count`` more passes."""
+        target = self.metric("breaker_queue_passes_total") + count
+        wait_for(
+            lambda: self.metric("breaker_queue_passes_total") >= target,
+            f"{count} more passes of the queue",
+            timeout=timeout,
+            ignore=(OSError,),
+        )
+
     def restart(self, env: dict[str, str] | None = None, wait: bool = True) -> None:
         self.stop()
         self.start(env, wait)

@@ -101,6 +101,11 @@ API_ERRORS = Counter(
     ["code"],
     registry=REGISTRY,
 )
+QUEUE_PASSES = Counter(
+    "breaker_queue_passes_total",
+    "Passes of the TrainingJob queue over every job (admissions, holds, hand-offs).",
+    registry=REGISTRY,
+)
 ACTIVE = Gauge(
     "breaker_operator_active",
     "1 once this operator acts; 0 while it stands by behind a peer (kopf peering).",

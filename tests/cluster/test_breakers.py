@@ -38,7 +38,7 @@ from tests.cluster.scenes import (
     policy,
     trainingjob,
 )
-from tests.conftest import OPERATOR_METRICS, free_port
+from tests.conftest import OPERATOR_METRICS, Operator, free_port
 from tests.helpers import wait_for
 from tests.kube import as_body, as_dict, meta_of, spec_of, status_of
 
@@ -98,7 +98,7 @@ def test_a_reset_restores_every_changed_spec(cluster: Cluster) -> None:
     assert [h["to"] for h in status["history"]][-2:] == ["Open", "Closed"]
 
 
-def test_benign_training_is_never_contained(cluster: Cluster) -> None:
+def test_benign_training_is_never_contained(cluster: Cluster, operator_process: Operator) -> None:
     pods = full_cluster(cluster)
     cluster.create("breakerpolicies", policy())
     with cluster.sim(
@@ -110,7 +110,7 @@ def test_benign_training_is_never_contained(cluster: Cluster) -> None:
         ],
     ):
         wait_for(lambda: cluster.breaker("rl-guard").get("status"), "the breaker", timeout=30)
-        time.sleep(15)  # fifteen evaluations
+        operator_process.wait_evaluations(15, f"{cluster.ns}/guard")
     status = cluster.breaker("rl-guard").get("status", {})
     assert status["state"] == "Closed"
     assert not status.get("actions")

@@ -9,7 +9,6 @@ on a change made right after the kill is the takeover time, printed at the end o
 from __future__ import annotations
 
 import time
-import urllib.request
 from pathlib import Path
 
 from tests.cluster.scenes import Cluster, policy, trainingjob
@@ -17,23 +16,6 @@ from tests.conftest import Operator
 from tests.helpers import wait_for
 
 TAKEOVERS: list[float] = []  # seconds from the SIGKILL to the standby's action
-
-
-def gauge(operator: Operator, name: str) -> float:
-    """The sum of a metric's series on this operator's own /metrics."""
-    url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name) and not line.startswith("#")
-    )
-
-
-def passes(operator: Operator) -> float:
-    """How many evaluations this operator has run."""
-    return gauge(operator, "breaker_evaluation_duration_seconds_count")
 
 
 def test_one_acts_and_the_standby_takes_over(
@@ -50,12 +32,10 @@ def test_one_acts_and_the_standby_takes_over(
     standby = Operator(operator_process.cluster, operator_kubeconfig, tmp_path / "standby.log")
     standby.start()
     try:
-        active_before = passes(operator_process)
-        time.sleep(5)  # five evaluation intervals of the test policy
-        assert passes(operator_process) > active_before, "the active operator stopped"
-        assert passes(standby) == 0, "the standby evaluated too"
-        assert gauge(standby, "breaker_operator_active") == 0
-        assert gauge(operator_process, "breaker_operator_active") == 1
+        operator_process.wait_evaluations(5)  # the active one goes on evaluating
+        assert standby.evaluations() == 0, "the standby evaluated too"
+        assert standby.metric("breaker_operator_active") == 0
+        assert operator_process.metric("breaker_operator_active") == 1
         assert "this operator is the one acting" not in standby.log.read_text()
 
         operator_process.kill()
@@ -70,7 +50,7 @@ def test_one_acts_and_the_standby_takes_over(
         took = time.monotonic() - killed
         TAKEOVERS.append(took)
         assert c.get("trainingjobs", "rl")["spec"]["suspend"] is True
-        assert passes(standby) > 0
+        assert standby.evaluations() > 0
 
         # The old operator comes back: now it is the newcomer, and waits.
         operator_process.start()
@@ -79,9 +59,9 @@ def test_one_acts_and_the_standby_takes_over(
             lambda: c.breaker("rl-guard").get("status", {}).get("state") == "Closed",
             "the new active operator to reset",
         )
-        assert passes(operator_process) == 0, "the returning operator acted as a standby"
-        assert gauge(operator_process, "breaker_operator_active") == 0
+        assert operator_process.evaluations() == 0, "the returning operator acted as a standby"
+        assert operator_process.metric("breaker_operator_active") == 0
     finally:
         # The standby leaves with a goodbye: the session's operator takes over at once.
         standby.stop()
-    wait_for(lambda: passes(operator_process) > 0, "the session's operator active again", 60)
+    wait_for(lambda: operator_process.evaluations() > 0, "the session's operator active again", 60)

@@ -28,6 +28,7 @@ from tests.cluster.scenes import (
     policy,
     trainingjob,
 )
+from tests.conftest import Operator
 from tests.helpers import wait_for
 from tests.kube import as_body, meta_of
 
@@ -138,7 +139,7 @@ def force_open(c: Cluster, breaker: str) -> None:
     )
 
 
-def test_a_tripped_tenant_cannot_get_out(cluster: Cluster) -> None:
+def test_a_tripped_tenant_cannot_get_out(cluster: Cluster, operator_process: Operator) -> None:
     c = cluster
     full_cluster(c)
     for name in ("helper", "sidecar"):
@@ -310,7 +311,7 @@ def test_a_tripped_tenant_cannot_get_out(cluster: Cluster) -> None:
         "a Warning Event on the new job",
     )
     assert "clamped by tripped Breaker rl-guard" in (warning[0].message or "")
-    time.sleep(2)  # the queue has had its chance: the other tenant keeps the GPUs
+    operator_process.wait_queue_passes(2)  # the queue had its chance: the other keeps the GPUs
     assert c.state("rl-again") == "Queued"
     assert c.state("waiting", c.other) == "Running"
     ATTEMPTS.append(("create a new TrainingJob to get GPUs back", "held by the quota clamp", None))

@@ -210,8 +210,11 @@ def test_without_a_node_agent_the_open_tunnel_outlives_the_policy(
         "cluster dns": True,
     }
     before = live.last_bytes(pod.status.pod_ip)
-    time.sleep(3)
-    assert live.last_bytes(pod.status.pod_ip) > before + 1, "the tunnel stopped without the agent"
+    wait_for(
+        lambda: live.last_bytes(pod.status.pod_ip) > before + 1,
+        "the open tunnel to carry bytes on without the agent",
+        timeout=10,
+    )
     live.reset("steady-guard")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from kubernetes import client
 
 from breaker.constants import GROUP, VERSION
 from tests.cluster.scenes import Cluster, policy, trainingjob
-from tests.conftest import RELEASE_NAMESPACE, free_port
+from tests.conftest import RELEASE_NAMESPACE, Operator, free_port
 from tests.helpers import wait_for
 from tests.kube import as_body, as_dict, meta_of
 
@@ -30,7 +29,9 @@ def crafted(series: list[tuple[str, str]]) -> str:
     return " or ".join(one.format(namespace, pod) for namespace, pod in series)
 
 
-def test_a_namespaced_policy_acts_on_its_own_namespace_only(cluster: Cluster) -> None:
+def test_a_namespaced_policy_acts_on_its_own_namespace_only(
+    cluster: Cluster, operator_process: Operator
+) -> None:
     c = cluster
     c.create("trainingjobs", trainingjob("mine", 1, 8))
     (own,) = c.running("mine", 1)
@@ -54,7 +55,8 @@ def test_a_namespaced_policy_acts_on_its_own_namespace_only(cluster: Cluster) ->
     ]
     c.create("breakerpolicies", body)
     wait_for(lambda: c.settled_state("mine-guard") == "Open", "its own job tripped")
-    time.sleep(3)  # three more evaluations, each naming the victim's pod too
+    # Three more evaluations, each naming the victim's pod too.
+    operator_process.wait_evaluations(3, f"{c.ns}/guard")
     breakers = as_dict(c.custom.list_namespaced_custom_object(GROUP, VERSION, c.other, "breakers"))
     assert [b["metadata"]["name"] for b in breakers["items"]] == ["victim-guard"]
     assert all(b["spec"]["policyRef"].get("namespace") == c.other for b in breakers["items"]), (

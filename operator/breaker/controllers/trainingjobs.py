@@ -24,7 +24,7 @@ from typing import Any
 import kopf
 from kubernetes import client
 
-from breaker import events, kube, serving
+from breaker import events, kube, metrics, serving
 from breaker.actions import marks
 from breaker.actions import quota as quota_core
 from breaker.api import quantity
@@ -232,6 +232,7 @@ class TrainingController:
             await asyncio.sleep(DEBOUNCE_SECONDS)  # one pass for a burst of events
             try:
                 self.retry = await self.reconcile()
+                metrics.QUEUE_PASSES.inc()
             except Exception:
                 log.exception("TrainingJob reconcile failed; retrying in %ss", RETRY_SECONDS)
                 self.retry = True
