@@ -22,3 +22,15 @@ def test_the_operator_entry_point_loads_no_developer_tooling() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert loaded == "[]"
+
+
+def test_the_local_cluster_without_the_developer_extra_says_how_to_install_it() -> None:
+    probe = (
+        "import sys\n"
+        "sys.modules['cryptography'] = None  # as in the operator's image\n"
+        "from breaker import cli\n"
+        "sys.exit(cli.main(['cluster', 'status']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "pip install 'breaker[local]'" in done.stderr

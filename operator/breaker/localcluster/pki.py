@@ -14,10 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+
+from breaker.localcluster.errors import ClusterError
+
+try:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+except ModuleNotFoundError as missing:  # the operator's image installs no developer tooling
+    raise ClusterError(
+        "local cluster",
+        f"needs the package's developer extra ({missing.name} is not installed): "
+        "`pip install 'breaker[local]'` (`make deps` installs it)",
+    ) from missing
 
 VALIDITY = dt.timedelta(days=365)
 
