@@ -33,7 +33,7 @@ import kopf
 from kubernetes import client
 
 from breaker import events, failpoints, heap, kube, leadership, metrics, serving
-from breaker.actions import connections, executor
+from breaker.actions import connections, discovery, executor
 from breaker.actions import evidence as evidence_core
 from breaker.actions.notify import (
     Notifier,
@@ -1351,6 +1351,12 @@ async def stop_breaker_controller(memo: kopf.Memo, **_: Any) -> None:
         await controller.notifier.close()
         if isinstance(controller.training, RemoteQueue):
             await controller.training.close()
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=serving.breakers)
+async def rediscover_apis(**_: Any) -> None:
+    """A CRD came, went or changed: the deny APIs a revocation uses may have too."""
+    discovery.forget()
 
 
 async def _wake(memo: kopf.Memo, **_: Any) -> None:
