@@ -17,6 +17,7 @@ import argparse
 import datetime as dt
 import ipaddress
 import json
+import math
 import os
 import sys
 import time
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client, config, watch
 
 from breaker.actions.egress import Destination, EffectiveEgress, effective_egress
 from breaker.api import containment
@@ -329,6 +330,11 @@ def _api_error(error: client.ApiException, doing: str, role: str) -> PluginError
 
 
 def _list(session: Session, all_namespaces: bool) -> list[dict[str, Any]]:
+    return _listed(session, all_namespaces)[0]
+
+
+def _listed(session: Session, all_namespaces: bool) -> tuple[list[dict[str, Any]], str | None]:
+    """The breakers, and the resourceVersion of the list (where a watch starts)."""
     where = "all namespaces" if all_namespaces else session.namespace
     found: dict[str, Any]
     try:
@@ -344,13 +350,17 @@ def _list(session: Session, all_namespaces: bool) -> list[dict[str, Any]]:
                 ),
             )
     except client.ApiException as error:
-        if error.status == 404:
-            raise PluginError(
-                "this cluster has no Breaker API: install the chart (helm/breaker) first"
-            ) from None
-        raise _api_error(error, f"list breakers in {where}", "breaker-viewer") from None
+        raise _list_error(error, where) from None
     items: list[dict[str, Any]] = found["items"]
-    return items
+    return items, (found.get("metadata") or {}).get("resourceVersion")
+
+
+def _list_error(error: client.ApiException, where: str) -> PluginError:
+    if error.status == 404:
+        return PluginError(
+            "this cluster has no Breaker API: install the chart (helm/breaker) first"
+        )
+    return _api_error(error, f"list breakers in {where}", "breaker-viewer")
 
 
 def _resolve(session: Session, name: str, kind: str | None) -> list[dict[str, Any]]:
@@ -420,32 +430,63 @@ def reset_done(breaker: Mapping[str, Any], token: str | None) -> Verdict:
     return False, f"{found.reason}: {found.message}"
 
 
+# A watch of the namespace's breakers from a resourceVersion for up to so many seconds:
+# (event type, object) pairs, until the server ends it.
+Events = Callable[[Session, Sequence[str], str | None, int], Iterable[tuple[str, dict[str, Any]]]]
+
+
+def _watch(
+    session: Session, names: Sequence[str], version: str | None, seconds: int
+) -> Iterable[tuple[str, dict[str, Any]]]:
+    """The Breakers' changes from ``version`` (only the one, when there is one)."""
+    selector = {"field_selector": f"metadata.name={names[0]}"} if len(names) == 1 else {}
+    for event in watch.Watch().stream(  # type: ignore[no-untyped-call]
+        session.custom.list_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        session.namespace,
+        PLURAL,
+        resource_version=version,
+        timeout_seconds=seconds,
+        _request_timeout=seconds + 30,
+        **selector,
+    ):
+        yield event["type"], event["raw_object"]
+
+
 def _wait(
     session: Session,
     names: Sequence[str],
     judge: Callable[[Mapping[str, Any]], Verdict],
     timeout: float,
+    events: Events = _watch,
 ) -> None:
+    """Until every breaker named is judged done: one list, then a watch from its
+    resourceVersion (resumed where it ends; listed again once if that expired, 410)."""
     deadline = time.monotonic() + timeout
     pending = set(names)
     failing: dict[str, str] = {}
-    while pending:
-        for breaker in _list(session, False):
-            name = breaker["metadata"]["name"]
-            verdict = judge(breaker) if name in pending else None
-            if verdict is None:
-                continue
-            done, said = verdict
-            if done:
-                pending.discard(name)
-                failing.pop(name, None)
-                print(f"breaker {name}: {said}")
-            elif failing.get(name) != said:
-                failing[name] = said
-                print(f"breaker {name}: {said} (the operator retries)", file=sys.stderr)
-        if not pending:
+
+    def look(breaker: Mapping[str, Any]) -> None:
+        name = breaker["metadata"]["name"]
+        verdict = judge(breaker) if name in pending else None
+        if verdict is None:
             return
-        if time.monotonic() > deadline:
+        done, said = verdict
+        if done:
+            pending.discard(name)
+            failing.pop(name, None)
+            print(f"breaker {name}: {said}")
+        elif failing.get(name) != said:
+            failing[name] = said
+            print(f"breaker {name}: {said} (the operator retries)", file=sys.stderr)
+
+    breakers, version = _listed(session, False)
+    for breaker in breakers:
+        look(breaker)
+    while pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
             if failing:
                 raise PluginError(
                     f"not done after {timeout:.0f}s: "
@@ -455,7 +496,21 @@ def _wait(
             raise PluginError(
                 f"{', '.join(sorted(pending))}: no answer after {timeout:.0f}s; {OPERATOR_HINT}"
             )
-        time.sleep(0.5)
+        try:
+            for kind, breaker in events(session, sorted(pending), version, math.ceil(left)):
+                version = (breaker.get("metadata") or {}).get("resourceVersion") or version
+                if kind in ("ADDED", "MODIFIED"):
+                    look(breaker)
+                if not pending:
+                    return
+        except (urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError):
+            continue  # the connection broke mid-watch: resume where it got to
+        except client.ApiException as error:
+            if error.status != 410:
+                raise _list_error(error, session.namespace) from None
+            breakers, version = _listed(session, False)  # expired: start again from a list
+            for breaker in breakers:
+                look(breaker)
 
 
 # -- commands ----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 from kubernetes import client
 
 from breaker import failpoints, kube
-from breaker.actions import admin_policy, connections, egress, node, pause, quota
+from breaker.actions import admin_policy, connections, discovery, egress, node, pause, quota
 from breaker.api.policy import QuarantineNodeAction, RevokeEgressAction, ServiceRef
 from breaker.circuit.views import PodView, WorkloadView
 from breaker.constants import (
@@ -312,41 +312,56 @@ async def restore_egress(scene: Scene, record: Mapping[str, Any]) -> dict[str, A
 
 
 async def served(api: client.ApiClient, group: str, version: str) -> bool:
-    """Whether the API server serves this group version (asked at trip time: CRDs come
-    and go, and one discovery call per trip costs nothing)."""
-    groups = await kube.call(client.ApisApi(api).get_api_versions)
-    return any(
-        g.name == group and any(v.version == version for v in g.versions)
-        for g in groups.groups or []
-    )
+    """Whether the API server serves this group version (discovered once per process and
+    kept until a CRD changes: a trip does not wait on discovery)."""
+    return await discovery.served(api, group, version)
 
 
 async def _deny_above_network_policies(scene: Scene, allow_dns: bool) -> dict[str, Any]:
     """An AdminNetworkPolicy and a Cilium deny, for the APIs this cluster has."""
     objects = client.CustomObjectsApi(scene.api)
     made: dict[str, Any] = {}
-    if await served(scene.api, admin_policy.ANP_GROUP, admin_policy.ANP_VERSION):
-        body = admin_policy.admin_network_policy(scene.namespace, scene.breaker, allow_dns)
-        await _create_or_keep(
-            objects.create_cluster_custom_object,
-            admin_policy.ANP_GROUP,
-            admin_policy.ANP_VERSION,
-            admin_policy.ANP_PLURAL,
-            body,
-        )
-        made["adminNetworkPolicy"] = body["metadata"]["name"]
-    if await served(scene.api, admin_policy.CILIUM_GROUP, admin_policy.CILIUM_VERSION):
-        body = admin_policy.cilium_policy(scene.namespace, scene.breaker)
-        await _create_or_keep(
-            objects.create_namespaced_custom_object,
-            admin_policy.CILIUM_GROUP,
-            admin_policy.CILIUM_VERSION,
-            scene.namespace,
-            admin_policy.CILIUM_PLURAL,
-            body,
-        )
-        made["ciliumPolicy"] = body["metadata"]["name"]
+    anp = admin_policy.admin_network_policy(scene.namespace, scene.breaker, allow_dns)
+    if await _create_where_served(
+        scene.api,
+        admin_policy.ANP_GROUP,
+        admin_policy.ANP_VERSION,
+        objects.create_cluster_custom_object,
+        admin_policy.ANP_PLURAL,
+        anp,
+    ):
+        made["adminNetworkPolicy"] = anp["metadata"]["name"]
+    cilium = admin_policy.cilium_policy(scene.namespace, scene.breaker)
+    if await _create_where_served(
+        scene.api,
+        admin_policy.CILIUM_GROUP,
+        admin_policy.CILIUM_VERSION,
+        objects.create_namespaced_custom_object,
+        scene.namespace,
+        admin_policy.CILIUM_PLURAL,
+        cilium,
+    ):
+        made["ciliumPolicy"] = cilium["metadata"]["name"]
     return made
+
+
+async def _create_where_served(
+    api: client.ApiClient, group: str, version: str, create: Any, *args: Any
+) -> bool:
+    """Create (or keep) the object if the API is served; whether it was. A 404 from a kind
+    the kept discovery said was served: the API went, so discover again and ask once more."""
+    if not await served(api, group, version):
+        return False
+    try:
+        await _create_or_keep(create, group, version, *args)
+    except client.ApiException as error:
+        if error.status != 404:
+            raise
+        discovery.forget()
+        if await served(api, group, version):
+            raise
+        return False
+    return True
 
 
 async def _create_or_keep(create: Any, *args: Any) -> None:

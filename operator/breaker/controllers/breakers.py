@@ -33,7 +33,7 @@ import kopf
 from kubernetes import client
 
 from breaker import events, failpoints, heap, kube, leadership, metrics, serving
-from breaker.actions import connections, executor
+from breaker.actions import connections, discovery, executor
 from breaker.actions import evidence as evidence_core
 from breaker.actions.notify import (
     Notifier,
@@ -733,16 +733,10 @@ class BreakerController:
             # Finishing after a restart: the queue hands the GPUs on (or did, before the
             # restart); its first pass may not have run yet, so give it the usual wait.
             after = plan.parse_stamp(intended.get("appliedAt"))
-            deadline = time.monotonic() + HANDOFF_WAIT_SECONDS
-            while True:
-                changed["to"] = [
-                    f"{ns}/{name}"
-                    for ns, name in await training.admitted_after(after)
-                    if ns != scene.namespace
-                ][:1]
-                if changed["to"] or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.1)
+            admitted = await training.admitted_after(
+                after, HANDOFF_WAIT_SECONDS, among=lambda key: key[0] != scene.namespace
+            )
+            changed["to"] = [f"{ns}/{name}" for ns, name in admitted][:1]
             if not changed["to"]:
                 scene.notes.append("no queued TrainingJob took the freed GPUs")
             record["appliedAt"] = plan.stamp(dt.datetime.now(dt.UTC))
@@ -1355,6 +1349,14 @@ async def stop_breaker_controller(memo: kopf.Memo, **_: Any) -> None:
     controller: BreakerController | None = memo.get("breakers")
     if controller is not None:
         await controller.notifier.close()
+        if isinstance(controller.training, RemoteQueue):
+            await controller.training.close()
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=serving.breakers)
+async def rediscover_apis(**_: Any) -> None:
+    """A CRD came, went or changed: the deny APIs a revocation uses may have too."""
+    discovery.forget()
 
 
 async def _wake(memo: kopf.Memo, **_: Any) -> None:

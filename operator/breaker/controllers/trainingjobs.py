@@ -18,6 +18,7 @@ import datetime as dt
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from breaker.api.trainingjob import TrainingJob
 from breaker.constants import GPU_RESOURCE, GROUP, JOB_LABEL, PAUSED_BY, TRAININGJOBS, VERSION
 from breaker.training import queue, render
 from breaker.training import status as status_core
+from breaker.wake import Changes
 
 log = logging.getLogger("breaker.trainingjobs")
 
@@ -192,6 +194,7 @@ class TrainingController:
         self.admissions: list[tuple[float, Key]] = []
         self.queued: tuple[Key, ...] = ()  # waiting for GPUs after the latest pass
         self.admitted = asyncio.Condition()
+        self.changes = Changes()  # the indexes changed: for waits on the TrainingJobs' status
 
     async def admitted_since(self, since: float, wait_seconds: float) -> list[Key]:
         """Jobs admitted at or after ``since`` (monotonic time), waiting up to ``wait_seconds``."""
@@ -209,17 +212,30 @@ class TrainingController:
         """Jobs waiting for GPUs after the latest pass."""
         return list(self.queued)
 
-    async def admitted_after(self, moment: dt.datetime | None) -> list[Key]:
-        """Jobs whose status says they were admitted at or after ``moment``: what a
-        restarted operator knows of the queue's past."""
+    async def admitted_after(
+        self,
+        moment: dt.datetime | None,
+        wait_seconds: float = 0.0,
+        among: Callable[[Key], bool] | None = None,
+    ) -> list[Key]:
+        """Jobs whose status says they were admitted at or after ``moment`` (those ``among``
+        accepts): what a restarted operator knows of the queue's past. Waits up to
+        ``wait_seconds`` for the index to show the first."""
         if moment is None:
             return []
         index = self.indexes["trainingjobs"]
-        return queue.admitted_since((_only(index, key) or {} for key in index), moment)
+
+        def found() -> list[Key]:
+            admitted = queue.admitted_since((_only(index, key) or {} for key in index), moment)
+            return [key for key in admitted if among is None or among(key)]
+
+        return await self.changes.until(found, wait_seconds)
 
     def nudge(self) -> None:
         self.ready = True  # the first handler call means kopf has filled the indexes
         self.wake.set()
+        # kopf updates its indexes before it calls the handlers: they show the change now.
+        self.changes.notify()
 
     async def run(self) -> None:
         while True:
