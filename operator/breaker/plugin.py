@@ -454,6 +454,40 @@ def _watch(
         yield event["type"], event["raw_object"]
 
 
+class _Progress:
+    """Which of the named breakers are not done yet, and what the failing ones said."""
+
+    def __init__(self, names: Sequence[str], judge: Callable[[Mapping[str, Any]], Verdict]):
+        self.pending = set(names)
+        self.failing: dict[str, str] = {}
+        self.judge = judge
+
+    def look(self, breaker: Mapping[str, Any]) -> None:
+        name = breaker["metadata"]["name"]
+        verdict = self.judge(breaker) if name in self.pending else None
+        if verdict is None:
+            return
+        done, said = verdict
+        if done:
+            self.pending.discard(name)
+            self.failing.pop(name, None)
+            print(f"breaker {name}: {said}")
+        elif self.failing.get(name) != said:
+            self.failing[name] = said
+            print(f"breaker {name}: {said} (the operator retries)", file=sys.stderr)
+
+    def timed_out(self, timeout: float) -> PluginError:
+        if self.failing:
+            return PluginError(
+                f"not done after {timeout:.0f}s: "
+                + "; ".join(f"{n}: {self.failing[n]}" for n in sorted(self.failing))
+                + "; `kubectl breaker explain NAME` shows each action and its error"
+            )
+        return PluginError(
+            f"{', '.join(sorted(self.pending))}: no answer after {timeout:.0f}s; {OPERATOR_HINT}"
+        )
+
+
 def _wait(
     session: Session,
     names: Sequence[str],
@@ -464,44 +498,22 @@ def _wait(
     """Until every breaker named is judged done: one list, then a watch from its
     resourceVersion (resumed where it ends; listed again once if that expired, 410)."""
     deadline = time.monotonic() + timeout
-    pending = set(names)
-    failing: dict[str, str] = {}
-
-    def look(breaker: Mapping[str, Any]) -> None:
-        name = breaker["metadata"]["name"]
-        verdict = judge(breaker) if name in pending else None
-        if verdict is None:
-            return
-        done, said = verdict
-        if done:
-            pending.discard(name)
-            failing.pop(name, None)
-            print(f"breaker {name}: {said}")
-        elif failing.get(name) != said:
-            failing[name] = said
-            print(f"breaker {name}: {said} (the operator retries)", file=sys.stderr)
-
+    progress = _Progress(names, judge)
     breakers, version = _listed(session, False)
     for breaker in breakers:
-        look(breaker)
-    while pending:
+        progress.look(breaker)
+    while progress.pending:
         left = deadline - time.monotonic()
         if left <= 0:
-            if failing:
-                raise PluginError(
-                    f"not done after {timeout:.0f}s: "
-                    + "; ".join(f"{n}: {failing[n]}" for n in sorted(failing))
-                    + "; `kubectl breaker explain NAME` shows each action and its error"
-                )
-            raise PluginError(
-                f"{', '.join(sorted(pending))}: no answer after {timeout:.0f}s; {OPERATOR_HINT}"
-            )
+            raise progress.timed_out(timeout)
         try:
-            for kind, breaker in events(session, sorted(pending), version, math.ceil(left)):
+            for kind, breaker in events(
+                session, sorted(progress.pending), version, math.ceil(left)
+            ):
                 version = (breaker.get("metadata") or {}).get("resourceVersion") or version
                 if kind in ("ADDED", "MODIFIED"):
-                    look(breaker)
-                if not pending:
+                    progress.look(breaker)
+                if not progress.pending:
                     return
         except (urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError):
             continue  # the connection broke mid-watch: resume where it got to
@@ -510,7 +522,7 @@ def _wait(
                 raise _list_error(error, session.namespace) from None
             breakers, version = _listed(session, False)  # expired: start again from a list
             for breaker in breakers:
-                look(breaker)
+                progress.look(breaker)
 
 
 # -- commands ----------------------------------------------------------------------------

@@ -4,7 +4,6 @@ while. A fake API; no cluster."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -73,7 +72,7 @@ class FakeNetworking:
 
 
 @pytest.fixture
-def apis(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeApis, FakeObjects]]:
+def apis(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeApis, FakeObjects]:
     fake = FakeApis([ANP, CILIUM])
     objects = FakeObjects(fake)
     monkeypatch.setattr(discovery, "DISCOVERY", discovery.Discovery())
@@ -81,7 +80,7 @@ def apis(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeApis, FakeObject
     monkeypatch.setattr(client, "CustomObjectsApi", lambda _api: objects)
     monkeypatch.setattr(client, "NetworkingV1Api", lambda _api: FakeNetworking())
     monkeypatch.setattr(client, "CoreV1Api", lambda _api: FakeNetworking())
-    yield fake, objects
+    return fake, objects
 
 
 def scene() -> executor.Scene:
@@ -94,7 +93,8 @@ async def test_several_revokes_and_restores_discover_once(
     fake, objects = apis
     for _ in range(3):
         changed = await executor.revoke_egress(scene(), RevokeEgressAction())
-        assert changed["adminNetworkPolicy"] and changed["ciliumPolicy"]
+        assert changed["adminNetworkPolicy"]
+        assert changed["ciliumPolicy"]
         await executor.restore_egress(scene(), changed)
     assert fake.calls == 1
     assert objects.created == ["AdminNetworkPolicy", "CiliumNetworkPolicy"] * 3
@@ -110,7 +110,8 @@ async def test_a_crd_change_makes_the_next_revoke_discover_again(
     fake.groups = [ANP]  # the network-policy API installed: its CRD's event says so
     discovery.forget()
     changed = await executor.revoke_egress(scene(), RevokeEgressAction())
-    assert "adminNetworkPolicy" in changed and "ciliumPolicy" not in changed
+    assert "adminNetworkPolicy" in changed
+    assert "ciliumPolicy" not in changed
     assert fake.calls == 2
 
 
@@ -121,7 +122,8 @@ async def test_a_kind_gone_since_discovery_is_skipped_after_asking_again(
     await executor.revoke_egress(scene(), RevokeEgressAction())
     fake.groups = [ANP]  # Cilium uninstalled; nothing told this process yet
     changed = await executor.revoke_egress(scene(), RevokeEgressAction())
-    assert "adminNetworkPolicy" in changed and "ciliumPolicy" not in changed
+    assert "adminNetworkPolicy" in changed
+    assert "ciliumPolicy" not in changed
     assert fake.calls == 2
 
 

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 
 from breaker.actions import executor
-from breaker.controllers import breakers, handoff
+from breaker.controllers import breakers
 from breaker.controllers.breakers import BreakerController
 from breaker.controllers.handoff import JobStatuses, RemoteQueue
 from breaker.controllers.trainingjobs import TrainingController
@@ -35,7 +35,12 @@ def later(seconds: float, then: Any) -> None:
 
 async def test_a_wait_returns_as_soon_as_the_view_has_the_answer() -> None:
     changes, seen = Changes(), []
-    later(0.05, lambda: (seen.append("it"), changes.notify()))
+
+    def answer() -> None:
+        seen.append("it")
+        changes.notify()
+
+    later(0.05, answer)
     started = time.monotonic()
     assert await changes.until(lambda: list(seen), 30) == ["it"]
     assert time.monotonic() - started < 1
@@ -45,7 +50,12 @@ async def test_a_wait_without_an_answer_ends_at_its_time_with_the_last_look() ->
     changes, looks = Changes(), []
     later(0.05, changes.notify)  # a change that does not answer: looked at, waited on
     started = time.monotonic()
-    assert await changes.until(lambda: looks.append(1) or [], 0.2) == []
+
+    def look() -> list[str]:
+        looks.append(1)
+        return []
+
+    assert await changes.until(look, 0.2) == []
     assert 0.2 <= time.monotonic() - started < 1
     assert len(looks) == 3  # at the start, on the change, at the end: no polling between
 
@@ -167,12 +177,12 @@ class FakeWatch:
 
 
 @pytest.fixture
-def remote(monkeypatch: pytest.MonkeyPatch) -> Iterator[RemoteQueue]:
+def remote(monkeypatch: pytest.MonkeyPatch) -> RemoteQueue:
     FakeWatch.streams = []
-    monkeypatch.setattr(handoff.watch, "Watch", FakeWatch)
+    monkeypatch.setattr(watch, "Watch", FakeWatch)
     queue = RemoteQueue(client.ApiClient())
     queue.custom = FakeCustom()  # type: ignore[assignment]
-    yield queue
+    return queue
 
 
 async def test_the_remote_queue_lists_once_then_follows_the_watch(remote: RemoteQueue) -> None:
@@ -186,4 +196,5 @@ async def test_the_remote_queue_lists_once_then_follows_the_watch(remote: Remote
     assert custom.lists == 2
     assert [s["resource_version"] for s in FakeWatch.streams[:2]] == ["1", "2"]
     await remote.close()
-    assert remote.task is not None and remote.task.done()
+    assert remote.task is not None
+    assert remote.task.done()

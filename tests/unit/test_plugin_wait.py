@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 
 from breaker import plugin
 from breaker.plugin import PluginError, Verdict
@@ -124,7 +124,7 @@ class FakeWatch:
 
 
 def test_one_breaker_is_watched_by_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plugin.watch, "Watch", FakeWatch)
+    monkeypatch.setattr(watch, "Watch", FakeWatch)
     events = list(plugin._watch(session(Lists([])), ["rl-guard"], "5", 12))
     assert events == [("MODIFIED", breaker("rl-guard", "3"))]
     assert FakeWatch.asked["field_selector"] == "metadata.name=rl-guard"

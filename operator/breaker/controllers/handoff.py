@@ -235,7 +235,7 @@ async def _in_thread(function: Callable[[], T]) -> T:
     def run() -> None:
         try:
             result = function()
-        except BaseException as error:  # handed to the awaiting coroutine, not swallowed
+        except BaseException as error:  # noqa: BLE001  handed to the awaiting coroutine, not swallowed
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(settle, None, error)
         else:
