@@ -16,14 +16,14 @@ import kopf
 from breaker import heap, kopf_tuning, kube, leadership, metrics, serving
 
 # Importing the controllers registers their handlers and indexes.
-from breaker.controllers import breakers, inventory, policies, trainingjobs
+from breaker.controllers import breakers, config, inventory, policies, trainingjobs
 
 CONTROLLERS = (policies, trainingjobs, inventory, breakers)
 log = logging.getLogger("breaker.runner")
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = "breaker.dev/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="breaker.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -35,14 +35,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # The first list of each resource in pages: 10,000 pods at once is one response of
     # tens of megabytes, parsed whole before the first is indexed.
     settings.watching.chunk_size = 500
-    settings.peering.lifetime = PEERING["lifetime"]
+    settings.peering.lifetime = config.of(memo).peering_lifetime
     # kopf peers a namespace-restricted operator per namespace (a KopfPeering in each);
     # a shard is one peering group over all its namespaces, so it peers cluster-wide.
     # kopf reads this after the startup handlers, when it starts its peering tasks.
     settings.peering.clusterwide = True
-
-
-PEERING = {"lifetime": 15}
 
 
 @kopf.on.startup()
@@ -79,7 +76,9 @@ def run(
         # kopf logs every event handler's success at INFO: thousands a minute on a busy cluster.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf_tuning.install()
-    breakers.OPTIONS.update(prometheus_url=prometheus_url, operator_namespace=operator_namespace)
+    memo = kopf.Memo(
+        config=config.OperatorConfig(prometheus_url, operator_namespace, peering_lifetime)
+    )
     if metrics_port is not None:
         metrics.serve(metrics_port, metrics_address)
     watched = serving.watched_namespaces()
@@ -90,12 +89,13 @@ def run(
         f"shard {shard} ({', '.join(shard_namespaces)})" if shard else "every namespace",
     )
     if peering is None:
-        kopf.run(standalone=True, liveness_endpoint=liveness, **scope)
+        kopf.run(standalone=True, liveness_endpoint=liveness, memo=memo, **scope)
         return
-    PEERING["lifetime"] = peering_lifetime
     priority = leadership.priority_below_peers(kube.api_client(), peering)
     log.info(
         "peering %s: priority %d (below every live peer: standby until they go)", peering, priority
     )
     leadership.exit_when_demoted()
-    kopf.run(peering_name=peering, priority=priority, liveness_endpoint=liveness, **scope)
+    kopf.run(
+        peering_name=peering, priority=priority, liveness_endpoint=liveness, memo=memo, **scope
+    )

@@ -61,9 +61,10 @@ from breaker.circuit.selection import Policy, Workload
 from breaker.circuit.tally import policy_status_patch
 from breaker.circuit.views import PodView, WorkloadView
 from breaker.constants import GROUP, QUARANTINE_LABEL, VERSION
-from breaker.controllers import inventory
+from breaker.controllers import config, inventory
 from breaker.controllers.handoff import Handoffs, RemoteQueue
 from breaker.controllers.inventory import items, only
+from breaker.controllers.reconciler import Backoff, Reconciler
 from breaker.detect import driver, engine, live
 from breaker.detect.policy_check import problems
 from breaker.detect.prom import Prom
@@ -80,7 +81,6 @@ RESYNC_SECONDS = 300.0
 HANDOFF_WAIT_SECONDS = 1.0
 # How long a handoff waits for the paused pods to go and the queue to admit a job.
 HANDOFF_PATIENCE_SECONDS = 600.0
-DEFAULT_PROMETHEUS = "http://127.0.0.1:9090"
 BreakerKey = tuple[str, str]
 PolicyKey = tuple[str, str | None, str]  # (kind, namespace, name)
 
@@ -124,9 +124,14 @@ class BreakerController:
         self.training = training
         self.prometheus_url = prometheus_url
         self.operator_namespace = operator_namespace
-        self.wake = asyncio.Event()
-        self.ready = False
-        self.retry = False
+        self.loop = Reconciler(
+            "breaker",
+            self.one_pass,
+            debounce=DEBOUNCE_SECONDS,
+            retry=RETRY_SECONDS,
+            resync=RESYNC_SECONDS,
+            due=self._next_evaluation,
+        )
         self.compiled: dict[PolicyKey, Compiled] = {}
         self.proms: dict[tuple[str, float], Prom] = {}
         # The status last written per Breaker: the index may lag our own writes, and acting
@@ -134,41 +139,39 @@ class BreakerController:
         self.written: dict[BreakerKey, dict[str, Any]] = {}
         self.busy: dict[BreakerKey, asyncio.Task[None]] = {}
         self.policy_status: dict[PolicyKey, dict[str, Any]] = {}
-        # When a breaker whose actions failed may be tried again (monotonic).
-        self.finish_after: dict[BreakerKey, float] = {}
-        self.failures: dict[BreakerKey, int] = {}  # retries in a row that failed
+        # When a breaker whose actions failed may be tried again.
+        self.backoff: Backoff[BreakerKey] = Backoff(RETRY_SECONDS, RETRY_CAP_SECONDS)
         self.handoff_due: dict[BreakerKey, float] = {}  # next look at an awaited handoff
         self.notifier = Notifier()
 
     def nudge(self) -> None:
-        self.ready = True
-        self.wake.set()
+        self.loop.nudge()
 
-    # -- the loop -------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.loop.ready
 
     async def run(self) -> None:
-        while True:
-            now = time.monotonic()
-            due = min((c.due for c in self.compiled.values() if c.detector), default=now + 60)
-            timeout = max(0.0, min(due - now, RETRY_SECONDS if self.retry else RESYNC_SECONDS))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=timeout)
-            if not self.ready:
-                continue
-            self.wake.clear()
-            await asyncio.sleep(DEBOUNCE_SECONDS)
-            try:
-                trips, known = await self.evaluate_due()
-                self.retry = await self.converge(trips, known)
-                if not leadership.ACTIVE["acted"]:
-                    log.info("first pass done: this operator is the one acting")
-                    leadership.ACTIVE["acted"] = True
-                    metrics.ACTIVE.set(1)
-                    # What the start parsed is freed now: give it back (see heap).
-                    await heap.trim_now("first pass")
-            except Exception:
-                log.exception("breaker pass failed; retrying in %ss", RETRY_SECONDS)
-                self.retry = True
+        await self.loop.run()
+
+    def _next_evaluation(self) -> float:
+        """When the next policy is due to be evaluated (monotonic); within a minute."""
+        return min(
+            (c.due for c in self.compiled.values() if c.detector),
+            default=time.monotonic() + 60,
+        )
+
+    async def one_pass(self) -> bool:
+        """Evaluate what is due and converge; True if something is to be retried."""
+        trips, known = await self.evaluate_due()
+        retry = await self.converge(trips, known)
+        if not leadership.ACTIVE["acted"]:
+            log.info("first pass done: this operator is the one acting")
+            leadership.ACTIVE["acted"] = True
+            metrics.ACTIVE.set(1)
+            # What the start parsed is freed now: give it back (see heap).
+            await heap.trim_now("first pass")
+        return retry
 
     # -- evaluation -----------------------------------------------------------------------
 
@@ -399,11 +402,9 @@ class BreakerController:
         for key in [k for k in self.written if k not in self.busy]:
             if existing[key].get("status") == self.written[key]:
                 del self.written[key]
-        for key in [k for k in self.finish_after if k not in existing]:
-            self._retried(key)
+        self.backoff.keep_only(existing)
         # A breaker waiting to retry its actions brings the loop back when it is due.
-        waiting = [due for due in self.finish_after.values() if due > time.monotonic()]
-        return failed or bool(waiting)
+        return failed or self.backoff.waiting()
 
     async def _advance(
         self,
@@ -461,22 +462,19 @@ class BreakerController:
         task.add_done_callback(lambda _: self._done(key))
 
     def _may_retry(self, key: BreakerKey) -> bool:
-        return time.monotonic() >= self.finish_after.get(key, 0.0)
+        return self.backoff.ready(key)
 
     def _retry_later(self, key: BreakerKey, what: str, records: list[dict[str, Any]]) -> None:
         """Failed again: said, and the next attempt after RETRY_SECONDS, doubling up to the
         cap (a 403 that an admin must fix is not hammered every few seconds)."""
-        self.failures[key] = self.failures.get(key, 0) + 1
-        delay = min(RETRY_SECONDS * 2.0 ** (self.failures[key] - 1), RETRY_CAP_SECONDS)
-        self.finish_after[key] = time.monotonic() + delay
-        self.retry = True
+        delay = self.backoff.failed(key)
+        self.loop.retry = True
         why = "; ".join(f"{r['type']}: {r.get('error', 'pending')}" for r in records)
         log.warning("Breaker %s/%s: %s (next try in %.0fs): %s", *key, what, delay, why[:500])
 
     def _retried(self, key: BreakerKey) -> None:
         """Nothing left to retry for this breaker (done, superseded, or gone)."""
-        self.finish_after.pop(key, None)
-        self.failures.pop(key, None)
+        self.backoff.succeeded(key)
 
     def _done(self, key: BreakerKey) -> None:
         task = self.busy.pop(key, None)
@@ -489,8 +487,8 @@ class BreakerController:
             else:
                 failure_text = str(failure)
             log.error("Breaker %s/%s: actions failed: %s; retrying", *key, failure_text)
-            self.retry = True
-        self.wake.set()  # whatever changed meanwhile is looked at again
+            self.loop.retry = True
+        self.loop.wake.set()  # whatever changed meanwhile is looked at again
 
     async def _act(
         self,
@@ -1319,8 +1317,6 @@ def _seconds(duration: str) -> float:
 
 # -- kopf wiring -------------------------------------------------------------------------
 
-OPTIONS: dict[str, str] = {}  # set by the runner: prometheus_url, operator_namespace
-
 
 @kopf.on.startup()
 async def start_breaker_controller(memo: kopf.Memo, **kwargs: Any) -> None:
@@ -1330,12 +1326,13 @@ async def start_breaker_controller(memo: kopf.Memo, **kwargs: Any) -> None:
     api = kube.api_client()
     # The queue runs here (its controller started first) or in another operator.
     training: Handoffs | None = memo.get("training")
+    settings = config.of(memo)
     controller = BreakerController(
         api,
         indexes,
         training if serving.queue() else RemoteQueue(api),
-        OPTIONS.get("prometheus_url", DEFAULT_PROMETHEUS),
-        OPTIONS.get("operator_namespace", "breaker-system"),
+        settings.prometheus_url,
+        settings.operator_namespace,
     )
     memo["breakers"] = controller
     memo["breakers_task"] = asyncio.create_task(controller.run(), name="breaker-loop")

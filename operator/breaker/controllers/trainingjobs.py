@@ -32,6 +32,7 @@ from breaker.api import quantity
 from breaker.api.quantity import pod_gpus
 from breaker.api.trainingjob import TrainingJob
 from breaker.constants import GPU_RESOURCE, GROUP, JOB_LABEL, PAUSED_BY, TRAININGJOBS, VERSION
+from breaker.controllers.reconciler import Reconciler
 from breaker.training import queue, render
 from breaker.training import status as status_core
 from breaker.wake import Changes
@@ -184,9 +185,13 @@ class TrainingController:
     def __init__(self, api: client.ApiClient, indexes: dict[str, kopf.Index[Any, Any]]) -> None:
         self.api = api
         self.indexes = indexes
-        self.wake = asyncio.Event()
-        self.ready = False
-        self.retry = False
+        self.loop = Reconciler(
+            "TrainingJob queue",
+            self.one_pass,
+            debounce=DEBOUNCE_SECONDS,
+            retry=RETRY_SECONDS,
+            resync=RESYNC_SECONDS,
+        )
         self.written: dict[Key, str] = {}  # the state last written, for transition Events
         self.unschedulable_until: dict[Key, float] = {}
         self.nodes_seen: dict[str, Any] = {}
@@ -232,26 +237,17 @@ class TrainingController:
         return await self.changes.until(found, wait_seconds)
 
     def nudge(self) -> None:
-        self.ready = True  # the first handler call means kopf has filled the indexes
-        self.wake.set()
+        self.loop.nudge()  # the first handler call means kopf has filled the indexes
         # kopf updates its indexes before it calls the handlers: they show the change now.
         self.changes.notify()
 
     async def run(self) -> None:
-        while True:
-            timeout = RETRY_SECONDS if self.retry else RESYNC_SECONDS
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=timeout)
-            if not self.ready:
-                continue
-            self.wake.clear()
-            await asyncio.sleep(DEBOUNCE_SECONDS)  # one pass for a burst of events
-            try:
-                self.retry = await self.reconcile()
-                metrics.QUEUE_PASSES.inc()
-            except Exception:
-                log.exception("TrainingJob reconcile failed; retrying in %ss", RETRY_SECONDS)
-                self.retry = True
+        await self.loop.run()
+
+    async def one_pass(self) -> bool:
+        retry = await self.reconcile()
+        metrics.QUEUE_PASSES.inc()
+        return retry
 
     async def reconcile(self) -> bool:
         """One pass over every TrainingJob; True if something failed and needs a retry."""
