@@ -26,7 +26,6 @@ import logging
 import os
 import time
 from collections.abc import Coroutine, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -45,13 +44,9 @@ from breaker.actions.notify import (
 from breaker.actions.pause import KINDS
 from breaker.actions.settings import ActionSettings
 from breaker.api import containment
-from breaker.api.common import parse_duration
 from breaker.api.conditions import Cond, merge
 from breaker.api.policy import (
-    BreakerPolicySpec,
-    ClusterBreakerPolicySpec,
     NotifyAction,
-    PolicySpecBase,
     SecretKeyRef,
 )
 from breaker.circuit import machine, plan
@@ -59,15 +54,21 @@ from breaker.circuit import records as protocol
 from breaker.circuit.ownership import WorkloadKey, workload_of
 from breaker.circuit.selection import Policy, Workload
 from breaker.circuit.tally import policy_status_patch
-from breaker.circuit.views import PodView, WorkloadView
+from breaker.circuit.views import WorkloadView
 from breaker.constants import GROUP, QUARANTINE_LABEL, VERSION
 from breaker.controllers import config, inventory
+from breaker.controllers.evaluation import (
+    BreakerKey,
+    Compiled,
+    Policies,
+    PolicyKey,
+    Trip,
+    policy_key,
+    policy_label,
+)
 from breaker.controllers.handoff import Handoffs, RemoteQueue
 from breaker.controllers.inventory import items, only
 from breaker.controllers.reconciler import Backoff, Reconciler
-from breaker.detect import driver, engine, live
-from breaker.detect.policy_check import problems
-from breaker.detect.prom import Prom
 
 log = logging.getLogger("breaker.breakers")
 
@@ -81,33 +82,6 @@ RESYNC_SECONDS = 300.0
 HANDOFF_WAIT_SECONDS = 1.0
 # How long a handoff waits for the paused pods to go and the queue to admit a job.
 HANDOFF_PATIENCE_SECONDS = 600.0
-BreakerKey = tuple[str, str]
-PolicyKey = tuple[str, str | None, str]  # (kind, namespace, name)
-
-
-@dataclass
-class Compiled:
-    generation: int | None
-    detector: engine.Detector | None
-    spec: PolicySpecBase | None
-    problem: str | None
-    kinds: frozenset[str] = frozenset()  # the workload kinds it targets
-    # The actions and the machine's settings, compiled once from the validated spec.
-    actions: ActionSettings = dataclasses.field(default_factory=ActionSettings)
-    settings: machine.Settings = dataclasses.field(default_factory=machine.Settings)
-    state: engine.State = dataclasses.field(default_factory=engine.State)
-    due: float = 0.0  # monotonic time of the next evaluation
-    known: bool = True  # the last evaluation read every signal
-    error: str | None = None  # when it did not: the first failure, "Kind: message"
-
-
-@dataclass(frozen=True)
-class Trip:
-    """What an evaluation saw, for the actions and the evidence."""
-
-    decision: engine.Decision
-    detector: engine.Detector
-    seen_at: float  # monotonic, when the evaluation returned
 
 
 class BreakerController:
@@ -132,8 +106,7 @@ class BreakerController:
             resync=RESYNC_SECONDS,
             due=self._next_evaluation,
         )
-        self.compiled: dict[PolicyKey, Compiled] = {}
-        self.proms: dict[tuple[str, float], Prom] = {}
+        self.policies = Policies(prometheus_url)
         # The status last written per Breaker: the index may lag our own writes, and acting
         # twice on a stale status would apply the actions twice.
         self.written: dict[BreakerKey, dict[str, Any]] = {}
@@ -155,10 +128,20 @@ class BreakerController:
         await self.loop.run()
 
     def _next_evaluation(self) -> float:
-        """When the next policy is due to be evaluated (monotonic); within a minute."""
-        return min(
-            (c.due for c in self.compiled.values() if c.detector),
-            default=time.monotonic() + 60,
+        return self.policies.next_due()
+
+    @property
+    def compiled(self) -> dict[PolicyKey, Compiled]:
+        return self.policies.compiled
+
+    def _compile_policies(self) -> None:
+        self.policies.compile(self._policy_bodies())
+
+    async def evaluate_due(self) -> tuple[dict[BreakerKey, Trip], dict[PolicyKey, bool]]:
+        """Evaluate every policy whose interval has come (see ``evaluation.Policies``)."""
+        self._compile_policies()
+        return await self.policies.evaluate_due(
+            self._breakers_by_policy(), self.indexes["breaker_pods"], self._owner_lookup()
         )
 
     async def one_pass(self) -> bool:
@@ -173,131 +156,13 @@ class BreakerController:
             await heap.trim_now("first pass")
         return retry
 
-    # -- evaluation -----------------------------------------------------------------------
-
-    async def evaluate_due(self) -> tuple[dict[BreakerKey, Trip], dict[PolicyKey, bool]]:
-        """Evaluate every policy whose interval has come: one query per signal each."""
-        self._compile_policies()
-        trips: dict[BreakerKey, Trip] = {}
-        known: dict[PolicyKey, bool] = {}
-        now = time.monotonic()
-        due = [k for k, c in self.compiled.items() if c.detector is not None and c.due <= now]
-        if not due:
-            return trips, known
-        breakers_of = self._breakers_by_policy()
-        pods = self.indexes["breaker_pods"]
-        owners = self._owner_lookup()
-
-        # The queries of every due policy run at once, off the event loop (kopf's indexes
-        # change on it, so they are read here, never from a worker thread): a slow
-        # Prometheus behind one policy costs the others nothing.
-        wanted = []
-        for key in due:
-            compiled = self.compiled[key]
-            assert compiled.detector is not None and compiled.spec is not None
-            settings = compiled.spec.prometheus
-            compiled.due = now + _seconds(settings.interval)
-            if breakers_of.get(key):
-                prom = self._prom(settings.url or self.prometheus_url, _seconds(settings.timeout))
-                wanted.append((key, prom, compiled.detector))
-        started = time.monotonic()
-        answers = await asyncio.gather(
-            *(
-                asyncio.to_thread(live.read, prom, detector, time.time())
-                for _, prom, detector in wanted
-            )
-        )
-        for (key, _, _), (readings, errors, queries) in zip(wanted, answers, strict=True):
-            compiled = self.compiled[key]
-            assert compiled.detector is not None
-            mine = breakers_of[key]
-            kinds = compiled.kinds  # a pod counts for the workload this policy guards
-
-            def unit_of(pod_key: engine.PodKey, kinds: frozenset[str] = kinds) -> Any:
-                pod: PodView | None = only(pods, pod_key)
-                if pod is None:
-                    return None
-                return workload_of(pod.namespace, pod.owner, owners, kinds)
-
-            def units_on_node(unit_of: Any = unit_of) -> dict[str, set[WorkloadKey]]:
-                found: dict[str, set[WorkloadKey]] = {}
-                for pod_key, pod in items(pods):
-                    unit = unit_of(pod_key) if pod.node else None
-                    if unit is not None and pod.node is not None:
-                        found.setdefault(pod.node, set()).add(unit)
-                return found
-
-            firing, decisions = driver.tick(
-                compiled.detector, compiled.state, readings, time.time(), unit_of, units_on_node
-            )
-            evaluation = live.Evaluation(firing, decisions, errors, queries)
-            seen_at = time.monotonic()
-            label = _policy_label(key)
-            metrics.EVALUATION_SECONDS.labels(label).observe(seen_at - started)
-            metrics.QUERIES.labels(label).set(evaluation.queries)
-            for signal in evaluation.errors:
-                metrics.PROMETHEUS_ERRORS.labels(label, signal).inc()
-            if evaluation.errors:
-                log.warning(
-                    "%s: %d of %d signals unreadable: %s",
-                    label,
-                    len(evaluation.errors),
-                    evaluation.queries,
-                    next(iter(evaluation.errors.values()))[:300],
-                )
-            compiled.known = known[key] = not evaluation.errors
-            compiled.error = next(iter(evaluation.errors.values()), None)
-            by_workload = {
-                unit: decision for unit, decision in evaluation.decisions.items() if unit
-            }
-            for breaker_key, body in mine:
-                target = body["spec"]["targetRef"]
-                unit = (breaker_key[0], target["kind"], target["name"])
-                if unit in by_workload:
-                    trips[breaker_key] = Trip(by_workload[unit], compiled.detector, seen_at)
-        return trips, known
-
-    def _compile_policies(self) -> None:
-        seen: set[PolicyKey] = set()
-        for key, body in self._policy_bodies():
-            seen.add(key)
-            generation = body["metadata"].get("generation")
-            current = self.compiled.get(key)
-            if current is not None and current.generation == generation:
-                continue
-            model = (
-                ClusterBreakerPolicySpec if key[0] == "ClusterBreakerPolicy" else BreakerPolicySpec
-            )
-            try:
-                spec = model.model_validate(body["spec"])
-                found = problems(spec)
-                detector = None if found else engine.compile_policy(spec)
-                problem = "; ".join(found) or None
-            except Exception as error:  # a policy the operator cannot use is skipped, loudly
-                spec, detector, problem = None, None, str(error)
-            if problem:
-                log.warning("%s: not evaluated: %s", _policy_label(key), problem[:300])
-            # A changed policy starts its `for` clocks afresh: its conditions changed too.
-            kinds = frozenset(spec.targets.kinds if spec else ["TrainingJob"])
-            self.compiled[key] = Compiled(
-                generation,
-                detector,
-                spec,
-                problem,
-                kinds,
-                actions=ActionSettings.compile(spec, body["spec"].get("actions")),
-                settings=plan.settings_of(spec),
-            )
-        for key in set(self.compiled) - seen:
-            del self.compiled[key]
-
     # -- convergence ----------------------------------------------------------------------
 
     async def converge(
         self, trips: Mapping[BreakerKey, Trip], known: Mapping[PolicyKey, bool]
     ) -> bool:
-        """Breakers exist as policies want; each one's machine stepped; containment held."""
-        failed = False
+        """Breakers exist as policies want; each one's machine stepped; containment held.
+        True if something failed, or waits to be retried."""
         now = dt.datetime.now(dt.UTC)
         self._compile_policies()
         policies = self._policies()
@@ -318,6 +183,39 @@ class BreakerController:
             judged,
             now,
         )
+        failed = await self._create_and_delete(wanted)
+        metrics.GUARDED.set(len(existing))
+        metrics.STATES.keep_only(existing.keys())
+
+        for key, body in existing.items():
+            if key in self.busy or key in wanted.delete:
+                continue
+            owning = policy_key(body["spec"]["policyRef"])
+            found = self._settings_of(body, owning in policies, self.compiled.get(owning))
+            if found is None:
+                continue  # its policy is gone: the plan removes it
+            actions, settings, compiled = found
+            signals_known = known.get(owning, compiled.known if compiled else True)
+            status = self.written.get(key) or body.get("status") or {}
+            if signals_known and protocol.quiet(status, body, key in trips):
+                continue  # Closed, nothing fired, nothing asked: the common case, skipped
+            target = body["spec"]["targetRef"]
+            workload = workloads.get((key[0], target["kind"], target["name"]))
+            if workload is not None and target.get("uid") and workload.uid != target["uid"]:
+                workload = None  # a new workload of the same name is not the one guarded
+            advanced = self._advance(
+                key, body, actions, settings, workload, trips.get(key), signals_known, now
+            )
+            failed = not await self._isolated(key, advanced) or failed
+        await self._write_policy_statuses(existing)
+        self._forget_written(existing)
+        self.backoff.keep_only(existing)
+        # A breaker waiting to retry its actions brings the loop back when it is due.
+        return failed or self.backoff.waiting()
+
+    async def _create_and_delete(self, wanted: plan.BreakerPlan) -> bool:
+        """Create and delete the Breakers the plan says; True if an API call failed."""
+        failed = False
         objects = client.CustomObjectsApi(self.api)
         for body in wanted.create:
             meta = body["metadata"]
@@ -336,7 +234,7 @@ class BreakerController:
                     log.warning("Breaker %s/%s: %s", meta["namespace"], meta["name"], error)
                     failed = True
         for namespace, name in wanted.delete:
-            with contextlib.suppress(client.ApiException):
+            try:
                 await kube.call(
                     objects.delete_namespaced_custom_object,
                     GROUP,
@@ -345,66 +243,54 @@ class BreakerController:
                     "breakers",
                     name,
                 )
-            self.written.pop((namespace, name), None)
-        metrics.GUARDED.set(len(existing))
-        metrics.STATES.keep_only(existing.keys())
-
-        for key, body in existing.items():
-            if key in self.busy or key in wanted.delete:
-                continue
-            policy_key = _policy_key(body["spec"]["policyRef"])
-            policy = policies.get(policy_key)
-            recorded = body.get("status") or {}
-            if policy is None and not (recorded.get("contained") or recorded.get("actions")):
-                continue  # its policy is gone: the plan removes it
-            compiled = self.compiled.get(policy_key)
-            if policy is not None and compiled is not None:
-                actions, settings = compiled.actions, compiled.settings
-            else:
-                # A contained breaker whose policy was deleted still holds, and resets, as
-                # it was enforced (or recorded, in DryRun).
-                dry_run = bool((body.get("status") or {}).get("dryRun"))
-                actions, settings = ActionSettings(), machine.Settings(dry_run=dry_run)
-            signals_known = known.get(policy_key, compiled.known if compiled else True)
-            status = self.written.get(key) or body.get("status") or {}
-            if signals_known and protocol.quiet(status, body, key in trips):
-                continue  # Closed, nothing fired, nothing asked: the common case, skipped
-            target = body["spec"]["targetRef"]
-            workload = workloads.get((key[0], target["kind"], target["name"]))
-            if workload is not None and target.get("uid") and workload.uid != target["uid"]:
-                workload = None  # a new workload of the same name is not the one guarded
-            try:
-                await self._advance(
-                    key,
-                    body,
-                    actions,
-                    settings,
-                    workload,
-                    trips.get(key),
-                    signals_known,
-                    now,
-                )
-            except Exception as error:
-                if kube.namespace_terminating(error):
-                    log.debug("Breaker %s/%s: its namespace is being deleted", *key)
+            except client.ApiException as error:
+                if error.status != 404:  # gone already
+                    log.warning("Breaker %s/%s: not deleted: %s", namespace, name, error)
+                    failed = True
                     continue
-                if isinstance(error, client.ApiException) and error.status in (409, 429):
-                    # Someone changed the object meanwhile, or the API server sheds load:
-                    # the next pass works from the newer state.
-                    log.info("Breaker %s/%s: %s; retrying", *key, _api_problem(error))
-                else:
-                    log.exception("Breaker %s/%s: %s", *key, error)
-                failed = True
-        await self._write_policy_statuses(existing)
+            self.written.pop((namespace, name), None)
+        return failed
+
+    def _settings_of(
+        self, body: Mapping[str, Any], has_policy: bool, compiled: Compiled | None
+    ) -> tuple[ActionSettings, machine.Settings, Compiled | None] | None:
+        """The actions and machine settings a Breaker runs with; None if its policy is gone
+        and it holds nothing (the plan removes it)."""
+        recorded = body.get("status") or {}
+        if not has_policy and not (recorded.get("contained") or recorded.get("actions")):
+            return None
+        if has_policy and compiled is not None:
+            return compiled.actions, compiled.settings, compiled
+        # A contained breaker whose policy was deleted still holds, and resets, as it was
+        # enforced (or recorded, in DryRun).
+        dry_run = bool(recorded.get("dryRun"))
+        return ActionSettings(), machine.Settings(dry_run=dry_run), compiled
+
+    async def _isolated(self, key: BreakerKey, work: Coroutine[Any, Any, None]) -> bool:
+        """Run one breaker's step; its failure is logged and retried, never the others'."""
+        try:
+            await work
+        except Exception as error:
+            if kube.namespace_terminating(error):
+                log.debug("Breaker %s/%s: its namespace is being deleted", *key)
+                return True
+            if isinstance(error, client.ApiException) and error.status in (409, 429):
+                # Someone changed the object meanwhile, or the API server sheds load:
+                # the next pass works from the newer state.
+                log.info("Breaker %s/%s: %s; retrying", *key, _api_problem(error))
+            else:
+                log.exception("Breaker %s/%s: %s", *key, error)
+            return False
+        return True
+
+    def _forget_written(self, existing: Mapping[BreakerKey, dict[str, Any]]) -> None:
+        """Drop the statuses kept for Breakers that are gone, and where the index has
+        caught up with a write (its status is then the one copy kept)."""
         for key in [k for k in self.written if k not in existing]:
             del self.written[key]
-        # Where the index has caught up with a write, its status is the one copy kept.
         for key in [k for k in self.written if k not in self.busy]:
             if existing[key].get("status") == self.written[key]:
                 del self.written[key]
-        self.backoff.keep_only(existing)
-        # A breaker waiting to retry its actions brings the loop back when it is due.
-        return failed or self.backoff.waiting()
 
     async def _advance(
         self,
@@ -508,33 +394,12 @@ class BreakerController:
         records: list[dict[str, Any]] = list(status.get("actions") or [])
         extra: dict[str, Any] = {}
         scene = self._scene(key, workload, settings.dry_run)
-        order = list(actions.order)
         history: machine.Transition | None = transition
         for effect in transition.effects:
             if effect in ("apply", "repause"):
-                evidence = self._evidence(trip, scene, after)
-                extra["evidence"] = evidence_core.append(status.get("evidence"), evidence)
-                if trip is not None:
-                    for signal in trip.decision.signals:
-                        metrics.TRIPS.labels(
-                            _policy_label(_policy_key(body["spec"]["policyRef"])), signal.signal
-                        ).inc()
-                if not settings.dry_run:
-                    # Write ahead: the trip and what it is about to do are recorded first, so
-                    # an operator killed halfway finishes the job when it comes back, even if
-                    # the signals are gone with the paused pods. The Contained condition says
-                    # InProgress, and the last trip's time to contain goes.
-                    records = _intend(records, order, scene, _target_nodes(trip, scene))
-                    extra["timeToContainSeconds"] = None
-                    # Contained again, the job is owed nothing: a debt an earlier reset
-                    # recorded and the queue has not settled yet goes with the trip.
-                    extra["reclaim"] = None
-                    await self._write(
-                        key, body, status, after, records, settings, extra, transition
-                    )
-                    status, history = self.written.get(key, status), None
-                    failpoints.hit("trip.intended")
-                records = await self._apply(scene, actions, records, trip, after)
+                records, status, history = await self._contain(
+                    key, body, actions, scene, trip, transition, status, settings, records, extra
+                )
                 if not settings.dry_run and not any(map(protocol.unfinished, records)):
                     # Only once every action is done: from the evaluation that saw the trip
                     # (or from seeing an admin's ForcedOpen) to the last change an action
@@ -565,6 +430,45 @@ class BreakerController:
             if workload is not None:
                 await events.post(self.api, workload.body, event[0], event[1], message)
             await self._notify(actions, body, event[1], written)
+
+    async def _contain(
+        self,
+        key: BreakerKey,
+        body: dict[str, Any],
+        actions: ActionSettings,
+        scene: executor.Scene,
+        trip: Trip | None,
+        transition: machine.Transition,
+        status: dict[str, Any],
+        settings: machine.Settings,
+        records: list[dict[str, Any]],
+        extra: dict[str, Any],
+    ) -> tuple[list[dict[str, Any]], dict[str, Any], machine.Transition | None]:
+        """Keep the evidence, write the intents ahead, apply the actions: the records, the
+        status last written, and the transition still to record (None once written)."""
+        after = transition.after
+        history: machine.Transition | None = transition
+        evidence = self._evidence(trip, scene, after)
+        extra["evidence"] = evidence_core.append(status.get("evidence"), evidence)
+        if trip is not None:
+            label = policy_label(policy_key(body["spec"]["policyRef"]))
+            for signal in trip.decision.signals:
+                metrics.TRIPS.labels(label, signal.signal).inc()
+        if not settings.dry_run:
+            # Write ahead: the trip and what it is about to do are recorded first, so an
+            # operator killed halfway finishes the job when it comes back, even if the
+            # signals are gone with the paused pods. The Contained condition says
+            # InProgress, and the last trip's time to contain goes.
+            records = _intend(records, list(actions.order), scene, _target_nodes(trip, scene))
+            extra["timeToContainSeconds"] = None
+            # Contained again, the job is owed nothing: a debt an earlier reset recorded
+            # and the queue has not settled yet goes with the trip.
+            extra["reclaim"] = None
+            await self._write(key, body, status, after, records, settings, extra, transition)
+            status, history = self.written.get(key, status), None
+            failpoints.hit("trip.intended")
+        records = await self._apply(scene, actions, records, trip, after)
+        return records, status, history
 
     async def _finish(
         self,
@@ -1021,7 +925,7 @@ class BreakerController:
 
     def _signals_unknown(self, body: Mapping[str, Any]) -> Cond:
         """What is wrong with Prometheus, as the last evaluation of the policy found it."""
-        compiled = self.compiled.get(_policy_key(body["spec"]["policyRef"]))
+        compiled = self.compiled.get(policy_key(body["spec"]["policyRef"]))
         kind, _, detail = ((compiled.error if compiled else None) or "Unreachable: ").partition(
             ": "
         )
@@ -1053,7 +957,7 @@ class BreakerController:
         for breaker_key, breaker in breakers.items():
             status = self.written.get(breaker_key) or breaker.get("status") or {}
             tally = counts.setdefault(
-                _policy_key(breaker["spec"]["policyRef"]), {"breakers": 0, "open": 0, "unknown": 0}
+                policy_key(breaker["spec"]["policyRef"]), {"breakers": 0, "open": 0, "unknown": 0}
             )
             tally["breakers"] += 1
             tally["open"] += status.get("state") not in (None, "Closed", "Disabled")
@@ -1091,7 +995,7 @@ class BreakerController:
                     )
                 self.policy_status[key] = tally
             except client.ApiException as error:
-                log.warning("%s: status not written: %s", _policy_label(key), error.reason)
+                log.warning("%s: status not written: %s", policy_label(key), error.reason)
 
     # -- reading the indexes ----------------------------------------------------------------
 
@@ -1123,7 +1027,7 @@ class BreakerController:
     def _breakers_by_policy(self) -> dict[PolicyKey, list[tuple[BreakerKey, dict[str, Any]]]]:
         grouped: dict[PolicyKey, list[tuple[BreakerKey, dict[str, Any]]]] = {}
         for key, body in items(self.indexes["breaker_breakers"]):
-            grouped.setdefault(_policy_key(body["spec"]["policyRef"]), []).append((key, body))
+            grouped.setdefault(policy_key(body["spec"]["policyRef"]), []).append((key, body))
         return grouped
 
     def _owner_lookup(self) -> Any:
@@ -1181,12 +1085,6 @@ class BreakerController:
         record = evidence_core.capture(trip.decision, trip.detector, pods, now)
         record["time"] = plan.stamp(now)
         return record
-
-    def _prom(self, url: str, timeout: float) -> Prom:
-        key = (url, timeout)
-        if key not in self.proms:
-            self.proms[key] = Prom(url, timeout)
-        return self.proms[key]
 
     async def _notify(
         self,
@@ -1299,20 +1197,8 @@ def _target_nodes(trip: Trip | None, scene: executor.Scene) -> set[str]:
     return _nodes_named(trip) or {p.node for p in scene.pods if p.node}
 
 
-def _policy_key(ref: Mapping[str, Any]) -> PolicyKey:
-    return (ref["kind"], ref.get("namespace"), ref["name"])
-
-
-def _policy_label(key: PolicyKey) -> str:
-    return f"{key[1]}/{key[2]}" if key[1] else key[2]
-
-
 def _as_workload(view: WorkloadView) -> Workload:
     return Workload(view.api_version, view.kind, view.namespace, view.name, view.uid, view.labels)
-
-
-def _seconds(duration: str) -> float:
-    return parse_duration(duration).total_seconds()
 
 
 # -- kopf wiring -------------------------------------------------------------------------

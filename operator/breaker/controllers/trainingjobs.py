@@ -18,11 +18,12 @@ import datetime as dt
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
+import urllib3
 from kubernetes import client
 
 from breaker import events, kube, metrics, serving
@@ -252,7 +253,6 @@ class TrainingController:
     async def reconcile(self) -> bool:
         """One pass over every TrainingJob; True if something failed and needs a retry."""
         now = dt.datetime.now(dt.UTC)
-        failed = False
         tjs: dict[Key, dict[str, Any]] = {
             key: _only(self.indexes["trainingjobs"], key) for key in self.indexes["trainingjobs"]
         }
@@ -266,7 +266,29 @@ class TrainingController:
         bound = [(p.node, p.gpus) for p in pods if p.node and p.phase in ("Pending", "Running")]
         free = queue.free_gpus(allocatable, bound)
         reclaims, owed_by = self._reclaims()
+        demands, problems, failed = await self._demands(
+            tjs, pods, allocatable, now, reclaims, owed_by
+        )
+        plan = queue.plan(demands, free, self._quota_room(pods))
+        changed, carried = await self._carry_out(plan, demands, tjs, owed_by)
+        self.queued = plan.queued
+        written = await self._write_statuses(plan, demands, problems, changed, tjs, pods, now)
+        for key in list(self.written):
+            if key not in tjs:
+                del self.written[key]
+        return failed or not carried or not written
 
+    async def _demands(
+        self,
+        tjs: Mapping[Key, dict[str, Any]],
+        pods: list[PodInfo],
+        allocatable: dict[str, int],
+        now: dt.datetime,
+        reclaims: dict[Key, Key],
+        owed_by: Mapping[Key, Key],
+    ) -> tuple[list[queue.Demand], dict[Key, tuple[str, str]], bool]:
+        """What each job asks of the queue, the problems found, and whether any failed."""
+        failed = False
         demands: list[queue.Demand] = []
         problems: dict[Key, tuple[str, str]] = {}
         for key, body in tjs.items():
@@ -276,7 +298,7 @@ class TrainingController:
                 demand, problem = await self._prepare(
                     key, body, pods, allocatable, now, reclaims, key in owed_by
                 )
-            except Exception as error:  # one job's trouble is reported on that job only
+            except Exception as error:  # noqa: BLE001  one job's trouble is its own: logged, retried
                 log.warning("TrainingJob %s/%s: %s", *key, error)
                 failed = True
                 continue
@@ -284,26 +306,48 @@ class TrainingController:
                 problems[key] = problem
                 failed = failed or problem[0] == "ReconcileError"
             demands.append(demand)
+        return demands, problems, failed
 
-        plan = queue.plan(demands, free, self._quota_room(pods))
+    async def _carry_out(
+        self,
+        plan: queue.Plan,
+        demands: list[queue.Demand],
+        tjs: Mapping[Key, dict[str, Any]],
+        owed_by: Mapping[Key, Key],
+    ) -> tuple[dict[Key, bool], bool]:
+        """Suspend what the plan releases, admit what it admits, settle GPUs owed back:
+        the jobs whose suspension changed, and whether all of it went through."""
+        done = True
         changed: dict[Key, bool] = {}
         for key in plan.release:
             if await self._suspend_job(key, True, "released its GPUs"):
                 changed[key] = True
             else:
-                failed = True
+                done = False
         for key in plan.admit:
             if await self._suspend_job(key, False, "admitted by the GPU queue"):
                 changed[key] = False
                 await self._record_admission(key)
             else:
-                failed = True
+                done = False
         for demand in demands:
             if demand.first and demand.admitted and demand.bound_replicas >= demand.replicas:
                 settled = await self._reclaimed(owed_by[demand.key], tjs[demand.key])
-                failed = not settled or failed
+                done = settled and done
+        return changed, done
 
-        self.queued = plan.queued
+    async def _write_statuses(
+        self,
+        plan: queue.Plan,
+        demands: list[queue.Demand],
+        problems: Mapping[Key, tuple[str, str]],
+        changed: Mapping[Key, bool],
+        tjs: Mapping[Key, dict[str, Any]],
+        pods: list[PodInfo],
+        now: dt.datetime,
+    ) -> bool:
+        """Each job's status from what was observed and decided; False if a write failed."""
+        done = True
         held_by = self._held_by()
         positions = {key: index + 1 for index, key in enumerate(plan.queued)}
         for demand in demands:
@@ -331,13 +375,10 @@ class TrainingController:
             )
             try:
                 await self._write_status(demand.key, body, status_core.compute(observed, now))
-            except Exception as error:
+            except (client.ApiException, urllib3.exceptions.HTTPError) as error:
                 log.warning("TrainingJob %s/%s: status not written: %s", *demand.key, error)
-                failed = True
-        for key in list(self.written):
-            if key not in tjs:
-                del self.written[key]
-        return failed
+                done = False
+        return done
 
     def _held_by(self) -> dict[str, tuple[str, ...]]:
         """Per namespace, the breakers whose GPU-quota clamp holds it."""
