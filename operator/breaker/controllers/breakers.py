@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import os
 import time
 from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any
@@ -34,21 +33,10 @@ from kubernetes import client
 from breaker import events, failpoints, heap, kube, leadership, metrics, serving
 from breaker.actions import connections, discovery, executor
 from breaker.actions import evidence as evidence_core
-from breaker.actions.notify import (
-    Notifier,
-    Result,
-    decode_secret,
-    payload,
-    secret_namespace_allowed,
-)
 from breaker.actions.pause import KINDS
 from breaker.actions.settings import ActionSettings
 from breaker.api import containment
 from breaker.api.conditions import Cond, merge
-from breaker.api.policy import (
-    NotifyAction,
-    SecretKeyRef,
-)
 from breaker.circuit import machine, plan
 from breaker.circuit import records as protocol
 from breaker.circuit.ownership import WorkloadKey, workload_of
@@ -69,6 +57,7 @@ from breaker.controllers.evaluation import (
 from breaker.controllers.handoff import Handoffs, RemoteQueue
 from breaker.controllers.inventory import items, only
 from breaker.controllers.reconciler import Backoff, Reconciler
+from breaker.controllers.webhooks import Webhooks
 
 log = logging.getLogger("breaker.breakers")
 
@@ -115,7 +104,7 @@ class BreakerController:
         # When a breaker whose actions failed may be tried again.
         self.backoff: Backoff[BreakerKey] = Backoff(RETRY_SECONDS, RETRY_CAP_SECONDS)
         self.handoff_due: dict[BreakerKey, float] = {}  # next look at an awaited handoff
-        self.notifier = Notifier()
+        self.webhooks = Webhooks(api, operator_namespace)
 
     def nudge(self) -> None:
         self.loop.nudge()
@@ -429,7 +418,7 @@ class BreakerController:
             await events.post(self.api, body, event[0], event[1], message)
             if workload is not None:
                 await events.post(self.api, workload.body, event[0], event[1], message)
-            await self._notify(actions, body, event[1], written)
+            await self.webhooks.send(actions, body, event[1], written)
 
     async def _contain(
         self,
@@ -509,7 +498,7 @@ class BreakerController:
         await events.post(self.api, body, "Normal", "ContainmentFinished", message)
         # The trip's own webhook may have died with the operator that decided it: the
         # receiver hears the outcome now.
-        await self._notify(actions, body, "ContainmentFinished", written)
+        await self.webhooks.send(actions, body, "ContainmentFinished", written)
 
     async def _undo_again(
         self,
@@ -1086,69 +1075,6 @@ class BreakerController:
         record["time"] = plan.stamp(now)
         return record
 
-    async def _notify(
-        self,
-        actions: ActionSettings,
-        body: dict[str, Any],
-        reason: str,
-        written: Mapping[str, Any],
-    ) -> None:
-        """Post the optional webhook in the background: containment never waits for it.
-        ``written`` is the status as the outcome was recorded, so the body holds results."""
-        for settings in actions.notify:
-            token = None
-            if settings.secret_ref is not None:
-                try:
-                    token = await self._webhook_token(body, settings.secret_ref)
-                except (ValueError, client.ApiException) as error:
-                    message = f"webhook not sent: {self._secret_problem(body, settings, error)}"
-                    await events.post(self.api, body, "Warning", "WebhookFailed", message)
-                    continue
-            snapshot = {**body, "status": written}
-            document = payload(reason, snapshot, dt.datetime.now(dt.UTC))
-
-            async def delivered(result: Result, breaker: dict[str, Any] = body) -> None:
-                outcome = "ok" if result.ok else "error"
-                metrics.ACTIONS.labels("notify", "webhook", outcome).inc()
-                if not result.ok:
-                    why = f"after {result.attempts} attempts: {result.error or result.status}"
-                    await events.post(self.api, breaker, "Warning", "WebhookFailed", why)
-
-            self.notifier.submit(settings.url, document, token, delivered)
-
-    def _secret_problem(
-        self, body: Mapping[str, Any], settings: NotifyAction, error: Exception
-    ) -> str:
-        """What went wrong reading the webhook's Secret, and for a refusal, the grant."""
-        if not isinstance(error, client.ApiException) or settings.secret_ref is None:
-            return str(error)
-        name = settings.secret_ref.name
-        namespace = body["spec"]["policyRef"].get("namespace") or self.operator_namespace
-        if error.status == 403:
-            account = os.environ.get("BREAKER_SERVICE_ACCOUNT", "breaker")
-            return (
-                f"the operator may not read Secret {namespace}/{name}; let it with "
-                f"`kubectl -n {namespace} create role breaker-webhook --verb=get "
-                f"--resource=secrets --resource-name={name}` and `kubectl -n {namespace} "
-                "create rolebinding breaker-webhook --role=breaker-webhook "
-                f"--serviceaccount={self.operator_namespace}:{account}`"
-            )
-        if error.status == 404:
-            return f"Secret {namespace}/{name} not found"
-        return kube.api_message(error)
-
-    async def _webhook_token(self, body: dict[str, Any], ref: SecretKeyRef) -> str:
-        """The Secret is read from the policy's namespace, or (cluster policies) the operator's."""
-        policy_namespace = body["spec"]["policyRef"].get("namespace")
-        namespace = policy_namespace or self.operator_namespace
-        if not secret_namespace_allowed(namespace, self.operator_namespace, policy_namespace):
-            raise ValueError(f"Secret {ref.name} is outside the namespaces it may be read from")
-        secret = await kube.call(
-            client.CoreV1Api(self.api).read_namespaced_secret, ref.name, namespace
-        )
-        data = {key: str(value) for key, value in (secret.data or {}).items()}
-        return decode_secret(data, ref.key, ref.name)
-
 
 def _intend(
     records: list[dict[str, Any]], order: list[str], scene: executor.Scene, nodes: set[str]
@@ -1231,7 +1157,7 @@ async def stop_breaker_controller(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
     controller: BreakerController | None = memo.get("breakers")
     if controller is not None:
-        await controller.notifier.close()
+        await controller.webhooks.close()
         if isinstance(controller.training, RemoteQueue):
             await controller.training.close()
 
