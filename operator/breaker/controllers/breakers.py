@@ -19,7 +19,6 @@ state, signals or actions change.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -35,10 +34,9 @@ from breaker.actions import connections, discovery, executor
 from breaker.actions import evidence as evidence_core
 from breaker.actions.pause import KINDS
 from breaker.actions.settings import ActionSettings
-from breaker.api import containment
-from breaker.api.conditions import Cond, merge
 from breaker.circuit import machine, plan
 from breaker.circuit import records as protocol
+from breaker.circuit import status as status_core
 from breaker.circuit.ownership import WorkloadKey, workload_of
 from breaker.circuit.selection import Policy, Workload
 from breaker.circuit.tally import policy_status_patch
@@ -847,49 +845,19 @@ class BreakerController:
         transition: machine.Transition | None = None,
     ) -> dict[str, Any]:
         """Write the status (only if it changed); return it as it now stands."""
-        now = dt.datetime.now(dt.UTC)
-        wanted: dict[str, Any] = {**plan.status_of(after), **(extra or {})}
-        wanted["actions"] = records or None
-        wanted["dryRun"] = settings.dry_run or None
-        wanted["observedGeneration"] = body["metadata"].get("generation")
-        if transition is not None and transition.changed:
-            history = list(status.get("history") or [])
-            history.append(
-                {
-                    "time": plan.stamp(now),
-                    "from": transition.before.state,
-                    "to": after.state,
-                    "reason": after.reason[:1024] or after.state,
-                }
-            )
-            wanted["history"] = history[-50:]
-        tripped = after.state in plan.CONTAINED_STATES
-        wanted["conditions"] = merge(
-            status.get("conditions"),
-            [
-                Cond("Ready", "True", "Guarding", "the breaker evaluates its policy's signals")
-                if after.state != "Disabled"
-                else Cond("Ready", "False", "Disabled", "disabled by an admin"),
-                Cond(
-                    "Tripped",
-                    "True" if tripped else "False",
-                    after.state if tripped else "Closed",
-                    after.reason or after.state,
-                ),
-                Cond("SignalsAvailable", "True", "QueriesAnswered", "every signal was read")
-                if after.signals_known
-                else self._signals_unknown(body),
-                # What readers wait on: never the first Open, whose records are intentions.
-                Cond(
-                    containment.CONDITION,
-                    *containment.condition(after.state, records, settings.dry_run),
-                ),
-            ],
-            now,
-            body["metadata"].get("generation"),
+        compiled = self.compiled.get(policy_key(body["spec"]["policyRef"]))
+        wanted = status_core.wanted(
+            body,
+            status,
+            after,
+            records,
+            settings,
+            dt.datetime.now(dt.UTC),
+            status_core.signals_unknown(compiled.error if compiled else None),
+            extra,
+            transition,
         )
-        merged = {**status, **{k: v for k, v in wanted.items()}}
-        merged = {k: v for k, v in merged.items() if v is not None}
+        merged = status_core.merged(status, wanted)
         policy = body["spec"]["policyRef"]["name"]
         # Also when nothing changed: a restarted operator reports the states it finds.
         metrics.set_state(key[0], key[1], policy, after.state, merged.get("signals"))
@@ -912,25 +880,11 @@ class BreakerController:
         self.written[key] = merged
         return merged
 
-    def _signals_unknown(self, body: Mapping[str, Any]) -> Cond:
-        """What is wrong with Prometheus, as the last evaluation of the policy found it."""
-        compiled = self.compiled.get(policy_key(body["spec"]["policyRef"]))
-        kind, _, detail = ((compiled.error if compiled else None) or "Unreachable: ").partition(
-            ": "
-        )
-        message = "signals cannot be read: the state is held and nothing is acted on"
-        return Cond(
-            "SignalsAvailable",
-            "Unknown",
-            f"Prometheus{kind}",
-            f"{message}. {detail}"[:1024] if detail else message,
-        )
-
     async def _release_ownership(self, key: BreakerKey, body: dict[str, Any]) -> None:
         """Tripped: the Breaker must outlive its workload, or deleting the job erases it."""
         if not body["metadata"].get("ownerReferences"):
             return
-        with contextlib.suppress(client.ApiException):
+        try:
             await kube.call(
                 client.CustomObjectsApi(self.api).patch_namespaced_custom_object,
                 GROUP,
@@ -940,6 +894,9 @@ class BreakerController:
                 key[1],
                 {"metadata": {"ownerReferences": None}},
             )
+        except client.ApiException as error:
+            # Said, not swallowed; retrying it until it holds is issue 23's.
+            log.warning("Breaker %s/%s: still owned by its workload: %s", *key, error.reason)
 
     async def _write_policy_statuses(self, breakers: Mapping[BreakerKey, dict[str, Any]]) -> None:
         counts: dict[PolicyKey, dict[str, int]] = {}
