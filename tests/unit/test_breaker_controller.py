@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -63,6 +64,19 @@ TRIP_POINTS = [
 
 class Crash(Exception):
     """The operator died here (a failpoint the test armed)."""
+
+
+class CrashAt:
+    """A ``failpoints.hit`` that stops the actions the first time they reach ``point``."""
+
+    def __init__(self, point: str) -> None:
+        self.point = point
+        self.reached = False
+
+    def __call__(self, name: str) -> None:
+        if name == self.point and not self.reached:
+            self.reached = True
+            raise Crash(name)
 
 
 def scene() -> FakeCluster:
@@ -294,8 +308,8 @@ async def test_the_records_are_written_ahead_of_the_actions_then_completed(
     changes = [
         i
         for i, c in enumerate(cluster.calls)
-        if c.method in ("POST", "PATCH")
-        and ("/networkpolicies" in c.path or "/trainingjobs/" in c.path)
+        if c.method in ("POST", "PATCH", "PUT", "DELETE")
+        and re.search("/(networkpolicies|trainingjobs|resourcequotas|pods)(/|$)", c.path)
     ]
     assert min(changes) > first_write
     assert not any(r.get("pending") for r in final["actions"])
@@ -317,19 +331,12 @@ async def test_an_operator_stopped_anywhere_in_a_trip_is_finished_once_by_the_ne
     first = Operator(cluster, queue, clock)
     await first.guarding()
 
-    crashed: list[str] = []
-
-    def hit(name: str) -> None:
-        if name == point and not crashed:
-            crashed.append(name)
-            raise Crash(name)
-
-    monkeypatch.setattr(failpoints, "hit", hit)
-    await first.converge(trip=True)
-    assert crashed == [point]
+    failpoint = CrashAt(point)
+    with monkeypatch.context() as armed:
+        armed.setattr(failpoints, "hit", failpoint)
+        await first.converge(trip=True)
+    assert failpoint.reached
     assert status(cluster)["state"] == "Open"  # the write-ahead came first
-    monkeypatch.undo()  # the failpoint and the clock: the next operator starts clean
-    clock.install(monkeypatch, breakers)
 
     second = Operator(cluster, queue, clock)  # a restart: nothing kept but the cluster
     await second.converge()  # no trip seen: the signals went with the paused pods
@@ -379,11 +386,8 @@ async def test_a_deleted_quarantine_is_put_back(tripped: Operator, cluster: Fake
 # -- undo, and its retry ------------------------------------------------------------------
 
 
-async def test_a_reset_undoes_exactly_what_the_trip_changed(
-    tripped: Operator, cluster: FakeCluster
-) -> None:
-    cluster.edit(BREAKERS, NS, BREAKER, {"metadata": {"annotations": {RESET_ANNOTATION: "1"}}})
-    await tripped.converge()
+def assert_restored(cluster: FakeCluster) -> None:
+    """Closed, nothing left to undo, and every object as it was before the trip."""
     assert status(cluster)["state"] == "Closed"
     assert not status(cluster).get("actions")
     assert job(cluster)["spec"]["suspend"] is False
@@ -392,10 +396,68 @@ async def test_a_reset_undoes_exactly_what_the_trip_changed(
     allow_all = cluster.get(NETPOLS, NS, "allow-all")
     assert allow_all is not None
     assert allow_all["spec"]["podSelector"] == {}
+    assert not any(k.startswith(GROUP) for k in allow_all["metadata"].get("annotations") or {})
     assert cluster.all(QUOTAS, NS) == []
     pod = cluster.get(PODS, NS, "rl-0")
     assert pod is not None
     assert QUARANTINE_LABEL not in pod["metadata"]["labels"]
+
+
+def reset(cluster: FakeCluster, token: str = "1") -> None:
+    cluster.edit(BREAKERS, NS, BREAKER, {"metadata": {"annotations": {RESET_ANNOTATION: token}}})
+
+
+async def test_a_reset_undoes_exactly_what_the_trip_changed(
+    tripped: Operator, cluster: FakeCluster
+) -> None:
+    reset(cluster)
+    await tripped.converge()
+    assert_restored(cluster)
+    assert "BreakerClosed" in reasons(cluster)
+
+
+@pytest.mark.parametrize("point", TRIP_POINTS)
+async def test_a_trip_finished_by_the_next_operator_is_undone_exactly_by_a_reset(
+    point: str,
+    cluster: FakeCluster,
+    queue: FakeQueue,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = Operator(cluster, queue, clock)
+    await first.guarding()
+    failpoint = CrashAt(point)
+    with monkeypatch.context() as armed:
+        armed.setattr(failpoints, "hit", failpoint)
+        await first.converge(trip=True)
+    assert failpoint.reached
+    second = Operator(cluster, queue, clock)
+    await second.converge()
+    reset(cluster)
+    await second.converge()
+    assert_restored(cluster)
+
+
+@pytest.mark.parametrize(
+    "point", ["reset.reassignGPUs", "reset.pause", "reset.revokeEgress", "reset.recorded"]
+)
+async def test_an_operator_stopped_during_a_reset_leaves_the_next_to_finish_it(
+    point: str,
+    tripped: Operator,
+    cluster: FakeCluster,
+    queue: FakeQueue,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reset(cluster)
+    failpoint = CrashAt(point)
+    with monkeypatch.context() as armed:
+        armed.setattr(failpoints, "hit", failpoint)
+        await tripped.converge()
+    assert failpoint.reached
+    second = Operator(cluster, queue, clock)
+    await second.converge()
+    assert_restored(cluster)
 
 
 async def test_an_undo_that_fails_is_retried_after_its_backoff(
@@ -403,7 +465,7 @@ async def test_an_undo_that_fails_is_retried_after_its_backoff(
 ) -> None:
     # The resume of the job fails twice: at the reset, and at its first retry.
     cluster.fail("PATCH", "/trainingjobs/rl$", 500, times=2)
-    cluster.edit(BREAKERS, NS, BREAKER, {"metadata": {"annotations": {RESET_ANNOTATION: "1"}}})
+    reset(cluster)
     await tripped.converge()
     assert status(cluster)["state"] == "Closed"
     (left,) = status(cluster)["actions"]
