@@ -36,7 +36,9 @@ from kubernetes import client
 from kubernetes.client import rest
 
 from breaker.actions.pause import KINDS
-from breaker.controllers import inventory
+from breaker.api.quantity import pod_gpus
+from breaker.constants import JOB_LABEL
+from breaker.controllers import inventory, trainingjobs
 
 Json = dict[str, Any]
 ResourceKey = tuple[str, str]  # (group, plural); "" for the core group
@@ -396,10 +398,15 @@ class FakeIndex(kopf.Index[Any, Any]):
 
 
 Indexer = Callable[[kopf.Body], Any]  # a body -> the awaitable of its index entries
+Filter = Callable[[kopf.Body], bool]  # kopf's labels= and when= filters of one index
+
+
+def _all(body: kopf.Body) -> bool:
+    return True
 
 
 def _by(function: Any) -> Indexer:
-    """An index function of ``inventory``, called with what kopf would pass it."""
+    """An index function, called with what kopf would pass it."""
 
     def index(body: kopf.Body) -> Any:
         return function(
@@ -424,44 +431,77 @@ def _workload_index(kind: str) -> Indexer:
     return index
 
 
-INDEXERS: dict[str, tuple[ResourceKey, Indexer]] = {
+@dataclass(frozen=True)
+class Indexed:
+    resource: ResourceKey
+    indexer: Indexer
+    only: Filter = _all
+
+
+BREAKER_INDEXES: dict[str, Indexed] = {
     **{
-        f"workloads_{kind.lower()}": ((adapter.group, adapter.plural), _workload_index(kind))
+        f"workloads_{kind.lower()}": Indexed((adapter.group, adapter.plural), _workload_index(kind))
         for kind, adapter in KINDS.items()
     },
-    "breaker_job_owners": (("batch", "jobs"), _by(inventory.breaker_job_owners)),
-    "breaker_replicaset_owners": (
-        ("apps", "replicasets"),
-        _by(inventory.breaker_replicaset_owners),
+    "breaker_job_owners": Indexed(("batch", "jobs"), _by(inventory.breaker_job_owners)),
+    "breaker_replicaset_owners": Indexed(
+        ("apps", "replicasets"), _by(inventory.breaker_replicaset_owners)
     ),
-    "breaker_pods": (("", "pods"), _by(inventory.breaker_pods)),
-    "breaker_netpols": (("networking.k8s.io", "networkpolicies"), _by(inventory.breaker_netpols)),
-    "breaker_quotas": (("", "resourcequotas"), _by(inventory.breaker_quotas)),
-    "breaker_namespaces": (("", "namespaces"), _by(inventory.breaker_namespaces)),
-    "breaker_policies": (("breaker.dev", "breakerpolicies"), _by(inventory.breaker_policies)),
-    "breaker_cluster_policies": (
-        ("breaker.dev", "clusterbreakerpolicies"),
-        _by(inventory.breaker_cluster_policies),
+    "breaker_pods": Indexed(("", "pods"), _by(inventory.breaker_pods)),
+    "breaker_netpols": Indexed(
+        ("networking.k8s.io", "networkpolicies"), _by(inventory.breaker_netpols)
     ),
-    "breaker_breakers": (("breaker.dev", "breakers"), _by(inventory.breaker_breakers)),
+    "breaker_quotas": Indexed(("", "resourcequotas"), _by(inventory.breaker_quotas)),
+    "breaker_namespaces": Indexed(("", "namespaces"), _by(inventory.breaker_namespaces)),
+    "breaker_policies": Indexed(
+        ("breaker.dev", "breakerpolicies"), _by(inventory.breaker_policies)
+    ),
+    "breaker_cluster_policies": Indexed(
+        ("breaker.dev", "clusterbreakerpolicies"), _by(inventory.breaker_cluster_policies)
+    ),
+    "breaker_breakers": Indexed(("breaker.dev", "breakers"), _by(inventory.breaker_breakers)),
+}
+
+
+def _labelled(body: kopf.Body) -> bool:
+    return JOB_LABEL in body.metadata.labels
+
+
+def _gpu_or_training_pod(body: kopf.Body) -> bool:
+    return _labelled(body) or pod_gpus(dict(body.spec)) > 0
+
+
+TRAINING_INDEXES: dict[str, Indexed] = {
+    "trainingjobs": Indexed(("breaker.dev", "trainingjobs"), _by(trainingjobs.trainingjobs)),
+    "trainingjob_jobs": Indexed(("batch", "jobs"), _by(trainingjobs.trainingjob_jobs), _labelled),
+    "trainingjob_netpols": Indexed(
+        ("networking.k8s.io", "networkpolicies"), _by(trainingjobs.trainingjob_netpols), _labelled
+    ),
+    "gpu_pods": Indexed(("", "pods"), _by(trainingjobs.gpu_pods), _gpu_or_training_pod),
+    "gpu_nodes": Indexed(("", "nodes"), _by(trainingjobs.gpu_nodes)),
+    # The breaker inventory's, which the queue reads where they are (one operator serving both).
+    "breaker_quotas": BREAKER_INDEXES["breaker_quotas"],
+    "breaker_breakers": BREAKER_INDEXES["breaker_breakers"],
 }
 
 
 class FakeIndexes(dict[str, kopf.Index[Any, Any]]):
-    """Every index the breaker loop reads (``inventory.INDEX_NAMES``), as kopf would hold
-    them after seeing the store's objects. ``refresh`` is the watch catching up."""
+    """The indexes a controller reads (by default every one of the breaker loop's,
+    ``inventory.INDEX_NAMES``), as kopf would hold them after seeing the store's objects.
+    ``refresh`` is the watches catching up."""
 
-    def __init__(self, cluster: FakeCluster) -> None:
+    def __init__(self, cluster: FakeCluster, indexes: Mapping[str, Indexed] | None = None) -> None:
         super().__init__()
         self.cluster = cluster
-        assert set(INDEXERS) == set(inventory.INDEX_NAMES), "an index the fakes do not fill"
+        self.indexes = dict(BREAKER_INDEXES if indexes is None else indexes)
 
     async def refresh(self) -> None:
-        for name, (resource, indexer) in INDEXERS.items():
+        for name, indexed in self.indexes.items():
             index = FakeIndex()
-            for body in self.cluster.all(resource):
-                raw = cast(kopf.RawBody, copy.deepcopy(body))
-                index.add(await indexer(kopf.Body(raw)))
+            for body in self.cluster.all(indexed.resource):
+                raw = kopf.Body(cast(kopf.RawBody, copy.deepcopy(body)))
+                if indexed.only(raw):
+                    index.add(await indexed.indexer(raw))
             self[name] = index
 
 

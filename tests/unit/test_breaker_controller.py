@@ -27,10 +27,10 @@ from breaker.constants import (
     RESET_ANNOTATION,
     VERSION,
 )
-from breaker.controllers import breakers
+from breaker.controllers import breakers, inventory
 from breaker.controllers.breakers import BreakerController, Trip
 from breaker.detect import engine
-from tests.fakes import Clock, FakeCluster, FakeIndexes, FakeQueue, Json
+from tests.fakes import BREAKER_INDEXES, Clock, FakeCluster, FakeIndexes, FakeQueue, Json
 
 NS, OTHER = "tenant-a", "tenant-b"
 BREAKER = "rl-guard"  # <workload>-<policy>
@@ -521,3 +521,7 @@ async def test_a_handoff_the_queue_has_not_made_yet_is_recorded_when_it_is(
     assert handoff["changed"]["to"] == [f"{OTHER}/next"]
     assert "awaiting" not in handoff["changed"]
     assert "GPUsReassigned" in reasons(cluster)
+
+
+def test_the_fakes_fill_every_index_the_breaker_loop_reads() -> None:
+    assert set(BREAKER_INDEXES) == set(inventory.INDEX_NAMES)
