@@ -1,0 +1,527 @@
+"""The breaker loop's logic, with the API, kopf's indexes and time faked (``tests/fakes.py``).
+
+A tenant's TrainingJob ``rl`` (one pod on 8 GPUs) is guarded by the Enforce policy
+``guard``; a trip is handed to ``converge`` as an evaluation would hand it. What the
+operator changed is read back from the fake store, what it recorded from the Breaker's
+status, as an admin would with kubectl. The cluster suite keeps what needs the real thing
+(packets, kill -9, the queue binding pods).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from breaker import failpoints
+from breaker.actions import discovery
+from breaker.api.policy import BreakerPolicySpec
+from breaker.constants import (
+    GROUP,
+    PAUSED_BY,
+    PAUSED_WAS,
+    QUARANTINE_LABEL,
+    RESET_ANNOTATION,
+    VERSION,
+)
+from breaker.controllers import breakers, inventory
+from breaker.controllers.breakers import BreakerController, Trip
+from breaker.detect import engine
+from tests.fakes import BREAKER_INDEXES, Clock, FakeCluster, FakeIndexes, FakeQueue, Json
+
+NS, OTHER = "tenant-a", "tenant-b"
+BREAKER = "rl-guard"  # <workload>-<policy>
+KEY = (NS, BREAKER)
+TRAININGJOBS = (GROUP, "trainingjobs")
+BREAKERS = (GROUP, "breakers")
+NETPOLS = ("networking.k8s.io", "networkpolicies")
+QUOTAS = ("", "resourcequotas")
+PODS = ("", "pods")
+EVENTS = ("", "events")
+POLICY_SPEC: Json = {
+    "targets": {"kinds": ["TrainingJob"]},
+    "signals": [
+        {"name": "pool", "preset": "mining-pool-egress", "for": "0s", "severity": "critical"}
+    ],
+    "mode": "Enforce",
+    "actions": [{"type": t} for t in ("captureEvidence", "revokeEgress", "pause", "reassignGPUs")],
+}
+TRIP_POINTS = [
+    "trip.intended",
+    "trip.quota-clamped",
+    "egress.quarantine-written",
+    "egress.pods-labelled",
+    "egress.narrowed",
+    "trip.revokeEgress",
+    "trip.pause",
+    "trip.reassignGPUs",
+    "trip.recorded",
+]
+
+
+class Crash(Exception):
+    """The operator died here (a failpoint the test armed)."""
+
+
+class CrashAt:
+    """A ``failpoints.hit`` that stops the actions the first time they reach ``point``."""
+
+    def __init__(self, point: str) -> None:
+        self.point = point
+        self.reached = False
+
+    def __call__(self, name: str) -> None:
+        if name == self.point and not self.reached:
+            self.reached = True
+            raise Crash(name)
+
+
+def scene() -> FakeCluster:
+    """Two tenants' namespaces; tenant-a's job ``rl`` running on gpu-1 under an allow-all
+    egress policy; the policy that guards it."""
+    c = FakeCluster()
+    for ns in (NS, OTHER):
+        c.put(("", "namespaces"), {"metadata": {"name": ns, "labels": {"team": ns}}})
+    c.put(("", "nodes"), {"metadata": {"name": "gpu-1"}, "spec": {}})
+    job = c.put(
+        TRAININGJOBS,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "TrainingJob",
+            "metadata": {"name": "rl", "namespace": NS, "labels": {"team": "agents"}},
+            "spec": {"replicas": 1, "gpusPerReplica": 8, "suspend": False},
+        },
+    )
+    owner = {"kind": "TrainingJob", "name": "rl", "uid": job["metadata"]["uid"]}
+    batch = c.put(
+        ("batch", "jobs"),
+        {"metadata": {"name": "rl", "namespace": NS, "ownerReferences": [_ctl(owner)]}},
+    )
+    c.put(
+        PODS,
+        {
+            "metadata": {
+                "name": "rl-0",
+                "namespace": NS,
+                "labels": {"app": "rl"},
+                "ownerReferences": [
+                    _ctl({"kind": "Job", "name": "rl", "uid": batch["metadata"]["uid"]})
+                ],
+            },
+            "spec": {
+                "nodeName": "gpu-1",
+                "containers": [{"name": "t", "resources": {"limits": {"nvidia.com/gpu": "8"}}}],
+            },
+            "status": {"phase": "Running"},
+        },
+    )
+    c.put(
+        NETPOLS,
+        {
+            "metadata": {"name": "allow-all", "namespace": NS},
+            "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]},
+        },
+    )
+    c.put(
+        (GROUP, "breakerpolicies"),
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "BreakerPolicy",
+            "metadata": {"name": "guard", "namespace": NS},
+            "spec": POLICY_SPEC,
+        },
+    )
+    return c
+
+
+def _ctl(ref: Json) -> Json:
+    return {"apiVersion": "v1", "controller": True, **ref}
+
+
+class Operator:
+    """One running operator over the cluster: a BreakerController, its indexes, a queue."""
+
+    def __init__(self, cluster: FakeCluster, queue: FakeQueue, clock: Clock) -> None:
+        self.cluster, self.clock = cluster, clock
+        self.indexes = FakeIndexes(cluster)
+        self.controller = BreakerController(
+            cluster.api, self.indexes, queue, "http://prometheus.invalid", "breaker-system"
+        )
+
+    async def converge(self, trip: bool = False) -> bool:
+        """One pass of the loop (after kopf's watches caught up), and the actions it set
+        off run to their end."""
+        await self.indexes.refresh()
+        trips = {KEY: self.trip()} if trip else {}
+        retry = await self.controller.converge(trips, {})
+        while self.controller.busy:
+            await asyncio.gather(*self.controller.busy.values(), return_exceptions=True)
+        await self.indexes.refresh()
+        return retry
+
+    async def guarding(self) -> None:
+        """The Breaker created, then its first status (Closed) written."""
+        await self.converge()
+        await self.converge()
+        assert status(self.cluster)["state"] == "Closed"
+
+    def trip(self) -> Trip:
+        """What an evaluation of ``guard`` would hand over for tenant-a's pod."""
+        detector = engine.compile_policy(BreakerPolicySpec.model_validate(POLICY_SPEC))
+        labels = {"namespace": NS, "pod": "rl-0", "port": "3333"}
+        firing = engine.Firing("pool", 4.0, labels, since=0.0, key=(NS, "rl-0"))
+        decision = engine.Decision("anyCritical", (firing,))
+        return Trip(decision, detector, self.clock.monotonic())
+
+
+def status(cluster: FakeCluster) -> Json:
+    found = cluster.get(BREAKERS, NS, BREAKER)
+    assert found is not None
+    result: Json = found.get("status") or {}
+    return result
+
+
+def records(cluster: FakeCluster) -> dict[str, Json]:
+    return {r["type"]: r for r in status(cluster).get("actions") or []}
+
+
+def job(cluster: FakeCluster) -> Json:
+    found = cluster.get(TRAININGJOBS, NS, "rl")
+    assert found is not None
+    return found
+
+
+def reasons(cluster: FakeCluster) -> list[str]:
+    return [e["reason"] for e in cluster.all(EVENTS, NS)]
+
+
+def status_writes(cluster: FakeCluster) -> list[Json]:
+    """Every status the operator sent for the Breaker, in order."""
+    return [
+        c.body["status"]
+        for c in cluster.requests("PATCH", f"/breakers/{BREAKER}/status$")
+        if c.status == 200
+    ]
+
+
+def quarantines(cluster: FakeCluster) -> list[Json]:
+    return [p for p in cluster.all(NETPOLS, NS) if p["metadata"]["name"].endswith("-quarantine")]
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    fake.install(monkeypatch, breakers)
+    return fake
+
+
+@pytest.fixture(autouse=True)
+def fresh_discovery() -> Iterator[None]:
+    """Discovery is kept per process: each test's fake API server is asked afresh."""
+    discovery.forget()
+    yield
+    discovery.forget()
+
+
+@pytest.fixture
+def cluster() -> FakeCluster:
+    return scene()
+
+
+@pytest.fixture
+def queue() -> FakeQueue:
+    return FakeQueue()
+
+
+@pytest.fixture
+async def tripped(cluster: FakeCluster, queue: FakeQueue, clock: Clock) -> Operator:
+    """The job contained: the Breaker Open and every action applied."""
+    operator = Operator(cluster, queue, clock)
+    await operator.guarding()
+    await operator.converge(trip=True)
+    assert status(cluster)["state"] == "Open"
+    return operator
+
+
+# -- a trip under Enforce -------------------------------------------------------------------
+
+
+async def test_a_trip_opens_the_breaker_and_records_each_action_it_applied(
+    tripped: Operator, cluster: FakeCluster
+) -> None:
+    found = status(cluster)
+    assert found["trips"] == 1
+    assert found["contained"] is True
+    assert found["reason"].startswith("anyCritical: pool=4")
+    done = records(cluster)
+    assert list(done) == ["revokeEgress", "pause", "reassignGPUs"]
+    assert not any(r.get("pending") or r.get("error") for r in done.values())
+
+    # revokeEgress: the quarantine exists once, the pod is in it, allow-all no longer lets it out.
+    (quarantine,) = quarantines(cluster)
+    assert done["revokeEgress"]["changed"]["quarantinePolicy"] == quarantine["metadata"]["name"]
+    assert quarantine["spec"]["podSelector"] == {"matchLabels": {QUARANTINE_LABEL: BREAKER}}
+    pod = cluster.get(PODS, NS, "rl-0")
+    assert pod is not None
+    assert pod["metadata"]["labels"][QUARANTINE_LABEL] == BREAKER
+    assert "allow-all" in done["revokeEgress"]["changed"]["narrowed"]
+    allow_all = cluster.get(NETPOLS, NS, "allow-all")
+    assert allow_all is not None
+    assert allow_all["spec"]["podSelector"] != {}
+
+    # pause: the job suspended, and what it was before kept on it.
+    assert job(cluster)["spec"]["suspend"] is True
+    annotations = job(cluster)["metadata"]["annotations"]
+    assert annotations[PAUSED_BY] == BREAKER
+    assert json.loads(annotations[PAUSED_WAS])["was"] is False
+    assert done["pause"]["changed"]["was"] is False
+
+    # reassignGPUs: 8 GPUs freed on gpu-1, the tenant's quota clamped to what it still holds.
+    assert done["reassignGPUs"]["changed"]["freed"] == [{"node": "gpu-1", "gpus": 8}]
+    assert done["reassignGPUs"]["changed"]["to"] == []  # nobody waited
+    (clamp,) = cluster.all(QUOTAS, NS)
+    assert clamp["spec"]["hard"]["requests.nvidia.com/gpu"] == "0"
+    assert done["reassignGPUs"]["changed"]["quota"]["created"] == [clamp["metadata"]["name"]]
+
+    assert "BreakerTripped" in reasons(cluster)
+    assert found["evidence"]  # captured before acting
+
+
+async def test_the_records_are_written_ahead_of_the_actions_then_completed(
+    tripped: Operator, cluster: FakeCluster
+) -> None:
+    writes = [w for w in status_writes(cluster) if w.get("actions")]
+    intended, *_, final = writes
+    assert intended["state"] == "Open"
+    assert [(r["type"], r.get("pending")) for r in intended["actions"]] == [
+        ("revokeEgress", True),
+        ("pause", True),
+        ("reassignGPUs", True),
+    ]
+    # Nothing was changed before the intention was recorded.
+    first_write = cluster.calls.index(
+        next(c for c in cluster.calls if c.body is not None and c.body.get("status") == intended)
+    )
+    changes = [
+        i
+        for i, c in enumerate(cluster.calls)
+        if c.method in ("POST", "PATCH", "PUT", "DELETE")
+        and re.search("/(networkpolicies|trainingjobs|resourcequotas|pods)(/|$)", c.path)
+    ]
+    assert min(changes) > first_write
+    assert not any(r.get("pending") for r in final["actions"])
+    contained = next(c for c in final["conditions"] if c["type"] == "Contained")
+    assert contained["status"] == "True"
+
+
+# -- crash points -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("point", TRIP_POINTS)
+async def test_an_operator_stopped_anywhere_in_a_trip_is_finished_once_by_the_next(
+    point: str,
+    cluster: FakeCluster,
+    queue: FakeQueue,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = Operator(cluster, queue, clock)
+    await first.guarding()
+
+    failpoint = CrashAt(point)
+    with monkeypatch.context() as armed:
+        armed.setattr(failpoints, "hit", failpoint)
+        await first.converge(trip=True)
+    assert failpoint.reached
+    assert status(cluster)["state"] == "Open"  # the write-ahead came first
+
+    second = Operator(cluster, queue, clock)  # a restart: nothing kept but the cluster
+    await second.converge()  # no trip seen: the signals went with the paused pods
+    await second.converge()
+
+    done = records(cluster)
+    assert list(done) == ["revokeEgress", "pause", "reassignGPUs"]
+    assert not any(r.get("pending") or r.get("error") for r in done.values()), done
+    assert len(quarantines(cluster)) == 1
+    assert len(cluster.requests("POST", "/networkpolicies$")) == 1
+    assert job(cluster)["spec"]["suspend"] is True
+    # A second pause would have recorded "was: true", and a reset would then leave it paused.
+    assert json.loads(job(cluster)["metadata"]["annotations"][PAUSED_WAS])["was"] is False
+    assert done["pause"]["changed"]["was"] is False
+    assert len(cluster.all(QUOTAS, NS)) == 1
+    assert status(cluster)["trips"] == 1
+    assert reasons(cluster).count("BreakerTripped") <= 1
+    if point != "trip.recorded":  # stopped short of the last write: the next one finished
+        assert "ContainmentFinished" in reasons(cluster)
+
+
+# -- hold ---------------------------------------------------------------------------------
+
+
+async def test_a_job_the_tenant_resumes_while_open_is_suspended_again(
+    tripped: Operator, cluster: FakeCluster
+) -> None:
+    cluster.edit(TRAININGJOBS, NS, "rl", {"spec": {"suspend": False}})
+    await tripped.converge()
+    assert job(cluster)["spec"]["suspend"] is True
+    assert "ContainmentRestored" in reasons(cluster)
+    assert json.loads(job(cluster)["metadata"]["annotations"][PAUSED_WAS])["was"] is False
+    assert status(cluster)["state"] == "Open"
+
+    patches = len(cluster.requests("PATCH", "/trainingjobs/rl$"))
+    await tripped.converge()  # held: nothing more to do
+    assert len(cluster.requests("PATCH", "/trainingjobs/rl$")) == patches
+
+
+async def test_a_deleted_quarantine_is_put_back(tripped: Operator, cluster: FakeCluster) -> None:
+    (quarantine,) = quarantines(cluster)
+    del cluster.objects[NETPOLS][(NS, quarantine["metadata"]["name"])]
+    await tripped.converge()
+    assert [q["spec"] for q in quarantines(cluster)] == [quarantine["spec"]]
+
+
+# -- undo, and its retry ------------------------------------------------------------------
+
+
+def assert_restored(cluster: FakeCluster) -> None:
+    """Closed, nothing left to undo, and every object as it was before the trip."""
+    assert status(cluster)["state"] == "Closed"
+    assert not status(cluster).get("actions")
+    assert job(cluster)["spec"]["suspend"] is False
+    assert PAUSED_BY not in (job(cluster)["metadata"].get("annotations") or {})
+    assert quarantines(cluster) == []
+    allow_all = cluster.get(NETPOLS, NS, "allow-all")
+    assert allow_all is not None
+    assert allow_all["spec"]["podSelector"] == {}
+    assert not any(k.startswith(GROUP) for k in allow_all["metadata"].get("annotations") or {})
+    assert cluster.all(QUOTAS, NS) == []
+    pod = cluster.get(PODS, NS, "rl-0")
+    assert pod is not None
+    assert QUARANTINE_LABEL not in pod["metadata"]["labels"]
+
+
+def reset(cluster: FakeCluster, token: str = "1") -> None:
+    cluster.edit(BREAKERS, NS, BREAKER, {"metadata": {"annotations": {RESET_ANNOTATION: token}}})
+
+
+async def test_a_reset_undoes_exactly_what_the_trip_changed(
+    tripped: Operator, cluster: FakeCluster
+) -> None:
+    reset(cluster)
+    await tripped.converge()
+    assert_restored(cluster)
+    assert "BreakerClosed" in reasons(cluster)
+
+
+@pytest.mark.parametrize("point", TRIP_POINTS)
+async def test_a_trip_finished_by_the_next_operator_is_undone_exactly_by_a_reset(
+    point: str,
+    cluster: FakeCluster,
+    queue: FakeQueue,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = Operator(cluster, queue, clock)
+    await first.guarding()
+    failpoint = CrashAt(point)
+    with monkeypatch.context() as armed:
+        armed.setattr(failpoints, "hit", failpoint)
+        await first.converge(trip=True)
+    assert failpoint.reached
+    second = Operator(cluster, queue, clock)
+    await second.converge()
+    reset(cluster)
+    await second.converge()
+    assert_restored(cluster)
+
+
+@pytest.mark.parametrize(
+    "point", ["reset.reassignGPUs", "reset.pause", "reset.revokeEgress", "reset.recorded"]
+)
+async def test_an_operator_stopped_during_a_reset_leaves_the_next_to_finish_it(
+    point: str,
+    tripped: Operator,
+    cluster: FakeCluster,
+    queue: FakeQueue,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reset(cluster)
+    failpoint = CrashAt(point)
+    with monkeypatch.context() as armed:
+        armed.setattr(failpoints, "hit", failpoint)
+        await tripped.converge()
+    assert failpoint.reached
+    second = Operator(cluster, queue, clock)
+    await second.converge()
+    assert_restored(cluster)
+
+
+async def test_an_undo_that_fails_is_retried_after_its_backoff(
+    tripped: Operator, cluster: FakeCluster, clock: Clock
+) -> None:
+    # The resume of the job fails twice: at the reset, and at its first retry.
+    cluster.fail("PATCH", "/trainingjobs/rl$", 500, times=2)
+    reset(cluster)
+    await tripped.converge()
+    assert status(cluster)["state"] == "Closed"
+    (left,) = status(cluster)["actions"]
+    assert left["type"] == "pause"
+    assert left["error"].startswith("undo failed: 500")
+    assert job(cluster)["spec"]["suspend"] is True
+    assert quarantines(cluster) == []  # the other undos went through
+
+    await tripped.converge()  # retried at once; failed again: the next try backs off
+    assert tripped.controller.retry  # the loop comes back for it
+    assert len(cluster.requests("PATCH", "/trainingjobs/rl$")) == 3  # pause, undo, retry
+    clock.advance(breakers.RETRY_SECONDS - 1)
+    await tripped.converge()
+    assert len(cluster.requests("PATCH", "/trainingjobs/rl$")) == 3  # backing off
+    assert job(cluster)["spec"]["suspend"] is True
+
+    clock.advance(1)
+    await tripped.converge()
+    assert len(cluster.requests("PATCH", "/trainingjobs/rl$")) == 4
+    assert job(cluster)["spec"]["suspend"] is False
+    assert not status(cluster).get("actions")
+    assert "UndoFinished" in reasons(cluster)
+
+
+# -- hand-off -----------------------------------------------------------------------------
+
+
+async def test_the_freed_gpus_go_to_the_job_the_queue_admits(
+    cluster: FakeCluster, queue: FakeQueue, clock: Clock
+) -> None:
+    queue.queued = [(OTHER, "next"), (NS, "own")]
+    queue.admitted = [(OTHER, "next")]
+    operator = Operator(cluster, queue, clock)
+    await operator.guarding()
+    await operator.converge(trip=True)
+    handoff = records(cluster)["reassignGPUs"]
+    assert handoff["changed"]["to"] == [f"{OTHER}/next"]
+    assert "awaiting" not in handoff["changed"]
+
+
+async def test_a_handoff_the_queue_has_not_made_yet_is_recorded_when_it_is(
+    cluster: FakeCluster, queue: FakeQueue, clock: Clock
+) -> None:
+    queue.queued = [(OTHER, "next")]
+    operator = Operator(cluster, queue, clock)
+    await operator.guarding()
+    await operator.converge(trip=True)
+    assert records(cluster)["reassignGPUs"]["changed"]["awaiting"] == [f"{OTHER}/next"]
+
+    queue.admitted = [(OTHER, "next")]  # the paused pods went; the queue admitted it
+    await operator.converge()
+    handoff = records(cluster)["reassignGPUs"]
+    assert handoff["changed"]["to"] == [f"{OTHER}/next"]
+    assert "awaiting" not in handoff["changed"]
+    assert "GPUsReassigned" in reasons(cluster)
+
+
+def test_the_fakes_fill_every_index_the_breaker_loop_reads() -> None:
+    assert set(BREAKER_INDEXES) == set(inventory.INDEX_NAMES)
