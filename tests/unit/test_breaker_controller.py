@@ -28,7 +28,8 @@ from breaker.constants import (
     VERSION,
 )
 from breaker.controllers import breakers, inventory
-from breaker.controllers.breakers import BreakerController, Trip
+from breaker.controllers.breakers import BreakerController
+from breaker.controllers.evaluation import Trip
 from breaker.detect import engine
 from tests.fakes import BREAKER_INDEXES, Clock, FakeCluster, FakeIndexes, FakeQueue, Json
 
@@ -475,7 +476,7 @@ async def test_an_undo_that_fails_is_retried_after_its_backoff(
     assert quarantines(cluster) == []  # the other undos went through
 
     await tripped.converge()  # retried at once; failed again: the next try backs off
-    assert tripped.controller.retry  # the loop comes back for it
+    assert tripped.controller.loop.retry  # the loop comes back for it
     assert len(cluster.requests("PATCH", "/trainingjobs/rl$")) == 3  # pause, undo, retry
     clock.advance(breakers.RETRY_SECONDS - 1)
     await tripped.converge()

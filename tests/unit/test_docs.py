@@ -52,7 +52,10 @@ def test_the_readme_is_a_front_page() -> None:
 def test_the_readme_keeps_the_two_commands() -> None:
     text = README.read_text()
     assert "make demo         # the ROME incident replayed on the local cluster" in text
-    assert "make test         # ruff, mypy --strict, then every test against the real" in text
+    assert (
+        "make test         # lint first (ruff, mypy --strict, the layer contracts, the docs)"
+        in text
+    )
 
 
 def test_the_readmes_links_resolve() -> None:

@@ -17,7 +17,8 @@ from breaker.actions import discovery
 from breaker.api.policy import BreakerPolicySpec
 from breaker.constants import GROUP, JOB_LABEL, VERSION
 from breaker.controllers import breakers, trainingjobs
-from breaker.controllers.breakers import BreakerController, Trip
+from breaker.controllers.breakers import BreakerController
+from breaker.controllers.evaluation import Trip
 from breaker.controllers.trainingjobs import TrainingController
 from breaker.detect import engine
 from tests.fakes import TRAINING_INDEXES, Clock, FakeCluster, FakeIndexes, Json

@@ -100,7 +100,11 @@ class BreakerController:
         self.busy: dict[BreakerKey, asyncio.Task[None]] = {}
         self.policy_status: dict[PolicyKey, dict[str, Any]] = {}
         # When a breaker whose actions failed may be tried again.
-        self.backoff: Backoff[BreakerKey] = Backoff(RETRY_SECONDS, RETRY_CAP_SECONDS)
+        self.backoff: Backoff[BreakerKey] = Backoff(
+            RETRY_SECONDS,
+            RETRY_CAP_SECONDS,
+            clock=lambda: time.monotonic(),  # this module's
+        )
         self.handoff_due: dict[BreakerKey, float] = {}  # next look at an awaited handoff
         self.webhooks = Webhooks(api, operator_namespace)
 
