@@ -1097,7 +1097,8 @@ async def start_breaker_controller(memo: kopf.Memo, **kwargs: Any) -> None:
         return
     indexes = {name: kwargs[name] for name in inventory.INDEX_NAMES if name in kwargs}
     api = kube.api_client()
-    # The queue runs here (its controller started first) or in another operator.
+    # The queue runs here (its controller started before this one, or hands itself over
+    # when it starts after) or in another operator.
     training: Handoffs | None = memo.get("training")
     settings = config.of(memo)
     controller = BreakerController(

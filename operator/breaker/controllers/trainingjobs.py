@@ -691,6 +691,11 @@ async def start_training_controller(memo: kopf.Memo, **kwargs: Any) -> None:
     indexes = {name: kwargs[name] for name in (*names, *shared) if name in kwargs}
     controller = TrainingController(kube.api_client(), indexes)
     memo["training"] = controller
+    # kopf runs the startup handlers in the order the controllers were imported; the
+    # breaker controller may have started first, and hands GPUs on through this queue.
+    breakers = memo.get("breakers")
+    if breakers is not None:
+        breakers.training = controller
     memo["training_task"] = asyncio.create_task(controller.run(), name="trainingjob-controller")
 
 
