@@ -318,6 +318,10 @@ def _backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+# What add_subparsers returns: argparse names no public type for it.
+Commands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="breaker",
@@ -327,7 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"breaker {package_version('breaker')}"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(commands)
+    _add_agent(commands)
+    _add_demo(commands)
+    _add_sim(commands)
+    _add_backtest(commands)
+    _add_queries(commands)
+    _add_crds(commands)
+    _add_cluster(commands)
+    return parser
 
+
+def _add_run(commands: Commands) -> None:
     run = commands.add_parser("run", help="run the operator against the current kubeconfig")
     run.add_argument(
         "--liveness",
@@ -396,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     run.set_defaults(handler=_run)
 
+
+def _add_agent(commands: Commands) -> None:
     agent = commands.add_parser(
         "node-agent",
         help="on a node: cut the open connections of its quarantined pods (the DaemonSet)",
@@ -441,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     agent.set_defaults(handler=_node_agent)
 
+
+def _add_demo(commands: Commands) -> None:
     demo = commands.add_parser(
         "demo",
         help="replay the ROME incident on the local cluster: contained, then reset",
@@ -450,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_demo)
 
+
+def _add_sim(commands: Commands) -> None:
     sim = commands.add_parser(
         "sim", help="export DCGM-, cAdvisor-, Hubble- and Falco-shaped series from a scenario"
     )
@@ -472,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.set_defaults(handler=_sim)
 
+
+def _add_backtest(commands: Commands) -> None:
     backtest = commands.add_parser(
         "backtest", help="when and why a policy would have tripped, on recorded series"
     )
@@ -488,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--to", metavar="T", help="with --prometheus: end (RFC 3339)")
     backtest.set_defaults(handler=_backtest)
 
+
+def _add_queries(commands: Commands) -> None:
     queries = commands.add_parser(
         "queries",
         help="the PromQL each signal of a policy sends, for all pods or narrowed to one",
@@ -503,6 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     queries.set_defaults(handler=_queries)
 
+
+def _add_crds(commands: Commands) -> None:
     crds = commands.add_parser(
         "crds", help="write the CustomResourceDefinitions generated from the API models"
     )
@@ -514,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--check", action="store_true", help="only report files that are stale")
     crds.set_defaults(handler=_crds)
 
+
+def _add_cluster(commands: Commands) -> None:
     cluster = commands.add_parser(
         "cluster",
         help="the local control plane (API server, controllers, kwok GPU nodes) and Prometheus",
@@ -541,7 +570,6 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("build", help="build the Go binaries into the cache only").set_defaults(
         handler=_cluster_build
     )
-    return parser
 
 
 def _positive(text: str) -> int:
