@@ -318,8 +318,9 @@ def _backtest(args: argparse.Namespace) -> int:
     return 0
 
 
-# What add_subparsers returns: argparse names no public type for it.
-Commands = argparse._SubParsersAction[argparse.ArgumentParser]
+if TYPE_CHECKING:
+    # What add_subparsers returns: argparse names no public type for it.
+    Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def build_parser() -> argparse.ArgumentParser:
