@@ -32,7 +32,15 @@ from breaker.actions import quota as quota_core
 from breaker.api import quantity
 from breaker.api.quantity import pod_gpus
 from breaker.api.trainingjob import TrainingJob
-from breaker.constants import GPU_RESOURCE, GROUP, JOB_LABEL, PAUSED_BY, TRAININGJOBS, VERSION
+from breaker.constants import (
+    BREAKERS,
+    GPU_RESOURCE,
+    GROUP,
+    JOB_LABEL,
+    PAUSED_BY,
+    TRAININGJOBS,
+    VERSION,
+)
 from breaker.controllers.reconciler import Reconciler
 from breaker.training import queue, render
 from breaker.training import status as status_core
@@ -706,7 +714,15 @@ async def stop_training_controller(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
 
 
+def _owes_gpus(status: kopf.Status, **_: Any) -> bool:
+    """A Breaker whose reset recorded that a job is owed its GPUs back (status.reclaim)."""
+    return serving.queue() and bool(status.get("reclaim"))
+
+
 @kopf.on.event(*TJ)
+# The reset writes the debt after its undos: their events may have woken the queue before
+# the debt was there to read, and nothing else would until the resync.
+@kopf.on.event(GROUP, VERSION, BREAKERS, when=_owes_gpus)
 @kopf.on.event("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT})
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels={JOB_LABEL: kopf.PRESENT})
 @kopf.on.event("pods", when=_gpu_or_training_pod)
