@@ -312,16 +312,6 @@ class Operator:
             ignore=(OSError,),
         )
 
-    def wait_queue_passes(self, count: int, timeout: float = 60) -> None:
-        """Wait until the TrainingJob queue has made ``count`` more passes."""
-        target = self.metric("breaker_queue_passes_total") + count
-        wait_for(
-            lambda: self.metric("breaker_queue_passes_total") >= target,
-            f"{count} more passes of the queue",
-            timeout=timeout,
-            ignore=(OSError,),
-        )
-
     def restart(self, env: dict[str, str] | None = None, wait: bool = True) -> None:
         self.stop()
         self.start(env, wait)

@@ -311,7 +311,14 @@ def test_a_tripped_tenant_cannot_get_out(cluster: Cluster, operator_process: Ope
         "a Warning Event on the new job",
     )
     assert "clamped by tripped Breaker rl-guard" in (warning[0].message or "")
-    operator_process.wait_queue_passes(2)  # the queue had its chance: the other keeps the GPUs
+    # The queue has its chance again (the tenant touches its own job, which wakes it): the
+    # other tenant keeps the GPUs.
+    passes = operator_process.metric("breaker_queue_passes_total")
+    c.patch("trainingjobs", "rl-again", {"metadata": {"annotations": {"tenant/retry": "1"}}})
+    wait_for(
+        lambda: operator_process.metric("breaker_queue_passes_total") > passes,
+        "a pass of the queue after the tenant's touch",
+    )
     assert c.state("rl-again") == "Queued"
     assert c.state("waiting", c.other) == "Running"
     ATTEMPTS.append(("create a new TrainingJob to get GPUs back", "held by the quota clamp", None))
