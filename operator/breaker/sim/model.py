@@ -220,18 +220,25 @@ def _unallocated(pod: SimPod, at: float) -> Iterator[Series]:
     if not any(name == "mine-unallocated-gpus" for name, _ in net_behaviours(pod, at)):
         return
     for index in range(pod.gpus, pod.gpus + ESCAPED_GPUS):
-        labels: Labels = (
-            ("gpu", str(index)),
-            ("UUID", gpu_uuid(pod, index)),
-            ("device", f"nvidia{index}"),
-            ("modelName", "NVIDIA H100 80GB HBM3"),
-            ("Hostname", pod.node),
-            ("container", ""),
-            ("namespace", ""),
-            ("pod", ""),
-        )
+        labels = _gpu_labels(pod, index, ("", "", ""))
         util = round(between(GPU_PROFILES["mine"][0], pod.key, at, index, "u"))
         yield Series("DCGM_FI_DEV_GPU_UTIL", "gauge", labels, util)
+
+
+def _gpu_labels(pod: SimPod, index: int, holder: tuple[str, str, str]) -> Labels:
+    """DCGM's labels of one GPU of the pod's node; ``holder`` is (container, namespace,
+    pod) of the pod it is allocated to, empty for a GPU no pod holds."""
+    container, namespace, name = holder
+    return (
+        ("gpu", str(index)),
+        ("UUID", gpu_uuid(pod, index)),
+        ("device", f"nvidia{index}"),
+        ("modelName", "NVIDIA H100 80GB HBM3"),
+        ("Hostname", pod.node),
+        ("container", container),
+        ("namespace", namespace),
+        ("pod", name),
+    )
 
 
 def gpu_uuid(pod: SimPod, index: int) -> str:
@@ -243,16 +250,7 @@ def samples(pod: SimPod, state: PodState, profile: str, at: float) -> Iterator[S
     """Every series the exporters would show for ``pod`` now."""
     util, engine, tensor, dram = GPU_PROFILES[profile]
     for index in range(pod.gpus):
-        labels: Labels = (
-            ("gpu", str(index)),
-            ("UUID", gpu_uuid(pod, index)),
-            ("device", f"nvidia{index}"),
-            ("modelName", "NVIDIA H100 80GB HBM3"),
-            ("Hostname", pod.node),
-            ("container", "trainer"),
-            ("namespace", pod.namespace),
-            ("pod", pod.name),
-        )
+        labels = _gpu_labels(pod, index, ("trainer", pod.namespace, pod.name))
         yield Series(
             "DCGM_FI_DEV_GPU_UTIL", "gauge", labels, round(between(util, pod.key, at, index, "u"))
         )
