@@ -417,6 +417,7 @@ def _by(function: Any) -> Indexer:
             spec=body.spec,
             status=body.status,
             labels=body.metadata.labels,
+            memo=kopf.Memo(),  # the defaults: this operator serves everything
         )
 
     return index

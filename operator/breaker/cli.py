@@ -123,11 +123,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from breaker import runner, serving
+    from breaker import runner
+    from breaker.serving import Serving, ServingError
 
     try:
-        serving.configure(_parts(args.serve), args.shard_namespaces or [], args.shard)
-    except serving.ServingError as error:
+        serving = Serving.of(_parts(args.serve), args.shard_namespaces or [], args.shard)
+    except ServingError as error:
         print(f"breaker run: {error}", file=sys.stderr)
         return 2
     runner.run(
@@ -139,9 +140,7 @@ def _run(args: argparse.Namespace) -> int:
         operator_namespace=args.namespace,
         peering=args.peering,
         peering_lifetime=args.peering_lifetime,
-        serve=_parts(args.serve),
-        shard=args.shard,
-        shard_namespaces=args.shard_namespaces or [],
+        serving=serving,
     )
     return 0
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import kopf
 
-from breaker import heap, kopf_tuning, kube, leadership, metrics, serving
+from breaker import heap, kopf_tuning, kube, leadership, metrics
 
 # Importing the controllers registers their handlers and indexes.
 from breaker.controllers import breakers, config, inventory, policies, trainingjobs
+from breaker.serving import Serving
 
 CONTROLLERS = (policies, trainingjobs, inventory, breakers)
 log = logging.getLogger("breaker.runner")
@@ -63,11 +63,9 @@ def run(
     metrics_address: str = "127.0.0.1",
     peering: str | None = None,
     peering_lifetime: int = 15,
-    serve: Sequence[str] = serving.PARTS,
-    shard: str | None = None,
-    shard_namespaces: Sequence[str] = (),
+    serving: Serving | None = None,
 ) -> None:
-    serving.configure(serve, shard_namespaces, shard)
+    serving = serving or Serving()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -77,17 +75,13 @@ def run(
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf_tuning.install()
     memo = kopf.Memo(
-        config=config.OperatorConfig(prometheus_url, operator_namespace, peering_lifetime)
+        config=config.OperatorConfig(prometheus_url, operator_namespace, peering_lifetime, serving)
     )
     if metrics_port is not None:
         metrics.serve(metrics_port, metrics_address)
     watched = serving.watched_namespaces()
     scope: dict[str, Any] = {"namespaces": watched} if watched else {"clusterwide": True}
-    log.info(
-        "serving %s in %s",
-        " and ".join(p for p in serving.PARTS if p in serve),
-        f"shard {shard} ({', '.join(shard_namespaces)})" if shard else "every namespace",
-    )
+    log.info("serving %s", serving.describe())
     if peering is None:
         kopf.run(standalone=True, liveness_endpoint=liveness, memo=memo, **scope)
         return

@@ -16,13 +16,9 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 PARTS = ("breakers", "queue")
-SERVING: set[str] = set(PARTS)
-# The namespace patterns of this operator's shard (kopf's syntax); none: every namespace.
-NAMESPACES: list[str] = []
-SHARD: dict[str, str] = {}  # "name": this shard's name, when sharded
 GLOB = frozenset("*?[],!")
 
 
@@ -30,34 +26,64 @@ class ServingError(ValueError):
     """A combination of parts and namespaces that cannot work."""
 
 
-def configure(parts: Sequence[str], namespaces: Sequence[str], shard: str | None) -> None:
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown or not parts:
-        raise ServingError(
-            f"--serve {','.join(parts) or '(empty)'}: name one or more of {', '.join(PARTS)}"
-        )
-    if "queue" in parts and namespaces:
-        raise ServingError(
-            "--serve queue with --shard-namespaces: the TrainingJob queue hands the "
-            "cluster's free GPUs on in one priority order, so it needs every namespace; run "
-            "it in an operator of its own without --shard (--serve queue), and the shards "
-            "with --serve breakers"
-        )
-    if bool(namespaces) != bool(shard):
-        raise ServingError(
-            "--shard and --shard-namespaces go together: a shard is named (its count in each "
-            "ClusterBreakerPolicy's status.shards) and serves the namespaces given"
-        )
-    SERVING.clear()
-    SERVING.update(parts)
-    NAMESPACES[:] = list(namespaces)
-    SHARD.clear()
-    if shard:
-        SHARD["name"] = shard
+@dataclass(frozen=True)
+class Serving:
+    """The parts this operator runs and the namespace patterns of its shard (kopf's syntax;
+    none: every namespace). Made once by `breaker run` and handed to the controllers in
+    kopf's memo (see controllers/config.py)."""
 
+    parts: frozenset[str] = frozenset(PARTS)
+    namespaces: tuple[str, ...] = ()
+    shard: str | None = None  # this shard's name, when sharded
 
-def shard() -> str | None:
-    return SHARD.get("name")
+    @classmethod
+    def of(cls, parts: Sequence[str], namespaces: Sequence[str], shard: str | None) -> Serving:
+        unknown = sorted(set(parts) - set(PARTS))
+        if unknown or not parts:
+            raise ServingError(
+                f"--serve {','.join(parts) or '(empty)'}: name one or more of {', '.join(PARTS)}"
+            )
+        if "queue" in parts and namespaces:
+            raise ServingError(
+                "--serve queue with --shard-namespaces: the TrainingJob queue hands the "
+                "cluster's free GPUs on in one priority order, so it needs every namespace; "
+                "run it in an operator of its own without --shard (--serve queue), and the "
+                "shards with --serve breakers"
+            )
+        if bool(namespaces) != bool(shard):
+            raise ServingError(
+                "--shard and --shard-namespaces go together: a shard is named (its count in "
+                "each ClusterBreakerPolicy's status.shards) and serves the namespaces given"
+            )
+        return cls(frozenset(parts), tuple(namespaces), shard or None)
+
+    def here(self, namespace: str | None) -> bool:
+        """The object is this operator's (cluster-scoped ones are everyone's)."""
+        return namespace is None or not self.namespaces or matches(namespace, self.namespaces)
+
+    def breakers(self, namespace: str | None = None) -> bool:
+        """This operator serves the breakers (of the namespace, when one is given)."""
+        return "breakers" in self.parts and self.here(namespace)
+
+    @property
+    def queue(self) -> bool:
+        """This operator serves the TrainingJob queue."""
+        return "queue" in self.parts
+
+    def watched_namespaces(self) -> list[str] | None:
+        """The namespaces kopf should watch one by one, or None: cluster-wide."""
+        if self.namespaces and not any(GLOB & set(pattern) for pattern in self.namespaces):
+            return list(self.namespaces)
+        return None
+
+    def describe(self) -> str:
+        parts = " and ".join(p for p in PARTS if p in self.parts)
+        where = (
+            f"shard {self.shard} ({', '.join(self.namespaces)})"
+            if self.shard
+            else "every namespace"
+        )
+        return f"{parts} in {where}"
 
 
 def matches(namespace: str, patterns: Sequence[str]) -> bool:
@@ -71,25 +97,3 @@ def matches(namespace: str, patterns: Sequence[str]) -> bool:
         if not any(excluded):
             return True
     return False
-
-
-def watched_namespaces() -> list[str] | None:
-    """The namespaces kopf should watch one by one, or None: cluster-wide."""
-    if NAMESPACES and not any(GLOB & set(pattern) for pattern in NAMESPACES):
-        return list(NAMESPACES)
-    return None
-
-
-def here(namespace: str | None = None, **_: Any) -> bool:
-    """A kopf filter: the object is this operator's (cluster-scoped ones are everyone's)."""
-    return namespace is None or not NAMESPACES or matches(namespace, NAMESPACES)
-
-
-def breakers(namespace: str | None = None, **_: Any) -> bool:
-    """A kopf filter: this operator serves the breakers, of the object's namespace."""
-    return "breakers" in SERVING and here(namespace)
-
-
-def queue(**_: Any) -> bool:
-    """A kopf filter: this operator serves the TrainingJob queue."""
-    return "queue" in SERVING

@@ -105,8 +105,8 @@ SHARDS = ("shards[0].name=a", "shards[0].namespaces={team-a-*,research}", "shard
 def test_sharded_the_chart_runs_the_queue_and_each_shard_apart(
     local_cluster: LocalCluster, chart: None
 ) -> None:
-    from breaker import serving
     from breaker.cli import build_parser
+    from breaker.serving import Serving
 
     rendered = template(local_cluster, *SHARDS)
     docs = documents(rendered)
@@ -121,9 +121,8 @@ def test_sharded_the_chart_runs_the_queue_and_each_shard_apart(
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         args = build_parser().parse_args(container["args"])
         parts = args.serve.split(",")
-        serving.configure(parts, args.shard_namespaces or [], args.shard)  # accepted as given
+        Serving.of(parts, args.shard_namespaces or [], args.shard)  # accepted as given
         served[name] = (parts, args.shard_namespaces, args.peering)
-    serving.configure(serving.PARTS, [], None)
     assert served == {
         "breaker-queue": (["queue"], None, f"{PEERING}-queue"),
         "breaker-shard-a": (["breakers"], ["team-a-*", "research"], f"{PEERING}-shard-a"),

@@ -4,40 +4,47 @@ policy together, and how a shard learns whom the queue (run elsewhere) handed GP
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from typing import Any
 
+import kopf
 import pytest
 
 from breaker import serving
 from breaker.circuit.tally import policy_status_patch
 from breaker.cli import main
+from breaker.controllers import config
+from breaker.serving import Serving
 from breaker.training import queue
 
 T0 = dt.datetime(2026, 11, 30, 12, 0, 0, 500_000, tzinfo=dt.UTC)
 
 
-@pytest.fixture(autouse=True)
-def _unsharded() -> Iterator[None]:
-    yield
-    serving.configure(serving.PARTS, [], None)
-
-
 def test_a_shard_runs_the_breakers_of_its_namespaces_only() -> None:
-    serving.configure(["breakers"], ["team-a-*"], "a")
-    assert serving.breakers()
-    assert not serving.queue()
-    assert serving.breakers(namespace="team-a-1")
-    assert not serving.breakers(namespace="team-b")
-    assert serving.here(namespace=None)  # cluster-scoped objects are every shard's
-    assert serving.shard() == "a"
+    shard = Serving.of(["breakers"], ["team-a-*"], "a")
+    assert shard.breakers()
+    assert not shard.queue
+    assert shard.breakers(namespace="team-a-1")
+    assert not shard.breakers(namespace="team-b")
+    assert shard.here(namespace=None)  # cluster-scoped objects are every shard's
+    assert shard.shard == "a"
 
 
 def test_the_queue_alone_serves_every_namespace() -> None:
-    serving.configure(["queue"], [], None)
-    assert serving.queue()
-    assert not serving.breakers(namespace="team-a-1")
-    assert serving.here(namespace="anything")
+    alone = Serving.of(["queue"], [], None)
+    assert alone.queue
+    assert not alone.breakers(namespace="team-a-1")
+    assert alone.here(namespace="anything")
+
+
+def test_the_kopf_filters_read_what_the_operator_serves_from_its_memo() -> None:
+    memo = kopf.Memo(config=config.OperatorConfig(serving=Serving.of(["breakers"], ["a-*"], "a")))
+    assert config.serves_breakers(memo=memo, namespace="a-1", name="x")
+    assert not config.serves_breakers(memo=memo, namespace="b-1")
+    assert not config.serves_queue(memo=memo)
+    assert config.here(memo=memo, namespace=None)
+    unconfigured = kopf.Memo()  # the defaults: everything, everywhere
+    assert config.serves_breakers(memo=unconfigured, namespace="b-1")
+    assert config.serves_queue(memo=unconfigured)
 
 
 @pytest.mark.parametrize(
@@ -63,12 +70,12 @@ def test_namespaces_match_as_kopf_matches_them(
 
 
 def test_exact_namespaces_are_watched_one_by_one_and_globs_cluster_wide() -> None:
-    serving.configure(["breakers"], ["fleet-0", "fleet-2"], "a")
-    assert serving.watched_namespaces() == ["fleet-0", "fleet-2"]
-    serving.configure(["breakers"], ["fleet-0", "team-*"], "a")
-    assert serving.watched_namespaces() is None
-    serving.configure(["breakers"], ["*,!fleet-0"], "rest")
-    assert serving.watched_namespaces() is None
+    assert Serving.of(["breakers"], ["fleet-0", "fleet-2"], "a").watched_namespaces() == [
+        "fleet-0",
+        "fleet-2",
+    ]
+    assert Serving.of(["breakers"], ["fleet-0", "team-*"], "a").watched_namespaces() is None
+    assert Serving.of(["breakers"], ["*,!fleet-0"], "rest").watched_namespaces() is None
 
 
 @pytest.mark.parametrize(
@@ -86,8 +93,7 @@ def test_combinations_that_cannot_work_say_what_to_do(
     parts: list[str], namespaces: list[str], shard: str | None, says: str
 ) -> None:
     with pytest.raises(serving.ServingError, match=says):
-        serving.configure(parts, namespaces, shard)
-    assert set(serving.PARTS) == serving.SERVING  # nothing half-applied
+        Serving.of(parts, namespaces, shard)
 
 
 def test_breaker_run_refuses_a_sharded_queue_before_connecting(

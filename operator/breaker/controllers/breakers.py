@@ -29,7 +29,7 @@ from typing import Any
 import kopf
 from kubernetes import client
 
-from breaker import events, failpoints, heap, kube, leadership, metrics, serving
+from breaker import events, failpoints, heap, kube, leadership, metrics
 from breaker.actions import connections, discovery, executor
 from breaker.actions import evidence as evidence_core
 from breaker.actions.pause import KINDS
@@ -79,8 +79,10 @@ class BreakerController:
         training: Handoffs | None,
         prometheus_url: str,
         operator_namespace: str,
+        shard: str | None = None,
     ) -> None:
         self.api = api
+        self.shard = shard  # this operator's shard's name, when the breakers are sharded
         self.indexes = indexes
         self.training = training
         self.prometheus_url = prometheus_url
@@ -915,7 +917,7 @@ class BreakerController:
         for key, body in self._policy_bodies():
             tally = counts.get(key, {"breakers": 0, "open": 0, "unknown": 0})
             # A cluster policy spans the shards: each writes its own count and the sum.
-            shard = serving.shard() if key[0] == "ClusterBreakerPolicy" else None
+            shard = self.shard if key[0] == "ClusterBreakerPolicy" else None
             if shard is None and self.policy_status.get(key) == tally:
                 continue
             wanted = policy_status_patch(tally, body.get("status") or {}, shard)
@@ -1093,20 +1095,21 @@ def _as_workload(view: WorkloadView) -> Workload:
 
 @kopf.on.startup()
 async def start_breaker_controller(memo: kopf.Memo, **kwargs: Any) -> None:
-    if not serving.breakers():
+    settings = config.of(memo)
+    if not settings.serving.breakers():
         return
     indexes = {name: kwargs[name] for name in inventory.INDEX_NAMES if name in kwargs}
     api = kube.api_client()
     # The queue runs here (its controller started before this one, or hands itself over
     # when it starts after) or in another operator.
     training: Handoffs | None = memo.get("training")
-    settings = config.of(memo)
     controller = BreakerController(
         api,
         indexes,
-        training if serving.queue() else RemoteQueue(api),
+        training if settings.serving.queue else RemoteQueue(api),
         settings.prometheus_url,
         settings.operator_namespace,
+        settings.serving.shard,
     )
     memo["breakers"] = controller
     memo["breakers_task"] = asyncio.create_task(controller.run(), name="breaker-loop")
@@ -1124,7 +1127,9 @@ async def stop_breaker_controller(memo: kopf.Memo, **_: Any) -> None:
             await controller.training.close()
 
 
-@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=serving.breakers)
+@kopf.on.event(
+    "apiextensions.k8s.io", "v1", "customresourcedefinitions", when=config.serves_breakers
+)
 async def rediscover_apis(**_: Any) -> None:
     """A CRD came, went or changed: the deny APIs a revocation uses may have too."""
     discovery.forget()
@@ -1148,6 +1153,6 @@ for _resource in (
     ("apps", "v1", "replicasets"),
     *((k.group, k.version, k.plural) for k in KINDS.values()),
 ):
-    kopf.on.event(*_resource, id=f"wake-breakers-{'.'.join(_resource)}", when=serving.breakers)(
-        _wake
-    )
+    kopf.on.event(
+        *_resource, id=f"wake-breakers-{'.'.join(_resource)}", when=config.serves_breakers
+    )(_wake)

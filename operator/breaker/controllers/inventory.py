@@ -19,13 +19,12 @@ from typing import Any
 
 import kopf
 
-from breaker import serving
 from breaker.actions.pause import KINDS, field_value, is_paused, with_field
 from breaker.api.quantity import pod_gpus
 from breaker.circuit.ownership import OwnerRef
 from breaker.circuit.views import PodView, WorkloadView
 from breaker.constants import GROUP, PAUSED_BY, VERSION
-from breaker.controllers import compact
+from breaker.controllers import compact, config
 
 
 def _controller(meta: kopf.Meta) -> OwnerRef | None:
@@ -85,7 +84,7 @@ def _register(kind: str) -> None:
 
     index.__name__ = index_name
     kopf.index(
-        adapter.group, adapter.version, adapter.plural, id=index_name, when=serving.breakers
+        adapter.group, adapter.version, adapter.plural, id=index_name, when=config.serves_breakers
     )(index)
     WORKLOAD_INDEXES.append(index_name)
 
@@ -94,7 +93,7 @@ for _kind in KINDS:
     _register(_kind)
 
 
-@kopf.index("batch", "v1", "jobs", when=serving.breakers)
+@kopf.index("batch", "v1", "jobs", when=config.serves_breakers)
 async def breaker_job_owners(
     namespace: str | None, name: str, meta: kopf.Meta, **_: Any
 ) -> dict[tuple[str | None, str], OwnerRef | None]:
@@ -102,14 +101,14 @@ async def breaker_job_owners(
     return {(namespace, name): _controller(meta)}
 
 
-@kopf.index("apps", "v1", "replicasets", when=serving.breakers)
+@kopf.index("apps", "v1", "replicasets", when=config.serves_breakers)
 async def breaker_replicaset_owners(
     namespace: str | None, name: str, meta: kopf.Meta, **_: Any
 ) -> dict[tuple[str | None, str], OwnerRef | None]:
     return {(namespace, name): _controller(meta)}
 
 
-@kopf.index("pods", when=serving.breakers)
+@kopf.index("pods", when=config.serves_breakers)
 async def breaker_pods(
     namespace: str | None,
     name: str,
@@ -135,44 +134,49 @@ async def breaker_pods(
     }
 
 
-@kopf.index("networking.k8s.io", "v1", "networkpolicies", when=serving.breakers)
+@kopf.index("networking.k8s.io", "v1", "networkpolicies", when=config.serves_breakers)
 async def breaker_netpols(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str | None, str], dict[str, Any]]:
     return {(namespace, name): _slim(body)}
 
 
-@kopf.index("resourcequotas", when=serving.here)
+@kopf.index("resourcequotas", when=config.here)
 async def breaker_quotas(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str | None, str], dict[str, Any]]:
     return {(namespace, name): _slim(body, status=True)}
 
 
-@kopf.index("namespaces", when=serving.breakers)
+@kopf.index("namespaces", when=config.serves_breakers)
 async def breaker_namespaces(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
     return {name: compact.labels(labels)}
 
 
-@kopf.index(GROUP, VERSION, "breakerpolicies", when=serving.breakers)
+@kopf.index(GROUP, VERSION, "breakerpolicies", when=config.serves_breakers)
 async def breaker_policies(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str | None, str], dict[str, Any]]:
     return {(namespace, name): _slim(body, status=True)}
 
 
-@kopf.index(GROUP, VERSION, "clusterbreakerpolicies", when=serving.breakers)
+@kopf.index(GROUP, VERSION, "clusterbreakerpolicies", when=config.serves_breakers)
 async def breaker_cluster_policies(
     name: str, body: kopf.Body, **_: Any
 ) -> dict[str, dict[str, Any]]:
     return {name: _slim(body, status=True)}
 
 
-@kopf.index(GROUP, VERSION, "breakers", when=serving.here)
+@kopf.index(GROUP, VERSION, "breakers", when=config.here)
 async def breaker_breakers(
-    namespace: str | None, name: str, body: kopf.Body, status: kopf.Status, **_: Any
+    namespace: str | None,
+    name: str,
+    body: kopf.Body,
+    status: kopf.Status,
+    memo: kopf.Memo,
+    **_: Any,
 ) -> dict[tuple[str | None, str], dict[str, Any]]:
-    if not serving.breakers() and not status.get("reclaim"):
+    if not config.of(memo).serving.breakers() and not status.get("reclaim"):
         return {}  # the queue alone reads only the GPUs a reset owes back
     return {(namespace, name): _slim(body, status=True)}
 

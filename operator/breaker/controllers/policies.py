@@ -8,10 +8,10 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from breaker import serving
 from breaker.api.conditions import Cond, find, merge
 from breaker.api.policy import BreakerPolicySpec, ClusterBreakerPolicySpec, PolicySpecBase
 from breaker.constants import BREAKER_POLICIES, CLUSTER_BREAKER_POLICIES, GROUP, VERSION
+from breaker.controllers import config
 from breaker.detect.policy_check import problems
 
 POLICY = (GROUP, VERSION, BREAKER_POLICIES)
@@ -52,12 +52,12 @@ def _check(
 # A namespaced policy is checked by the operator serving its namespace's breakers; a
 # cluster policy by the one operator that runs the queue, so that shards do not all
 # write its Ready condition.
-@kopf.on.resume(*POLICY, when=serving.breakers)
-@kopf.on.create(*POLICY, when=serving.breakers)
-@kopf.on.update(*POLICY, field="spec", when=serving.breakers)
-@kopf.on.resume(*CLUSTER_POLICY, when=serving.queue)
-@kopf.on.create(*CLUSTER_POLICY, when=serving.queue)
-@kopf.on.update(*CLUSTER_POLICY, field="spec", when=serving.queue)
+@kopf.on.resume(*POLICY, when=config.serves_breakers)
+@kopf.on.create(*POLICY, when=config.serves_breakers)
+@kopf.on.update(*POLICY, field="spec", when=config.serves_breakers)
+@kopf.on.resume(*CLUSTER_POLICY, when=config.serves_queue)
+@kopf.on.create(*CLUSTER_POLICY, when=config.serves_queue)
+@kopf.on.update(*CLUSTER_POLICY, field="spec", when=config.serves_queue)
 def check_policy(
     resource: kopf.Resource,
     spec: kopf.Spec,

@@ -26,7 +26,7 @@ import kopf
 import urllib3
 from kubernetes import client
 
-from breaker import events, kube, metrics, serving
+from breaker import events, kube, metrics
 from breaker.actions import marks
 from breaker.actions import quota as quota_core
 from breaker.api import quantity
@@ -41,6 +41,7 @@ from breaker.constants import (
     TRAININGJOBS,
     VERSION,
 )
+from breaker.controllers import config
 from breaker.controllers.reconciler import Reconciler
 from breaker.training import queue, render
 from breaker.training import status as status_core
@@ -65,8 +66,8 @@ QUOTA_KEY = "requests.nvidia.com/gpu"
 # -- what the indexes hold ---------------------------------------------------------------
 
 
-def _gpu_or_training_pod(spec: kopf.Spec, labels: kopf.Labels, **_: Any) -> bool:
-    return serving.queue() and (JOB_LABEL in labels or pod_gpus(dict(spec)) > 0)
+def _gpu_or_training_pod(spec: kopf.Spec, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> bool:
+    return config.serves_queue(memo) and (JOB_LABEL in labels or pod_gpus(dict(spec)) > 0)
 
 
 @dataclass(frozen=True)
@@ -118,19 +119,19 @@ def node_gpus(spec: kopf.Spec, status: kopf.Status) -> int:
     return gpus if ready and not spec.get("unschedulable") else 0
 
 
-@kopf.index("nodes", when=serving.queue)
+@kopf.index("nodes", when=config.serves_queue)
 async def gpu_nodes(name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, int]:
     return {name: node_gpus(spec, status)}
 
 
-@kopf.index(*TJ, when=serving.queue)
+@kopf.index(*TJ, when=config.serves_queue)
 async def trainingjobs(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str | None, str], Any]:
     return {(namespace, name): copy.deepcopy(dict(body))}
 
 
-@kopf.index("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT}, when=serving.queue)
+@kopf.index("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT}, when=config.serves_queue)
 async def trainingjob_jobs(
     namespace: str | None,
     name: str,
@@ -155,7 +156,7 @@ async def trainingjob_jobs(
     "v1",
     "networkpolicies",
     labels={JOB_LABEL: kopf.PRESENT},
-    when=serving.queue,
+    when=config.serves_queue,
 )
 async def trainingjob_netpols(
     namespace: str | None,
@@ -690,7 +691,7 @@ def _without_none(value: Any) -> Any:
 
 @kopf.on.startup()
 async def start_training_controller(memo: kopf.Memo, **kwargs: Any) -> None:
-    if not serving.queue():
+    if not config.of(memo).serving.queue:
         return
     # kopf passes the (still filling) indexes to startup handlers; they stay live.
     names = ("trainingjobs", "trainingjob_jobs", "trainingjob_netpols", "gpu_pods", "gpu_nodes")
@@ -714,9 +715,9 @@ async def stop_training_controller(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
 
 
-def _owes_gpus(status: kopf.Status, **_: Any) -> bool:
+def _owes_gpus(status: kopf.Status, memo: kopf.Memo, **_: Any) -> bool:
     """A Breaker whose reset recorded that a job is owed its GPUs back (status.reclaim)."""
-    return serving.queue() and bool(status.get("reclaim"))
+    return config.serves_queue(memo) and bool(status.get("reclaim"))
 
 
 @kopf.on.event(*TJ)
