@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-PY_SOURCES := operator tests bench docs/hooks
+PY_SOURCES := operator tooling tests bench docs/hooks
 # The site, strictly: a broken link, a missing page or a page left out of the nav fails.
 # (NO_MKDOCS_2_WARNING quiets the theme's notice printed on every build.)
 DOCS_BUILD := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
@@ -19,10 +19,12 @@ help: ## list the targets
 system-deps: ## Debian packages (prometheus) and a check of the Go toolchain
 	@cluster/install-system-deps
 
-$(VENV)/.installed: pyproject.toml
+# The operator's package and, beside it, the developer tooling's (tooling/: its own
+# distribution, which the operator's image leaves out).
+$(VENV)/.installed: pyproject.toml tooling/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' -e ./tooling
 	@touch $@
 
 deps: system-deps $(VENV)/.installed ## everything below needs these

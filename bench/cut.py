@@ -60,7 +60,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 class Bench:
     def __init__(self, work: Path) -> None:
-        from breaker.localcluster import LocalCluster
+        from breaker_tooling.localcluster import LocalCluster
 
         self.work = work
         self.cluster = LocalCluster()
@@ -103,7 +103,7 @@ class Bench:
 
     def workload(self, mode: str) -> tuple[str, str]:
         """The guarded workload of a mode, created with its policy; (kind, name)."""
-        from breaker.localcluster import packets
+        from breaker_tooling.localcluster import packets
 
         name = "svc" if mode == "revoke-only" else "rl"
         template = packets.pod_template(name, packets.play(tick=TICK), grace=10)
@@ -142,7 +142,7 @@ class Bench:
         return kind, name
 
     def pod_ip(self, app: str) -> str:
-        from breaker.localcluster import packets
+        from breaker_tooling.localcluster import packets
 
         def running() -> str | None:
             pods = self.core.list_namespaced_pod(NAMESPACE, label_selector=f"app={app}").items
@@ -177,7 +177,7 @@ class Bench:
 
     def trip_once(self, mode: str, app: str, breaker: str) -> dict[str, float]:
         from breaker.api import containment
-        from breaker.localcluster import packets
+        from breaker_tooling.localcluster import packets
 
         node = self.cluster.real_node
         ip = self.pod_ip(app)

@@ -41,8 +41,8 @@ from breaker.detect.backtest import temporary_prometheus
 from breaker.detect.policy_file import load as load_policy
 from breaker.detect.prom import Prom, QueryError
 from breaker.detect.promql import scoped
-from breaker.sim import openmetrics
-from breaker.sim.scenario import Scenario
+from breaker_tooling.sim import openmetrics
+from breaker_tooling.sim.scenario import Scenario
 
 RESULTS = Path(__file__).parent / "results" / "evaluation.json"
 START = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)

@@ -177,8 +177,8 @@ class Bench:
     ) -> None:
         from kubernetes import client, config
 
-        from breaker.localcluster import LocalCluster
-        from breaker.localcluster.nodes import GpuNodes
+        from breaker_tooling.localcluster import LocalCluster
+        from breaker_tooling.localcluster.nodes import GpuNodes
 
         self.design, self.attacks, self.work = design, attacks, work
         self.agents = [agents(size) for size in attacked]
@@ -211,7 +211,7 @@ class Bench:
         return done.stdout
 
     def set_up(self) -> None:
-        from breaker.localcluster.paths import repo_root
+        from breaker_tooling.localcluster.paths import repo_root
 
         self.kubectl("apply", "--server-side", "-f", str(repo_root() / "crds"))
         self.kubectl("wait", "--for=condition=Established", "crd", "--all")
@@ -792,7 +792,7 @@ def main() -> int:
         "shards": args.shards,
         "attacks_per_size": args.attacks,
     }
-    from breaker.localcluster.prometheus import SCRAPE_INTERVAL
+    from breaker_tooling.localcluster.prometheus import SCRAPE_INTERVAL
 
     result |= {
         "signals": len(POLICY_SPEC["signals"]),

@@ -25,9 +25,9 @@ from kubernetes import client
 from prometheus_api_client import PrometheusConnect
 
 from breaker.api.crd import RESOURCES
-from breaker.localcluster import LocalCluster
-from breaker.localcluster.paths import repo_root
-from breaker.localcluster.realnode import NAME as REAL_NODE
+from breaker_tooling.localcluster import LocalCluster
+from breaker_tooling.localcluster.paths import repo_root
+from breaker_tooling.localcluster.realnode import NAME as REAL_NODE
 from tests.helpers import wait_for
 from tests.kube import as_body
 

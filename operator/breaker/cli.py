@@ -1,8 +1,10 @@
 """The `breaker` and `kubectl-breaker` command lines.
 
-`breaker` runs the project's own tooling (for now the local cluster); `kubectl-breaker` is
-the kubectl plugin admins use on a live cluster. Both print errors as one clear message
-and exit non-zero, never with a traceback for a failure the user can act on.
+`breaker` runs the operator (`run`, `node-agent`) and checks policies offline (`backtest`,
+`queries`); in a clone it also runs the developer tooling (`cluster`, `demo`, `sim`,
+`crds`), which the operator's image does not install. `kubectl-breaker` is the kubectl
+plugin admins use on a live cluster. Both print errors as one clear message and exit
+non-zero, never with a traceback for a failure the user can act on.
 """
 
 from __future__ import annotations
@@ -18,108 +20,9 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from breaker.constants import GPU_RESOURCE
-from breaker.localcluster.errors import ClusterError
-from breaker.localcluster.nodes import GpuNodes, node_ready
-
-if TYPE_CHECKING:
-    from breaker.localcluster import LocalCluster
-
-
-def _cluster(args: argparse.Namespace) -> LocalCluster:
-    from breaker.localcluster import LocalCluster
-
-    nodes = (
-        GpuNodes(count=args.nodes, gpus=args.gpus_per_node)
-        if hasattr(args, "nodes")
-        else GpuNodes()
-    )
-    return LocalCluster(nodes=nodes)
-
-
-def _cluster_up(args: argparse.Namespace) -> int:
-    cluster = _cluster(args)
-    cluster.up()
-    _print_nodes(cluster)
-    print(f"\nexport KUBECONFIG={cluster.kubeconfig}")
-    print(f"export PATH={cluster.bin_dir}:$PATH   # kubectl and helm of the cluster's version")
-    print(f"Prometheus: {cluster.prometheus_url}")
-    return 0
-
-
-def _cluster_down(args: argparse.Namespace) -> int:
-    _cluster(args).down()
-    return 0
-
-
-def _cluster_status(args: argparse.Namespace) -> int:
-    cluster = _cluster(args)
-    for name, state in cluster.status():
-        print(f"{name:<26}{state}")
-    if not cluster.healthy():
-        print("\nThe local cluster is not (fully) up: run `breaker cluster up`.")
-        return 1
-    print()
-    _print_nodes(cluster)
-    print(f"\nKUBECONFIG={cluster.kubeconfig}\nPrometheus: {cluster.prometheus_url}")
-    return 0
-
-
-def _cluster_build(args: argparse.Namespace) -> int:
-    from breaker.localcluster.tools import ensure_built
-
-    toolbox = ensure_built()
-    for name, path in sorted(toolbox.binaries.items()):
-        print(f"{name:<26}{path}")
-    return 0
-
-
-def _print_nodes(cluster: LocalCluster) -> None:
-    nodes = cluster.gpu_nodes()
-    rows = [("NODE", "READY", "GPUS", "CPU", "MEMORY", "GPU MODEL")]
-    total = 0
-    for node in nodes:
-        allocatable: dict[str, str] = node["status"].get("allocatable", {})
-        gpus = allocatable.get(GPU_RESOURCE, "0")
-        total += int(gpus)
-        rows.append(
-            (
-                node["metadata"]["name"],
-                "True" if node_ready(node) else "False",
-                gpus,
-                allocatable.get("cpu", "?"),
-                allocatable.get("memory", "?"),
-                node["metadata"].get("labels", {}).get("nvidia.com/gpu.product", ""),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
-    print(f"{len(nodes)} GPU nodes, {total} {GPU_RESOURCE} allocatable in all")
-
-
-def _crds(args: argparse.Namespace) -> int:
-    from breaker.api import crd
-    from breaker.localcluster.paths import repo_root
-
-    directories = [Path(d) for d in args.directory] or [repo_root() / d for d in crd.DIRECTORIES]
-    if args.check:
-        stale = [path for directory in directories for path in crd.stale(directory)]
-        for path in stale:
-            print(f"{path} differs from the models: run `breaker crds`", file=sys.stderr)
-        return 1 if stale else 0
-    for directory in directories:
-        for path in crd.write_all(directory):
-            print(f"wrote {path}")
-    return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from breaker import demo
-
-    return demo.run(keep=args.keep)
+# The developer tooling's commands: present in a clone (`make deps` installs ./tooling),
+# absent from the operator's image, where each says how to get it.
+TOOLING = ("cluster", "demo", "sim", "crds")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -189,60 +92,7 @@ def _parts(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _sim(args: argparse.Namespace) -> int:
-    from breaker.sim import openmetrics
-    from breaker.sim.scenario import ScenarioError, load
-
-    try:
-        scenario = load(Path(args.scenario))
-    except ScenarioError as error:
-        print(f"breaker sim: {error}", file=sys.stderr)
-        return 2
-    if args.write:
-        try:
-            start = _time(args.start, "--start") if args.start else None
-        except ValueError as error:
-            print(f"breaker sim: {error}", file=sys.stderr)
-            return 2
-        count = openmetrics.write_file(scenario, Path(args.write), start)
-        print(f"wrote {count} samples of {len(scenario.pods)} pods to {args.write}")
-        return 0
-    return _serve(scenario, args)
-
-
-def _serve(scenario: Any, args: argparse.Namespace) -> int:
-    import time
-
-    from prometheus_client import CollectorRegistry, start_http_server
-
-    from breaker.sim.exporter import ScenarioCollector
-
-    registry = CollectorRegistry()
-    registry.register(ScenarioCollector(scenario, speed=args.speed))
-    server, thread = start_http_server(args.port, addr=args.address, registry=registry)
-    address = f"{args.address}:{server.server_port}"
-    from breaker.localcluster import LocalCluster
-
-    cluster = LocalCluster() if args.register else None
-    if cluster is not None:
-        cluster.targets.add(f"sim-{scenario.name}", [address])
-    print(
-        f"serving {scenario.name} ({len(scenario.pods)} pods) on http://{address}/metrics",
-        flush=True,
-    )
-    try:
-        while thread.is_alive():
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if cluster is not None:
-            cluster.targets.remove(f"sim-{scenario.name}")
-        server.shutdown()
-    return 0
-
-
-def _time(text: str, flag: str) -> dt.datetime:
+def parse_time(text: str, flag: str) -> dt.datetime:
     try:
         parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -298,7 +148,10 @@ def _backtest(args: argparse.Namespace) -> int:
         if args.prometheus:
             if not (args.from_ and args.to):
                 return fail("--prometheus needs --from and --to")
-            start, end = _time(args.from_, "--from").timestamp(), _time(args.to, "--to").timestamp()
+            start, end = (
+                parse_time(args.from_, "--from").timestamp(),
+                parse_time(args.to, "--to").timestamp(),
+            )
             report = backtest.evaluate(detector, Prom(args.prometheus, 60), start, end, step)
         elif args.series:
             report = backtest.run_file(detector, Path(args.series), step)
@@ -333,13 +186,34 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(commands)
     _add_agent(commands)
-    _add_demo(commands)
-    _add_sim(commands)
     _add_backtest(commands)
     _add_queries(commands)
-    _add_crds(commands)
-    _add_cluster(commands)
+    _add_tooling(commands)
     return parser
+
+
+def _add_tooling(commands: Commands) -> None:
+    try:
+        from breaker_tooling.commands import add_commands
+    except ModuleNotFoundError as error:
+        if (error.name or "").partition(".")[0] != "breaker_tooling":
+            raise  # installed, and broken: say so
+        for command in TOOLING:
+            absent = commands.add_parser(command, help="(developer tooling: not installed here)")
+            absent.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            absent.set_defaults(handler=_tooling_absent)
+        return
+    add_commands(commands)
+
+
+def _tooling_absent(args: argparse.Namespace) -> int:
+    print(
+        f"breaker {args.command}: the developer tooling is not installed here (the operator's "
+        "image leaves it out). From a clone of the repository: `make deps`, or "
+        "`pip install -e ./tooling` beside the operator's package.",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def _add_run(commands: Commands) -> None:
@@ -459,41 +333,6 @@ def _add_agent(commands: Commands) -> None:
     agent.set_defaults(handler=_node_agent)
 
 
-def _add_demo(commands: Commands) -> None:
-    demo = commands.add_parser(
-        "demo",
-        help="replay the ROME incident on the local cluster: contained, then reset",
-    )
-    demo.add_argument(
-        "--keep", action="store_true", help="leave the cluster, operator and simulator running"
-    )
-    demo.set_defaults(handler=_demo)
-
-
-def _add_sim(commands: Commands) -> None:
-    sim = commands.add_parser(
-        "sim", help="export DCGM-, cAdvisor-, Hubble- and Falco-shaped series from a scenario"
-    )
-    sim.add_argument("scenario", help="the scenario file (see breaker/sim/scenario.py)")
-    sim.add_argument("--write", metavar="FILE.om", help="write OpenMetrics with timestamps instead")
-    sim.add_argument(
-        "--start", help="with --write: the first sample's time (default: now - duration)"
-    )
-    sim.add_argument("--port", type=int, default=9400, help="port to serve on (default 9400)")
-    sim.add_argument(
-        "--address", default="127.0.0.1", help="address to serve on (default 127.0.0.1)"
-    )
-    sim.add_argument(
-        "--speed", type=float, default=1.0, help="play the timeline this many times faster"
-    )
-    sim.add_argument(
-        "--register",
-        action="store_true",
-        help="add this exporter to the local cluster's Prometheus",
-    )
-    sim.set_defaults(handler=_sim)
-
-
 def _add_backtest(commands: Commands) -> None:
     backtest = commands.add_parser(
         "backtest", help="when and why a policy would have tripped, on recorded series"
@@ -529,59 +368,6 @@ def _add_queries(commands: Commands) -> None:
     queries.set_defaults(handler=_queries)
 
 
-def _add_crds(commands: Commands) -> None:
-    crds = commands.add_parser(
-        "crds", help="write the CustomResourceDefinitions generated from the API models"
-    )
-    crds.add_argument(
-        "directory",
-        nargs="*",
-        help="where to write (default: crds/ and the chart's helm/breaker/crds/)",
-    )
-    crds.add_argument("--check", action="store_true", help="only report files that are stale")
-    crds.set_defaults(handler=_crds)
-
-
-def _add_cluster(commands: Commands) -> None:
-    cluster = commands.add_parser(
-        "cluster",
-        help="the local control plane (API server, controllers, kwok GPU nodes) and Prometheus",
-        description=(
-            "A real Kubernetes control plane and Prometheus on loopback, for development and "
-            "tests. The first `up` builds the control plane from Go modules (many minutes)."
-        ),
-    )
-    actions = cluster.add_subparsers(dest="action", required=True, metavar="ACTION")
-    up = actions.add_parser("up", help="build if needed, start everything, print the GPU nodes")
-    up.add_argument("--nodes", type=_positive, default=GpuNodes.count, help="GPU nodes (default 4)")
-    up.add_argument(
-        "--gpus-per-node",
-        type=_positive,
-        default=GpuNodes.gpus,
-        help="nvidia.com/gpu per node (default 8)",
-    )
-    up.set_defaults(handler=_cluster_up)
-    actions.add_parser("down", help="stop everything and remove the cluster's state").set_defaults(
-        handler=_cluster_down
-    )
-    actions.add_parser("status", help="what runs, and the GPU nodes").set_defaults(
-        handler=_cluster_status
-    )
-    actions.add_parser("build", help="build the Go binaries into the cache only").set_defaults(
-        handler=_cluster_build
-    )
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -595,9 +381,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         code: int = args.handler(args)
-    except ClusterError as error:
-        print(f"breaker: {error}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
     return code

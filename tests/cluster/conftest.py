@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from breaker.localcluster import LocalCluster
+from breaker_tooling.localcluster import LocalCluster
 from tests.cluster.scenes import Cluster
 from tests.helpers import wait_for
 from tests.kube import as_body

@@ -20,7 +20,7 @@ from breaker import kube
 from breaker.actions.egress import Destination, effective_egress
 from breaker.api import containment
 from breaker.constants import GROUP, VERSION
-from breaker.localcluster import LocalCluster
+from breaker_tooling.localcluster import LocalCluster
 from tests.conftest import free_port, service_account_kubeconfig
 from tests.helpers import wait_for
 from tests.kube import as_body, as_dict, meta_of, spec_of

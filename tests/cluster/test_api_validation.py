@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 
 from breaker.constants import GROUP, VERSION
-from breaker.localcluster import LocalCluster
+from breaker_tooling.localcluster import LocalCluster
 from tests.kube import as_dict
 
 

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from breaker.localcluster import LocalCluster
-from breaker.localcluster.paths import repo_root
+from breaker_tooling.localcluster import LocalCluster
+from breaker_tooling.localcluster.paths import repo_root
 from tests.conftest import (
     PEERING,
     RELEASE_NAMESPACE,

@@ -24,9 +24,9 @@ from kubernetes import client
 from breaker.actions.egress import effective_egress
 from breaker.api import containment
 from breaker.constants import GROUP, KEPT_ANNOTATION, VERSION
-from breaker.localcluster import packets
-from breaker.localcluster.realnode import NAME as REAL_NODE
-from breaker.localcluster.realnode import RealNode
+from breaker_tooling.localcluster import packets
+from breaker_tooling.localcluster.realnode import NAME as REAL_NODE
+from breaker_tooling.localcluster.realnode import RealNode
 from tests.cluster.scenes import Cluster, done, kubectl_breaker
 from tests.conftest import NodeAgent
 from tests.helpers import wait_for

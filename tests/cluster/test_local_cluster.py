@@ -15,9 +15,9 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from breaker.constants import GPU_RESOURCE
-from breaker.localcluster import LocalCluster
-from breaker.localcluster.realnode import NAME as REAL_NODE
-from breaker.localcluster.tools import MODULES, ensure_built
+from breaker_tooling.localcluster import LocalCluster
+from breaker_tooling.localcluster.realnode import NAME as REAL_NODE
+from breaker_tooling.localcluster.tools import MODULES, ensure_built
 from tests.helpers import wait_for
 from tests.kube import as_body, meta_of, spec_of, status_of
 

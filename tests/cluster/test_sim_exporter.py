@@ -11,8 +11,8 @@ from pathlib import Path
 
 from prometheus_api_client import PrometheusConnect
 
-from breaker.localcluster import LocalCluster
-from breaker.localcluster.paths import repo_root
+from breaker_tooling.localcluster import LocalCluster
+from breaker_tooling.localcluster.paths import repo_root
 from tests.helpers import wait_for
 
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from breaker.localcluster import ClusterError, LocalCluster, netns
-from breaker.localcluster.cluster import Ports
-from breaker.localcluster.paths import repo_root
-from breaker.localcluster.realnode import RealNode
-from breaker.localcluster.tools import Toolbox, ensure_built
+from breaker_tooling.localcluster import ClusterError, LocalCluster, netns
+from breaker_tooling.localcluster.cluster import Ports
+from breaker_tooling.localcluster.paths import repo_root
+from breaker_tooling.localcluster.realnode import RealNode
+from breaker_tooling.localcluster.tools import Toolbox, ensure_built
 
 
 def test_a_component_that_fails_stops_the_rest_and_names_its_log(

@@ -13,9 +13,9 @@ import pytest
 from kubernetes import client
 
 from breaker.constants import GROUP, TRAININGJOBS, VERSION
-from breaker.localcluster import LocalCluster
-from breaker.localcluster.paths import repo_root
 from breaker.selectors import matches
+from breaker_tooling.localcluster import LocalCluster
+from breaker_tooling.localcluster.paths import repo_root
 from tests.cluster.test_local_cluster import gpus_requested_cluster_wide
 from tests.helpers import wait_for
 from tests.kube import as_dict, meta_of, spec_of

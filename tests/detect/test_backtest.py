@@ -16,9 +16,9 @@ from breaker.detect import presets
 from breaker.detect.backtest import temporary_prometheus
 from breaker.detect.policy_file import default_text
 from breaker.detect.prom import Prom
-from breaker.localcluster.paths import repo_root
-from breaker.sim import openmetrics
-from breaker.sim.scenario import load as load_scenario
+from breaker_tooling.localcluster.paths import repo_root
+from breaker_tooling.sim import openmetrics
+from breaker_tooling.sim.scenario import load as load_scenario
 from tests.helpers import wait_for
 
 SCENARIOS = repo_root() / "tests" / "scenarios"

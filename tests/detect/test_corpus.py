@@ -14,9 +14,9 @@ import pytest
 from breaker.api.common import parse_duration
 from breaker.detect import backtest, engine
 from breaker.detect.policy_file import load as load_policy
-from breaker.localcluster.paths import repo_root
-from breaker.sim import openmetrics
-from breaker.sim.scenario import load as load_scenario
+from breaker_tooling.localcluster.paths import repo_root
+from breaker_tooling.sim import openmetrics
+from breaker_tooling.sim.scenario import load as load_scenario
 
 SCENARIOS = sorted((repo_root() / "tests" / "scenarios").glob("*.yaml"))
 LATENCIES: list[tuple[str, str, str, str, str]] = []  # printed by conftest's summary hook

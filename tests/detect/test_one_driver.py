@@ -17,8 +17,8 @@ from breaker.api.policy import BreakerPolicySpec
 from breaker.detect import backtest, driver, engine, live
 from breaker.detect.policy_file import load as load_policy
 from breaker.detect.prom import Prom
-from breaker.sim import openmetrics
-from breaker.sim.scenario import Scenario
+from breaker_tooling.sim import openmetrics
+from breaker_tooling.sim.scenario import Scenario
 
 STEP = 15.0
 RECORDING = Scenario.model_validate(

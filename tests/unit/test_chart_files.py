@@ -7,7 +7,7 @@ import tomllib
 
 import yaml
 
-from breaker.localcluster.paths import repo_root
+from breaker_tooling.localcluster.paths import repo_root
 
 CHART = repo_root() / "helm" / "breaker"
 

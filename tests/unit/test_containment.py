@@ -24,8 +24,8 @@ from breaker.api.policy import RevokeEgressAction
 from breaker.circuit.ownership import OwnerRef
 from breaker.circuit.views import PodView, WorkloadView
 from breaker.controllers.breakers import _intend
-from breaker.demo import DemoError, timeline_lines
 from breaker.plugin import explain, reset_done, tripped
+from breaker_tooling.demo import DemoError, timeline_lines
 
 DOCS = Path(__file__).parents[2] / "docs" / "status.md"
 ORDER = ["captureEvidence", "revokeEgress", "pause", "reassignGPUs"]

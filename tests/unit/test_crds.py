@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from breaker.api.crd import DIRECTORIES, RESOURCES, Resource, render, structural
-from breaker.localcluster.paths import repo_root
+from breaker_tooling.localcluster.paths import repo_root
 
 
 @pytest.mark.parametrize("directory", DIRECTORIES)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from breaker.demo.story import packet_lines
-from breaker.localcluster import packets
-from breaker.localcluster.outside import Flow, Report
+from breaker_tooling.demo.story import packet_lines
+from breaker_tooling.localcluster import packets
+from breaker_tooling.localcluster.outside import Flow, Report
 
 ORIGIN = dt.datetime(2026, 12, 2, 10, 0, tzinfo=dt.UTC)
 START = ORIGIN.timestamp()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-TOOLING = ("breaker.localcluster.cluster", "breaker.demo", "breaker.sim", "cryptography")
+TOOLING = ("breaker_tooling", "cryptography")
 
 
 def test_the_operator_entry_point_loads_no_developer_tooling() -> None:
@@ -24,13 +24,26 @@ def test_the_operator_entry_point_loads_no_developer_tooling() -> None:
     assert loaded == "[]"
 
 
-def test_the_local_cluster_without_the_developer_extra_says_how_to_install_it() -> None:
+def test_without_the_developer_tooling_its_commands_say_how_to_install_it() -> None:
     probe = (
         "import sys\n"
-        "sys.modules['cryptography'] = None  # as in the operator's image\n"
+        "sys.modules['breaker_tooling'] = None  # as in the operator's image\n"
+        "from breaker import cli\n"
+        "sys.exit(cli.main(['cluster', 'status']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "breaker cluster: the developer tooling is not installed here" in done.stderr
+    assert "pip install -e ./tooling" in done.stderr
+
+
+def test_the_local_cluster_without_its_dependencies_says_how_to_install_them() -> None:
+    probe = (
+        "import sys\n"
+        "sys.modules['cryptography'] = None\n"
         "from breaker import cli\n"
         "sys.exit(cli.main(['cluster', 'status']))\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.returncode == 1
-    assert "pip install 'breaker[local]'" in done.stderr
+    assert "pip install -e ./tooling" in done.stderr

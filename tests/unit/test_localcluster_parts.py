@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from breaker.localcluster import ClusterError, LocalCluster, tools
-from breaker.localcluster import pki as pki_module
-from breaker.localcluster.cluster import Ports
-from breaker.localcluster.processes import Process, port_is_free
-from breaker.localcluster.prometheus import Targets
+from breaker_tooling.localcluster import ClusterError, LocalCluster, tools
+from breaker_tooling.localcluster import pki as pki_module
+from breaker_tooling.localcluster.cluster import Ports
+from breaker_tooling.localcluster.processes import Process, port_is_free
+from breaker_tooling.localcluster.prometheus import Targets
 
 
 def test_certificates_chain_to_the_ca_and_name_who_they_are(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import yaml
 
 from breaker.api.policy import BreakerPolicySpec
 from breaker.detect import engine
-from breaker.localcluster import prometheus
+from breaker_tooling.localcluster import prometheus
 
 PAGE = Path(__file__).parents[2] / "docs" / "how-to" / "large-prometheus.md"
 

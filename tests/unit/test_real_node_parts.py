@@ -7,8 +7,8 @@ import tarfile
 import tomllib
 from pathlib import Path
 
-from breaker.localcluster import images, nodeconfig
-from breaker.localcluster.nodeconfig import NodeSettings
+from breaker_tooling.localcluster import images, nodeconfig
+from breaker_tooling.localcluster.nodeconfig import NodeSettings
 
 NODE = NodeSettings(
     "real-node-0", Path("/state/node"), 49, "breaker-abc123", Path("/run/breaker/x")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from breaker.sim import model, openmetrics
-from breaker.sim.scenario import Scenario, ScenarioError, load
+from breaker_tooling.sim import model, openmetrics
+from breaker_tooling.sim.scenario import Scenario, ScenarioError, load
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -94,7 +94,7 @@ def test_openmetrics_groups_families_escapes_and_ends() -> None:
 
 def test_the_live_exporter_scraped_at_once_shows_the_first_sample() -> None:
     """A scrape before the first step (CI's Prometheus managed one) saw every GPU idle."""
-    from breaker.sim.exporter import ScenarioCollector
+    from breaker_tooling.sim.exporter import ScenarioCollector
 
     mining = scenario({"at": "0m", "do": "mine"})
     ((_, first), *_rest) = model.run(mining)

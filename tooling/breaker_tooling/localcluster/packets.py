@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from breaker.actions.egress import Destination
-from breaker.localcluster import images, nodeconfig, outside
-from breaker.localcluster.realnode import RealNode
 from breaker.wait import wait_for
+from breaker_tooling.localcluster import images, nodeconfig, outside
+from breaker_tooling.localcluster.realnode import RealNode
 
 SERVICES = ("tunnel", "pool")
 KUBE_SYSTEM = {"kubernetes.io/metadata.name": "kube-system"}

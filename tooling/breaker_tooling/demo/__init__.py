@@ -6,7 +6,7 @@ recorded and what the packets showed into the lines it prints. Developer tooling
 operator never imports it.
 """
 
-from breaker.demo.replay import run
-from breaker.demo.story import DemoError, packet_lines, timeline_lines
+from breaker_tooling.demo.replay import run
+from breaker_tooling.demo.story import DemoError, packet_lines, timeline_lines
 
 __all__ = ["DemoError", "packet_lines", "run", "timeline_lines"]

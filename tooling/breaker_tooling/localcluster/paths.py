@@ -19,7 +19,7 @@ def repo_root() -> Path:
     configured = os.environ.get("BREAKER_REPO")
     if configured:
         return Path(configured)
-    # operator/breaker/localcluster/paths.py -> the repository root is three levels above.
+    # tooling/breaker_tooling/localcluster/paths.py -> the repository root is three levels above.
     return Path(__file__).resolve().parents[3]
 
 

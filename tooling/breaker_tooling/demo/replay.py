@@ -31,7 +31,8 @@ from breaker.actions.egress import Destination, effective_egress
 from breaker.api import containment
 from breaker.circuit.plan import reset_token
 from breaker.constants import CLAMP_QUOTA_NAME, GPU_RESOURCE, GROUP, RESET_ANNOTATION, VERSION
-from breaker.demo.story import (
+from breaker.wait import WaitTimeout, wait_for
+from breaker_tooling.demo.story import (
     AGENT,
     BREAKER,
     OTHERS,
@@ -45,10 +46,9 @@ from breaker.demo.story import (
     packet_lines,
     timeline_lines,
 )
-from breaker.localcluster import LocalCluster, packets
-from breaker.localcluster.paths import repo_root
-from breaker.localcluster.realnode import NAME as REAL_NODE
-from breaker.wait import WaitTimeout, wait_for
+from breaker_tooling.localcluster import LocalCluster, packets
+from breaker_tooling.localcluster.paths import repo_root
+from breaker_tooling.localcluster.realnode import NAME as REAL_NODE
 
 T = TypeVar("T")
 REAL_NODE_GPUS = 8  # an extended resource patched into the node's status: no GPU involved

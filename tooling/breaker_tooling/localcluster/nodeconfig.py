@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from breaker.localcluster import images, outside
+from breaker_tooling.localcluster import images, outside
 
 NODE_LABEL = "breaker.dev/real-node"
 TAINT = {"key": NODE_LABEL, "value": "true", "effect": "NoSchedule"}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from breaker.localcluster.errors import ClusterError
+from breaker_tooling.localcluster.errors import ClusterError
 
 SCRAPE_INTERVAL = "2s"
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from breaker.localcluster import paths
-from breaker.localcluster.errors import ClusterError, log_tail
+from breaker_tooling.localcluster import paths
+from breaker_tooling.localcluster.errors import ClusterError, log_tail
 
 MINIMUM_GO = (1, 26)
 

@@ -9,10 +9,10 @@ cluster it started; nothing else.
 
 from typing import TYPE_CHECKING, Any
 
-from breaker.localcluster.errors import ClusterError
+from breaker_tooling.localcluster.errors import ClusterError
 
 if TYPE_CHECKING:
-    from breaker.localcluster.cluster import LocalCluster
+    from breaker_tooling.localcluster.cluster import LocalCluster
 
 __all__ = ["ClusterError", "LocalCluster"]
 
@@ -21,7 +21,7 @@ def __getattr__(name: str) -> Any:
     # Loaded when first named: `breaker run` imports the CLI, which must not load the
     # cluster builder (and `cryptography`) for the commands that never use it.
     if name == "LocalCluster":
-        from breaker.localcluster.cluster import LocalCluster
+        from breaker_tooling.localcluster.cluster import LocalCluster
 
         return LocalCluster
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -34,12 +34,12 @@ from typing import Any
 
 import yaml
 
-from breaker.localcluster import images, netns, nodeconfig, outside, pki
-from breaker.localcluster.errors import ClusterError, log_tail
-from breaker.localcluster.nodeconfig import NodeSettings
-from breaker.localcluster.processes import Process
-from breaker.localcluster.tools import Toolbox
 from breaker.wait import WaitTimeout, wait_for
+from breaker_tooling.localcluster import images, netns, nodeconfig, outside, pki
+from breaker_tooling.localcluster.errors import ClusterError, log_tail
+from breaker_tooling.localcluster.nodeconfig import NodeSettings
+from breaker_tooling.localcluster.processes import Process
+from breaker_tooling.localcluster.tools import Toolbox
 
 NAME = pki.REAL_NODE
 CNI_BIN = Path("/usr/lib/cni")

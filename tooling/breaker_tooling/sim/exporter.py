@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from breaker.sim import model
-from breaker.sim.openmetrics import family_of
-from breaker.sim.scenario import Scenario
+from breaker_tooling.sim import model
+from breaker_tooling.sim.openmetrics import family_of
+from breaker_tooling.sim.scenario import Scenario
 
 
 class ScenarioCollector(Collector):

@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from breaker.localcluster.errors import ClusterError
+from breaker_tooling.localcluster.errors import ClusterError
 
 NETNS_DIR = Path("/var/run/netns")
 CGROUP_ROOT = Path("/sys/fs/cgroup")

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from breaker.constants import GPU_RESOURCE
-from breaker.localcluster import paths, pki, prometheus
-from breaker.localcluster.errors import ClusterError
-from breaker.localcluster.nodes import NODE_LABEL, GpuNodes, node_ready
-from breaker.localcluster.processes import Process, port_is_free
-from breaker.localcluster.realnode import RealNode
-from breaker.localcluster.tools import Toolbox, ensure_built
+from breaker_tooling.localcluster import paths, pki, prometheus
+from breaker_tooling.localcluster.errors import ClusterError
+from breaker_tooling.localcluster.nodes import NODE_LABEL, GpuNodes, node_ready
+from breaker_tooling.localcluster.processes import Process, port_is_free
+from breaker_tooling.localcluster.realnode import RealNode
+from breaker_tooling.localcluster.tools import Toolbox, ensure_built
 
 log = logging.getLogger(__name__)
 SERVICE_RANGE = "10.96.0.0/16"

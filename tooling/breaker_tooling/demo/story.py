@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from breaker.api import containment
-from breaker.localcluster import outside, packets
+from breaker_tooling.localcluster import outside, packets
 
 TENANT, OTHERS, WAITING = "rome-lab", "team-b", "team-c"
 AGENT = "rl-agent"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from breaker.localcluster.errors import ClusterError
+from breaker_tooling.localcluster.errors import ClusterError
 
 try:
     from cryptography import x509
@@ -25,8 +25,8 @@ try:
 except ModuleNotFoundError as missing:  # the operator's image installs no developer tooling
     raise ClusterError(
         "local cluster",
-        f"needs the package's developer extra ({missing.name} is not installed): "
-        "`pip install 'breaker[local]'` (`make deps` installs it)",
+        f"needs the developer tooling's dependencies ({missing.name} is not installed): "
+        "`pip install -e ./tooling` from a clone (`make deps` installs it)",
     ) from missing
 
 VALIDITY = dt.timedelta(days=365)

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from breaker.localcluster.errors import ClusterError, log_tail
 from breaker.wait import WaitTimeout, wait_for
+from breaker_tooling.localcluster.errors import ClusterError, log_tail
 
 
 def _start_time(pid: int) -> str | None:

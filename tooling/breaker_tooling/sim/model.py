@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from breaker.sim.scenario import GPU_BEHAVIOURS, Scenario, SimPod
+from breaker_tooling.sim.scenario import GPU_BEHAVIOURS, Scenario, SimPod
 
 Labels = tuple[tuple[str, str], ...]
 

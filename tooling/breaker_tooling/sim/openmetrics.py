@@ -10,8 +10,8 @@ import datetime as dt
 from pathlib import Path
 from typing import TextIO
 
-from breaker.sim import model
-from breaker.sim.scenario import Scenario
+from breaker_tooling.sim import model
+from breaker_tooling.sim.scenario import Scenario
 
 
 def _escape(value: str) -> str:
