@@ -93,6 +93,11 @@ def api_message(error: client.ApiException) -> str:
     return str(message or error.body or "")[:1000]
 
 
+def api_problem(error: client.ApiException, limit: int = 300) -> str:
+    """One line for a log, an Event or a record: the status, the reason, what it said."""
+    return f"{error.status} {error.reason}: {api_message(error)}"[:limit]
+
+
 def pruned(value: Any) -> Any:
     """A spec as the API server stores it: empty lists, maps and nulls dropped."""
     if isinstance(value, dict):

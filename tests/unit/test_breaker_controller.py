@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterator
 
 import pytest
 
 from breaker import failpoints
-from breaker.actions import discovery
 from breaker.api.policy import BreakerPolicySpec
 from breaker.constants import (
     GROUP,
@@ -32,6 +30,8 @@ from breaker.controllers.breakers import BreakerController
 from breaker.controllers.evaluation import Trip
 from breaker.detect import engine
 from tests.fakes import BREAKER_INDEXES, Clock, FakeCluster, FakeIndexes, FakeQueue, Json
+
+pytestmark = pytest.mark.usefixtures("fresh_discovery")
 
 NS, OTHER = "tenant-a", "tenant-b"
 BREAKER = "rl-guard"  # <workload>-<policy>
@@ -210,21 +210,6 @@ def status_writes(cluster: FakeCluster) -> list[Json]:
 
 def quarantines(cluster: FakeCluster) -> list[Json]:
     return [p for p in cluster.all(NETPOLS, NS) if p["metadata"]["name"].endswith("-quarantine")]
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    fake.install(monkeypatch, breakers)
-    return fake
-
-
-@pytest.fixture(autouse=True)
-def fresh_discovery() -> Iterator[None]:
-    """Discovery is kept per process: each test's fake API server is asked afresh."""
-    discovery.forget()
-    yield
-    discovery.forget()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client, watch
 
 from breaker.actions import executor
-from breaker.controllers import breakers
+from breaker.controllers import actuator
 from breaker.controllers.breakers import BreakerController
 from breaker.controllers.handoff import JobStatuses, RemoteQueue
 from breaker.controllers.trainingjobs import TrainingController
@@ -126,14 +126,14 @@ async def test_a_resumed_handoff_records_the_first_other_tenants_job_the_index_s
     later(0.02, lambda: statuses.apply("MODIFIED", job("a", "own", "Admitted", TRIP)))
     later(0.05, lambda: statuses.apply("MODIFIED", job("c", "later", "Admitted", TRIP)))
     started = time.monotonic()
-    await controller._handed_to(scene, record, time.monotonic(), intended)
+    await controller.actuator.handed_to(scene, record, time.monotonic(), intended)
     assert time.monotonic() - started < 0.9  # well before HANDOFF_WAIT_SECONDS
     assert record["changed"]["to"] == ["c/later"]
     assert not scene.notes
 
-    monkeypatch.setattr(breakers, "HANDOFF_WAIT_SECONDS", 0.1)
+    monkeypatch.setattr(actuator, "HANDOFF_WAIT_SECONDS", 0.1)
     nobody: dict[str, Any] = {"changed": {"freed": [{"node": "n1", "gpus": 8}]}}
-    await controller._handed_to(
+    await controller.actuator.handed_to(
         scene, nobody, time.monotonic(), {"appliedAt": "2030-01-01T00:00:00Z"}
     )
     assert nobody["changed"]["to"] == []

@@ -9,19 +9,19 @@ and removes them when a suspended Job's pods would go.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
-from breaker.actions import discovery
 from breaker.api.policy import BreakerPolicySpec
 from breaker.constants import GROUP, JOB_LABEL, VERSION
-from breaker.controllers import breakers, trainingjobs
+from breaker.controllers import actuator
 from breaker.controllers.breakers import BreakerController
 from breaker.controllers.evaluation import Trip
 from breaker.controllers.trainingjobs import TrainingController
 from breaker.detect import engine
 from tests.fakes import TRAINING_INDEXES, Clock, FakeCluster, FakeIndexes, Json
+
+pytestmark = pytest.mark.usefixtures("fresh_discovery")
 
 NS, OTHER = "tenant-a", "tenant-b"
 TRAININGJOBS = (GROUP, "trainingjobs")
@@ -128,21 +128,6 @@ class Queue:
         del self.cluster.objects[PODS][(namespace, f"{name}-0")]
 
 
-@pytest.fixture(autouse=True)
-def fresh_discovery() -> Iterator[None]:
-    discovery.forget()
-    yield
-    discovery.forget()
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    fake.install(monkeypatch, breakers)
-    fake.install(monkeypatch, trainingjobs)
-    return fake
-
-
 @pytest.fixture
 async def running(clock: Clock) -> Queue:
     """rl admitted and running on gpu-1; next queued behind it."""
@@ -181,7 +166,7 @@ async def test_a_trip_hands_the_gpus_to_the_job_the_queue_admits_once_the_pods_g
     running: Queue, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The trip does not wait for the pods (a real node's take their grace period).
-    monkeypatch.setattr(breakers, "HANDOFF_WAIT_SECONDS", 0.0)
+    monkeypatch.setattr(actuator, "HANDOFF_WAIT_SECONDS", 0.0)
     cluster = running.cluster
     indexes = FakeIndexes(cluster)
     loop = BreakerController(

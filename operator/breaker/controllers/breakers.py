@@ -1,4 +1,5 @@
-"""The breaker loop: policies to Breakers, one evaluation for all, the machine, the actions.
+"""The breaker loop: policies to Breakers, one evaluation for all, the machine, and when
+to act (what the actions do, and their records, is ``actuator.py``).
 
 One asyncio task does everything for every breaker:
 
@@ -19,7 +20,6 @@ state, signals or actions change.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import logging
 import time
@@ -30,7 +30,7 @@ import kopf
 from kubernetes import client
 
 from breaker import events, failpoints, heap, kube, leadership, metrics
-from breaker.actions import connections, discovery, executor
+from breaker.actions import discovery, executor
 from breaker.actions import evidence as evidence_core
 from breaker.actions.pause import KINDS
 from breaker.actions.settings import ActionSettings
@@ -41,8 +41,9 @@ from breaker.circuit.ownership import WorkloadKey, workload_of
 from breaker.circuit.selection import Policy, Workload
 from breaker.circuit.tally import policy_status_patch
 from breaker.circuit.views import WorkloadView
-from breaker.constants import GROUP, QUARANTINE_LABEL, VERSION
+from breaker.constants import GROUP, VERSION
 from breaker.controllers import config, inventory
+from breaker.controllers.actuator import Actuator, target_nodes
 from breaker.controllers.evaluation import (
     BreakerKey,
     Compiled,
@@ -63,10 +64,6 @@ DEBOUNCE_SECONDS = 0.02
 RETRY_SECONDS = 5.0
 RETRY_CAP_SECONDS = 300.0  # a retry that keeps failing backs off to this
 RESYNC_SECONDS = 300.0
-# How long the trip itself waits for the queue to admit a job on the freed GPUs: kwok's
-# pods go at once; a real node's take their grace period, and then the recipient is
-# recorded when the queue admits it (_complete_handoff), not inside the trip.
-HANDOFF_WAIT_SECONDS = 1.0
 # How long a handoff waits for the paused pods to go and the queue to admit a job.
 HANDOFF_PATIENCE_SECONDS = 600.0
 
@@ -84,7 +81,7 @@ class BreakerController:
         self.api = api
         self.shard = shard  # this operator's shard's name, when the breakers are sharded
         self.indexes = indexes
-        self.training = training
+        self.actuator = Actuator(api, training, operator_namespace)
         self.prometheus_url = prometheus_url
         self.operator_namespace = operator_namespace
         self.loop = Reconciler(
@@ -109,6 +106,15 @@ class BreakerController:
         )
         self.handoff_due: dict[BreakerKey, float] = {}  # next look at an awaited handoff
         self.webhooks = Webhooks(api, operator_namespace)
+
+    @property
+    def training(self) -> Handoffs | None:
+        """The queue the freed GPUs go to (see ``Actuator.training``)."""
+        return self.actuator.training
+
+    @training.setter
+    def training(self, queue: Handoffs | None) -> None:
+        self.actuator.training = queue
 
     def nudge(self) -> None:
         self.loop.nudge()
@@ -270,7 +276,7 @@ class BreakerController:
             if isinstance(error, client.ApiException) and error.status in (409, 429):
                 # Someone changed the object meanwhile, or the API server sheds load:
                 # the next pass works from the newer state.
-                log.info("Breaker %s/%s: %s; retrying", *key, _api_problem(error))
+                log.info("Breaker %s/%s: %s; retrying", *key, kube.api_problem(error))
             else:
                 log.exception("Breaker %s/%s: %s", *key, error)
             return False
@@ -334,6 +340,22 @@ class BreakerController:
         if after.contained and not settings.dry_run and workload is not None:
             await self._hold(key, body, actions, workload, after, records)
 
+    async def _hold(
+        self,
+        key: BreakerKey,
+        body: dict[str, Any],
+        actions: ActionSettings,
+        workload: WorkloadView,
+        after: machine.Breaker,
+        records: list[dict[str, Any]],
+    ) -> None:
+        """Undo the tenant's escapes from containment, and say so on both objects."""
+        scene = self._scene(key, workload, dry_run=False)
+        for escape in await self.actuator.hold(scene, actions, workload, after, records):
+            log.warning("Breaker %s/%s: %s", *key, escape)
+            await events.post(self.api, body, "Warning", "ContainmentRestored", escape)
+            await events.post(self.api, workload.body, "Warning", "ContainmentRestored", escape)
+
     def _spawn(self, key: BreakerKey, work: Coroutine[Any, Any, None]) -> None:
         """Run one breaker's actions in the background; it is busy until they end."""
         task = asyncio.create_task(work, name=f"breaker-{key[0]}-{key[1]}")
@@ -362,7 +384,7 @@ class BreakerController:
             log.debug("Breaker %s/%s: its namespace is being deleted", *key)
         elif failure is not None:
             if isinstance(failure, client.ApiException):
-                failure_text = _api_problem(failure)
+                failure_text = kube.api_problem(failure)
             else:
                 failure_text = str(failure)
             log.error("Breaker %s/%s: actions failed: %s; retrying", *key, failure_text)
@@ -403,15 +425,17 @@ class BreakerController:
                     if trip is not None:
                         metrics.TIME_TO_CONTAIN.observe(took)
             elif effect == "resume":
-                records = await self._undo(scene, records, only_types=("pause", "reassignGPUs"))
+                records = await self.actuator.undo(
+                    scene, records, only_types=("pause", "reassignGPUs")
+                )
             elif effect == "revert":
                 # A handoff still recorded as awaited may have happened meanwhile: the
                 # job that got the GPUs owes them back all the same.
-                found = await self._recipients(records, transition.before.last_trip)
+                found = await self.actuator.recipients(records, transition.before.last_trip)
                 if found is not None and found[1]:
                     records = protocol.handed(records, *found)
                 extra["reclaim"] = protocol.debt(workload, records)
-                records = await self._undo(scene, records, only_types=None)
+                records = await self.actuator.undo(scene, records, only_types=None)
         if transition.changed and after.state in ("Open", "Locked", "ForcedOpen"):
             await self._release_ownership(key, body)
         written = await self._write(key, body, status, after, records, settings, extra, history)
@@ -452,7 +476,7 @@ class BreakerController:
             # operator killed halfway finishes the job when it comes back, even if the
             # signals are gone with the paused pods. The Contained condition says
             # InProgress, and the last trip's time to contain goes.
-            records = _intend(records, list(actions.order), scene, _target_nodes(trip, scene))
+            records = _intend(records, list(actions.order), scene, target_nodes(trip, scene))
             extra["timeToContainSeconds"] = None
             # Contained again, the job is owed nothing: a debt an earlier reset recorded
             # and the queue has not settled yet goes with the trip.
@@ -460,7 +484,7 @@ class BreakerController:
             await self._write(key, body, status, after, records, settings, extra, transition)
             status, history = self.written.get(key, status), None
             failpoints.hit("trip.intended")
-        records = await self._apply(scene, actions, records, trip, after)
+        records = await self.actuator.apply(scene, actions, records, trip, after)
         return records, status, history
 
     async def _finish(
@@ -479,7 +503,7 @@ class BreakerController:
         # Only what is unfinished: in HalfOpen the pause and the handoff are undone on
         # purpose, and finishing a failed quarantine must not pause the job again.
         unfinished = {r["type"] for r in records if protocol.unfinished(r)}
-        records = await self._apply(
+        records = await self.actuator.apply(
             scene, actions, records, None, after, resumed=True, only=unfinished
         )
         failed = [r for r in records if protocol.unfinished(r)]
@@ -520,7 +544,7 @@ class BreakerController:
         failed = protocol.failed_undos(records, after)
         retried = {r["type"] for r in failed}
         scene = self._scene(key, workload, settings.dry_run)
-        kept = await self._undo(scene, failed, only_types=None)
+        kept = await self.actuator.undo(scene, failed, only_types=None)
         records = [r for r in records if r["type"] not in retried] + kept
         await self._write(key, body, status, after, records, settings)
         if kept:
@@ -530,127 +554,6 @@ class BreakerController:
         message = f"undone after an earlier failure: {', '.join(sorted(retried))}"
         log.info("Breaker %s/%s: %s", *key, message)
         await events.post(self.api, body, "Normal", "UndoFinished", message)
-
-    async def _apply(
-        self,
-        scene: executor.Scene,
-        actions: ActionSettings,
-        records: list[dict[str, Any]],
-        trip: Trip | None,
-        after: machine.Breaker,
-        resumed: bool = False,
-        only: set[str] | None = None,
-    ) -> list[dict[str, Any]]:
-        """Apply what is not done yet; ``resumed``: finishing an earlier operator's trip;
-        ``only``: these action types and no others."""
-        done = {r["type"]: r for r in records if protocol.applied(r)}
-        pending = {r["type"]: r for r in records if protocol.unfinished(r)}
-        # Left over from an undo that failed: applied again from scratch (the objects'
-        # marks make that safe), on the nodes it held as well as the trip's.
-        leftover = {r["type"]: r for r in records if protocol.undo_failed(r)}
-        handoff_since = time.monotonic()
-        order = list(actions.order)
-        wanted = [a for a in order if only is None or a in only]
-        if "reassignGPUs" in wanted and "reassignGPUs" not in done:
-            # The quota is clamped before the pause frees anything, so the tenant's own
-            # queued jobs cannot take the GPUs back in between.
-            # What the trip freed is counted before the pause; an earlier attempt (before a
-            # restart, or failed) counted it already, and the pods may be gone since.
-            intended = (pending.get("reassignGPUs") or {}).get("changed") or {}
-            freed = intended.get("freed")
-            freed = executor.freed_gpus(scene.pods) if freed is None else freed
-            done["reassignGPUs"] = await self._record(
-                "reassignGPUs", scene, self._clamp(scene, freed), known={"freed": freed}
-            )
-            failpoints.hit("trip.quota-clamped")
-        for action in wanted:
-            if action in ("captureEvidence", "notify") or (
-                action in done and action != "reassignGPUs"
-            ):
-                continue  # evidence is kept apart; notify goes out with the Event
-            if action == "revokeEgress":
-                done[action] = await self._record(
-                    action,
-                    scene,
-                    executor.revoke_egress(scene, actions.revoke_egress),
-                )
-                await self._cut_by(scene, done[action])
-            elif action == "pause":
-                done[action] = await self._record(action, scene, executor.pause_workload(scene))
-            elif action == "reassignGPUs":
-                intended = pending.get("reassignGPUs") if resumed else None
-                await self._handed_to(scene, done[action], handoff_since, intended)
-            elif action == "quarantineNode":
-                ahead = ((pending.get(action) or {}).get("changed") or {}).get("nodes")
-                nodes = set(ahead) if ahead is not None else _target_nodes(trip, scene)
-                nodes |= set(((leftover.get(action) or {}).get("changed") or {}).get("nodes") or {})
-                # Failed, it still names its nodes: a reset releases whichever of them
-                # carry this breaker's mark.
-                named = executor.nodes_named(scene, nodes)
-                done[action] = await self._record(
-                    action,
-                    scene,
-                    executor.quarantine_nodes(scene, nodes, actions.quarantine_node),
-                    known=named,
-                )
-            failpoints.hit(f"trip.{action}")
-        return [done[a] for a in protocol.ordered(done, order)]
-
-    async def _cut_by(self, scene: executor.Scene, record: dict[str, Any]) -> None:
-        """Say in the record on which nodes a node agent cuts the pods' open connections,
-        and where none does (they may outlive the quarantine there)."""
-        changed = record.get("changed")
-        if changed is None or "skipped" in changed:
-            return
-        nodes = {p.node for p in scene.pods if p.node}
-        try:
-            live = await executor.live_node_agents(self.api, self.operator_namespace, nodes)
-        except client.ApiException as error:
-            log.warning("Breaker %s/%s: node agents unknown: %s", scene.namespace, scene.breaker,
-                        _api_problem(error))  # fmt: skip
-            live = set()
-        changed["connections"] = connections.coverage(nodes, live)
-
-    async def _clamp(self, scene: executor.Scene, freed: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"freed": freed, "quota": await executor.clamp_quota(scene)}
-
-    async def _handed_to(
-        self,
-        scene: executor.Scene,
-        record: dict[str, Any],
-        since: float,
-        intended: Mapping[str, Any] | None,
-    ) -> None:
-        """Wait (briefly) for the queue to admit the job that takes the freed GPUs."""
-        changed = record.setdefault("changed", {})
-        training = self.training
-        if training is not None and intended is not None and changed.get("freed"):
-            # Finishing after a restart: the queue hands the GPUs on (or did, before the
-            # restart); its first pass may not have run yet, so give it the usual wait.
-            after = plan.parse_stamp(intended.get("appliedAt"))
-            admitted = await training.admitted_after(
-                after, HANDOFF_WAIT_SECONDS, among=lambda key: key[0] != scene.namespace
-            )
-            changed["to"] = [f"{ns}/{name}" for ns, name in admitted][:1]
-            if not changed["to"]:
-                scene.notes.append("no queued TrainingJob took the freed GPUs")
-            record["appliedAt"] = plan.stamp(dt.datetime.now(dt.UTC))
-            return
-        queued = await training.waiting() if training is not None else []
-        waiting = [k for k in queued if k[0] != scene.namespace]
-        if training is None or scene.dry_run or not waiting or not changed.get("freed"):
-            # Nobody (of another tenant) waits: the GPUs stay free for whoever comes next.
-            changed.setdefault("to", [])
-            return
-        admitted = [
-            k for k in await training.admitted_since(since, HANDOFF_WAIT_SECONDS) if k in waiting
-        ]
-        changed["to"] = [f"{ns}/{name}" for ns, name in admitted]
-        record["appliedAt"] = plan.stamp(dt.datetime.now(dt.UTC))
-        if not admitted:
-            # The paused pods may take their grace period to go (a real node's do): the
-            # GPUs are free only then. Who gets them is recorded when the queue says.
-            changed["awaiting"] = [f"{ns}/{name}" for ns, name in waiting]
 
     async def _complete_handoff(
         self,
@@ -666,7 +569,7 @@ class BreakerController:
         HANDOFF_PATIENCE_SECONDS; then the GPUs are taken to have stayed free)."""
         if time.monotonic() < self.handoff_due.get(key, 0.0):
             return
-        found = await self._recipients(records, after.last_trip)
+        found = await self.actuator.recipients(records, after.last_trip)
         if found is None:
             return
         self.handoff_due[key] = time.monotonic() + 1.0
@@ -679,163 +582,6 @@ class BreakerController:
         if got:
             message = f"GPUs handed to {', '.join(got)} once the paused pods had gone"
             await events.post(self.api, body, "Normal", "GPUsReassigned", message)
-
-    async def _recipients(
-        self, records: list[dict[str, Any]], since: dt.datetime | None
-    ) -> tuple[int, list[str]] | None:
-        """(the awaited handoff's record, the awaited jobs the queue admitted since the
-        trip), or None when no handoff awaits."""
-        index = next(
-            (
-                i
-                for i, r in enumerate(records)
-                if r["type"] == "reassignGPUs"
-                and protocol.applied(r)
-                and (r.get("changed") or {}).get("awaiting")
-            ),
-            None,
-        )
-        if index is None or self.training is None or since is None:
-            return None
-        awaited = set(records[index]["changed"]["awaiting"])
-        admitted = await self.training.admitted_after(since)
-        return index, [f"{ns}/{name}" for ns, name in admitted if f"{ns}/{name}" in awaited]
-
-    async def _record(
-        self,
-        action: str,
-        scene: executor.Scene,
-        work: Any,
-        known: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Run one action and record it; a failed one keeps ``known`` for its next attempt
-        (every failed action is tried again while the breaker holds)."""
-        record: dict[str, Any] = {"type": action}
-        try:
-            record["changed"] = await work
-            metrics.ACTIONS.labels(action, "apply", "ok").inc()
-        except client.ApiException as error:
-            if known:
-                record["changed"] = dict(known)
-            record["error"] = f"{error.status} {error.reason}: {kube.api_message(error)}"[:4096]
-            metrics.ACTIONS.labels(action, "apply", "error").inc()
-            log.warning(
-                "Breaker %s/%s: %s failed: %s",
-                scene.namespace,
-                scene.breaker,
-                action,
-                record["error"],
-            )
-        record["appliedAt"] = plan.stamp(dt.datetime.now(dt.UTC))
-        scene.acted_at = time.monotonic()
-        if scene.dry_run:
-            record["dryRun"] = True
-        return record
-
-    async def _undo(
-        self,
-        scene: executor.Scene,
-        records: list[dict[str, Any]],
-        only_types: tuple[str, ...] | None,
-    ) -> list[dict[str, Any]]:
-        """Undo the recorded actions, newest first; return those still applied."""
-        kept: list[dict[str, Any]] = []
-        for record in reversed(records):
-            action, changed = record["type"], record.get("changed") or {}
-            if only_types is not None and action not in only_types:
-                kept.insert(0, record)
-                continue
-            if record.get("dryRun"):
-                continue
-            if protocol.unfinished(record):
-                # Written ahead, or failed partway: the objects' marks say what happened.
-                changed = _undo_pending(action, changed, scene)
-            try:
-                if action == "revokeEgress":
-                    await executor.restore_egress(scene, changed)
-                elif action == "pause":
-                    await executor.resume_workload(scene, changed)
-                elif action == "reassignGPUs":
-                    await executor.restore_quota(scene, changed.get("quota") or {})
-                elif action == "quarantineNode":
-                    await executor.release_nodes(scene, changed)
-                metrics.ACTIONS.labels(action, "undo", "ok").inc()
-                failpoints.hit(f"reset.{action}")
-            except client.ApiException as error:
-                metrics.ACTIONS.labels(action, "undo", "error").inc()
-                # What to undo is resolved now: the record is no longer pending, so it is
-                # only ever undone again, never finished as if the trip were under way.
-                record = {k: v for k, v in record.items() if k != "pending"}
-                record |= {
-                    "changed": changed,
-                    "error": f"undo failed: {error.status} {error.reason}",
-                }
-                kept.insert(0, record)
-                log.warning(
-                    "Breaker %s/%s: undo %s failed: %s",
-                    scene.namespace,
-                    scene.breaker,
-                    action,
-                    error,
-                )
-        return kept
-
-    async def _hold(
-        self,
-        key: BreakerKey,
-        body: dict[str, Any],
-        actions: ActionSettings,
-        workload: WorkloadView,
-        after: machine.Breaker,
-        records: list[dict[str, Any]],
-    ) -> None:
-        """Containment holds whatever the tenant does: undo an escape as soon as it is seen."""
-        scene = self._scene(key, workload, dry_run=False)
-        # What was really applied: a DryRun record changed nothing and holds nothing.
-        done = {
-            r["type"]: r
-            for r in records
-            if not r.get("error") and not r.get("dryRun") and not r.get("pending")
-        }
-        escapes: list[str] = []
-        held = "pause" in done and after.state in plan.PAUSED_STATES
-        # Paused is what matters: another breaker holding it paused is not an escape.
-        if held and not workload.paused:
-            await executor.pause_workload(scene)
-            escapes.append(f"{workload.kind} {workload.name} was resumed: paused again")
-        if "revokeEgress" in done:
-            unlabelled = [p for p in scene.pods if p.labels.get(QUARANTINE_LABEL) != key[1]]
-            record = done["revokeEgress"].get("changed") or {}
-            problem = executor.quarantine_problem(scene, record)
-            opened = executor.widened(scene)
-            if problem or opened:
-                await executor.revoke_egress(
-                    scene, actions.revoke_egress, record.get("quarantineSpec"), record.get("kept")
-                )
-                if problem:
-                    escapes.append(f"{problem}: restored")
-                if opened:
-                    escapes.append(
-                        f"NetworkPolicy {', '.join(opened)} let the quarantined pods out: "
-                        "narrowed again"
-                    )
-            elif unlabelled and (
-                labelled := await executor.label_pods(
-                    scene, unlabelled, record.get("kept") or _kept(actions)
-                )
-            ):
-                escapes.append(
-                    f"pods {', '.join(labelled)} lost the {QUARANTINE_LABEL} label: labelled again"
-                )
-        if "reassignGPUs" in done and after.state in plan.PAUSED_STATES:
-            clamp = await executor.clamp_quota(dataclasses.replace(scene, dry_run=True))
-            if clamp.get("lowered") or clamp.get("created"):
-                await executor.clamp_quota(scene)
-                escapes.append("the namespace's GPU quota was raised: clamped again")
-        for escape in escapes:
-            log.warning("Breaker %s/%s: %s", *key, escape)
-            await events.post(self.api, body, "Warning", "ContainmentRestored", escape)
-            await events.post(self.api, workload.body, "Warning", "ContainmentRestored", escape)
 
     # -- status ---------------------------------------------------------------------------
 
@@ -1050,40 +796,6 @@ def _intend(
         executor.freed_gpus(scene.pods),
         lambda held: executor.nodes_named(scene, nodes | held),
     )
-
-
-def _kept(actions: ActionSettings) -> dict[str, Any]:
-    """What a record written before the node agent existed would have kept."""
-    return {"dns": actions.revoke_egress.allow_dns, "services": []}
-
-
-def _api_problem(error: client.ApiException) -> str:
-    return f"{error.status} {error.reason}: {kube.api_message(error)}"[:300]
-
-
-def _undo_pending(action: str, intended: dict[str, Any], scene: executor.Scene) -> dict[str, Any]:
-    """What to undo of an action that may or may not have happened (the operator stopped
-    between deciding and recording it): the marks on the objects say what it did."""
-    if action == "reassignGPUs":
-        names = [q["metadata"]["name"] for q in scene.quotas]
-        return {**intended, "quota": {"breaker": scene.breaker, "held": names}}
-    return intended  # egress and pause undo by name and annotation; nodes were named ahead
-
-
-def _nodes_named(trip: Trip | None) -> set[str]:
-    """Nodes that node-scoped signals of the trip point at (their Hostname label)."""
-    if trip is None:
-        return set()
-    return {
-        f.labels["Hostname"]
-        for f in trip.decision.signals
-        if trip.detector.signal(f.signal).scope == "node" and f.labels.get("Hostname")
-    }
-
-
-def _target_nodes(trip: Trip | None, scene: executor.Scene) -> set[str]:
-    """The nodes quarantineNode acts on: those the node signals name, else the pods'."""
-    return _nodes_named(trip) or {p.node for p in scene.pods if p.node}
 
 
 def _as_workload(view: WorkloadView) -> Workload:

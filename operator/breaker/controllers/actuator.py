@@ -1,0 +1,352 @@
+"""What a breaker's actions do to the cluster, and the record of each: apply them (a trip,
+or finishing one an earlier operator began), undo them (newest first), hold them against
+a tenant's escapes, and follow the GPU hand-off to the job the queue admits.
+
+The actuator changes objects and returns records; it writes no Breaker status and posts
+no Event. The breaker controller (``breakers.py``) decides when to call it, writes what it
+returns ahead of and after the work (the record protocol of ``circuit/records.py``), and
+says what happened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client
+
+from breaker import failpoints, kube, metrics
+from breaker.actions import connections, executor
+from breaker.actions.settings import ActionSettings
+from breaker.circuit import machine, plan
+from breaker.circuit import records as protocol
+from breaker.circuit.views import WorkloadView
+from breaker.constants import QUARANTINE_LABEL
+from breaker.controllers.evaluation import Trip
+from breaker.controllers.handoff import Handoffs
+
+log = logging.getLogger("breaker.breakers")
+
+# How long the trip itself waits for the queue to admit a job on the freed GPUs: kwok's
+# pods go at once; a real node's take their grace period, and then the recipient is
+# recorded when the queue admits it (the controller's _complete_handoff), not in the trip.
+HANDOFF_WAIT_SECONDS = 1.0
+
+
+class Actuator:
+    def __init__(
+        self, api: client.ApiClient, training: Handoffs | None, operator_namespace: str
+    ) -> None:
+        self.api = api
+        # The queue the freed GPUs go to: this operator's (set when its controller starts,
+        # which may be after this one) or a RemoteQueue watching another operator's.
+        self.training = training
+        self.operator_namespace = operator_namespace
+
+    async def apply(
+        self,
+        scene: executor.Scene,
+        actions: ActionSettings,
+        records: list[dict[str, Any]],
+        trip: Trip | None,
+        after: machine.Breaker,
+        resumed: bool = False,
+        only: set[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Apply what is not done yet; ``resumed``: finishing an earlier operator's trip;
+        ``only``: these action types and no others."""
+        done = {r["type"]: r for r in records if protocol.applied(r)}
+        pending = {r["type"]: r for r in records if protocol.unfinished(r)}
+        # Left over from an undo that failed: applied again from scratch (the objects'
+        # marks make that safe), on the nodes it held as well as the trip's.
+        leftover = {r["type"]: r for r in records if protocol.undo_failed(r)}
+        handoff_since = time.monotonic()
+        order = list(actions.order)
+        wanted = [a for a in order if only is None or a in only]
+        if "reassignGPUs" in wanted and "reassignGPUs" not in done:
+            # The quota is clamped before the pause frees anything, so the tenant's own
+            # queued jobs cannot take the GPUs back in between.
+            # What the trip freed is counted before the pause; an earlier attempt (before a
+            # restart, or failed) counted it already, and the pods may be gone since.
+            intended = (pending.get("reassignGPUs") or {}).get("changed") or {}
+            freed = intended.get("freed")
+            freed = executor.freed_gpus(scene.pods) if freed is None else freed
+            done["reassignGPUs"] = await self._record(
+                "reassignGPUs", scene, self._clamp(scene, freed), known={"freed": freed}
+            )
+            failpoints.hit("trip.quota-clamped")
+        for action in wanted:
+            if action in ("captureEvidence", "notify") or (
+                action in done and action != "reassignGPUs"
+            ):
+                continue  # evidence is kept apart; notify goes out with the Event
+            if action == "revokeEgress":
+                done[action] = await self._record(
+                    action,
+                    scene,
+                    executor.revoke_egress(scene, actions.revoke_egress),
+                )
+                await self._cut_by(scene, done[action])
+            elif action == "pause":
+                done[action] = await self._record(action, scene, executor.pause_workload(scene))
+            elif action == "reassignGPUs":
+                intended = pending.get("reassignGPUs") if resumed else None
+                await self.handed_to(scene, done[action], handoff_since, intended)
+            elif action == "quarantineNode":
+                ahead = ((pending.get(action) or {}).get("changed") or {}).get("nodes")
+                nodes = set(ahead) if ahead is not None else target_nodes(trip, scene)
+                nodes |= set(((leftover.get(action) or {}).get("changed") or {}).get("nodes") or {})
+                # Failed, it still names its nodes: a reset releases whichever of them
+                # carry this breaker's mark.
+                named = executor.nodes_named(scene, nodes)
+                done[action] = await self._record(
+                    action,
+                    scene,
+                    executor.quarantine_nodes(scene, nodes, actions.quarantine_node),
+                    known=named,
+                )
+            failpoints.hit(f"trip.{action}")
+        return [done[a] for a in protocol.ordered(done, order)]
+
+    async def _cut_by(self, scene: executor.Scene, record: dict[str, Any]) -> None:
+        """Say in the record on which nodes a node agent cuts the pods' open connections,
+        and where none does (they may outlive the quarantine there)."""
+        changed = record.get("changed")
+        if changed is None or "skipped" in changed:
+            return
+        nodes = {p.node for p in scene.pods if p.node}
+        try:
+            live = await executor.live_node_agents(self.api, self.operator_namespace, nodes)
+        except client.ApiException as error:
+            log.warning("Breaker %s/%s: node agents unknown: %s", scene.namespace, scene.breaker,
+                        kube.api_problem(error))  # fmt: skip
+            live = set()
+        changed["connections"] = connections.coverage(nodes, live)
+
+    async def _clamp(self, scene: executor.Scene, freed: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"freed": freed, "quota": await executor.clamp_quota(scene)}
+
+    async def handed_to(
+        self,
+        scene: executor.Scene,
+        record: dict[str, Any],
+        since: float,
+        intended: Mapping[str, Any] | None,
+    ) -> None:
+        """Wait (briefly) for the queue to admit the job that takes the freed GPUs."""
+        changed = record.setdefault("changed", {})
+        training = self.training
+        if training is not None and intended is not None and changed.get("freed"):
+            # Finishing after a restart: the queue hands the GPUs on (or did, before the
+            # restart); its first pass may not have run yet, so give it the usual wait.
+            after = plan.parse_stamp(intended.get("appliedAt"))
+            admitted = await training.admitted_after(
+                after, HANDOFF_WAIT_SECONDS, among=lambda key: key[0] != scene.namespace
+            )
+            changed["to"] = [f"{ns}/{name}" for ns, name in admitted][:1]
+            if not changed["to"]:
+                scene.notes.append("no queued TrainingJob took the freed GPUs")
+            record["appliedAt"] = plan.stamp(dt.datetime.now(dt.UTC))
+            return
+        queued = await training.waiting() if training is not None else []
+        waiting = [k for k in queued if k[0] != scene.namespace]
+        if training is None or scene.dry_run or not waiting or not changed.get("freed"):
+            # Nobody (of another tenant) waits: the GPUs stay free for whoever comes next.
+            changed.setdefault("to", [])
+            return
+        admitted = [
+            k for k in await training.admitted_since(since, HANDOFF_WAIT_SECONDS) if k in waiting
+        ]
+        changed["to"] = [f"{ns}/{name}" for ns, name in admitted]
+        record["appliedAt"] = plan.stamp(dt.datetime.now(dt.UTC))
+        if not admitted:
+            # The paused pods may take their grace period to go (a real node's do): the
+            # GPUs are free only then. Who gets them is recorded when the queue says.
+            changed["awaiting"] = [f"{ns}/{name}" for ns, name in waiting]
+
+    async def recipients(
+        self, records: list[dict[str, Any]], since: dt.datetime | None
+    ) -> tuple[int, list[str]] | None:
+        """(the awaited handoff's record, the awaited jobs the queue admitted since the
+        trip), or None when no handoff awaits."""
+        index = next(
+            (
+                i
+                for i, r in enumerate(records)
+                if r["type"] == "reassignGPUs"
+                and protocol.applied(r)
+                and (r.get("changed") or {}).get("awaiting")
+            ),
+            None,
+        )
+        if index is None or self.training is None or since is None:
+            return None
+        awaited = set(records[index]["changed"]["awaiting"])
+        admitted = await self.training.admitted_after(since)
+        return index, [f"{ns}/{name}" for ns, name in admitted if f"{ns}/{name}" in awaited]
+
+    async def _record(
+        self,
+        action: str,
+        scene: executor.Scene,
+        work: Any,
+        known: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Run one action and record it; a failed one keeps ``known`` for its next attempt
+        (every failed action is tried again while the breaker holds)."""
+        record: dict[str, Any] = {"type": action}
+        try:
+            record["changed"] = await work
+            metrics.ACTIONS.labels(action, "apply", "ok").inc()
+        except client.ApiException as error:
+            if known:
+                record["changed"] = dict(known)
+            record["error"] = kube.api_problem(error, limit=4096)
+            metrics.ACTIONS.labels(action, "apply", "error").inc()
+            log.warning(
+                "Breaker %s/%s: %s failed: %s",
+                scene.namespace,
+                scene.breaker,
+                action,
+                record["error"],
+            )
+        record["appliedAt"] = plan.stamp(dt.datetime.now(dt.UTC))
+        scene.acted_at = time.monotonic()
+        if scene.dry_run:
+            record["dryRun"] = True
+        return record
+
+    async def undo(
+        self,
+        scene: executor.Scene,
+        records: list[dict[str, Any]],
+        only_types: tuple[str, ...] | None,
+    ) -> list[dict[str, Any]]:
+        """Undo the recorded actions, newest first; return those still applied."""
+        kept: list[dict[str, Any]] = []
+        for record in reversed(records):
+            action, changed = record["type"], record.get("changed") or {}
+            if only_types is not None and action not in only_types:
+                kept.insert(0, record)
+                continue
+            if record.get("dryRun"):
+                continue
+            if protocol.unfinished(record):
+                # Written ahead, or failed partway: the objects' marks say what happened.
+                changed = _undo_pending(action, changed, scene)
+            try:
+                if action == "revokeEgress":
+                    await executor.restore_egress(scene, changed)
+                elif action == "pause":
+                    await executor.resume_workload(scene, changed)
+                elif action == "reassignGPUs":
+                    await executor.restore_quota(scene, changed.get("quota") or {})
+                elif action == "quarantineNode":
+                    await executor.release_nodes(scene, changed)
+                metrics.ACTIONS.labels(action, "undo", "ok").inc()
+                failpoints.hit(f"reset.{action}")
+            except client.ApiException as error:
+                metrics.ACTIONS.labels(action, "undo", "error").inc()
+                # What to undo is resolved now: the record is no longer pending, so it is
+                # only ever undone again, never finished as if the trip were under way.
+                record = {k: v for k, v in record.items() if k != "pending"}
+                record |= {
+                    "changed": changed,
+                    "error": f"undo failed: {error.status} {error.reason}",
+                }
+                kept.insert(0, record)
+                log.warning(
+                    "Breaker %s/%s: undo %s failed: %s",
+                    scene.namespace,
+                    scene.breaker,
+                    action,
+                    error,
+                )
+        return kept
+
+    async def hold(
+        self,
+        scene: executor.Scene,
+        actions: ActionSettings,
+        workload: WorkloadView,
+        after: machine.Breaker,
+        records: list[dict[str, Any]],
+    ) -> list[str]:
+        """Containment holds whatever the tenant does: undo an escape as soon as it is seen,
+        and say what was undone (one line per escape)."""
+        # What was really applied: a DryRun record changed nothing and holds nothing.
+        done = {
+            r["type"]: r
+            for r in records
+            if not r.get("error") and not r.get("dryRun") and not r.get("pending")
+        }
+        escapes: list[str] = []
+        held = "pause" in done and after.state in plan.PAUSED_STATES
+        # Paused is what matters: another breaker holding it paused is not an escape.
+        if held and not workload.paused:
+            await executor.pause_workload(scene)
+            escapes.append(f"{workload.kind} {workload.name} was resumed: paused again")
+        if "revokeEgress" in done:
+            unlabelled = [p for p in scene.pods if p.labels.get(QUARANTINE_LABEL) != scene.breaker]
+            record = done["revokeEgress"].get("changed") or {}
+            problem = executor.quarantine_problem(scene, record)
+            opened = executor.widened(scene)
+            if problem or opened:
+                await executor.revoke_egress(
+                    scene, actions.revoke_egress, record.get("quarantineSpec"), record.get("kept")
+                )
+                if problem:
+                    escapes.append(f"{problem}: restored")
+                if opened:
+                    escapes.append(
+                        f"NetworkPolicy {', '.join(opened)} let the quarantined pods out: "
+                        "narrowed again"
+                    )
+            elif unlabelled and (
+                labelled := await executor.label_pods(
+                    scene, unlabelled, record.get("kept") or _kept(actions)
+                )
+            ):
+                escapes.append(
+                    f"pods {', '.join(labelled)} lost the {QUARANTINE_LABEL} label: labelled again"
+                )
+        if "reassignGPUs" in done and after.state in plan.PAUSED_STATES:
+            clamp = await executor.clamp_quota(dataclasses.replace(scene, dry_run=True))
+            if clamp.get("lowered") or clamp.get("created"):
+                await executor.clamp_quota(scene)
+                escapes.append("the namespace's GPU quota was raised: clamped again")
+        return escapes
+
+
+def _kept(actions: ActionSettings) -> dict[str, Any]:
+    """What a record written before the node agent existed would have kept."""
+    return {"dns": actions.revoke_egress.allow_dns, "services": []}
+
+
+def _undo_pending(action: str, intended: dict[str, Any], scene: executor.Scene) -> dict[str, Any]:
+    """What to undo of an action that may or may not have happened (the operator stopped
+    between deciding and recording it): the marks on the objects say what it did."""
+    if action == "reassignGPUs":
+        names = [q["metadata"]["name"] for q in scene.quotas]
+        return {**intended, "quota": {"breaker": scene.breaker, "held": names}}
+    return intended  # egress and pause undo by name and annotation; nodes were named ahead
+
+
+def nodes_named_by(trip: Trip | None) -> set[str]:
+    """Nodes that node-scoped signals of the trip point at (their Hostname label)."""
+    if trip is None:
+        return set()
+    return {
+        f.labels["Hostname"]
+        for f in trip.decision.signals
+        if trip.detector.signal(f.signal).scope == "node" and f.labels.get("Hostname")
+    }
+
+
+def target_nodes(trip: Trip | None, scene: executor.Scene) -> set[str]:
+    """The nodes quarantineNode acts on: those the node signals name, else the pods'."""
+    return nodes_named_by(trip) or {p.node for p in scene.pods if p.node}
