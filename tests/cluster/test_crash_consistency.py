@@ -40,36 +40,11 @@ from tests.cluster.scenes import (
     trainingjob,
 )
 from tests.conftest import Operator
+from tests.crash_points import RESET_POINTS, TRIP_POINTS
 from tests.helpers import wait_for
 from tests.kube import as_body, meta_of, name_of, spec_of
 
 SEED = int(os.environ.get("BREAKER_CRASH_SEED", "20261130"))
-# Where the operator may die, in the order it passes them.
-TRIP_POINTS = {
-    "gpus": [
-        "trip.intended",
-        "trip.quota-clamped",
-        "egress.quarantine-written",
-        "egress.pods-labelled",
-        "egress.narrowed",
-        "trip.revokeEgress",
-        "trip.pause",
-        "trip.reassignGPUs",
-        "trip.recorded",
-    ],
-    "nodes": [
-        "trip.intended",
-        "egress.quarantine-written",
-        "trip.revokeEgress",
-        "trip.pause",
-        "trip.quarantineNode",
-        "trip.recorded",
-    ],
-}
-RESET_POINTS = {
-    "gpus": ["reset.reassignGPUs", "reset.pause", "reset.revokeEgress", "reset.recorded"],
-    "nodes": ["reset.quarantineNode", "reset.pause", "reset.revokeEgress", "reset.recorded"],
-}
 RUNS = {"gpus": 30, "nodes": 10}  # each at least once through every point of its setting
 # (setting, run, phase, point, outcome): printed after the session.
 CRASHES: list[tuple[str, int, str, str, str]] = []

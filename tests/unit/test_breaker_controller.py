@@ -29,6 +29,7 @@ from breaker.controllers import breakers, inventory
 from breaker.controllers.breakers import BreakerController
 from breaker.controllers.evaluation import Trip
 from breaker.detect import engine
+from tests.crash_points import RESET_POINTS, TRIP_POINTS
 from tests.fakes import BREAKER_INDEXES, Clock, FakeCluster, FakeIndexes, FakeQueue, Json
 
 pytestmark = pytest.mark.usefixtures("fresh_discovery")
@@ -50,17 +51,6 @@ POLICY_SPEC: Json = {
     "mode": "Enforce",
     "actions": [{"type": t} for t in ("captureEvidence", "revokeEgress", "pause", "reassignGPUs")],
 }
-TRIP_POINTS = [
-    "trip.intended",
-    "trip.quota-clamped",
-    "egress.quarantine-written",
-    "egress.pods-labelled",
-    "egress.narrowed",
-    "trip.revokeEgress",
-    "trip.pause",
-    "trip.reassignGPUs",
-    "trip.recorded",
-]
 
 
 class Crash(Exception):
@@ -306,7 +296,7 @@ async def test_the_records_are_written_ahead_of_the_actions_then_completed(
 # -- crash points -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("point", TRIP_POINTS)
+@pytest.mark.parametrize("point", TRIP_POINTS["gpus"])
 async def test_an_operator_stopped_anywhere_in_a_trip_is_finished_once_by_the_next(
     point: str,
     cluster: FakeCluster,
@@ -402,7 +392,7 @@ async def test_a_reset_undoes_exactly_what_the_trip_changed(
     assert "BreakerClosed" in reasons(cluster)
 
 
-@pytest.mark.parametrize("point", TRIP_POINTS)
+@pytest.mark.parametrize("point", TRIP_POINTS["gpus"])
 async def test_a_trip_finished_by_the_next_operator_is_undone_exactly_by_a_reset(
     point: str,
     cluster: FakeCluster,
@@ -424,9 +414,7 @@ async def test_a_trip_finished_by_the_next_operator_is_undone_exactly_by_a_reset
     assert_restored(cluster)
 
 
-@pytest.mark.parametrize(
-    "point", ["reset.reassignGPUs", "reset.pause", "reset.revokeEgress", "reset.recorded"]
-)
+@pytest.mark.parametrize("point", RESET_POINTS["gpus"])
 async def test_an_operator_stopped_during_a_reset_leaves_the_next_to_finish_it(
     point: str,
     tripped: Operator,
