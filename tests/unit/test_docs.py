@@ -145,3 +145,27 @@ def test_the_nav_names_every_page(pages: dict[str, str]) -> None:
     written = {str(p.relative_to(docs)) for p in docs.rglob("*.md")} | set(pages)
     for page in written:
         assert re.search(rf"^\s+- (?:[^\n]*: )?{re.escape(page)}$", config, re.M), page
+
+
+def _anchors(page: str) -> set[str]:
+    """The ids a generated page offers: its fields' and its headings' (as the toc slugs
+    them: "## `breaker run`" is #breaker-run)."""
+    ids = set(re.findall(r'id="([^"]+)"', page))
+    for heading in re.findall(r"^#+ (.+)$", page, re.M):
+        ids.add(re.sub(r"[^\w.-]", "", heading.strip().lower().replace(" ", "-")))
+    return ids
+
+
+def test_the_concept_pages_links_into_the_reference_name_anchors_it_has(
+    pages: dict[str, str],
+) -> None:
+    """The strict build checks links to pages, not anchors inside generated ones."""
+    docs = ROOT / "docs"
+    linked = 0
+    for source in docs.rglob("*.md"):
+        for target, anchor in re.findall(r"\]\(([^)#\s]*reference/[\w-]+\.md)#([^)\s]+)\)",
+                                         source.read_text()):  # fmt: skip
+            page = (source.parent / target).resolve().relative_to(docs.resolve())
+            assert anchor in _anchors(pages[str(page)]), f"{source.name}: {target}#{anchor}"
+            linked += 1
+    assert linked >= 10
