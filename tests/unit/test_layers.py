@@ -24,26 +24,25 @@ def test_the_operator_entry_point_loads_no_developer_tooling() -> None:
     assert loaded == "[]"
 
 
-def test_without_the_developer_tooling_its_commands_say_how_to_install_it() -> None:
+def cluster_status_without(module: str) -> subprocess.CompletedProcess[str]:
+    """`breaker cluster status` in a process where ``module`` cannot be imported."""
     probe = (
         "import sys\n"
-        "sys.modules['breaker_tooling'] = None  # as in the operator's image\n"
+        f"sys.modules[{module!r}] = None\n"
         "from breaker import cli\n"
         "sys.exit(cli.main(['cluster', 'status']))\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+
+
+def test_without_the_developer_tooling_its_commands_say_how_to_install_it() -> None:
+    done = cluster_status_without("breaker_tooling")  # as in the operator's image
     assert done.returncode == 2
     assert "breaker cluster: the developer tooling is not installed here" in done.stderr
     assert "pip install -e ./tooling" in done.stderr
 
 
 def test_the_local_cluster_without_its_dependencies_says_how_to_install_them() -> None:
-    probe = (
-        "import sys\n"
-        "sys.modules['cryptography'] = None\n"
-        "from breaker import cli\n"
-        "sys.exit(cli.main(['cluster', 'status']))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    done = cluster_status_without("cryptography")
     assert done.returncode == 1
     assert "pip install -e ./tooling" in done.stderr
