@@ -109,3 +109,28 @@ def test_the_live_exporter_scraped_at_once_shows_the_first_sample() -> None:
     }
     assert live == expected
     assert any(name == "DCGM_FI_PROF_DRAM_ACTIVE" and value >= 0.9 for name, _, value in live)
+
+
+def test_a_duty_cycle_is_on_for_lasting_at_the_start_of_each_every() -> None:
+    cycled = scenario({"at": "1m", "do": "mine", "every": "5m", "lasting": "2m"})
+    (segment,) = cycled.pods[0].timeline
+    on = [minute for minute in range(12) if segment.active(minute * 60.0)]
+    assert on == [1, 2, 6, 7, 11]
+    assert segment.began(7 * 60.0) == 6 * 60.0  # each stretch starts afresh
+    with pytest.raises(ValueError, match="every and lasting go together"):
+        scenario({"at": "0m", "do": "mine", "every": "5m"})
+    with pytest.raises(ValueError, match="lasting must not be longer than every"):
+        scenario({"at": "0m", "do": "mine", "every": "1m", "lasting": "2m"})
+
+
+def test_lookups_are_counted_by_query_type_as_hubble_labels_them() -> None:
+    samples = list(model.run(scenario({"at": "0m", "do": "dns-tunnel-fast"})))
+    _, last = samples[-1]
+    queries = {
+        dict(s.labels)["qtypes"]: s.value for s in last if s.name == "hubble_dns_queries_total"
+    }
+    assert set(queries) == {"A", "AAAA", "NULL"}  # every pod resolves names; iodine asks NULL
+    assert queries["NULL"] >= 50 * queries["A"]
+    labels = dict(next(s for s in last if s.name == "hubble_dns_queries_total").labels)
+    assert labels["rcode"] == ""  # a query: the rcode and the IPs label the responses
+    assert labels["ips_returned"] == "0"

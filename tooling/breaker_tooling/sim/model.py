@@ -33,7 +33,14 @@ GPU_PROFILES: dict[str, tuple[tuple[float, float], ...]] = {
 STEPS_PER_SECOND = {"train-mixed": 2.0, "train-fp32": 0.8, "mine-while-training": 0.3}
 RESTART_LOAD_SECONDS = 120.0
 BASE_TX = 50e3  # logs and metrics, bytes per second
+BASE_DNS_PER_SECOND = 0.2  # A and AAAA each
 
+SCAN_RATES = {
+    "internal-scan-slow": 0.1,
+    "internal-scan-medium": 10.0,
+    "internal-scan-fast": 50.0,
+    "internal-scan-burst": 200.0,
+}
 FALCO_RULES = {
     "package-install": ("Launch Package Management Process in Container", "Error"),
     "miner-pool-egress": ("Detect crypto miners using the Stratum protocol", "Critical"),
@@ -66,6 +73,7 @@ class PodState:
     syns: float = 0.0
     drops: float = 0.0
     falco: dict[tuple[str, str], float] = field(default_factory=dict)
+    dns: dict[str, float] = field(default_factory=dict)  # queries, by Hubble's qtypes
     scanned: int = 0
     restarted_at: float | None = None
 
@@ -97,7 +105,7 @@ def _seconds(text: str) -> float:
 
 def net_behaviours(pod: SimPod, offset: float) -> list[tuple[str, float]]:
     return [
-        (s.do, _seconds(s.at))
+        (s.do, s.began(offset))
         for s in pod.timeline
         if s.do not in GPU_BEHAVIOURS and s.active(offset)
     ]
@@ -114,6 +122,10 @@ def advance(pod: SimPod, state: PodState, offset: float, dt: float) -> str:
     state.steps += STEPS_PER_SECOND.get(profile, 0.0) * dt
 
     tx = BASE_TX
+    # Every pod resolves a few names (its logging and metrics endpoints, through the
+    # search path): A and AAAA, a fraction of a query a second each.
+    _dns(state, "A", BASE_DNS_PER_SECOND * dt)
+    _dns(state, "AAAA", BASE_DNS_PER_SECOND * dt)
     for name, began in net_behaviours(pod, offset):
         since = offset - began
         tx += _network(name, state, since, dt, pod, offset)
@@ -125,7 +137,7 @@ def _network(
     name: str, state: PodState, since: float, dt: float, pod: SimPod, offset: float
 ) -> float:
     """Count one network behaviour's flows and return its transmit rate (bytes per second)."""
-    for kind in (_benign_network, _hostile_network, _scan_network):
+    for kind in (_benign_network, _hostile_network, _scan_network, _dns_network):
         rate = kind(name, state, since, dt)
         if rate is not None:
             return rate
@@ -135,6 +147,10 @@ def _network(
 def _flow(state: PodState, port: int, count: float) -> None:
     state.flows[port] = state.flows.get(port, 0.0) + count
     state.ports[port] = state.ports.get(port, 0.0) + count
+
+
+def _dns(state: PodState, qtypes: str, count: float) -> None:
+    state.dns[qtypes] = state.dns.get(qtypes, 0.0) + count
 
 
 def _falco(state: PodState, name: str, per_minute: float, dt: float) -> None:
@@ -196,8 +212,14 @@ def _scan_network(name: str, state: PodState, since: float, dt: float) -> float 
         state.syns += probes
         state.drops += probes
         return 10e3
-    if name in ("internal-scan-slow", "internal-scan-fast"):
-        rate = 0.1 if name == "internal-scan-slow" else 50.0
+    if name == "connection-storm-443":
+        # A parallel downloader opening hundreds of connections to object storage at once:
+        # SYNs at a scan's rate, all to one port.
+        _flow(state, 443, 150.0 * dt)
+        state.syns += 150.0 * dt
+        return 800e6
+    if name in SCAN_RATES:
+        rate = SCAN_RATES[name]
         probes = rate * dt
         # Each probe tries the next port of a target; port-distribution has one series each.
         first, state.scanned = state.scanned, state.scanned + max(1, round(probes))
@@ -205,9 +227,37 @@ def _scan_network(name: str, state: PodState, since: float, dt: float) -> float 
             state.ports[port] = state.ports.get(port, 0.0) + 1
         state.syns += probes
         state.drops += probes
-        if name == "internal-scan-fast":
+        if name in FALCO_RULES:
             _falco(state, name, 1, dt)
         return 50e3
+    return None
+
+
+def _dns_network(name: str, state: PodState, since: float, dt: float) -> float | None:
+    """Name lookups, ordinary and tunnelled; None if ``name`` is not one of these."""
+    if name == "dns-many-names":
+        # A data loader resolving shard hosts: A and AAAA by the dozen a second.
+        _dns(state, "A", 20.0 * dt)
+        _dns(state, "AAAA", 20.0 * dt)
+        return 1e6
+    if name == "dns-srv-discovery":
+        # Service discovery re-resolving its SRV record every 30 s.
+        _dns(state, "SRV", dt / 30)
+        return 0.0
+    if name == "dns-mongodb-srv":
+        # A mongodb+srv:// client: TXT and SRV when it connects, SRV again every 60 s.
+        if since < dt:
+            _dns(state, "TXT", 1.0)
+        _dns(state, "SRV", dt / 60)
+        return 0.0
+    if name == "dns-tunnel-fast":
+        # iodine: data in NULL records, polled as fast as the resolver answers.
+        _dns(state, "NULL", 20.0 * dt)
+        return 30e3
+    if name == "dns-tunnel-slow":
+        # dnscat2 with a long delay: a TXT, CNAME or MX query every 20 s (a C2 channel).
+        _dns(state, "TXT", dt / 20)
+        return 1e3
     return None
 
 
@@ -289,6 +339,10 @@ def samples(pod: SimPod, state: PodState, profile: str, at: float) -> Iterator[S
         (*source, ("family", "IPv4"), ("flag", "SYN")),
         float(int(state.syns)),
     )
+    for qtypes, count in sorted(state.dns.items()):
+        # A query's rcode is empty and it returns no IPs (those label the responses).
+        labels = (*source, ("rcode", ""), ("qtypes", qtypes), ("ips_returned", "0"))
+        yield Series("hubble_dns_queries_total", "counter", labels, float(int(count)))
     if state.drops:
         labels = (*source, ("protocol", "TCP"), ("reason", "POLICY_DENIED"))
         yield Series("hubble_drop_total", "counter", labels, float(int(state.drops)))

@@ -18,6 +18,7 @@ pods:
       - {at: 0m, do: train-mixed}
       - {at: 40m, until: 45m, do: internal-scan-slow}
       - {at: 50m, do: reverse-ssh-tunnel}
+      - {at: 60m, do: dns-tunnel-slow, every: 5m, lasting: 2m}   # a duty cycle
 expect:
   - pod: team-a/rl-agent-0
     trips: true
@@ -25,8 +26,9 @@ expect:
     within: 5m               # the detection budget from there
 ```
 
-Each timeline entry runs from ``at`` until ``until`` (or the end). GPU behaviours replace
-one another (the latest started wins); network and host behaviours add up.
+Each timeline entry runs from ``at`` until ``until`` (or the end); with ``every``, only the
+first ``lasting`` of each ``every`` (an attacker who keeps under a ``for``). GPU behaviours
+replace one another (the latest started wins); network and host behaviours add up.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from breaker.api.common import DNS_LABEL, ApiModel, Duration, parse_duration
 
@@ -61,9 +63,17 @@ NetBehaviour = Literal[
     "reverse-ssh-tunnel",
     "tunnel-over-443",
     "internal-scan-slow",
+    "internal-scan-medium",
     "internal-scan-fast",
+    "internal-scan-burst",
     "internal-scan-blocked",
+    "connection-storm-443",
     "mine-unallocated-gpus",
+    "dns-many-names",
+    "dns-srv-discovery",
+    "dns-mongodb-srv",
+    "dns-tunnel-fast",
+    "dns-tunnel-slow",
 ]
 GPU_BEHAVIOURS: tuple[str, ...] = GpuBehaviour.__args__  # type: ignore[attr-defined]
 
@@ -74,11 +84,40 @@ class Segment(ApiModel):
     at: Duration = Field(description="When it starts, from the scenario's start.")
     until: Duration | None = Field(default=None, description="When it stops (default: never).")
     do: GpuBehaviour | NetBehaviour = Field(description="The behaviour.")
+    every: Duration | None = Field(
+        default=None, description="Repeat: on for `lasting` at the start of each `every`."
+    )
+    lasting: Duration | None = Field(default=None, description="With `every`: how long it is on.")
+
+    @model_validator(mode="after")
+    def _cycle(self) -> Segment:
+        if (self.every is None) != (self.lasting is None):
+            raise ValueError("every and lasting go together")
+        if (
+            self.every
+            and self.lasting
+            and parse_duration(self.lasting) > parse_duration(self.every)
+        ):
+            raise ValueError("lasting must not be longer than every")
+        return self
 
     def active(self, offset: float) -> bool:
         start = parse_duration(self.at).total_seconds()
         end = parse_duration(self.until).total_seconds() if self.until else float("inf")
-        return start <= offset < end
+        if not start <= offset < end:
+            return False
+        if self.every is None or self.lasting is None:
+            return True
+        period = parse_duration(self.every).total_seconds()
+        return (offset - start) % period < parse_duration(self.lasting).total_seconds()
+
+    def began(self, offset: float) -> float:
+        """When the stretch active at ``offset`` began (its cycle's start, with ``every``)."""
+        start = parse_duration(self.at).total_seconds()
+        if self.every is None:
+            return start
+        period = parse_duration(self.every).total_seconds()
+        return start + (offset - start) // period * period
 
 
 class Owner(ApiModel):
