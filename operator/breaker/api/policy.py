@@ -38,6 +38,7 @@ WorkloadKind = Literal[
 # The built-in signal library (DESIGN.md, "Signals the preset library must cover").
 PresetName = Literal[
     "gpu-mining-profile",
+    "gpu-mining-duty",
     "tensor-collapse",
     "gpu-busy-no-progress",
     "unallocated-gpu-activity",
@@ -45,6 +46,8 @@ PresetName = Literal[
     "outbound-ssh",
     "scan-fanout",
     "policy-drops",
+    "dns-tunnel",
+    "dns-tunnel-persistent",
     "egress-spike",
     "falco-rule-hits",
 ]

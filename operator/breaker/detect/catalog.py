@@ -23,6 +23,11 @@ class Param:
     help: str
 
 
+# The record types DNS tunnels carry data in: iodine NULL (then TXT, MX, CNAME), dnscat2
+# TXT, CNAME and MX, dns2tcp and dnstt TXT. Name resolution asks for A and AAAA, and
+# service discovery for SRV, which are left out.
+TUNNEL_QTYPES = "TXT|NULL|CNAME|MX|ANY|PRIVATE"
+
 FALCO_RULES = (
     "(?i).*(stratum|miner|ssh connection non standard port|suspicious network tool"
     "|reverse shell|redirect stdout/stdin to network connection).*"
@@ -30,6 +35,13 @@ FALCO_RULES = (
 
 PRESETS: dict[str, dict[str, Param]] = {
     "gpu-mining-profile": {
+        "scoreMin": Param("number", "0.65", "DRAM activity minus tensor activity at or above"),
+        "dramActiveMin": Param("number", "0.85", "DCGM_FI_PROF_DRAM_ACTIVE at or above (0-1)"),
+        "grEngineActiveMin": Param("number", "0.5", "DCGM_FI_PROF_GR_ENGINE_ACTIVE at or above"),
+    },
+    "gpu-mining-duty": {
+        "dutyMin": Param("number", "0.4", "share of the window's minutes with the profile"),
+        "window": Param("duration", "15m", "the window the share is taken over"),
         "scoreMin": Param("number", "0.65", "DRAM activity minus tensor activity at or above"),
         "dramActiveMin": Param("number", "0.85", "DCGM_FI_PROF_DRAM_ACTIVE at or above (0-1)"),
         "grEngineActiveMin": Param("number", "0.5", "DCGM_FI_PROF_GR_ENGINE_ACTIVE at or above"),
@@ -66,6 +78,16 @@ PRESETS: dict[str, dict[str, Param]] = {
     "policy-drops": {
         "perMinuteMin": Param("number", "30", "egress drops by NetworkPolicy per minute"),
         "window": Param("duration", "5m", "the rate's window"),
+    },
+    "dns-tunnel": {
+        "qtypes": Param("regex", TUNNEL_QTYPES, "query types tunnels use (Hubble's qtypes)"),
+        "perSecondMin": Param("number", "1", "such queries per second at or above"),
+        "window": Param("duration", "1m", "the rate's window"),
+    },
+    "dns-tunnel-persistent": {
+        "qtypes": Param("regex", TUNNEL_QTYPES, "query types tunnels use (Hubble's qtypes)"),
+        "window": Param("duration", "30m", "the window persistence is measured over"),
+        "persistence": Param("number", "0.3", "share of its minutes with such queries (0-1)"),
     },
     "egress-spike": {
         "factor": Param("number", "10", "transmit rate at or above this multiple of baseline"),

@@ -9,7 +9,8 @@ signals, never with the number of jobs. The exporters, and how their labels name
   the profiling fields ``DCGM_FI_PROF_*`` are 0-1 ratios.
 - cAdvisor (kubelet): ``container_network_transmit_bytes_total{namespace,pod,interface}``.
 - Cilium Hubble, with ``labelsContext=source_namespace,source_pod``: ``flows-to-world``
-  (with its ``port`` option), ``tcp``, ``port-distribution`` and ``drop`` metrics.
+  (with its ``port`` option), ``tcp``, ``port-distribution``, ``drop`` and ``dns`` metrics
+  (``dns`` needs Cilium's DNS proxy to see the pods' lookups: an L7 DNS rule).
 - falcosidekick: ``falcosecurity_falcosidekick_falco_events_total{rule,priority,
   k8s_ns_name,k8s_pod_name}``.
 - The job's own progress counter, ``training_steps_total{namespace,pod}`` by default.
@@ -73,7 +74,7 @@ def _plus(*durations: str) -> str:
     return f"{int(sum(parse_duration(d).total_seconds() for d in durations))}s"
 
 
-def _gpu_mining_profile(p: Mapping[str, str]) -> Rendered:
+def _mining_score(p: Mapping[str, str]) -> str:
     # Mining (ethash-like) is memory-bound: DRAM busy, tensor cores idle, SMs busy. Training
     # keeps tensor cores busy (mixed precision) or DRAM moderate (FP32). The score is DRAM
     # activity minus tensor activity on GPUs that are busy and memory-bound.
@@ -81,13 +82,31 @@ def _gpu_mining_profile(p: Mapping[str, str]) -> Rendered:
     # GPU indexes repeat across nodes and idle GPUs carry no pod.
     on = "on (namespace, pod, Hostname, UUID, GPU_I_ID)"
     held = '{pod!=""}'
-    query = (
+    return (
         "max by (namespace, pod) ("
         f"(DCGM_FI_PROF_DRAM_ACTIVE{held} - {on} DCGM_FI_PROF_PIPE_TENSOR_ACTIVE{held})"
         f" and {on} (DCGM_FI_PROF_DRAM_ACTIVE{held} >= {p['dramActiveMin']})"
         f" and {on} (DCGM_FI_PROF_GR_ENGINE_ACTIVE{held} >= {p['grEngineActiveMin']}))"
     )
-    return Rendered(query, DCGM, ">=", float(p["scoreMin"]), "0s")
+
+
+def _gpu_mining_profile(p: Mapping[str, str]) -> Rendered:
+    return Rendered(_mining_score(p), DCGM, ">=", float(p["scoreMin"]), "0s")
+
+
+def _share_of_minutes(per_pod: str, window: str) -> str:
+    """The share of the last ``window``'s minutes in which ``per_pod`` had a series (capped
+    at 1: a subquery may return one point more than the window has minutes)."""
+    minutes = max(1, int(parse_duration(window).total_seconds() // 60))
+    return f"clamp_max(count_over_time(({per_pod})[{window}:1m]) / {minutes}, 1)"
+
+
+def _gpu_mining_duty(p: Mapping[str, str]) -> Rendered:
+    # A miner that knows the profile's `for` mines in stretches shorter than it, training
+    # in between: the share of minutes with the profile still adds up.
+    mining = f"{_mining_score(p)} >= {p['scoreMin']}"
+    query = _share_of_minutes(mining, p["window"])
+    return Rendered(query, DCGM, ">=", float(p["dutyMin"]), _plus(p["window"], "1m"))
 
 
 def _tensor_collapse(p: Mapping[str, str]) -> Rendered:
@@ -131,9 +150,7 @@ def _outbound_ssh(p: Mapping[str, str]) -> Rendered:
     window = p["window"]
     selector = f'hubble_flows_to_world_total{{port=~"{_ports(p["ports"])}"}}'
     flows = f"sum by (source_namespace, source_pod) ({_counted(selector, '1m')})"
-    minutes = max(1, int(parse_duration(window).total_seconds() // 60))
-    # A subquery may return one point more than the window has minutes: cap at 1.
-    query = f"clamp_max(count_over_time(({flows} > 0)[{window}:1m]) / {minutes}, 1)"
+    query = _share_of_minutes(f"{flows} > 0", window)
     return Rendered(query, HUBBLE, ">=", float(p["persistence"]), _plus(window, "1m"))
 
 
@@ -160,6 +177,29 @@ def _policy_drops(p: Mapping[str, str]) -> Rendered:
         f'(rate(hubble_drop_total{{reason="POLICY_DENIED"}}[{window}])) * 60'
     )
     return Rendered(query, HUBBLE, ">=", float(p["perMinuteMin"]), window)
+
+
+def _tunnel_queries(p: Mapping[str, str]) -> str:
+    return f'hubble_dns_queries_total{{qtypes=~"{_string(p["qtypes"])}"}}'
+
+
+def _dns_tunnel(p: Mapping[str, str]) -> Rendered:
+    # A tunnel moves its data in the records it asks for, so it keeps asking: iodine polls
+    # NULL records many times a second. A pod's own lookups are A and AAAA.
+    window = p["window"]
+    seconds = parse_duration(window).total_seconds()
+    queries = f"sum by (source_namespace, source_pod) ({_counted(_tunnel_queries(p), window)})"
+    return Rendered(f"{queries} / {seconds:g}", HUBBLE, ">=", float(p["perSecondMin"]), window)
+
+
+def _dns_tunnel_persistent(p: Mapping[str, str]) -> Rendered:
+    # A slow command channel (dnscat2 with a long delay) asks once every few seconds or
+    # minutes, for as long as it lives: minute after minute, where a client that reads a
+    # TXT record when it connects asks once.
+    window = p["window"]
+    queries = f"sum by (source_namespace, source_pod) ({_counted(_tunnel_queries(p), '1m')})"
+    query = _share_of_minutes(f"{queries} > 0", window)
+    return Rendered(query, HUBBLE, ">=", float(p["persistence"]), _plus(window, "1m"))
 
 
 def _egress_spike(p: Mapping[str, str]) -> Rendered:
@@ -191,6 +231,7 @@ def _falco_rule_hits(p: Mapping[str, str]) -> Rendered:
 
 RENDERERS: dict[str, Callable[[Mapping[str, str]], Rendered]] = {
     "gpu-mining-profile": _gpu_mining_profile,
+    "gpu-mining-duty": _gpu_mining_duty,
     "tensor-collapse": _tensor_collapse,
     "gpu-busy-no-progress": _gpu_busy_no_progress,
     "unallocated-gpu-activity": _unallocated_gpu_activity,
@@ -198,6 +239,8 @@ RENDERERS: dict[str, Callable[[Mapping[str, str]], Rendered]] = {
     "outbound-ssh": _outbound_ssh,
     "scan-fanout": _scan_fanout,
     "policy-drops": _policy_drops,
+    "dns-tunnel": _dns_tunnel,
+    "dns-tunnel-persistent": _dns_tunnel_persistent,
     "egress-spike": _egress_spike,
     "falco-rule-hits": _falco_rule_hits,
 }
