@@ -11,7 +11,7 @@ DOCS_BUILD := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 .DEFAULT_GOAL := help
 .PHONY: help deps system-deps cluster-up cluster-down cluster-status cluster-build \
-        test lint unit docs demo bench bench-eval bench-fleet bench-cut kind-up kind-deploy kind-down clean
+        test lint unit docs demo corpus bench bench-eval bench-fleet bench-cut kind-up kind-deploy kind-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ unit: deps ## the tests that need no cluster
 # lint first, so a CI run fails fast before any Go or apt work (.ci/run is `make test`).
 test: lint deps ## lint, then every test against the real local cluster and Prometheus
 	$(BIN)/pytest
+
+corpus: deps ## the detection-quality table: every scenario through `breaker backtest`, into the README
+	$(BIN)/python -m breaker_tooling.corpus
 
 demo: deps ## the ROME incident on the local cluster: detected, contained, reset (KEEP=1 leaves it running)
 	$(BIN)/breaker demo $(if $(KEEP),--keep,)

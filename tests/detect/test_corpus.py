@@ -7,6 +7,7 @@ end of the run.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from breaker.api.common import parse_duration
 from breaker.detect import backtest, engine
 from breaker.detect.policy_file import load as load_policy
+from breaker_tooling import corpus
 from breaker_tooling.localcluster.paths import repo_root
 from breaker_tooling.sim import openmetrics
 from breaker_tooling.sim.scenario import load as load_scenario
@@ -59,3 +61,16 @@ def test_scenario_outcome(path: Path, tmp_path: Path) -> None:
         )
     if not expected:
         LATENCIES.append((scenario.name, "-", "no trip", "-", "-"))
+
+
+def test_the_readmes_table_has_a_row_per_scenario_with_its_expected_outcome() -> None:
+    """`make corpus` writes the table; this holds that it was rerun when the corpus grew."""
+    readme = (repo_root() / "README.md").read_text()
+    table = readme.partition(corpus.BEGIN)[2].partition(corpus.END)[0]
+    rows = dict(re.findall(r"^\| `([\w-]+)` \| ([^|]+) \|", table, re.M))
+    assert set(rows) == {path.stem for path in SCENARIOS}, "run `make corpus`"
+    for path in SCENARIOS:
+        outcome = rows[path.stem].strip()
+        attack = any(e.trips for e in load_scenario(path).expect)
+        assert (outcome != "no trip") is attack, f"{path.stem}: {outcome}"
+    assert "false trips" in table
