@@ -360,6 +360,13 @@ def test_revoke_only_cuts_what_is_open_closes_dns_and_holds_against_escapes(
             timeout=30,
             ignore=(client.ApiException,),
         )
+        # kube-router applies the restored policy on its own watch: the packets follow
+        # the API within moments (on a loaded machine, more than at once).
+        wait_for(
+            lambda: packets.reach(live.node, ip) == NOTHING,
+            f"{what}: the packets cut again",
+            timeout=15,
+        )
         assert live.agree(pod) == NOTHING, what
     # Whatever the agent slipped through while an escape stood was cut at once.
     report = live.node.outside()
