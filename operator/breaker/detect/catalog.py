@@ -93,6 +93,7 @@ PRESETS: dict[str, dict[str, Param]] = {
         "factor": Param("number", "10", "transmit rate at or above this multiple of baseline"),
         "baselineWindow": Param("duration", "30m", "the pod's own baseline window"),
         "minBytesPerSecond": Param("number", "10000000", "and at or above this rate"),
+        "rateWindow": Param("duration", "5m", "the window of each rate (and the baseline's step)"),
     },
     "falco-rule-hits": {
         "rules": Param("regex", FALCO_RULES, "Falco rule names (a PromQL regex)"),

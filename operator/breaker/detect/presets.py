@@ -202,20 +202,25 @@ def _dns_tunnel_persistent(p: Mapping[str, str]) -> Rendered:
     return Rendered(query, HUBBLE, ">=", float(p["persistence"]), _plus(window, "1m"))
 
 
-def _egress_spike(p: Mapping[str, str]) -> Rendered:
-    base = p["baselineWindow"]
-    sent = (
+def transmit_rate(window: str) -> str:
+    """A pod's transmit rate (bytes per second over ``window``), from the kubelet's cAdvisor."""
+    return (
         "sum by (namespace, pod) "
-        '(rate(container_network_transmit_bytes_total{interface="eth0"}[5m]))'
+        f'(rate(container_network_transmit_bytes_total{{interface="eth0"}}[{window}]))'
     )
-    baseline = f"avg_over_time(({sent})[{base}:5m] offset 5m)"
+
+
+def _egress_spike(p: Mapping[str, str]) -> Rendered:
+    base, window = p["baselineWindow"], p["rateWindow"]
+    sent = transmit_rate(window)
+    baseline = f"avg_over_time(({sent})[{base}:{window}] offset {window})"
     gpu_pods = "on (namespace, pod) (count by (namespace, pod) (DCGM_FI_DEV_GPU_UTIL))"
     query = (
         f"(({sent}) / ({baseline} > 0))"
         f" and on (namespace, pod) (({sent}) >= {p['minBytesPerSecond']})"
         f" and {gpu_pods}"
     )
-    return Rendered(query, DCGM, ">=", float(p["factor"]), _plus(base, "5m", "5m"))
+    return Rendered(query, DCGM, ">=", float(p["factor"]), _plus(base, window, window))
 
 
 def _falco_rule_hits(p: Mapping[str, str]) -> Rendered:

@@ -48,6 +48,8 @@ class Ports:
     scheduler: int = 20259
     kwok: int = 20247
     prometheus: int = 29090
+    kube_state_metrics: int = 28080
+    kube_state_metrics_telemetry: int = 28081
 
     @classmethod
     def from_env(cls) -> Ports:
@@ -95,6 +97,15 @@ class LocalCluster:
         return prometheus.Targets(self.directory / "prometheus" / "targets")
 
     @property
+    def kubelets(self) -> prometheus.Kubelets:
+        """The real kubelets the local Prometheus scrapes cAdvisor from."""
+        return prometheus.Kubelets(
+            prometheus.Targets(self.directory / "prometheus" / "kubelets"),
+            self.keys.directory / f"{pki.PROMETHEUS.name}.crt",
+            self.keys.directory / f"{pki.PROMETHEUS.name}.key",
+        )
+
+    @property
     def bin_dir(self) -> Path:
         """kubectl and helm of the cluster's version, linked for PATH."""
         return self.directory / "bin"
@@ -120,6 +131,7 @@ class LocalCluster:
         "kube-scheduler",
         "kwok",
         "prometheus",
+        "kube-state-metrics",
     )
 
     # -- up -----------------------------------------------------------------------------
@@ -172,9 +184,13 @@ class LocalCluster:
         self._step("kwok", "running", self._start_kwok, tools, timeout=30)
         self._register_nodes()
         self._step("prometheus", "ready", self._start_prometheus, tools, timeout=60)
+        self._step("kube-state-metrics", "serving", self._start_kube_state_metrics, tools, 60)
         self._wait_for_cluster()
         if self.with_real_node:
+            self.kubectl("apply", "-f", "-", input=json.dumps(_prometheus_rbac()))
             self.real_node.up(tools, self.kubectl)
+            node_ip = self.real_node.settings().node_ip
+            self.kubelets.targets.add(pki.REAL_NODE, [f"{node_ip}:10250"])
 
     def _step(
         self,
@@ -207,6 +223,10 @@ class LocalCluster:
             "kube-scheduler": (self.ports.scheduler,),
             "kwok": (self.ports.kwok,),
             "prometheus": (self.ports.prometheus,),
+            "kube-state-metrics": (
+                self.ports.kube_state_metrics,
+                self.ports.kube_state_metrics_telemetry,
+            ),
         }
         for component, ports in owners.items():
             for port in ports:
@@ -326,11 +346,30 @@ class LocalCluster:
     def _start_prometheus(self, tools: Toolbox) -> Callable[[], bool]:
         base = self.directory / "prometheus"
         config = base / "prometheus.yml"
-        prometheus.write_config(config, self.targets)
+        prometheus.write_config(config, self.targets, self.kubelets)
         self.process("prometheus").start(
             prometheus.command(config, base / "data", self.ports.prometheus)
         )
         return lambda: _get(f"{self.prometheus_url}/-/ready").startswith("Prometheus")
+
+    def _start_kube_state_metrics(self, tools: Toolbox) -> Callable[[], bool]:
+        """kube_pod_owner, kube_pod_info and friends, from the real exporter, scraped by the
+        local Prometheus as a cluster's monitoring stack scrapes it."""
+        self.kubectl("apply", "-f", "-", input=json.dumps(_kube_state_metrics_rbac()))
+        port = self.ports.kube_state_metrics
+        self.process("kube-state-metrics").start(
+            [
+                str(tools["kube-state-metrics"]),
+                f"--kubeconfig={self._kubeconfig_of(pki.KUBE_STATE_METRICS)}",
+                "--host=127.0.0.1",
+                f"--port={port}",
+                "--telemetry-host=127.0.0.1",
+                f"--telemetry-port={self.ports.kube_state_metrics_telemetry}",
+                f"--resources={','.join(KUBE_STATE_METRICS_RESOURCES)}",
+            ]
+        )
+        self.targets.add("kube-state-metrics", [f"127.0.0.1:{port}"])
+        return lambda: _get(f"http://127.0.0.1:{port}/healthz").strip() == "OK"
 
     def _register_nodes(self) -> None:
         from kubernetes import client
@@ -485,3 +524,58 @@ def _get(url: str, verify: bool = True, context: ssl.SSLContext | None = None) -
     with urllib.request.urlopen(url, timeout=2, context=context) as response:
         body: bytes = response.read()
     return body.decode().strip()
+
+
+# What kube-state-metrics exports here: kube_pod_owner and kube_pod_info (backtests name a
+# pod's workload and node with them), and the nodes and Jobs they point at.
+KUBE_STATE_METRICS_RESOURCES = ("pods", "nodes", "jobs")
+
+
+def _kube_state_metrics_rbac() -> dict[str, Any]:
+    return _cluster_role(
+        "breaker:kube-state-metrics",
+        pki.KUBE_STATE_METRICS.user,
+        [
+            {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch"]},
+        ],
+    )
+
+
+def _prometheus_rbac() -> dict[str, Any]:
+    """What a kubelet asks the API server before it serves /metrics/cadvisor."""
+    rules = [{"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]}]
+    return _cluster_role("breaker:prometheus", pki.PROMETHEUS.user, rules)
+
+
+def _cluster_role(name: str, user: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
+    """A ClusterRole of ``rules`` and its binding to ``user``, as one List to apply."""
+    return {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": name},
+                "rules": rules,
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": name},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": name,
+                },
+                "subjects": [
+                    {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "User",
+                        "name": user,
+                    }
+                ],
+            },
+        ],
+    }

@@ -54,6 +54,11 @@ REAL_NODE = "real-node-0"
 KUBELET = Identity("kubelet", f"system:node:{REAL_NODE}", ("system:nodes",))
 KUBE_PROXY = Identity("kube-proxy", "system:kube-proxy")
 KUBE_ROUTER = Identity("kube-router", "breaker:kube-router")
+# kube-state-metrics: lists and watches pods, nodes and Jobs (its ClusterRole is applied at
+# the cluster's start), as a cluster's monitoring stack runs it.
+KUBE_STATE_METRICS = Identity("kube-state-metrics", "breaker:kube-state-metrics")
+# The local Prometheus, scraping the real kubelet's cAdvisor (nodes/metrics only).
+PROMETHEUS = Identity("prometheus", "breaker:prometheus")
 KUBELET_CLIENT = Identity(
     "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)
 )
@@ -66,6 +71,8 @@ IDENTITIES = (
     KUBE_PROXY,
     KUBE_ROUTER,
     KUBELET_CLIENT,
+    KUBE_STATE_METRICS,
+    PROMETHEUS,
 )
 
 SERVICE_IP = "10.96.0.1"  # the first address of the service range the API server is given

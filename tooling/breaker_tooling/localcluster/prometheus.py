@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -51,9 +53,10 @@ class Targets:
         (self.directory / f"{name}.json").unlink(missing_ok=True)
 
 
-def write_config(path: Path, targets: Targets) -> None:
-    """Scrape every file-SD target; keep the exporters' own labels (namespace, pod, ...)."""
-    config = {
+def write_config(path: Path, targets: Targets, kubelets: Kubelets | None = None) -> None:
+    """Scrape every file-SD target; keep the exporters' own labels (namespace, pod, ...);
+    and the kubelets' cAdvisor, as a cluster's monitoring stack does."""
+    config: dict[str, Any] = {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
         "scrape_configs": [
             {
@@ -67,7 +70,37 @@ def write_config(path: Path, targets: Targets) -> None:
             }
         ],
     }
+    if kubelets is not None:
+        config["scrape_configs"].append(kubelets.scrape_config())
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+@dataclass(frozen=True)
+class Kubelets:
+    """The real kubelets' /metrics/cadvisor: over TLS, with a client certificate the kubelet
+    authorises through the API server (nodes/metrics), listed by file-SD as nodes come up."""
+
+    targets: Targets
+    cert: Path
+    key: Path
+
+    def scrape_config(self) -> dict[str, Any]:
+        return {
+            "job_name": "kubelet-cadvisor",
+            "scheme": "https",
+            "metrics_path": "/metrics/cadvisor",
+            # cAdvisor's series carry the pod's namespace and pod: those must win.
+            "honor_labels": True,
+            # The kubelet's serving certificate is self-signed (no serving CA here).
+            "tls_config": {
+                "cert_file": str(self.cert),
+                "key_file": str(self.key),
+                "insecure_skip_verify": True,
+            },
+            "file_sd_configs": [
+                {"files": [str(self.targets.directory / "*.json")], "refresh_interval": "1s"}
+            ],
+        }
 
 
 def command(config: Path, data: Path, port: int) -> list[str]:

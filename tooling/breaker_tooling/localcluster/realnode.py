@@ -189,6 +189,10 @@ class RealNode:
                 f"--hostname-override={NAME}",
                 f"--node-ip={node.node_ip}",
                 f"--node-labels={nodeconfig.NODE_LABEL}=true",
+                # cAdvisor's own containerd client (a flag of cAdvisor's the kubelet still
+                # takes): without it cAdvisor looks at the default socket, finds no
+                # containers, and /metrics/cadvisor has no per-pod network series.
+                f"--containerd={node.containerd_socket}",
                 "--v=1",
             ),
             lambda: _node_ready(kubectl),

@@ -121,6 +121,11 @@ MODULES: tuple[GoModule, ...] = (
         binaries={"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
     ),
     GoModule(
+        name="kube-state-metrics",
+        version_of="k8s.io/kube-state-metrics/v2",
+        binaries={"kube-state-metrics": "k8s.io/kube-state-metrics/v2"},
+    ),
+    GoModule(
         name="helm",
         version_of="helm.sh/helm/v3",
         binaries={"helm": "helm.sh/helm/v3/cmd/helm"},
