@@ -23,10 +23,11 @@ class Param:
     help: str
 
 
-# The record types DNS tunnels carry data in: iodine NULL (then TXT, MX, CNAME), dnscat2
-# TXT, CNAME and MX, dns2tcp and dnstt TXT. Name resolution asks for A and AAAA, and
-# service discovery for SRV, which are left out.
-TUNNEL_QTYPES = "TXT|NULL|CNAME|MX|ANY|PRIVATE"
+# The record types DNS tunnels carry data in, as Hubble names them: iodine NULL (then
+# PRIVATE, TXT, MX, CNAME), dnscat2 TXT, CNAME and MX, dns2tcp and dnstt TXT. Hubble's
+# parser has no name for PRIVATE (65399) or ANY (255): it labels them "Unknown". Name
+# resolution asks for A and AAAA, and service discovery for SRV, which are left out.
+TUNNEL_QTYPES = "TXT|NULL|CNAME|MX|Unknown"
 
 FALCO_RULES = (
     "(?i).*(stratum|miner|ssh connection non standard port|suspicious network tool"
