@@ -61,6 +61,10 @@ def test_scenario_outcome(path: Path, tmp_path: Path) -> None:
         )
     if not expected:
         LATENCIES.append((scenario.name, "-", "no trip", "-", "-"))
+    # The README's table says what this run measured (`make corpus` rewrites it).
+    readme = (repo_root() / "README.md").read_text()
+    for row in corpus.rows(scenario, [trip.wire() for trip in report.trips]):
+        assert corpus.line(row) in readme, f"README is stale for {scenario.name}: make corpus"
 
 
 def test_the_readmes_table_has_a_row_per_scenario_with_its_expected_outcome() -> None:

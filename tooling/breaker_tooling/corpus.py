@@ -96,19 +96,23 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
 
 
+def line(row: Row) -> str:
+    """The row's line in the README's table."""
+    latency = _duration(row.latency) if row.attack else "-"
+    outcome = row.outcome.removeprefix("critical:")
+    return f"| `{row.scenario}` | {outcome} | {latency} | {_duration(row.budget)} |"
+
+
 def table(found: list[Row]) -> str:
     attacks = [r for r in found if r.attack]
     benign = [r for r in found if not r.attack]
     caught = sum(r.ok for r in attacks)
-    false_trips = sum(r.false_trips for r in found) + sum(not r.ok for r in benign)
+    # Once per scenario (its rows repeat the count): pods that tripped and should not have.
+    false_trips = sum({r.scenario: r.false_trips for r in found}.values())
     lines = [
         "| scenario | outcome | latency | budget |",
         "|---|---|---|---|",
-        *(
-            f"| `{r.scenario}` | {r.outcome.removeprefix('critical:')} | "
-            f"{_duration(r.latency) if r.attack else '-'} | {_duration(r.budget)} |"
-            for r in found
-        ),
+        *(line(r) for r in found),
         "",
         f"**{caught} of {len(attacks)} attacks caught within budget; {false_trips} false "
         f"trips in {len(benign)} benign scenarios** (`make corpus`, the default policy, "
@@ -132,9 +136,9 @@ def main() -> int:
     readme = root / "README.md"
     current = readme.read_text()
     head, _, rest = current.partition(BEGIN)
+    if END not in rest:
+        raise SystemExit(f"{readme}: no {BEGIN!r} ... {END!r} markers to write the table between")
     _, _, tail = rest.partition(END)
-    if not rest:
-        raise SystemExit(f"{readme}: no {BEGIN!r} marker to write the table after")
     readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
     print(text)
     print(f"\nwritten into {readme} ({len(found)} rows)", file=sys.stderr)
