@@ -26,7 +26,7 @@ except ModuleNotFoundError as missing:  # the operator's image installs no devel
     raise ClusterError(
         "local cluster",
         f"needs the developer tooling's dependencies ({missing.name} is not installed): "
-        "`pip install -e ./tooling` from a clone (`make deps` installs it)",
+        "`pip install -e . -e ./tooling` from a clone (`make deps` does)",
     ) from missing
 
 VALIDITY = dt.timedelta(days=365)
