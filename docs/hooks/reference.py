@@ -234,8 +234,9 @@ def pages() -> dict[str, str]:
         rows.append(f"| [{resource.kind}]({resource.kind.lower()}.md) | {summary} |")
     out["reference/cli.md"] = cli_page(
         "breaker",
-        "The `breaker` command: the operator (`run`, `node-agent`) and the project's tooling "
-        "(`demo`, `sim`, `backtest`, `queries`, `crds`, `cluster`). Generated from its "
+        "The `breaker` command: the operator (`run`, `node-agent`), policy checks offline "
+        "(`backtest`, `queries`), and in a clone the developer tooling (`demo`, `sim`, "
+        "`crds`, `cluster`: `tooling/breaker_tooling/commands.py`). Generated from its "
         "argparse parser (`operator/breaker/cli.py`); each block is what `--help` prints.",
         cli.build_parser(),
     )

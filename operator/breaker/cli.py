@@ -196,7 +196,7 @@ def _add_tooling(commands: Commands) -> None:
     try:
         from breaker_tooling.commands import add_commands
     except ModuleNotFoundError as error:
-        if (error.name or "").partition(".")[0] != "breaker_tooling":
+        if error.name not in ("breaker_tooling", "breaker_tooling.commands"):
             raise  # installed, and broken: say so
         for command in TOOLING:
             absent = commands.add_parser(command, help="(developer tooling: not installed here)")
@@ -210,7 +210,7 @@ def _tooling_absent(args: argparse.Namespace) -> int:
     print(
         f"breaker {args.command}: the developer tooling is not installed here (the operator's "
         "image leaves it out). From a clone of the repository: `make deps`, or "
-        "`pip install -e ./tooling` beside the operator's package.",
+        "`pip install -e . -e ./tooling`.",
         file=sys.stderr,
     )
     return 2
