@@ -365,7 +365,10 @@ NODE_AGENT_ACCOUNT = "breaker-node-agent"
 
 class NodeAgent:
     """`breaker node-agent` for the real node, in its network namespace, authenticated as
-    the chart's node-agent ServiceAccount (exactly its RBAC)."""
+    the chart's node-agent ServiceAccount (exactly its RBAC); the local Prometheus scrapes
+    its per-pod flow metrics."""
+
+    METRICS_PORT = 9102  # on the node's own address, as the chart's DaemonSet serves it
 
     def __init__(self, cluster: LocalCluster, kubeconfig: Path, log: Path) -> None:
         self.cluster, self.kubeconfig, self.log = cluster, kubeconfig, log
@@ -375,7 +378,7 @@ class NodeAgent:
         assert self.process is None or self.process.poll() is not None, "already running"
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                self.cluster.real_node.agent_command(),
+                self.cluster.real_node.agent_command(self.METRICS_PORT),
                 env={**self.cluster.env(), "KUBECONFIG": str(self.kubeconfig)},
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -390,6 +393,8 @@ class NodeAgent:
             return bool(found.spec and found.spec.renew_time)
 
         wait_for(renewed, "the node agent's Lease", timeout=60, ignore=(client.ApiException,))
+        target = self.cluster.real_node.metrics_target(self.METRICS_PORT)
+        self.cluster.targets.add("node-agent", [target])
 
     def stop(self) -> None:
         """SIGTERM, and its Lease goes (without it the operator says: may survive)."""

@@ -20,6 +20,8 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from breaker.nodeagent import accounting
+
 # The developer tooling's commands: present in a clone (`make deps` installs ./tooling),
 # absent from the operator's image, where each says how to get it.
 TOOLING = ("cluster", "demo", "sim", "crds")
@@ -52,6 +54,7 @@ def _node_agent(args: argparse.Namespace) -> int:
     import logging
     import signal
 
+    import prometheus_client
     from kubernetes import client, config
 
     from breaker.nodeagent.agent import NodeAgent, Settings
@@ -76,7 +79,12 @@ def _node_agent(args: argparse.Namespace) -> int:
         netns_dir=Path(args.netns_dir),
         interval=args.interval,
         iptables=args.iptables,
+        flow_interval=args.flow_interval,
+        cluster_cidrs=tuple(args.cluster_cidrs.split(",")),
+        account_bytes=args.flow_bytes,
     )
+    # per-pod series: twice as many with *_created
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     agent = NodeAgent(client.ApiClient(), settings)
     if args.metrics_port:
         agent.serve(args.metrics_address, args.metrics_port)
@@ -86,6 +94,20 @@ def _node_agent(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         agent.stop()
     return 0
+
+
+def _cidrs(text: str) -> str:
+    """--cluster-cidrs: checked when parsed, so a typo is named before the agent starts."""
+    import ipaddress
+
+    for part in _parts(text):
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not an address range such as 10.0.0.0/8"
+            ) from None
+    return ",".join(_parts(text))
 
 
 def _parts(text: str) -> list[str]:
@@ -324,6 +346,26 @@ def _add_agent(commands: Commands) -> None:
         "--iptables",
         default="iptables",
         help="the iptables command whose backend the node uses (iptables, iptables-legacy)",
+    )
+    agent.add_argument(
+        "--flow-interval",
+        type=float,
+        default=10.0,
+        help="seconds between listings of the node's conntrack table for the pods' byte "
+        "counts, unanswered flows and SYN counters (10; 0: no flow counting at all)",
+    )
+    agent.add_argument(
+        "--cluster-cidrs",
+        type=_cidrs,
+        default=",".join(accounting.CLUSTER_CIDRS),
+        help="addresses that are not the world: pods, Services, nodes "
+        "(default: the private, CGNAT, loopback and link-local ranges)",
+    )
+    agent.add_argument(
+        "--no-flow-bytes",
+        dest="flow_bytes",
+        action="store_false",
+        help="leave the node's nf_conntrack_acct as it is (no byte counts if it is off)",
     )
     agent.add_argument(
         "--metrics-port", type=int, default=0, help="serve /metrics and /healthz (0: off)"

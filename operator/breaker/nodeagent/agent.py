@@ -1,4 +1,5 @@
-"""The node agent: cuts the open connections of the quarantined pods of its own node.
+"""The node agent: cuts the open connections of the quarantined pods of its own node, and
+counts every pod's flows for the network presets (``accounting.py``) on any CNI.
 
 It watches only the pods of its node (a field selector on spec.nodeName) and reads only
 their quarantine label and the operator's ``breaker.dev/egress-kept`` annotation. While a
@@ -16,6 +17,7 @@ NetworkPolicy, no workload, no pod.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import json
@@ -34,9 +36,10 @@ from kubernetes import client, watch
 
 from breaker.actions.connections import LEASE_SECONDS, Kept, lease_name
 from breaker.constants import API_VERSION, KEPT_ANNOTATION, QUARANTINE_LABEL
-from breaker.nodeagent import flows
+from breaker.nodeagent import accounting, flows
 
 log = logging.getLogger("breaker.node-agent")
+PENDING_SECONDS = 30.0  # how long a new flow from an unknown address waits for its pod
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class Settings:
     netns_dir: Path = Path("/var/run/netns")
     interval: float = 0.25  # seconds between passes while a pod of the node is quarantined
     iptables: str = "iptables"
+    flow_interval: float = 10.0  # seconds between counts of the pods' flows (0: none)
+    cluster_cidrs: tuple[str, ...] = accounting.CLUSTER_CIDRS
+    account_bytes: bool = True  # turn the node's nf_conntrack_acct on for byte counts
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class Pod:
     ip: str | None
     breaker: str | None  # the quarantine label: the Breaker holding it
     kept: Kept
+    host_network: bool = False  # its address is the node's: its flows are not its own
 
     @classmethod
     def of(cls, obj: dict[str, Any]) -> Pod:
@@ -70,7 +77,12 @@ class Pod:
             (obj.get("status") or {}).get("podIP"),
             labels.get(QUARANTINE_LABEL),
             Kept.parse(annotations.get(KEPT_ANNOTATION)),
+            bool((obj.get("spec") or {}).get("hostNetwork")),
         )
+
+    @property
+    def source(self) -> accounting.Source:
+        return accounting.Source(self.namespace, self.name)
 
 
 @dataclass
@@ -100,6 +112,28 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=self.registry,
         )
+        self.flows = {
+            name: prometheus_client.Counter(
+                name.removesuffix("_total"),
+                text,
+                ["source_namespace", "source_pod", *labels],
+                registry=self.registry,
+            )
+            for name, (text, labels) in accounting.HELP.items()
+        }
+        self.counted: dict[accounting.Source, set[tuple[str, tuple[str, ...]]]] = {}
+
+    def add(self, tally: accounting.Tally) -> None:
+        for (name, labels), value in tally.items():
+            self.flows[name].labels(*labels).inc(value)
+            source = accounting.Source(labels[0], labels[1])
+            self.counted.setdefault(source, set()).add((name, labels))
+
+    def forget(self, source: accounting.Source) -> None:
+        """A pod gone from the node: its series go too (they would grow without end)."""
+        for name, labels in self.counted.pop(source, set()):
+            with contextlib.suppress(KeyError):
+                self.flows[name].remove(*labels)
 
 
 class NodeAgent:
@@ -114,14 +148,28 @@ class NodeAgent:
         self.synced = threading.Event()
         self.stopping = threading.Event()
         self.netns: dict[str, str] = {}  # pod IP -> its network namespace's path
+        self.by_ip: dict[str, accounting.Source] | None = None  # None: pods changed since
         self.metrics = Metrics()
         self.last_pass = 0.0
+        self.ledger = accounting.Ledger(accounting.Scopes(settings.cluster_cidrs))
+        self.recount = threading.Event()  # the node's pods changed: count (and place rules) now
+        self.ledger_lock = threading.Lock()  # the events' thread and the counts' share it
+        self.last_count = 0.0
+        self.events: subprocess.Popen[str] | None = None
+        # New flows from an address no pod of the node has (yet): (when, flow)
+        self.pending: collections.deque[tuple[float, flows.Flow]] = collections.deque(maxlen=2048)
 
     # -- the loop -------------------------------------------------------------------------
 
     def run(self) -> None:
         self._ensure_chain()
-        for work in (self._watch, self._hold_lease):
+        work_list = [self._watch, self._hold_lease]
+        if self.settings.flow_interval > 0:
+            self._ensure_chain(accounting.COUNT_CHAIN)
+            if self.settings.account_bytes:
+                self._account_bytes()
+            work_list += [self._count_flows, self._follow_new_flows]
+        for work in work_list:
             threading.Thread(target=work, name=work.__name__, daemon=True).start()
         if not self.synced.wait(timeout=60):
             log.warning("no list of the node's pods after 60s; carrying on and retrying")
@@ -141,6 +189,9 @@ class NodeAgent:
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
+        self.recount.set()
+        if self.events is not None:
+            self.events.terminate()
 
     def _snapshot(self) -> dict[tuple[str, str], Pod]:
         with self.lock:
@@ -212,14 +263,14 @@ class NodeAgent:
             raise RuntimeError(f"iptables {' '.join(args)}: {result.stderr.strip()}")
         return result
 
-    def _ensure_chain(self) -> None:
+    def _ensure_chain(self, chain: str = flows.CHAIN) -> None:
         """Our chain in the raw table, first in PREROUTING: a pod's packets enter the node
         there, before conntrack."""
-        if self._iptables("-t", "raw", "-S", flows.CHAIN, check=False).returncode != 0:
-            self._iptables("-t", "raw", "-N", flows.CHAIN)
-        jump = ("-t", "raw", "-C", "PREROUTING", "-j", flows.CHAIN)
+        if self._iptables("-t", "raw", "-S", chain, check=False).returncode != 0:
+            self._iptables("-t", "raw", "-N", chain)
+        jump = ("-t", "raw", "-C", "PREROUTING", "-j", chain)
         if self._iptables(*jump, check=False).returncode != 0:
-            self._iptables("-t", "raw", "-I", "PREROUTING", "1", "-j", flows.CHAIN)
+            self._iptables("-t", "raw", "-I", "PREROUTING", "1", "-j", chain)
 
     def _netns_of(self, ip: str) -> str | None:
         """The network namespace holding ``ip`` (the CNI's, under netns_dir)."""
@@ -240,6 +291,124 @@ class NodeAgent:
                         self.netns[address["local"]] = str(path)
         return self.netns.get(ip)
 
+    # -- counting the pods' flows -----------------------------------------------------------
+
+    def _account_bytes(self) -> None:
+        """Byte counts need conntrack accounting, off by default; it applies to new flows."""
+        path = Path("/proc/sys/net/netfilter/nf_conntrack_acct")
+        try:
+            if path.read_text().strip() != "1":
+                path.write_text("1")
+                log.info("turned nf_conntrack_acct on: flows opened from now on count bytes")
+        except OSError as error:
+            log.warning("no byte counts: cannot turn nf_conntrack_acct on: %s", error)
+
+    def _count_flows(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.count_flows()
+            except (RuntimeError, OSError) as error:
+                wait = self.settings.flow_interval
+                log.warning("counting flows: %s; again in %.0fs", error, wait)
+                with contextlib.suppress(RuntimeError):
+                    self._ensure_chain(accounting.COUNT_CHAIN)
+            except Exception:  # the counting thread must never die: a bug is logged
+                log.exception("counting flows failed unexpectedly")
+            self.recount.wait(self.settings.flow_interval)
+            self.recount.clear()
+            # Pods come in bursts (a job's start): a listing a second at most.
+            self.stopping.wait(max(0.0, 1.0 - (time.monotonic() - self.last_count)))
+
+    def count_flows(self) -> None:
+        """One count: the pods' SYN counting rules brought in line, read; then conntrack."""
+        pods = [p for p in self._snapshot().values() if p.ip and not p.host_network]
+        chain = accounting.COUNT_CHAIN
+        listing = self._iptables("-t", "raw", "-S", chain, "-v").stdout
+        placed = accounting.read_counts(listing)
+        wanted = {p.source.comment: (p, accounting.count_rule(p.source, p.ip or "")) for p in pods}
+        for comment, (spec, _) in placed.items():
+            if comment not in wanted or wanted[comment][1] != spec:
+                self._iptables("-t", "raw", "-D", chain, *spec, check=False)
+        fresh = []
+        for comment, (pod, spec) in wanted.items():
+            if comment not in placed or placed[comment][0] != spec:
+                self._iptables("-t", "raw", "-A", chain, *spec)
+                fresh.append(pod.source)
+        counts = {
+            wanted[c][0].source: packets
+            for c, (spec, packets) in placed.items()
+            if c in wanted and wanted[c][1] == spec
+        }
+        listed = subprocess.run(["conntrack", "-L"], capture_output=True, text=True, check=False)
+        by_ip = {p.ip: p.source for p in pods if p.ip}
+        # The listing's bytes and SYN counts are this thread's alone; what each pod has
+        # reached is shared with the events' thread, which must not wait on a long listing.
+        self.metrics.add(self.ledger.account(flows.iter_entries(listed.stdout), by_ip))
+        with self.ledger_lock:
+            for source in fresh:
+                self.metrics.add(self.ledger.placed(source))
+            self.metrics.add(self.ledger.attempts(counts))
+            for source in self.ledger.forget(p.source for p in pods):
+                self.metrics.forget(source)
+        self.last_count = time.monotonic()
+
+    def _follow_new_flows(self) -> None:
+        """conntrack's NEW events, one line each, for as long as the agent runs."""
+        while not self.stopping.is_set():
+            try:
+                self.events = subprocess.Popen(
+                    ["conntrack", "-E", "-e", "NEW"],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                assert self.events.stdout is not None
+                for line in self.events.stdout:
+                    self.opened(line)
+                why = self.events.stderr.read().strip() if self.events.stderr else ""
+                if not self.stopping.is_set():
+                    # e.g. the netlink buffer overran under a flood of new connections
+                    log.warning("conntrack's events ended (%s); again in 1s", why or "no reason")
+            except OSError as error:
+                log.warning("following conntrack's events: %s; again in 1s", error)
+            except Exception:  # the events' thread must never die: a bug is logged
+                log.exception("following conntrack's events failed unexpectedly")
+            self.stopping.wait(1)
+
+    def opened(self, line: str) -> None:
+        """One NEW event: counted for the pod whose address opened it. A pod's first
+        connections can come before the watch tells its address: those wait a while, and
+        are counted when it does."""
+        sources, changed = self._sources()
+        now = time.monotonic()
+        with self.ledger_lock:
+            for entry in flows.parse_entries(line):
+                source = sources.get(entry.flow.src)
+                if source is not None:
+                    self.metrics.add(self.ledger.opened(entry.flow, source))
+                else:
+                    self.pending.append((now, entry.flow))
+            if changed and self.pending:
+                waiting = list(self.pending)
+                self.pending.clear()
+                for at, flow in waiting:
+                    source = sources.get(flow.src)
+                    if source is not None:
+                        self.metrics.add(self.ledger.opened(flow, source))
+                    elif now - at < PENDING_SECONDS:
+                        self.pending.append((at, flow))
+
+    def _sources(self) -> tuple[dict[str, accounting.Source], bool]:
+        """The node's own pods by address (host-network pods have the node's), and whether
+        they changed since the last call."""
+        with self.lock:
+            changed = self.by_ip is None
+            if self.by_ip is None:
+                self.by_ip = {
+                    p.ip: p.source for p in self.pods.values() if p.ip and not p.host_network
+                }
+            return self.by_ip, changed
+
     # -- the API: the node's pods, the Lease, Events ---------------------------------------
 
     def _watch(self) -> None:
@@ -253,7 +422,9 @@ class NodeAgent:
                 found = [Pod.of(item) for item in listed.get("items") or []]
                 with self.lock:
                     self.pods = {(p.namespace, p.name): p for p in found}
+                    self.by_ip = None
                 self.synced.set()
+                self.recount.set()
                 self.wake.set()
                 stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
                     self.core.list_pod_for_all_namespaces,
@@ -271,7 +442,9 @@ class NodeAgent:
                             self.pods.pop(key, None)
                         else:
                             self.pods[key] = pod
+                        self.by_ip = None
                     self.wake.set()
+                    self.recount.set()
                     if self.stopping.is_set():
                         return
             except (

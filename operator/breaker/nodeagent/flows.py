@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 from breaker.actions.connections import Kept
 
@@ -34,9 +34,9 @@ _SPENT = {"TIME_WAIT", "CLOSE"}
 _FIELD = re.compile(r"(\w+)=(\S+)")
 
 
-@dataclass(frozen=True)
-class Flow:
-    """One connection as conntrack saw it first (the original direction)."""
+class Flow(NamedTuple):
+    """One connection as conntrack saw it first (the original direction). A tuple: a busy
+    node lists a hundred thousand of them every few seconds."""
 
     protocol: str  # tcp or udp
     src: str
@@ -49,32 +49,52 @@ class Flow:
         return f"{self.protocol} {self.dst}:{self.dport}"
 
 
+class Entry(NamedTuple):
+    """One conntrack entry: its flow, whether an answer came, and its byte counts."""
+
+    flow: Flow
+    assured: bool = False  # traffic seen both ways, and for TCP the handshake done
+    unreplied: bool = False  # nothing seen from the far end yet
+    sent: int = 0  # bytes in the original direction (0 without nf_conntrack_acct)
+    received: int = 0
+
+
+# One entry, either way of listing it: an event's type, the protocol, its number and
+# timeout, TCP's state, then the original direction (with byte counts when conntrack
+# accounting is on), then the reply direction and the flags.
+_ENTRY = re.compile(
+    r"^[ \t]*(?:\[[A-Z]+\][ \t]+)?(tcp|udp)[ \t]+\d+[ \t]+\d+[ \t]+(?:([A-Z_]+)[ \t]+)?"
+    r"src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)(?: packets=\d+ bytes=(\d+))?"
+    r"( \[UNREPLIED\])? src=\S+ dst=\S+ sport=\d+ dport=\d+(?: packets=\d+ bytes=(\d+))?"
+    r"([^\n]*)$",
+    re.MULTILINE,
+)
+
+
+def iter_entries(text: str) -> Iterator[Entry]:
+    """``conntrack -L`` (or ``-E``) lines: ``[NEW] tcp 6 431999 ESTABLISHED src=… dst=…
+    sport=… dport=… [packets=… bytes=…] [UNREPLIED] src=… … [ASSURED]``. The first
+    src/dst/sport/dport are the original direction, the first bytes= too; other protocols
+    are skipped. One regular expression over the whole listing, one entry at a time: a
+    busy node lists a hundred thousand."""
+    for match in _ENTRY.finditer(text):
+        protocol, state, src, dst, sport, dport, sent, unreplied, received, rest = match.groups()
+        yield Entry(
+            Flow(protocol, src, int(sport), dst, int(dport), state if protocol == "tcp" else None),
+            "[ASSURED]" in rest,
+            bool(unreplied) or "[UNREPLIED]" in rest,
+            int(sent or 0),
+            int(received or 0),
+        )
+
+
+def parse_entries(text: str) -> list[Entry]:
+    return list(iter_entries(text))
+
+
 def parse_conntrack(text: str) -> list[Flow]:
-    """``conntrack -L`` lines: ``tcp 6 431999 ESTABLISHED src=… dst=… sport=… dport=… src=…``.
-    The first src/dst/sport/dport are the original direction; other protocols are skipped."""
-    flows = []
-    for line in text.splitlines():
-        words = line.split()
-        if len(words) < 4 or words[0] not in ("tcp", "udp"):
-            continue
-        state = words[3] if words[0] == "tcp" and "=" not in words[3] else None
-        fields: dict[str, str] = {}
-        for key, value in _FIELD.findall(line):
-            fields.setdefault(key, value)  # the first of each: the original direction
-        try:
-            flows.append(
-                Flow(
-                    words[0],
-                    fields["src"],
-                    int(fields["sport"]),
-                    fields["dst"],
-                    int(fields["dport"]),
-                    state,
-                )
-            )
-        except (KeyError, ValueError):
-            continue
-    return flows
+    """The flows of ``conntrack -L`` lines, in their original direction."""
+    return [entry.flow for entry in parse_entries(text)]
 
 
 def to_cut(

@@ -492,7 +492,9 @@ class RealNode:
 
     def agent_command(self, metrics_port: int = 0) -> list[str]:
         """`breaker node-agent` for this node, inside its network namespace (as the chart's
-        DaemonSet runs on the host network); the caller sets KUBECONFIG."""
+        DaemonSet runs on the host network); the caller sets KUBECONFIG. With a metrics
+        port, it serves on the node's address, which the machine's Prometheus reaches
+        (``metrics_target``)."""
         return netns.inside(
             self.node_ns,
             sys.executable,
@@ -503,7 +505,12 @@ class RealNode:
             f"--cluster-dns={nodeconfig.CLUSTER_DNS}",
             f"--netns-dir={netns.NETNS_DIR}",
             f"--metrics-port={metrics_port}",
+            f"--metrics-address={self.settings().node_ip}",
         )
+
+    def metrics_target(self, metrics_port: int) -> str:
+        """Where the machine's Prometheus scrapes the node agent's /metrics."""
+        return f"{self.settings().node_ip}:{metrics_port}"
 
     def cut_rules(self) -> list[str]:
         """The drops a node agent has in place on this node (its raw-table chain)."""
