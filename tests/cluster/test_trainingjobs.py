@@ -318,7 +318,7 @@ def test_problems_show_on_the_object_and_the_rest_keeps_running(
     assert (condition["status"], condition["reason"]) == ("False", "InvalidPolicy")
     assert condition["message"] == (
         "spec.signals[0] (ssh).params.port: preset outbound-ssh has no such parameter; "
-        "it takes persistence, ports, window"
+        "it takes persistence, ports, source, window"
     )
     warnings = core.list_namespaced_event(
         jobs.namespace, field_selector="involvedObject.name=typo"

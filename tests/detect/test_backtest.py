@@ -14,6 +14,7 @@ import pytest
 
 from breaker.detect import presets
 from breaker.detect.backtest import temporary_prometheus
+from breaker.detect.catalog import PRESETS
 from breaker.detect.policy_file import default_text
 from breaker.detect.prom import Prom
 from breaker_tooling.localcluster.paths import repo_root
@@ -135,8 +136,10 @@ def test_every_preset_is_valid_promql_on_a_real_prometheus(rome_series: Path) ->
     with temporary_prometheus(rome_series, say=lambda _m: None) as url:
         prom = Prom(url)
         for name in presets.RENDERERS:
-            rendered = presets.render(name)
-            prom.instant(rendered.query, at=1772328000)  # raises with Prometheus's message
+            source = PRESETS[name].get("source")
+            for params in [{"source": s} for s in source.choices] if source else [{}]:
+                rendered = presets.render(name, params)
+                prom.instant(rendered.query, at=1772328000)  # raises with Prometheus's message
 
 
 def test_the_shipped_default_policy_is_the_example() -> None:

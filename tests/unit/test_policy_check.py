@@ -28,8 +28,15 @@ def test_an_unknown_parameter_is_named_with_the_ones_that_exist() -> None:
     (problem,) = problems(spec({"name": "m", "preset": "outbound-ssh", "params": {"port": "22"}}))
     assert problem == (
         "spec.signals[0] (m).params.port: preset outbound-ssh has no such parameter; "
-        "it takes persistence, ports, window"
+        "it takes persistence, ports, source, window"
     )
+
+
+def test_a_source_that_is_neither_is_named_with_both() -> None:
+    (problem,) = problems(
+        spec({"name": "m", "preset": "scan-fanout", "params": {"source": "calico"}})
+    )
+    assert problem == "spec.signals[0] (m).params.source: 'calico' is not one of hubble, node-agent"
 
 
 def test_a_parameter_of_the_wrong_kind_is_named() -> None:

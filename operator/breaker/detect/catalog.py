@@ -13,7 +13,7 @@ from typing import Literal
 
 from breaker.api.common import parse_duration
 
-Kind = Literal["number", "duration", "ports", "regex", "metric"]
+Kind = Literal["number", "duration", "ports", "regex", "metric", "choice"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,13 @@ class Param:
     kind: Kind
     default: str
     help: str
+    choices: tuple[str, ...] = ()  # a "choice"'s values
+
+
+# Where the network presets read flows: Cilium's Hubble metrics, or breaker's node agent's
+# (counted from each node's conntrack and raw table, on any CNI).
+SOURCES = ("hubble", "node-agent")
+SOURCE = Param("choice", "hubble", "whose flow metrics: hubble or node-agent", SOURCES)
 
 
 # The record types DNS tunnels carry data in, as Hubble names them: iodine NULL (then
@@ -65,20 +72,24 @@ PRESETS: dict[str, dict[str, Param]] = {
     "mining-pool-egress": {
         "ports": Param("ports", "3333,4444,5555,7777,9999,14433,14444,45700", "pool ports"),
         "window": Param("duration", "2m", "flows to the world on those ports within"),
+        "source": SOURCE,
     },
     "outbound-ssh": {
         "ports": Param("ports", "22", "SSH ports"),
         "window": Param("duration", "10m", "the window persistence is measured over"),
         "persistence": Param("number", "0.8", "share of its minutes with SSH flows (0-1)"),
+        "source": SOURCE,
     },
     "scan-fanout": {
         "distinctPortsMin": Param("number", "20", "distinct destination ports at or above"),
         "synRateMin": Param("number", "0.05", "and SYNs sent per second at or above"),
         "window": Param("duration", "5m", "within this window"),
+        "source": SOURCE,
     },
     "policy-drops": {
         "perMinuteMin": Param("number", "30", "egress drops by NetworkPolicy per minute"),
         "window": Param("duration", "5m", "the rate's window"),
+        "source": SOURCE,
     },
     "dns-tunnel": {
         "qtypes": Param("regex", TUNNEL_QTYPES, "query types tunnels use (Hubble's qtypes)"),
@@ -111,8 +122,11 @@ _METRIC = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _PORTS = re.compile(r"^\d{1,5}(,\d{1,5})*$")
 
 
-def check_value(kind: Kind, value: str) -> str | None:
-    """Why ``value`` is not a valid ``kind``, or None."""
+def check_value(param: Param, value: str) -> str | None:
+    """Why ``value`` is not a valid value of ``param``, or None."""
+    kind = param.kind
+    if kind == "choice" and value not in param.choices:
+        return f"{value!r} is not one of {', '.join(param.choices)}"
     if kind == "number":
         try:
             float(value)

@@ -20,7 +20,7 @@ def problems(spec: PolicySpecBase) -> list[str]:
                         f"{where}.params.{name}: preset {signal.preset} has no such parameter; "
                         f"it takes {', '.join(sorted(known))}"
                     )
-                elif (why := check_value(param.kind, value)) is not None:
+                elif (why := check_value(param, value)) is not None:
                     found.append(f"{where}.params.{name}: {why}")
         if signal.query is not None and (why := unbalanced(signal.query)) is not None:
             found.append(f"{where}.query: {why}")

@@ -11,6 +11,10 @@ signals, never with the number of jobs. The exporters, and how their labels name
 - Cilium Hubble, with ``labelsContext=source_namespace,source_pod``: ``flows-to-world``
   (with its ``port`` option), ``tcp``, ``port-distribution``, ``drop`` and ``dns`` metrics
   (``dns`` needs Cilium's DNS proxy to see the pods' lookups: an L7 DNS rule).
+- breaker's node agent, where there is no Cilium (the network presets' ``source:
+  node-agent``): ``breaker_flows_total{scope,port}``, ``breaker_flow_new_ports_total``,
+  ``breaker_tcp_attempts_total`` and friends, labelled ``source_namespace``/``source_pod``
+  as Hubble's are (``nodeagent/accounting.py`` says how each is counted).
 - falcosidekick: ``falcosecurity_falcosidekick_falco_events_total{rule,priority,
   k8s_ns_name,k8s_pod_name}``.
 - The job's own progress counter, ``training_steps_total{namespace,pod}`` by default.
@@ -137,10 +141,17 @@ def _unallocated_gpu_activity(p: Mapping[str, str]) -> Rendered:
     return Rendered(query, ("Hostname", "UUID"), ">", 0.0, "0s", scope="node")
 
 
+def _to_world(p: Mapping[str, str]) -> str:
+    """New flows to the world on the ``ports``, from the chosen ``source``."""
+    ports = _ports(p["ports"])
+    if p["source"] == "node-agent":
+        return f'breaker_flows_total{{scope="world",port=~"{ports}"}}'
+    return f'hubble_flows_to_world_total{{port=~"{ports}"}}'
+
+
 def _mining_pool_egress(p: Mapping[str, str]) -> Rendered:
     window = p["window"]
-    flows = f'hubble_flows_to_world_total{{port=~"{_ports(p["ports"])}"}}'
-    query = f"sum by (source_namespace, source_pod) ({_counted(flows, window)})"
+    query = f"sum by (source_namespace, source_pod) ({_counted(_to_world(p), window)})"
     return Rendered(query, HUBBLE, ">", 0.0, window)
 
 
@@ -148,34 +159,50 @@ def _outbound_ssh(p: Mapping[str, str]) -> Rendered:
     # Persistence, not a single flow: the share of the last `window` minutes that saw SSH
     # flows to the world. A git clone over SSH lasts a minute; a reverse tunnel never ends.
     window = p["window"]
-    selector = f'hubble_flows_to_world_total{{port=~"{_ports(p["ports"])}"}}'
-    flows = f"sum by (source_namespace, source_pod) ({_counted(selector, '1m')})"
+    flows = f"sum by (source_namespace, source_pod) ({_counted(_to_world(p), '1m')})"
     query = _share_of_minutes(f"{flows} > 0", window)
     return Rendered(query, HUBBLE, ">=", float(p["persistence"]), _plus(window, "1m"))
 
 
 def _scan_fanout(p: Mapping[str, str]) -> Rendered:
     # Fan-out: destination ports the pod had never reached until the last `window`
-    # (port-distribution series it did not have then), while it keeps sending SYNs.
+    # (Hubble: port-distribution series it did not have then; the node agent counts them
+    # itself), while it keeps sending SYNs.
     window = p["window"]
-    ports = "hubble_port_distribution_total"
-    fresh = f"count by (source_namespace, source_pod) ({ports} unless {ports} offset {window})"
-    syns = (
-        "sum by (source_namespace, source_pod) "
-        f'(rate(hubble_tcp_flags_total{{flag="SYN"}}[{window}]))'
-    )
+    if p["source"] == "node-agent":
+        new = _counted("breaker_flow_new_ports_total", window)
+        fresh = f"sum by (source_namespace, source_pod) ({new})"
+        syns = f"sum by (source_namespace, source_pod) (rate({_ATTEMPTS}[{window}]))"
+    else:
+        ports = "hubble_port_distribution_total"
+        fresh = f"count by (source_namespace, source_pod) ({ports} unless {ports} offset {window})"
+        syns = (
+            "sum by (source_namespace, source_pod) "
+            f'(rate(hubble_tcp_flags_total{{flag="SYN"}}[{window}]))'
+        )
     query = f"({fresh}) and on (source_namespace, source_pod) ({syns} >= {p['synRateMin']})"
     return Rendered(query, HUBBLE, ">=", float(p["distinctPortsMin"]), window)
 
 
+_ATTEMPTS = "breaker_tcp_attempts_total"
+_TCP_FLOWS = 'breaker_flows_total{protocol="tcp"}'
+
+
 def _policy_drops(p: Mapping[str, str]) -> Rendered:
     # A scan of what the pod may not reach: breaker's own baseline policy drops it, and
-    # Hubble reports it only as drops.
+    # Hubble reports it only as drops. The node agent sees it as SYNs sent (counted ahead
+    # of the policy) that never became a connection (conntrack confirms only those let out).
     window = p["window"]
-    query = (
-        "sum by (source_namespace, source_pod) "
-        f'(rate(hubble_drop_total{{reason="POLICY_DENIED"}}[{window}])) * 60'
-    )
+    by_pod = "sum by (source_namespace, source_pod)"
+    if p["source"] == "node-agent":
+        # Counted, not rate(): a flow series is born at its first connection (one per
+        # port), and rate() would miss that first one.
+        tried = f"{by_pod} ({_counted(_ATTEMPTS, window)})"
+        opened = f"{by_pod} ({_counted(_TCP_FLOWS, window)})"
+        minutes = parse_duration(window).total_seconds() / 60
+        query = f"clamp_min({tried} - ({opened} or {tried} * 0), 0) / {minutes:g}"
+    else:
+        query = f'{by_pod} (rate(hubble_drop_total{{reason="POLICY_DENIED"}}[{window}])) * 60'
     return Rendered(query, HUBBLE, ">=", float(p["perMinuteMin"]), window)
 
 

@@ -48,6 +48,7 @@ def play(
     dns_at: float | None = 2.0,
     scan: str | None = None,
     scan_at: float = 0.0,
+    scan_ports: str | None = None,
     epoch: float | None = None,
     tick: float = 1.0,
 ) -> list[str]:
@@ -66,6 +67,8 @@ def play(
         args += [f"--dns={outside.address(outside.DNS)}", f"--dns-at={dns_at}s"]
     if scan is not None:
         args += [f"--scan={scan}", f"--scan-at={scan_at}s"]
+        if scan_ports is not None:
+            args.append(f"--scan-ports={scan_ports}")
     if epoch is not None:
         args.append(f"--epoch={epoch:.3f}")
     return args
