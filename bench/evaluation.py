@@ -32,8 +32,9 @@ import tempfile
 import time
 import tracemalloc
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from breaker.api.policy import BreakerPolicySpec
 from breaker.detect import engine, live
@@ -144,6 +145,17 @@ def breaker_side(prom: Prom, found: engine.Detector, at: float) -> dict[str, Any
     }
 
 
+def decided(
+    signal: engine.SignalSpec, samples: Mapping[engine.PodKey, engine.Sample]
+) -> dict[engine.PodKey, engine.Sample]:
+    """What a signal's threshold is compared with: per pod, or (a signal across a workload's
+    pods) the workload's combined sample; here every workload has one pod."""
+    if signal.across is None:
+        return dict(samples)
+    combined = engine.combine(signal.across, samples, lambda key: key)
+    return {cast(engine.PodKey, key): sample for key, (_, sample) in combined.items()}
+
+
 def baseline_side(
     prom: Prom, found: engine.Detector, at: float, pods: int, sample: int
 ) -> dict[str, Any]:
@@ -162,7 +174,7 @@ def baseline_side(
                 except QueryError:
                     errors += 1
                     continue
-                values = engine.normalize(result, signal.labels)
+                values = decided(signal, engine.read(signal, result))
                 holding |= {(k, signal.name) for k, v in values.items() if signal.holds(v.value)}
     scale = pods / len(measured)
     # The same answers as breaker's one query per signal, for the workloads measured.
@@ -171,7 +183,7 @@ def baseline_side(
     theirs = {
         (key, signal.name)
         for signal in signals
-        for key, sample in (readings[signal.name] or {}).items()
+        for key, sample in decided(signal, readings[signal.name] or {}).items()
         if key in sampled and signal.holds(sample.value)
     }
     return {

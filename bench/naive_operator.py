@@ -96,7 +96,11 @@ async def check(
         except QueryError:
             continue
         now, key = time.time(), (namespace, name, signal.name)
-        if not any(signal.holds(s.value) for s in engine.normalize(result, signal.labels).values()):
+        samples = engine.read(signal, result)
+        if signal.across is not None:  # the workload's pods together: this workload's
+            combined = engine.combine(signal.across, samples, lambda _pod: name)
+            samples = {pod: sample for pod, sample in combined.values()}
+        if not any(signal.holds(s.value) for s in samples.values()):
             since.pop(key, None)
             continue
         if now - since.setdefault(key, now) >= signal.for_seconds:  # the signal's `for`

@@ -1,7 +1,8 @@
 """The network presets without Cilium: the node agent counts the real node's pods' flows
 from the kernel (conntrack and its SYN counting rules), the local Prometheus scrapes it,
 and the presets with ``source: node-agent`` read those series, one query per signal, as
-the operator's evaluation does.
+the operator's evaluation does (a signal across a workload's pods combined by Job, as
+the operator's engine does).
 
 The pods run ``/agent play``: a reverse tunnel to 198.51.100.4:22, a pool session with
 203.0.113.7:3333, TXT lookups at 203.0.113.53, and a scan of 30 closed ports on the pool
@@ -33,6 +34,11 @@ SIGNALS = [
         "params": {**AGENT, "window": "2m", "distinctPortsMin": "20", "synRateMin": "0.05"},
     },
     {"name": "refused", "preset": "policy-drops", "params": {**AGENT, "window": "1m"}},
+    {
+        "name": "spread",
+        "preset": "scan-fanout",
+        "params": {**AGENT, "across": "workload", "window": "2m", "portMax": "32767"},
+    },
 ]
 
 
@@ -75,6 +81,9 @@ def test_the_network_presets_read_the_node_agents_counts_of_real_flows(
     miner, refused = pod_of(c, "miner"), pod_of(c, "refused")
     detector = engine.compile_policy(BreakerPolicySpec.model_validate({"signals": SIGNALS}))
 
+    def job_of(key: engine.PodKey) -> str | None:
+        return key[1].rsplit("-", 1)[0] if key[0] == c.ns else None  # the Job's pods: NAME-xxxxx
+
     def readings() -> dict[str, dict[str, float]] | None:
         found, errors, queries = live.read(prom, detector)
         assert not errors, errors
@@ -83,11 +92,16 @@ def test_the_network_presets_read_the_node_agents_counts_of_real_flows(
             name: {pod: sample.value for (ns, pod), sample in (by_pod or {}).items() if ns == c.ns}
             for name, by_pod in found.items()
         }
+        # Across the workload's pods: the engine combines them by Job, as the operator does.
+        across = detector.signal("spread").across
+        assert across is not None
+        combined = engine.combine(across, found["spread"] or {}, job_of)
+        values["spread"] = {pod: sample.value for (_, pod), sample in combined.values()}
         holds = {
             name: {pod for pod, v in values[name].items() if detector.signal(name).holds(v)}
             for name in values
         }
-        wanted = {"pool": {miner}, "scan": {miner}, "refused": {refused}}
+        wanted = {"pool": {miner}, "scan": {miner}, "refused": {refused}, "spread": {miner}}
         return values if all(wanted[n] <= holds[n] for n in wanted) else None
 
     values = wait_for(readings, "each preset holding for its pod, on the agent's series", 120)

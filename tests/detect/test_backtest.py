@@ -55,9 +55,10 @@ def test_json_report(rome_series: Path) -> None:
         "pod": "rome-0",
         "workload": "TrainingJob/rome",
         "rule": "critical:scan",
-        "signals": ["scan"],
+        # One pod's scan is its workload's too: the same ports, counted across its pods.
+        "signals": ["scan", "scan-spread"],
         "at": "2026-03-01T00:48:15Z",
-        "values": {"scan": trip["values"]["scan"]},
+        "values": {"scan": trip["values"]["scan"], "scan-spread": trip["values"]["scan"]},
     }
     assert "evaluating from 2026-03-01T00:42:00Z" in result.stderr
 

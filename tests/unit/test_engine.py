@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from breaker.api.policy import BreakerPolicySpec
@@ -161,3 +162,67 @@ def test_a_node_signal_counts_for_every_workload_on_that_node() -> None:
     decisions = engine.decide_with_nodes(detector, firing, lambda pod: None, on_node)
     assert set(decisions) == {"team-a/rl", "team-b/eval"}
     assert decisions["team-a/rl"].signals[0].signal == "stray-gpu"
+
+
+# -- a workload is the unit: signals across its pods ------------------------------------
+
+ACROSS = engine.Across("port", gate=20.0)
+SPREAD = SignalSpec(
+    "spread",
+    "q",
+    ("source_namespace", "source_pod"),
+    ">=",
+    100,
+    0,
+    "critical",
+    0,
+    across=ACROSS,
+)
+
+
+def fresh_ports(pod: str, ports: range, syn_rate: float) -> list[tuple[dict[str, str], float]]:
+    """What the across query returns: a series per pod and fresh port, at the pod's SYN rate."""
+    labels = {"source_namespace": "agents", "source_pod": pod}
+    return [({**labels, "port": str(port)}, syn_rate) for port in ports]
+
+
+def job_of(pod: engine.PodKey) -> str | None:
+    return "job/rl" if pod[1].startswith("rl-") else None
+
+
+def test_a_scan_spread_over_eight_pods_is_one_scan() -> None:
+    # Each pod probes 25 ports at 3 SYNs a second: under any one pod's thresholds.
+    rows = [r for i in range(8) for r in fresh_ports(f"rl-{i}", range(i * 25, i * 25 + 25), 3.0)]
+    samples = engine.read(SPREAD, vector(*rows))
+    assert samples[("agents", "rl-0")].members == frozenset(str(p) for p in range(25))
+    fired = engine.step(Detector((SPREAD,), ()), engine.State(), {"spread": samples}, 0, job_of)
+    ((pod, (hit,)),) = fired.items()
+    assert hit.value == 200
+    assert hit.labels["pods"] == ",".join(f"rl-{i}" for i in range(8))
+    assert job_of(pod) == "job/rl"  # named by one of its pods
+
+
+def test_pods_reaching_the_same_ports_count_them_once() -> None:
+    # Sixty-four workers opening their peers' ports at start-up: the same eight ports.
+    rows = [r for i in range(64) for r in fresh_ports(f"rl-{i}", range(29500, 29508), 5.0)]
+    combined = engine.combine(ACROSS, engine.read(SPREAD, vector(*rows)), job_of)
+    assert combined["job/rl"][1].value == 8
+
+
+def test_the_gate_is_the_pods_summed_rate() -> None:
+    rows = [r for i in range(8) for r in fresh_ports(f"rl-{i}", range(i * 25, i * 25 + 25), 2.0)]
+    samples = engine.read(SPREAD, vector(*rows))
+    assert engine.combine(ACROSS, samples, job_of)["job/rl"][1].value == 0  # 16 < 20
+    unguarded = engine.read(SPREAD, vector(*fresh_ports("other-0", range(500), 50.0)))
+    assert engine.combine(ACROSS, unguarded, job_of) == {}
+
+
+def test_a_workloads_clock_runs_on_while_its_pods_take_turns() -> None:
+    detector = Detector((dataclasses.replace(SPREAD, for_seconds=60),), ())
+    state = engine.State()
+    first = engine.read(SPREAD, vector(*fresh_ports("rl-0", range(120), 30.0)))
+    second = engine.read(SPREAD, vector(*fresh_ports("rl-1", range(120, 240), 30.0)))
+    assert engine.step(detector, state, {"spread": first}, 0, job_of) == {}
+    fired = engine.step(detector, state, {"spread": second}, 60, job_of)
+    assert list(fired) == [("agents", "rl-1")]
+    assert state.since == {("spread", "job/rl"): 0}

@@ -62,9 +62,8 @@ def test_a_new_flow_counts_its_port_destination_and_scope_once() -> None:
     assert opened(ledger, "203.0.113.7", 3333, sport=40001) == {
         (FLOWS, (*NS_POD, "tcp", "world", "3333")): 1
     }
-    # In the cluster: no port label (scans of the world are what it is for).
     inside = opened(ledger, "10.96.0.10", 53, protocol="udp")
-    assert inside[FLOWS, (*NS_POD, "udp", "cluster", "")] == 1
+    assert inside[FLOWS, (*NS_POD, "udp", "cluster", "53")] == 1
     assert inside[DNS, (*NS_POD, "udp")] == 1
     assert inside[NEW_PORTS, (*NS_POD, "cluster")] == 1
 

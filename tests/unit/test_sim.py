@@ -134,3 +134,23 @@ def test_lookups_are_counted_by_query_type_as_hubble_labels_them() -> None:
     labels = dict(next(s for s in last if s.name == "hubble_dns_queries_total").labels)
     assert labels["rcode"] == ""  # a query: the rcode and the IPs label the responses
     assert labels["ips_returned"] == "0"
+
+
+def test_a_trickle_scan_probes_its_own_slice_one_port_every_twenty_seconds() -> None:
+    sliced = scenario({"at": "0m", "do": "internal-scan-trickle"}, scanFrom=3001)
+    _, last = list(model.run(sliced))[-1]
+    ports = sorted(
+        int(dict(s.labels)["port"]) for s in last if s.name == "hubble_port_distribution_total"
+    )
+    assert ports == list(range(3001, 3001 + len(ports)))  # its slice, in order
+    assert 5 <= len(ports) <= 7  # 0.05 a second for two minutes, not one a sample
+
+
+def test_workers_rejoining_a_ring_reach_ephemeral_ports_new_at_every_join() -> None:
+    ring = scenario({"at": "0m", "do": "nccl-ring-join", "every": "1m", "lasting": "15s"})
+    _, last = list(model.run(ring))[-1]
+    ports = [
+        int(dict(s.labels)["port"]) for s in last if s.name == "hubble_port_distribution_total"
+    ]
+    assert len(ports) == 4  # two peers' ports at each of two joins
+    assert all(32768 <= port <= 60999 for port in ports)

@@ -296,11 +296,11 @@ def evaluate(
         for series in _range(prom, signal_spec.query, start, end, step):
             for stamp, value in series["values"]:
                 vector = [{"metric": series["metric"], "value": [stamp, value]}]
-                for pod, sample in engine.normalize(vector, signal_spec.labels).items():
+                for pod, sample in engine.read(signal_spec, vector).items():
                     readings = per_step.setdefault(round(float(stamp)), {})
                     previous = readings.setdefault(signal_spec.name, {}).get(pod)
-                    if previous is None or sample.value > previous.value:
-                        readings[signal_spec.name][pod] = sample
+                    merged = sample if previous is None else previous.merged(sample)
+                    readings[signal_spec.name][pod] = merged
     report = Report(start=start, end=end)
     span = end - start + step
     workloads = Workloads(owners(prom, end, span), nodes(prom, end, span))

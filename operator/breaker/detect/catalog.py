@@ -8,12 +8,13 @@ name is reported on the policy instead of silently ignored.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from breaker.api.common import parse_duration
 
-Kind = Literal["number", "duration", "ports", "regex", "metric", "choice"]
+Kind = Literal["number", "duration", "ports", "port", "regex", "metric", "choice"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,13 @@ PRESETS: dict[str, dict[str, Param]] = {
         "synRateMin": Param("number", "0.05", "and SYNs sent per second at or above"),
         "window": Param("duration", "5m", "within this window"),
         "source": SOURCE,
+        "across": Param(
+            "choice",
+            "pod",
+            "pod: each pod's own ports; workload: the distinct ports of a workload's pods",
+            ("pod", "workload"),
+        ),
+        "portMax": Param("port", "65535", "count destination ports up to this one only"),
     },
     "policy-drops": {
         "perMinuteMin": Param("number", "30", "egress drops by NetworkPolicy per minute"),
@@ -124,27 +132,60 @@ _PORTS = re.compile(r"^\d{1,5}(,\d{1,5})*$")
 
 def check_value(param: Param, value: str) -> str | None:
     """Why ``value`` is not a valid value of ``param``, or None."""
-    kind = param.kind
-    if kind == "choice" and value not in param.choices:
-        return f"{value!r} is not one of {', '.join(param.choices)}"
-    if kind == "number":
-        try:
-            float(value)
-        except ValueError:
-            return f"{value!r} is not a number"
-    elif kind == "duration":
-        try:
-            parse_duration(value)
-        except ValueError as error:
-            return str(error)
-    elif kind == "ports":
-        if not _PORTS.match(value) or not all(1 <= int(p) <= 65535 for p in value.split(",")):
-            return f"{value!r} is not a comma-separated list of ports (1-65535)"
-    elif kind == "regex":
-        try:
-            re.compile(value)
-        except re.error as error:
-            return f"{value!r} is not a regular expression: {error}"
-    elif kind == "metric" and not _METRIC.match(value):
-        return f"{value!r} is not a metric name"
+    if param.kind == "choice":
+        return (
+            None
+            if value in param.choices
+            else f"{value!r} is not one of {', '.join(param.choices)}"
+        )
+    return _CHECKS[param.kind](value)
+
+
+def _number(value: str) -> str | None:
+    try:
+        float(value)
+    except ValueError:
+        return f"{value!r} is not a number"
     return None
+
+
+def _duration(value: str) -> str | None:
+    try:
+        parse_duration(value)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def _port_list(value: str) -> str | None:
+    if not _PORTS.match(value) or not all(1 <= int(p) <= 65535 for p in value.split(",")):
+        return f"{value!r} is not a comma-separated list of ports (1-65535)"
+    return None
+
+
+def _port(value: str) -> str | None:
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        return f"{value!r} is not a port (1-65535)"
+    return None
+
+
+def _regex(value: str) -> str | None:
+    try:
+        re.compile(value)
+    except re.error as error:
+        return f"{value!r} is not a regular expression: {error}"
+    return None
+
+
+def _metric(value: str) -> str | None:
+    return None if _METRIC.match(value) else f"{value!r} is not a metric name"
+
+
+_CHECKS: dict[str, Callable[[str], str | None]] = {
+    "number": _number,
+    "duration": _duration,
+    "ports": _port_list,
+    "port": _port,
+    "regex": _regex,
+    "metric": _metric,
+}

@@ -27,10 +27,11 @@ def tick(
     """Advance the ``for`` clocks to ``now`` and decide every unit (a workload, or a pod).
 
     A pod whose ``unit_of`` is None is guarded by nobody: what it fires is dropped. A
+    signal across a workload's pods (``engine.Across``) is combined per unit first. A
     node-scoped signal (a GPU busy that no pod holds) counts for every unit with a pod on
     its node; ``units_on_node`` is asked only when one fires.
     """
-    firing = engine.step(detector, state, readings, now)
+    firing = engine.step(detector, state, readings, now, unit_of)
     node_signal = any(
         detector.signal(f.signal).scope == "node" for fires in firing.values() for f in fires
     )

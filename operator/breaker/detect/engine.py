@@ -18,9 +18,11 @@ from typing import Any, TypeVar
 from breaker.api.common import parse_duration
 from breaker.api.policy import PolicySpecBase
 from breaker.detect import presets
+from breaker.detect.presets import Across as Across  # a signal's, across a workload's pods
 
 PodKey = tuple[str, str]  # (namespace, pod); for node-scoped signals (node, device)
 Unit = TypeVar("Unit", bound=Hashable)
+UnitOf = Callable[[PodKey], Hashable | None]
 
 MAX_LABELS = 16
 MAX_LABEL_VALUE = 256
@@ -46,6 +48,7 @@ class SignalSpec:
     severity: str
     lookback_seconds: float
     scope: str = "pod"
+    across: Across | None = None
 
     def holds(self, value: float) -> bool:
         return not math.isnan(value) and _COMPARE[self.operator](value, self.threshold)
@@ -81,11 +84,12 @@ def compile_policy(spec: PolicySpecBase) -> Detector:
         if signal.preset is not None:
             rendered = presets.render(signal.preset, signal.params)
             query, labels, scope = rendered.query, rendered.labels, rendered.scope
+            across = rendered.across
             operator, threshold = rendered.operator, rendered.threshold
             lookback = parse_duration(rendered.lookback).total_seconds()
         else:
             assert signal.query is not None  # the schema requires exactly one of them
-            query, scope, lookback = signal.query, "pod", 0.0
+            query, scope, lookback, across = signal.query, "pod", 0.0, None
             labels = (signal.labels.namespace, signal.labels.pod)
             operator, threshold = ">", 0.0
         if signal.condition is not None:
@@ -101,6 +105,7 @@ def compile_policy(spec: PolicySpecBase) -> Detector:
                 severity=signal.severity,
                 lookback_seconds=lookback,
                 scope=scope,
+                across=across,
             )
         )
     rules = tuple(
@@ -114,6 +119,12 @@ def compile_policy(spec: PolicySpecBase) -> Detector:
 class Sample:
     value: float
     labels: Mapping[str, str] = field(default_factory=dict)
+    members: frozenset[str] = frozenset()  # an ``Across`` signal's label values for the pod
+
+    def merged(self, other: Sample) -> Sample:
+        """Two series of one pod: the larger value (with its labels), every member."""
+        larger = self if self.value >= other.value else other
+        return Sample(larger.value, larger.labels, self.members | other.members)
 
 
 def _bounded(labels: Mapping[str, Any]) -> dict[str, str]:
@@ -127,11 +138,14 @@ def _bounded(labels: Mapping[str, Any]) -> dict[str, str]:
     return kept
 
 
-def normalize(result: Iterable[Mapping[str, Any]], labels: tuple[str, str]) -> dict[PodKey, Sample]:
+def normalize(
+    result: Iterable[Mapping[str, Any]], labels: tuple[str, str], members: str | None = None
+) -> dict[PodKey, Sample]:
     """An instant vector as {(namespace, pod): sample}, whatever the exporter calls them.
 
     Series without both labels (a GPU no pod holds, say) are dropped; several series for
-    one pod keep the largest value.
+    one pod keep the largest value, and with ``members`` (an ``Across`` signal's label)
+    every value of that label among them.
     """
     by_pod: dict[PodKey, Sample] = {}
     namespace_label, pod_label = labels
@@ -145,9 +159,49 @@ def normalize(result: Iterable[Mapping[str, Any]], labels: tuple[str, str]) -> d
         except (KeyError, IndexError, TypeError, ValueError):
             continue
         key = (str(namespace), str(pod))
-        if key not in by_pod or value > by_pod[key].value:
-            by_pod[key] = Sample(value, _bounded(metric))
+        previous = by_pod.get(key)
+        if previous is None or value > previous.value:
+            # Evidence labels only for the series that wins: most lose (a pod's other GPUs).
+            kept = previous.members if previous is not None else frozenset()
+            by_pod[key] = Sample(value, _bounded(metric), kept)
+        member = metric.get(members) if members else None
+        if member:
+            found = by_pod[key]
+            by_pod[key] = Sample(found.value, found.labels, found.members | {str(member)})
     return by_pod
+
+
+def read(signal: SignalSpec, result: Iterable[Mapping[str, Any]]) -> dict[PodKey, Sample]:
+    """A signal's instant vector, by pod."""
+    return normalize(result, signal.labels, signal.across.label if signal.across else None)
+
+
+MAX_MEMBERS_SHOWN = 8
+
+
+def combine(
+    across: Across, samples: Mapping[PodKey, Sample], unit_of: UnitOf
+) -> dict[Hashable, tuple[PodKey, Sample]]:
+    """An ``Across`` signal's pods, one sample per workload: the distinct members of its
+    pods (0 while their values add up to less than the gate), named by the pod with the
+    most of them (the first by name among equals). Pods no workload guards are left out."""
+    pods: dict[Hashable, list[tuple[PodKey, Sample]]] = {}
+    for key, sample in samples.items():
+        unit = unit_of(key)
+        if unit is not None:
+            pods.setdefault(unit, []).append((key, sample))
+    combined: dict[Hashable, tuple[PodKey, Sample]] = {}
+    for unit, found in pods.items():
+        members = frozenset().union(*(sample.members for _, sample in found))
+        gated = sum(sample.value for _, sample in found) >= across.gate
+        key, most = min(found, key=lambda pair: (-len(pair[1].members), pair[0]))
+        names = sorted(pod for (_, pod), _ in found)
+        shown = ",".join(names[:MAX_MEMBERS_SHOWN]) + (
+            "…" if len(names) > MAX_MEMBERS_SHOWN else ""
+        )
+        labels = {**most.labels, "pods": shown, across.label: f"{len(members)} distinct"}
+        combined[unit] = (key, Sample(float(len(members)) if gated else 0.0, labels, members))
+    return combined
 
 
 Readings = Mapping[str, Mapping[PodKey, Sample] | None]  # None: the query failed
@@ -155,9 +209,10 @@ Readings = Mapping[str, Mapping[PodKey, Sample] | None]  # None: the query faile
 
 @dataclass
 class State:
-    """Since when each (signal, pod) condition has held, in seconds since the epoch."""
+    """Since when each condition has held, in seconds since the epoch: by (signal, pod),
+    or by (signal, workload) for an ``Across`` signal."""
 
-    since: dict[tuple[str, PodKey], float] = field(default_factory=dict)
+    since: dict[tuple[str, Hashable], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -170,35 +225,47 @@ class Firing:
 
 
 def step(
-    detector: Detector, state: State, readings: Readings, now: float
+    detector: Detector,
+    state: State,
+    readings: Readings,
+    now: float,
+    unit_of: UnitOf | None = None,
 ) -> dict[PodKey, list[Firing]]:
     """Advance the ``for`` clocks to ``now``; return what fires, by pod.
 
     A signal whose query failed (None) keeps its clocks as they were: missing data neither
-    starts nor clears a condition.
+    starts nor clears a condition. An ``Across`` signal is combined per workload first
+    (``unit_of``), and its clock is the workload's: it fires for the pod with the most.
     """
-    last: dict[tuple[str, PodKey], Sample] = {}
+    last: dict[tuple[str, Hashable], tuple[PodKey, Sample]] = {}
     for signal in detector.signals:
         samples = readings.get(signal.name)
         if samples is None:
             continue
-        for key in [k for k in state.since if k[0] == signal.name and k[1] not in samples]:
+        if signal.across is not None and unit_of is not None:
+            clocked = combine(signal.across, samples, unit_of)
+        else:
+            clocked = {pod: (pod, sample) for pod, sample in samples.items()}
+        for key in [k for k in state.since if k[0] == signal.name and k[1] not in clocked]:
             del state.since[key]
-        for pod, sample in samples.items():
-            clock = (signal.name, pod)
+        for whose, (pod, sample) in clocked.items():
+            clock = (signal.name, whose)
             if signal.holds(sample.value):
                 state.since.setdefault(clock, now)
-                last[clock] = sample
+                last[clock] = (pod, sample)
             else:
                 state.since.pop(clock, None)
 
     firing: dict[PodKey, list[Firing]] = {}
-    for (name, pod), since in state.since.items():
-        signal = detector.signal(name)
-        seen = last.get((name, pod))
+    for clock, since in state.since.items():
+        signal = detector.signal(clock[0])
+        seen = last.get(clock)
         if seen is None or now - since < signal.for_seconds:
             continue
-        firing.setdefault(pod, []).append(Firing(name, seen.value, seen.labels, since, pod))
+        pod, sample = seen
+        firing.setdefault(pod, []).append(
+            Firing(signal.name, sample.value, sample.labels, since, pod)
+        )
     return firing
 
 

@@ -34,7 +34,7 @@ def read(
     for signal in detector.signals:
         try:
             result = prom.instant(signal.query, at)
-            readings[signal.name] = engine.normalize(result, signal.labels)
+            readings[signal.name] = engine.read(signal, result)
         except QueryError as error:
             readings[signal.name] = None
             errors[signal.name] = f"{error.kind}: {error}"

@@ -41,6 +41,18 @@ FALCO = ("k8s_ns_name", "k8s_pod_name")
 
 
 @dataclass(frozen=True)
+class Across:
+    """A signal decided for a workload's pods together: its value is the number of distinct
+    values of ``label`` among their series (the query returns one series per pod and
+    value), counted while the pods' own values (a SYN rate, say) add up to ``gate`` or
+    more. A scan spread thinly over eight pods is one scan; eight pods reaching the same
+    ports are not eight scans."""
+
+    label: str
+    gate: float = 0.0
+
+
+@dataclass(frozen=True)
 class Rendered:
     """A preset with its parameters filled in."""
 
@@ -50,6 +62,7 @@ class Rendered:
     threshold: float
     lookback: str  # the longest range the query reads, for backtests to start after it
     scope: Scope = "pod"
+    across: Across | None = None  # decided for a workload's pods together
 
 
 def _counted(selector: str, window: str) -> str:
@@ -164,23 +177,41 @@ def _outbound_ssh(p: Mapping[str, str]) -> Rendered:
     return Rendered(query, HUBBLE, ">=", float(p["persistence"]), _plus(window, "1m"))
 
 
+def ports_up_to(highest: int) -> str:
+    """A regular expression matching the port numbers 1 to ``highest`` (a label's text)."""
+    top = str(highest)
+    parts = [f"[0-9]{{1,{len(top) - 1}}}"] if len(top) > 1 else []
+    for at, digit in enumerate(top):
+        low = 1 if at == 0 else 0
+        if int(digit) > low:
+            rest = len(top) - at - 1
+            parts.append(
+                f"{top[:at]}[{low}-{int(digit) - 1}]" + (f"[0-9]{{{rest}}}" if rest else "")
+            )
+    parts.append(top)
+    return "|".join(parts)
+
+
 def _scan_fanout(p: Mapping[str, str]) -> Rendered:
     # Fan-out: destination ports the pod had never reached until the last `window`
-    # (Hubble: port-distribution series it did not have then; the node agent counts them
-    # itself), while it keeps sending SYNs.
-    window = p["window"]
-    if p["source"] == "node-agent":
-        new = _counted("breaker_flow_new_ports_total", window)
-        fresh = f"sum by (source_namespace, source_pod) ({new})"
-        syns = f"sum by (source_namespace, source_pod) (rate({_ATTEMPTS}[{window}]))"
-    else:
-        ports = "hubble_port_distribution_total"
-        fresh = f"count by (source_namespace, source_pod) ({ports} unless {ports} offset {window})"
-        syns = (
-            "sum by (source_namespace, source_pod) "
-            f'(rate(hubble_tcp_flags_total{{flag="SYN"}}[{window}]))'
-        )
-    query = f"({fresh}) and on (source_namespace, source_pod) ({syns} >= {p['synRateMin']})"
+    # (series with that port it did not have then), while it keeps sending SYNs. Hubble's
+    # port-distribution has a series per port; the node agent's flows too (its first 1,024).
+    window, highest = p["window"], int(p["portMax"])
+    agent = p["source"] == "node-agent"
+    metric = "breaker_flows_total" if agent else "hubble_port_distribution_total"
+    ports = f'{metric}{{port=~"{ports_up_to(highest)}"}}' if highest < 65535 else metric
+    fresh = f"{ports} unless {metric} offset {window}"
+    sent = _ATTEMPTS if agent else 'hubble_tcp_flags_total{flag="SYN"}'
+    syns = f"sum by (source_namespace, source_pod) (rate({sent}[{window}]))"
+    if p["across"] == "workload":
+        # One series per pod and fresh port, valued at the pod's SYN rate: the engine counts
+        # the workload's distinct ports while their SYN rates add up to synRateMin.
+        by_port = f"count by (source_namespace, source_pod, port) ({fresh})"
+        query = f"({by_port}) * 0 + on (source_namespace, source_pod) group_left () ({syns})"
+        across = Across("port", float(p["synRateMin"]))
+        return Rendered(query, HUBBLE, ">=", float(p["distinctPortsMin"]), window, across=across)
+    counted = f"count by (source_namespace, source_pod) ({fresh})"
+    query = f"({counted}) and on (source_namespace, source_pod) ({syns} >= {p['synRateMin']})"
     return Rendered(query, HUBBLE, ">=", float(p["distinctPortsMin"]), window)
 
 

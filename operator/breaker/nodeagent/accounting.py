@@ -46,10 +46,10 @@ CLUSTER_CIDRS = (
     "fe80::/10",
     "::1/128",
 )
-# A pod's flows to the world carry their destination port as a label, for the first this
-# many ports it reaches; later ones are counted as port "other". A scan that runs past it
-# is what the fan-out preset is for.
-PORTS_LABELLED = 64
+# A pod's flows carry their destination port as a label, for the first this many ports it
+# reaches; later ones are counted as port "other" (Hubble's port-distribution has no such
+# bound). The fan-out preset counts the ports; a scan has tripped it long before.
+PORTS_LABELLED = 1024
 # Ports and addresses remembered per pod, to tell one never reached before.
 REMEMBERED = 4096
 
@@ -118,7 +118,7 @@ class _Reached:
 
     ports: set[tuple[str, int]] = field(default_factory=set)  # (scope, port)
     destinations: set[str] = field(default_factory=set)
-    labelled: set[int] = field(default_factory=set)  # world ports with a label of their own
+    labelled: set[int] = field(default_factory=set)  # ports with a label of their own
 
     def port(self, scope: str, port: int) -> bool:
         """Whether this is the first time; remembered if there is room."""
@@ -167,8 +167,7 @@ class Ledger:
         scope = self.scopes.of(flow.dst)
         reached = self.reached.setdefault(source, _Reached())
         pod = (source.namespace, source.pod)
-        port = reached.label(flow.dport) if scope == "world" else ""
-        tally[FLOWS, (*pod, flow.protocol, scope, port)] += 1
+        tally[FLOWS, (*pod, flow.protocol, scope, reached.label(flow.dport))] += 1
         if reached.port(scope, flow.dport):
             tally[NEW_PORTS, (*pod, scope)] += 1
         if reached.destination(flow.dst):

@@ -36,6 +36,7 @@ BASE_TX = 50e3  # logs and metrics, bytes per second
 BASE_DNS_PER_SECOND = 0.2  # A and AAAA each
 
 SCAN_RATES = {
+    "internal-scan-trickle": 0.05,
     "internal-scan-slow": 0.1,
     "internal-scan-medium": 10.0,
     "internal-scan-fast": 50.0,
@@ -75,6 +76,10 @@ class PodState:
     falco: dict[tuple[str, str], float] = field(default_factory=dict)
     dns: dict[str, float] = field(default_factory=dict)  # queries, by Hubble's qtypes
     scanned: int = 0
+    scan_from: int = 1  # the first port its scans probe
+    key: str = ""  # the pod's, for what differs from pod to pod
+    joins: int = 0  # times it joined its peers' ring
+    trickle: float = 0.0  # a slow scan's probes not yet made
     restarted_at: float | None = None
 
 
@@ -122,6 +127,7 @@ def advance(pod: SimPod, state: PodState, offset: float, dt: float) -> str:
     state.steps += STEPS_PER_SECOND.get(profile, 0.0) * dt
 
     tx = BASE_TX
+    state.scan_from, state.key = pod.scan_from, pod.key
     # Every pod resolves a few names (its logging and metrics endpoints, through the
     # search path): A and AAAA, a fraction of a query a second each.
     _dns(state, "A", BASE_DNS_PER_SECOND * dt)
@@ -168,6 +174,17 @@ def _benign_network(name: str, state: PodState, since: float, dt: float) -> floa
         for port in (29500, 29501, 29502, 29503):
             state.ports[port] = state.ports.get(port, 0.0) + 2 * dt
         if since < dt:
+            state.syns += 16
+        return 1.5e9
+    if name == "nccl-ring-join":
+        # Joining a ring: NCCL and Gloo connect to the ports their peers listen on, which
+        # each peer took from the kernel's ephemeral range (32768-60999) when it started:
+        # two new ports a pod, different in every pod and at every join.
+        if since < dt:
+            state.joins += 1
+            for peer in (0, 1):
+                port = 32768 + int(noise(state.key, state.joins, peer) * 28231)
+                state.ports[port] = state.ports.get(port, 0.0) + 1
             state.syns += 16
         return 1.5e9
     if name == "package-install":
@@ -222,8 +239,16 @@ def _scan_network(name: str, state: PodState, since: float, dt: float) -> float 
         rate = SCAN_RATES[name]
         probes = rate * dt
         # Each probe tries the next port of a target; port-distribution has one series each.
-        first, state.scanned = state.scanned, state.scanned + max(1, round(probes))
-        for port in range(1 + first, 1 + min(state.scanned, first + 200)):
+        # A sample carries at least one, except for a trickle (under one a sample), whose
+        # probes add up from sample to sample.
+        if probes < 1:
+            state.trickle += probes
+            whole, state.trickle = int(state.trickle), state.trickle % 1
+        else:
+            whole = max(1, round(probes))
+        first, state.scanned = state.scanned, state.scanned + whole
+        base = state.scan_from
+        for port in range(base + first, base + min(state.scanned, first + 200)):
             state.ports[port] = state.ports.get(port, 0.0) + 1
         state.syns += probes
         state.drops += probes

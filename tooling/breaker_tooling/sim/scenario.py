@@ -14,6 +14,7 @@ pods:
     stepCounter: true        # the job exports training_steps_total
     start: 0m                # when the pod appears (default: at the start)
     owner: {kind: Job, name: rl-agent}
+    scanFrom: 1              # the first port its scans probe (default 1)
     timeline:
       - {at: 0m, do: train-mixed}
       - {at: 40m, until: 45m, do: internal-scan-slow}
@@ -56,12 +57,14 @@ GpuBehaviour = Literal[
 NetBehaviour = Literal[
     "checkpoint-upload",
     "nccl-allreduce",
+    "nccl-ring-join",
     "package-install",
     "git-over-ssh",
     "miner-pool-egress",
     "miner-pool-egress-tls",
     "reverse-ssh-tunnel",
     "tunnel-over-443",
+    "internal-scan-trickle",
     "internal-scan-slow",
     "internal-scan-medium",
     "internal-scan-fast",
@@ -135,6 +138,13 @@ class SimPod(ApiModel):
     )
     step_counter: bool = Field(default=True, description="Whether it exports training_steps_total.")
     owner: Owner | None = Field(default=None, description="Its controller, if any.")
+    scan_from: int = Field(
+        default=1,
+        ge=1,
+        le=65535,
+        description="The first port its scans probe (an agent splitting a range over its "
+        "pods gives each a slice).",
+    )
     timeline: list[Segment] = Field(min_length=1, description="What it does when.")
 
     @property
