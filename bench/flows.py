@@ -70,7 +70,7 @@ def main() -> None:
     events = [e.flow for e in flows.parse_entries(text)][:50_000]
     began = time.perf_counter()
     for flow in events:
-        ledger.opened(flow, pods[flow.src])
+        ledger.opened(flow, pods[flow.src], 0.0)
     per_event = (time.perf_counter() - began) / len(events)
 
     figures = {

@@ -89,18 +89,25 @@ def crds(local_cluster: LocalCluster) -> None:
         check=True,
         capture_output=True,
     )
-    subprocess.run(
-        [
-            "kubectl",
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            *(f"crd/{resource.name}" for resource in RESOURCES),
-        ],
-        env=local_cluster.env(),
-        check=True,
-        capture_output=True,
-    )
+    # Read through the API, not `kubectl wait`: a CI run once failed that wait with nothing
+    # to say why (its output was captured, and lost). This names what is missing.
+    extensions = client.ApiextensionsV1Api(local_cluster.api_client())
+
+    def established() -> list[str]:
+        missing = []
+        for resource in RESOURCES:
+            found = extensions.read_custom_resource_definition(resource.name)
+            conditions = (found.status and found.status.conditions) or []
+            if not any(c.type == "Established" and c.status == "True" for c in conditions):
+                missing.append(f"{resource.name}: {[(c.type, c.status) for c in conditions]}")
+        return missing
+
+    try:
+        wait_for(
+            lambda: not established(), "the CRDs Established", 120, ignore=(client.ApiException,)
+        )
+    except AssertionError as error:
+        raise AssertionError(f"{error}; not Established: {established()}") from None
 
 
 OPERATOR_METRICS: list[str] = []  # the running operator's /metrics URL

@@ -226,3 +226,9 @@ def test_a_workloads_clock_runs_on_while_its_pods_take_turns() -> None:
     fired = engine.step(detector, state, {"spread": second}, 60, job_of)
     assert list(fired) == [("agents", "rl-1")]
     assert state.since == {("spread", "job/rl"): 0}
+
+
+def test_without_workloads_each_pod_is_its_own_for_a_signal_across_pods() -> None:
+    samples = engine.read(SPREAD, vector(*fresh_ports("rl-0", range(1), 25.0)))
+    fired = engine.step(Detector((SPREAD,), ()), engine.State(), {"spread": samples}, 0)
+    assert fired == {}  # one port, however fast its SYNs: not a value of 25

@@ -11,6 +11,7 @@ from breaker.nodeagent.accounting import (
     FLOWS,
     NEW_DESTINATIONS,
     NEW_PORTS,
+    REFUSED,
     UNANSWERED,
     Ledger,
     Source,
@@ -28,9 +29,14 @@ def event(line: str) -> flows.Flow:
 
 
 def opened(
-    ledger: Ledger, dst: str, dport: int, protocol: str = "tcp", sport: int = 40000
+    ledger: Ledger,
+    dst: str,
+    dport: int,
+    protocol: str = "tcp",
+    sport: int = 40000,
+    now: float = 0.0,
 ) -> accounting.Tally:
-    return ledger.opened(flows.Flow(protocol, POD, sport, dst, dport), MINER)
+    return ledger.opened(flows.Flow(protocol, POD, sport, dst, dport), MINER, now)
 
 
 def test_an_event_line_and_a_listing_line_read_alike() -> None:
@@ -68,15 +74,35 @@ def test_a_new_flow_counts_its_port_destination_and_scope_once() -> None:
     assert inside[NEW_PORTS, (*NS_POD, "cluster")] == 1
 
 
-def test_ports_past_the_labelled_ones_count_as_other_and_still_as_new() -> None:
+def test_a_port_idle_long_enough_gives_its_label_up_and_otherwise_it_is_other() -> None:
     ledger = Ledger()
     for port in range(accounting.PORTS_LABELLED):
-        opened(ledger, "203.0.113.7", 1000 + port)
-    late = opened(ledger, "203.0.113.7", 5555)
+        opened(ledger, "203.0.113.7", 1000 + port, now=float(port))
+    # Every label in use lately: a new port counts as "other", and as new all the same.
+    late = opened(ledger, "203.0.113.7", 3333, now=600.0)
     assert late[FLOWS, (*NS_POD, "tcp", "world", "other")] == 1
     assert late[NEW_PORTS, (*NS_POD, "world")] == 1
-    # A port labelled early keeps its label.
-    assert opened(ledger, "203.0.113.7", 1000)[FLOWS, (*NS_POD, "tcp", "world", "1000")] == 1
+    # Past LABEL_IDLE_SECONDS the least recently used port (1000) gives its label up,
+    # and its series go (the agent removes them).
+    later = accounting.LABEL_IDLE_SECONDS + 1.0
+    assert (
+        opened(ledger, "203.0.113.7", 3333, now=later)[FLOWS, (*NS_POD, "tcp", "world", "3333")]
+        == 1
+    )
+    assert ledger.unlabelled == [(MINER, 1000)]
+    # A port in use keeps its label.
+    assert (FLOWS, (*NS_POD, "tcp", "world", "1001")) in opened(
+        ledger, "203.0.113.7", 1001, now=later
+    )
+
+
+def test_the_least_recently_reached_are_forgotten_first() -> None:
+    ledger = Ledger()
+    for port in range(accounting.REMEMBERED):
+        opened(ledger, "10.0.0.9", 10000 + port)
+    assert NEW_PORTS not in {name for name, _ in opened(ledger, "10.0.0.9", 10000)}  # refreshed
+    opened(ledger, "10.0.0.9", 1)  # one more: 10001, the least recent, is forgotten
+    assert (NEW_PORTS, (*NS_POD, "cluster")) in opened(ledger, "10.0.0.9", 10001)
 
 
 def test_the_cluster_is_what_the_cidrs_say() -> None:
@@ -133,12 +159,36 @@ def test_flows_of_addresses_no_pod_has_are_not_counted() -> None:
 
 def test_syn_counts_grow_from_the_rule_placed_or_first_read() -> None:
     ledger = Ledger()
-    ledger.placed(MINER)  # a rule just placed counts from zero
-    assert ledger.attempts({MINER: 30}) == {(ATTEMPTS, NS_POD): 30}
+    pod = NS_POD
+    assert ledger.placed(MINER) == {(ATTEMPTS, pod): 0, (REFUSED, pod): 0}  # series from 0
+    for port in range(28):
+        opened(ledger, "203.0.113.7", 1000 + port)  # 28 connections the node let out
+    assert ledger.attempts({MINER: 30}) == {(ATTEMPTS, pod): 30, (REFUSED, pod): 2}
     other = Source("agents", "other")
-    assert ledger.attempts({MINER: 31, other: 500}) == {(ATTEMPTS, NS_POD): 1}  # 500: a baseline
-    assert ledger.attempts({other: 520}) == {(ATTEMPTS, ("agents", "other")): 20}
-    assert ledger.forget([MINER]) == [other]
+    # A rule the agent found (it restarted): its count so far is a baseline.
+    assert ledger.attempts({MINER: 31, other: 500}) == {(ATTEMPTS, pod): 1, (REFUSED, pod): 1}
+    assert ledger.attempts({other: 520}) == {
+        (ATTEMPTS, ("agents", "other")): 20,
+        (REFUSED, ("agents", "other")): 20,
+    }
+
+
+def test_a_connection_counted_before_its_syn_is_read_does_not_make_refusals_go_down() -> None:
+    ledger = Ledger()
+    ledger.placed(MINER)
+    ledger.attempts({MINER: 10})  # 10 refused so far
+    opened(ledger, "203.0.113.7", 443)  # its SYN is read at the next count
+    assert REFUSED not in {name for name, _ in ledger.attempts({MINER: 10})}
+    assert ledger.attempts({MINER: 12})[REFUSED, NS_POD] == 1  # 12 - 1 = 11: one more
+
+
+def test_a_pod_gone_is_forgotten_after_a_grace_for_its_last_scrape() -> None:
+    ledger = Ledger()
+    opened(ledger, "203.0.113.7", 443)
+    assert ledger.forget([], now=0.0) == []
+    assert ledger.forget([], now=accounting.GONE_SECONDS - 1) == []
+    assert ledger.forget([], now=accounting.GONE_SECONDS) == [MINER]
+    assert MINER not in ledger.reached
 
 
 def test_the_counting_rules_read_back_as_iptables_lists_them() -> None:

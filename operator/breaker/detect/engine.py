@@ -199,7 +199,7 @@ def combine(
         shown = ",".join(names[:MAX_MEMBERS_SHOWN]) + (
             "…" if len(names) > MAX_MEMBERS_SHOWN else ""
         )
-        labels = {**most.labels, "pods": shown, across.label: f"{len(members)} distinct"}
+        labels = _bounded({**most.labels, "pods": shown, across.label: f"{len(members)} distinct"})
         combined[unit] = (key, Sample(float(len(members)) if gated else 0.0, labels, members))
     return combined
 
@@ -242,8 +242,9 @@ def step(
         samples = readings.get(signal.name)
         if samples is None:
             continue
-        if signal.across is not None and unit_of is not None:
-            clocked = combine(signal.across, samples, unit_of)
+        if signal.across is not None:
+            # Without workloads, each pod is its own: its distinct members, its own gate.
+            clocked = combine(signal.across, samples, unit_of or (lambda pod: pod))
         else:
             clocked = {pod: (pod, sample) for pod, sample in samples.items()}
         for key in [k for k in state.since if k[0] == signal.name and k[1] not in clocked]:

@@ -12,9 +12,9 @@ signals, never with the number of jobs. The exporters, and how their labels name
   (with its ``port`` option), ``tcp``, ``port-distribution``, ``drop`` and ``dns`` metrics
   (``dns`` needs Cilium's DNS proxy to see the pods' lookups: an L7 DNS rule).
 - breaker's node agent, where there is no Cilium (the network presets' ``source:
-  node-agent``): ``breaker_flows_total{scope,port}``, ``breaker_flow_new_ports_total``,
-  ``breaker_tcp_attempts_total`` and friends, labelled ``source_namespace``/``source_pod``
-  as Hubble's are (``nodeagent/accounting.py`` says how each is counted).
+  node-agent``): ``breaker_flows_total{scope,port}``, ``breaker_tcp_attempts_total`` and
+  ``breaker_tcp_refused_total``, labelled ``source_namespace``/``source_pod`` as Hubble's
+  are (``nodeagent/accounting.py`` says how each is counted).
 - falcosidekick: ``falcosecurity_falcosidekick_falco_events_total{rule,priority,
   k8s_ns_name,k8s_pod_name}``.
 - The job's own progress counter, ``training_steps_total{namespace,pod}`` by default.
@@ -200,7 +200,10 @@ def _scan_fanout(p: Mapping[str, str]) -> Rendered:
     agent = p["source"] == "node-agent"
     metric = "breaker_flows_total" if agent else "hubble_port_distribution_total"
     ports = f'{metric}{{port=~"{ports_up_to(highest)}"}}' if highest < 65535 else metric
-    fresh = f"{ports} unless {metric} offset {window}"
+    # Matched on the pod and port alone: the exporter's own labels (its pod, after a
+    # rollout) and the protocol must not make a port new again.
+    port_of = "on (source_namespace, source_pod, port)"
+    fresh = f"{ports} unless {port_of} {metric} offset {window}"
     sent = _ATTEMPTS if agent else 'hubble_tcp_flags_total{flag="SYN"}'
     syns = f"sum by (source_namespace, source_pod) (rate({sent}[{window}]))"
     if p["across"] == "workload":
@@ -210,13 +213,13 @@ def _scan_fanout(p: Mapping[str, str]) -> Rendered:
         query = f"({by_port}) * 0 + on (source_namespace, source_pod) group_left () ({syns})"
         across = Across("port", float(p["synRateMin"]))
         return Rendered(query, HUBBLE, ">=", float(p["distinctPortsMin"]), window, across=across)
-    counted = f"count by (source_namespace, source_pod) ({fresh})"
+    by_port = f"count by (source_namespace, source_pod, port) ({fresh})"
+    counted = f"count by (source_namespace, source_pod) ({by_port})"
     query = f"({counted}) and on (source_namespace, source_pod) ({syns} >= {p['synRateMin']})"
     return Rendered(query, HUBBLE, ">=", float(p["distinctPortsMin"]), window)
 
 
 _ATTEMPTS = "breaker_tcp_attempts_total"
-_TCP_FLOWS = 'breaker_flows_total{protocol="tcp"}'
 
 
 def _policy_drops(p: Mapping[str, str]) -> Rendered:
@@ -226,12 +229,11 @@ def _policy_drops(p: Mapping[str, str]) -> Rendered:
     window = p["window"]
     by_pod = "sum by (source_namespace, source_pod)"
     if p["source"] == "node-agent":
-        # Counted, not rate(): a flow series is born at its first connection (one per
-        # port), and rate() would miss that first one.
-        tried = f"{by_pod} ({_counted(_ATTEMPTS, window)})"
-        opened = f"{by_pod} ({_counted(_TCP_FLOWS, window)})"
+        # The agent counts, per pod, the SYNs beyond the connections the node let out.
+        # Counted, not rate(): the series is born at the pod's first, which rate() misses.
+        refused = f"{by_pod} ({_counted('breaker_tcp_refused_total', window)})"
         minutes = parse_duration(window).total_seconds() / 60
-        query = f"clamp_min({tried} - ({opened} or {tried} * 0), 0) / {minutes:g}"
+        query = f"{refused} / {minutes:g}"
     else:
         query = f'{by_pod} (rate(hubble_drop_total{{reason="POLICY_DENIED"}}[{window}])) * 60'
     return Rendered(query, HUBBLE, ">=", float(p["perMinuteMin"]), window)

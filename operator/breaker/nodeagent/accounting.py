@@ -27,7 +27,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from breaker.nodeagent.flows import Entry, Flow
 
@@ -46,12 +46,18 @@ CLUSTER_CIDRS = (
     "fe80::/10",
     "::1/128",
 )
-# A pod's flows carry their destination port as a label, for the first this many ports it
-# reaches; later ones are counted as port "other" (Hubble's port-distribution has no such
-# bound). The fan-out preset counts the ports; a scan has tripped it long before.
+# A pod's flows carry their destination port as a label, for at most this many ports at
+# once. A port unused for LABEL_IDLE_SECONDS gives its label (and its series) up to a new
+# one; only when every label is in use does a new port count as "other". To keep them all
+# busy a pod must reach a thousand ports every quarter of an hour, which the fan-out
+# preset sees as fresh ports. (Hubble's port-distribution has no bound at all.)
 PORTS_LABELLED = 1024
-# Ports and addresses remembered per pod, to tell one never reached before.
+LABEL_IDLE_SECONDS = 900.0
+# Ports and addresses remembered per pod, to tell one not reached before (the least
+# recently reached are forgotten first).
 REMEMBERED = 4096
+# A pod gone from the node keeps its series this long, for a last scrape.
+GONE_SECONDS = 60.0
 
 # The metrics, and their labels after the pod's (source_namespace, source_pod), named as
 # Hubble names them so that the presets read either source alike.
@@ -62,15 +68,17 @@ UNANSWERED = "breaker_flows_unanswered_total"  # protocol, scope
 BYTES = "breaker_flow_bytes_total"  # direction, scope
 DNS = "breaker_dns_lookups_total"  # protocol
 ATTEMPTS = "breaker_tcp_attempts_total"  # (none)
+REFUSED = "breaker_tcp_refused_total"  # (none)
 
 HELP: dict[str, tuple[str, tuple[str, ...]]] = {
     FLOWS: ("Connections the pod opened that the node let through", ("protocol", "scope", "port")),
     NEW_PORTS: ("Destination ports the pod reached for the first time", ("scope",)),
     NEW_DESTINATIONS: ("Destination addresses the pod reached for the first time", ("scope",)),
-    UNANSWERED: ("Connections with no answer a pass after they opened", ("protocol", "scope")),
+    UNANSWERED: ("Connections with no answer a listing after they opened", ("protocol", "scope")),
     BYTES: ("Bytes of the pod's connections (nf_conntrack_acct)", ("direction", "scope")),
     DNS: ("New flows to port 53: DNS lookups, at most one per socket", ("protocol",)),
     ATTEMPTS: ("TCP SYNs the pod sent, counted before any NetworkPolicy", ()),
+    REFUSED: ("TCP SYNs the pod sent beyond the connections the node let out", ()),
 }
 
 Tally = Counter[tuple[str, tuple[str, ...]]]  # (metric, label values) -> increment
@@ -114,32 +122,54 @@ class Scopes:
 
 @dataclass
 class _Reached:
-    """What one pod has reached since the agent started (bounded)."""
+    """What one pod has reached (bounded): ports and addresses, least recent first."""
 
-    ports: set[tuple[str, int]] = field(default_factory=set)  # (scope, port)
-    destinations: set[str] = field(default_factory=set)
-    labelled: set[int] = field(default_factory=set)  # ports with a label of their own
+    ports: dict[tuple[str, int], None] = field(default_factory=dict)  # (scope, port)
+    destinations: dict[str, None] = field(default_factory=dict)
+    labelled: dict[int, float] = field(default_factory=dict)  # port -> last used
 
     def port(self, scope: str, port: int) -> bool:
-        """Whether this is the first time; remembered if there is room."""
-        if (scope, port) in self.ports:
-            return False
-        if len(self.ports) < REMEMBERED:
-            self.ports.add((scope, port))
-        return True
+        """Whether the pod had not reached it (as far as remembered)."""
+        return _first(self.ports, (scope, port))
 
     def destination(self, address: str) -> bool:
-        if address in self.destinations:
-            return False
-        if len(self.destinations) < REMEMBERED:
-            self.destinations.add(address)
-        return True
+        return _first(self.destinations, address)
 
-    def label(self, port: int) -> str:
-        if port in self.labelled or len(self.labelled) < PORTS_LABELLED:
-            self.labelled.add(port)
-            return str(port)
-        return "other"
+    def label(self, port: int, now: float) -> tuple[str, int | None]:
+        """The port's label, and the port whose label it took over (its series go)."""
+        if port in self.labelled:
+            self.labelled[port] = now
+            return str(port), None
+        if len(self.labelled) < PORTS_LABELLED:
+            self.labelled[port] = now
+            return str(port), None
+        idle, stale = min((used, p) for p, used in self.labelled.items())
+        if now - idle < LABEL_IDLE_SECONDS:
+            return "other", None
+        del self.labelled[stale]
+        self.labelled[port] = now
+        return str(port), stale
+
+
+def _first(seen: dict[Any, None], key: Any) -> bool:
+    """Whether ``key`` is new to ``seen``; it becomes the most recent (the least recent is
+    forgotten past REMEMBERED)."""
+    new = key not in seen
+    seen.pop(key, None)
+    seen[key] = None
+    if len(seen) > REMEMBERED:
+        del seen[next(iter(seen))]
+    return new
+
+
+@dataclass
+class _Syns:
+    """One pod's SYN counting rule, against the TCP connections it opened meanwhile."""
+
+    base: int  # the rule's count when this agent began to follow it
+    tcp_base: int  # the pod's TCP connections counted by then
+    read: int  # the rule's count at the last read
+    refused: int = 0  # SYNs beyond connections, so far
 
 
 class _Seen(NamedTuple):
@@ -158,16 +188,24 @@ class Ledger:
     scopes: Scopes = field(default_factory=Scopes)
     seen: dict[FlowKey, _Seen] = field(default_factory=dict)
     reached: dict[Source, _Reached] = field(default_factory=dict)
-    syns: dict[Source, int] = field(default_factory=dict)  # the rule's count, last read
+    syns: dict[Source, _Syns] = field(default_factory=dict)
+    tcp: Counter[Source] = field(default_factory=Counter)  # TCP connections opened, by pod
+    gone: dict[Source, float] = field(default_factory=dict)  # since when, by pod
+    unlabelled: list[tuple[Source, int]] = field(default_factory=list)  # ports whose label went
     primed: bool = False
 
-    def opened(self, flow: Flow, source: Source) -> Tally:
-        """A connection the pod opened (conntrack's NEW event)."""
+    def opened(self, flow: Flow, source: Source, now: float) -> Tally:
+        """A connection the pod opened (conntrack's NEW event) at ``now`` (monotonic)."""
         tally: Tally = Counter()
         scope = self.scopes.of(flow.dst)
         reached = self.reached.setdefault(source, _Reached())
         pod = (source.namespace, source.pod)
-        tally[FLOWS, (*pod, flow.protocol, scope, reached.label(flow.dport))] += 1
+        port, stale = reached.label(flow.dport, now)
+        if stale is not None:
+            self.unlabelled.append((source, stale))
+        tally[FLOWS, (*pod, flow.protocol, scope, port)] += 1
+        if flow.protocol == "tcp":
+            self.tcp[source] += 1
         if reached.port(scope, flow.dport):
             tally[NEW_PORTS, (*pod, scope)] += 1
         if reached.destination(flow.dst):
@@ -216,30 +254,48 @@ class Ledger:
         return +tally  # zero increments dropped
 
     def placed(self, source: Source) -> Tally:
-        """A counting rule just placed for the pod: it counts from zero, and so does its
-        series (a rate over it then sees the first SYNs too)."""
-        self.syns[source] = 0
-        return Counter({(ATTEMPTS, (source.namespace, source.pod)): 0})
+        """A counting rule just placed for the pod: it counts from zero, and so do its
+        series (a rate over them then sees the first SYNs too)."""
+        self.syns[source] = _Syns(0, self.tcp[source], 0)
+        pod = (source.namespace, source.pod)
+        return Counter({(ATTEMPTS, pod): 0, (REFUSED, pod): 0})
 
     def attempts(self, counts: Mapping[Source, int]) -> Tally:
-        """The counting rules' SYN counts, read this pass: their growth since the last read.
-        A rule seen for the first time (a new pod, or the agent restarted) sets a baseline."""
+        """The counting rules' SYN counts, read this pass: their growth since the last read,
+        and the SYNs beyond the TCP connections the pod opened meanwhile (refused before
+        they left the node, or retransmitted unanswered). A rule seen for the first time
+        (the agent restarted) sets a baseline."""
         tally: Tally = Counter()
         for source, count in counts.items():
-            before = self.syns.get(source)
-            if before is not None and count >= before:
-                tally[ATTEMPTS, (source.namespace, source.pod)] += count - before
-            self.syns[source] = count
+            pod = (source.namespace, source.pod)
+            syns = self.syns.get(source)
+            if syns is None or count < syns.read:  # a baseline, or a rule placed anew
+                self.syns[source] = _Syns(count, self.tcp[source], count)
+                continue
+            tally[ATTEMPTS, pod] += count - syns.read
+            syns.read = count
+            # Cumulative, and never down: a connection counted a moment before its SYN's
+            # rule was read evens out at the next read.
+            beyond = (count - syns.base) - (self.tcp[source] - syns.tcp_base)
+            if beyond > syns.refused:
+                tally[REFUSED, pod] += beyond - syns.refused
+                syns.refused = beyond
         return +tally
 
-    def forget(self, keep: Iterable[Source]) -> list[Source]:
-        """Drop what is remembered of pods no longer on the node; returns those dropped."""
-        kept = set(keep)
-        gone = [s for s in {*self.reached, *self.syns} if s not in kept]
-        for source in gone:
-            self.reached.pop(source, None)
-            self.syns.pop(source, None)
-        return gone
+    def forget(self, present: Iterable[Source], now: float) -> list[Source]:
+        """Drop what is remembered of pods gone from the node for GONE_SECONDS; returns
+        those dropped (their series go too)."""
+        here = set(present)
+        known = {*self.reached, *self.syns, *self.tcp}
+        for source in known - here:
+            self.gone.setdefault(source, now)
+        for source in here:
+            self.gone.pop(source, None)
+        dropped = [s for s, since in self.gone.items() if now - since >= GONE_SECONDS]
+        for source in dropped:
+            for table in (self.reached, self.syns, self.tcp, self.gone):
+                table.pop(source, None)
+        return dropped
 
 
 def _unanswered(entry: Entry, listed_before: bool) -> bool:
@@ -249,7 +305,8 @@ def _unanswered(entry: Entry, listed_before: bool) -> bool:
 
 
 def count_rule(source: Source, ip: str) -> list[str]:
-    """The rule spec (for ``iptables -t raw -A BREAKER-COUNT``) counting the pod's SYNs."""
+    """The rule spec (for ``iptables -t raw -A BREAKER-COUNT``) counting the pod's SYNs
+    (IPv4: ``iptables``; a pod with only an IPv6 address has no rule)."""
     return [
         *("-s", f"{ip}/32", "-p", "tcp", "-m", "tcp", "--tcp-flags", "FIN,SYN,RST,ACK", "SYN"),
         *("-m", "comment", "--comment", source.comment),

@@ -17,7 +17,6 @@ NetworkPolicy, no workload, no pod.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import datetime as dt
 import json
@@ -36,10 +35,9 @@ from kubernetes import client, watch
 
 from breaker.actions.connections import LEASE_SECONDS, Kept, lease_name
 from breaker.constants import API_VERSION, KEPT_ANNOTATION, QUARANTINE_LABEL
-from breaker.nodeagent import accounting, flows
+from breaker.nodeagent import accounting, counting, flows
 
 log = logging.getLogger("breaker.node-agent")
-PENDING_SECONDS = 30.0  # how long a new flow from an unknown address waits for its pod
 
 
 @dataclass(frozen=True)
@@ -64,6 +62,7 @@ class Pod:
     breaker: str | None  # the quarantine label: the Breaker holding it
     kept: Kept
     host_network: bool = False  # its address is the node's: its flows are not its own
+    finished: bool = False  # Succeeded or Failed: its address may be another pod's now
 
     @classmethod
     def of(cls, obj: dict[str, Any]) -> Pod:
@@ -78,6 +77,7 @@ class Pod:
             labels.get(QUARANTINE_LABEL),
             Kept.parse(annotations.get(KEPT_ANNOTATION)),
             bool((obj.get("spec") or {}).get("hostNetwork")),
+            (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed"),
         )
 
     @property
@@ -112,28 +112,6 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=self.registry,
         )
-        self.flows = {
-            name: prometheus_client.Counter(
-                name.removesuffix("_total"),
-                text,
-                ["source_namespace", "source_pod", *labels],
-                registry=self.registry,
-            )
-            for name, (text, labels) in accounting.HELP.items()
-        }
-        self.counted: dict[accounting.Source, set[tuple[str, tuple[str, ...]]]] = {}
-
-    def add(self, tally: accounting.Tally) -> None:
-        for (name, labels), value in tally.items():
-            self.flows[name].labels(*labels).inc(value)
-            source = accounting.Source(labels[0], labels[1])
-            self.counted.setdefault(source, set()).add((name, labels))
-
-    def forget(self, source: accounting.Source) -> None:
-        """A pod gone from the node: its series go too (they would grow without end)."""
-        for name, labels in self.counted.pop(source, set()):
-            with contextlib.suppress(KeyError):
-                self.flows[name].remove(*labels)
 
 
 class NodeAgent:
@@ -148,28 +126,29 @@ class NodeAgent:
         self.synced = threading.Event()
         self.stopping = threading.Event()
         self.netns: dict[str, str] = {}  # pod IP -> its network namespace's path
-        self.by_ip: dict[str, accounting.Source] | None = None  # None: pods changed since
         self.metrics = Metrics()
         self.last_pass = 0.0
-        self.ledger = accounting.Ledger(accounting.Scopes(settings.cluster_cidrs))
-        self.recount = threading.Event()  # the node's pods changed: count (and place rules) now
-        self.ledger_lock = threading.Lock()  # the events' thread and the counts' share it
-        self.last_count = 0.0
-        self.events: subprocess.Popen[str] | None = None
-        # New flows from an address no pod of the node has (yet): (when, flow)
-        self.pending: collections.deque[tuple[float, flows.Flow]] = collections.deque(maxlen=2048)
+        self.counted = counting.Pods({}, 0)  # the pods whose flows are counted, by address
+        self.counter: counting.FlowCounter | None = None
+        if settings.flow_interval > 0:
+            self.counter = counting.FlowCounter(
+                self._counted,
+                self._iptables,
+                self.metrics.registry,
+                settings.flow_interval,
+                settings.cluster_cidrs,
+            )
 
     # -- the loop -------------------------------------------------------------------------
 
     def run(self) -> None:
         self._ensure_chain()
-        work_list = [self._watch, self._hold_lease]
-        if self.settings.flow_interval > 0:
+        if self.counter is not None:
             self._ensure_chain(accounting.COUNT_CHAIN)
-            if self.settings.account_bytes:
-                self._account_bytes()
-            work_list += [self._count_flows, self._follow_new_flows]
-        for work in work_list:
+            self.counter.start(self.synced, self.settings.account_bytes)
+        else:
+            self._remove_chain(accounting.COUNT_CHAIN)  # counting turned off: its rules go
+        for work in (self._watch, self._hold_lease):
             threading.Thread(target=work, name=work.__name__, daemon=True).start()
         if not self.synced.wait(timeout=60):
             log.warning("no list of the node's pods after 60s; carrying on and retrying")
@@ -189,13 +168,27 @@ class NodeAgent:
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
-        self.recount.set()
-        if self.events is not None:
-            self.events.terminate()
+        if self.counter is not None:
+            self.counter.stop()
 
     def _snapshot(self) -> dict[tuple[str, str], Pod]:
         with self.lock:
             return dict(self.pods)
+
+    def _counted(self) -> counting.Pods:
+        return self.counted
+
+    def _pods_changed(self) -> None:
+        """Called with the lock held after the pods changed: the addresses whose flows are
+        counted, if they changed, and a count soon (rules for new pods)."""
+        by_ip: dict[str, accounting.Source] = {}
+        for pod in self.pods.values():
+            if pod.ip and not pod.host_network and not pod.finished:
+                by_ip[pod.ip] = pod.source
+        if by_ip != self.counted.by_ip:
+            self.counted = counting.Pods(by_ip, self.counted.version + 1)
+            if self.counter is not None:
+                self.counter.changed()
 
     def reconcile(self) -> None:
         """One pass: lift the drops nobody needs; cut what quarantined pods opened."""
@@ -263,6 +256,11 @@ class NodeAgent:
             raise RuntimeError(f"iptables {' '.join(args)}: {result.stderr.strip()}")
         return result
 
+    def _remove_chain(self, chain: str) -> None:
+        self._iptables("-t", "raw", "-D", "PREROUTING", "-j", chain, check=False)
+        self._iptables("-t", "raw", "-F", chain, check=False)
+        self._iptables("-t", "raw", "-X", chain, check=False)
+
     def _ensure_chain(self, chain: str = flows.CHAIN) -> None:
         """Our chain in the raw table, first in PREROUTING: a pod's packets enter the node
         there, before conntrack."""
@@ -291,124 +289,6 @@ class NodeAgent:
                         self.netns[address["local"]] = str(path)
         return self.netns.get(ip)
 
-    # -- counting the pods' flows -----------------------------------------------------------
-
-    def _account_bytes(self) -> None:
-        """Byte counts need conntrack accounting, off by default; it applies to new flows."""
-        path = Path("/proc/sys/net/netfilter/nf_conntrack_acct")
-        try:
-            if path.read_text().strip() != "1":
-                path.write_text("1")
-                log.info("turned nf_conntrack_acct on: flows opened from now on count bytes")
-        except OSError as error:
-            log.warning("no byte counts: cannot turn nf_conntrack_acct on: %s", error)
-
-    def _count_flows(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                self.count_flows()
-            except (RuntimeError, OSError) as error:
-                wait = self.settings.flow_interval
-                log.warning("counting flows: %s; again in %.0fs", error, wait)
-                with contextlib.suppress(RuntimeError):
-                    self._ensure_chain(accounting.COUNT_CHAIN)
-            except Exception:  # the counting thread must never die: a bug is logged
-                log.exception("counting flows failed unexpectedly")
-            self.recount.wait(self.settings.flow_interval)
-            self.recount.clear()
-            # Pods come in bursts (a job's start): a listing a second at most.
-            self.stopping.wait(max(0.0, 1.0 - (time.monotonic() - self.last_count)))
-
-    def count_flows(self) -> None:
-        """One count: the pods' SYN counting rules brought in line, read; then conntrack."""
-        pods = [p for p in self._snapshot().values() if p.ip and not p.host_network]
-        chain = accounting.COUNT_CHAIN
-        listing = self._iptables("-t", "raw", "-S", chain, "-v").stdout
-        placed = accounting.read_counts(listing)
-        wanted = {p.source.comment: (p, accounting.count_rule(p.source, p.ip or "")) for p in pods}
-        for comment, (spec, _) in placed.items():
-            if comment not in wanted or wanted[comment][1] != spec:
-                self._iptables("-t", "raw", "-D", chain, *spec, check=False)
-        fresh = []
-        for comment, (pod, spec) in wanted.items():
-            if comment not in placed or placed[comment][0] != spec:
-                self._iptables("-t", "raw", "-A", chain, *spec)
-                fresh.append(pod.source)
-        counts = {
-            wanted[c][0].source: packets
-            for c, (spec, packets) in placed.items()
-            if c in wanted and wanted[c][1] == spec
-        }
-        listed = subprocess.run(["conntrack", "-L"], capture_output=True, text=True, check=False)
-        by_ip = {p.ip: p.source for p in pods if p.ip}
-        # The listing's bytes and SYN counts are this thread's alone; what each pod has
-        # reached is shared with the events' thread, which must not wait on a long listing.
-        self.metrics.add(self.ledger.account(flows.iter_entries(listed.stdout), by_ip))
-        with self.ledger_lock:
-            for source in fresh:
-                self.metrics.add(self.ledger.placed(source))
-            self.metrics.add(self.ledger.attempts(counts))
-            for source in self.ledger.forget(p.source for p in pods):
-                self.metrics.forget(source)
-        self.last_count = time.monotonic()
-
-    def _follow_new_flows(self) -> None:
-        """conntrack's NEW events, one line each, for as long as the agent runs."""
-        while not self.stopping.is_set():
-            try:
-                self.events = subprocess.Popen(
-                    ["conntrack", "-E", "-e", "NEW"],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-                assert self.events.stdout is not None
-                for line in self.events.stdout:
-                    self.opened(line)
-                why = self.events.stderr.read().strip() if self.events.stderr else ""
-                if not self.stopping.is_set():
-                    # e.g. the netlink buffer overran under a flood of new connections
-                    log.warning("conntrack's events ended (%s); again in 1s", why or "no reason")
-            except OSError as error:
-                log.warning("following conntrack's events: %s; again in 1s", error)
-            except Exception:  # the events' thread must never die: a bug is logged
-                log.exception("following conntrack's events failed unexpectedly")
-            self.stopping.wait(1)
-
-    def opened(self, line: str) -> None:
-        """One NEW event: counted for the pod whose address opened it. A pod's first
-        connections can come before the watch tells its address: those wait a while, and
-        are counted when it does."""
-        sources, changed = self._sources()
-        now = time.monotonic()
-        with self.ledger_lock:
-            for entry in flows.parse_entries(line):
-                source = sources.get(entry.flow.src)
-                if source is not None:
-                    self.metrics.add(self.ledger.opened(entry.flow, source))
-                else:
-                    self.pending.append((now, entry.flow))
-            if changed and self.pending:
-                waiting = list(self.pending)
-                self.pending.clear()
-                for at, flow in waiting:
-                    source = sources.get(flow.src)
-                    if source is not None:
-                        self.metrics.add(self.ledger.opened(flow, source))
-                    elif now - at < PENDING_SECONDS:
-                        self.pending.append((at, flow))
-
-    def _sources(self) -> tuple[dict[str, accounting.Source], bool]:
-        """The node's own pods by address (host-network pods have the node's), and whether
-        they changed since the last call."""
-        with self.lock:
-            changed = self.by_ip is None
-            if self.by_ip is None:
-                self.by_ip = {
-                    p.ip: p.source for p in self.pods.values() if p.ip and not p.host_network
-                }
-            return self.by_ip, changed
-
     # -- the API: the node's pods, the Lease, Events ---------------------------------------
 
     def _watch(self) -> None:
@@ -422,9 +302,8 @@ class NodeAgent:
                 found = [Pod.of(item) for item in listed.get("items") or []]
                 with self.lock:
                     self.pods = {(p.namespace, p.name): p for p in found}
-                    self.by_ip = None
+                    self._pods_changed()
                 self.synced.set()
-                self.recount.set()
                 self.wake.set()
                 stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
                     self.core.list_pod_for_all_namespaces,
@@ -442,9 +321,8 @@ class NodeAgent:
                             self.pods.pop(key, None)
                         else:
                             self.pods[key] = pod
-                        self.by_ip = None
+                        self._pods_changed()
                     self.wake.set()
-                    self.recount.set()
                     if self.stopping.is_set():
                         return
             except (
@@ -514,7 +392,8 @@ class NodeAgent:
     # -- health and metrics ------------------------------------------------------------------
 
     def healthy(self) -> bool:
-        return self.synced.is_set() and time.monotonic() - self.last_pass < 30
+        counting_ok = self.counter is None or self.counter.healthy()
+        return self.synced.is_set() and time.monotonic() - self.last_pass < 30 and counting_ok
 
     def serve(self, address: str, port: int) -> ThreadingHTTPServer:
         agent = self
