@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from pydantic import ValidationError
 
 from breaker.api.common import parse_duration
 from breaker.api.policy import BreakerPolicySpec
@@ -75,3 +76,11 @@ def test_durations_read_like_go(text: str, seconds: float) -> None:
 def test_a_malformed_duration_says_what_it_wants() -> None:
     with pytest.raises(ValueError, match="'5 minutes' is not a duration such as 30s, 5m or 1h30m"):
         parse_duration("5 minutes")
+
+
+def test_a_duration_past_ten_years_is_refused_naming_the_field() -> None:
+    # It matches the pattern; it once overflowed the evaluation loop, and every breaker
+    # stalled behind the one policy.
+    with pytest.raises(ValidationError, match=r"signals\.0\.for[\s\S]*longer than 87600h"):
+        spec({"name": "m", "preset": "outbound-ssh", "for": "99999999999h"})
+    assert parse_duration("87600h").days == 3650

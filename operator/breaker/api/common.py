@@ -9,7 +9,7 @@ import datetime as dt
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from breaker.constants import API_VERSION
@@ -21,16 +21,30 @@ _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+# The longest duration any field takes: ten years. Longer ones match the pattern, and
+# "99999999999h" overflowed the evaluation loop (one bad policy stalled every breaker).
+MAX_DURATION_HOURS = 87_600
+
+
 def parse_duration(text: str) -> dt.timedelta:
     """A Go-style duration ("1h30m", "500ms") as a timedelta."""
     if not re.fullmatch(DURATION_PATTERN, text):
         raise ValueError(f"{text!r} is not a duration such as 30s, 5m or 1h30m")
     seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
+    if seconds > MAX_DURATION_HOURS * 3600:
+        raise ValueError(f"{text!r} is longer than {MAX_DURATION_HOURS}h (ten years)")
     return dt.timedelta(seconds=seconds)
 
 
+def _parsed(text: str) -> str:
+    parse_duration(text)  # a model holds only durations the code can use
+    return text
+
+
 Duration = Annotated[
-    str, Field(pattern=DURATION_PATTERN, max_length=32, examples=["30s", "5m", "1h30m"])
+    str,
+    Field(pattern=DURATION_PATTERN, max_length=32, examples=["30s", "5m", "1h30m"]),
+    AfterValidator(_parsed),
 ]
 
 

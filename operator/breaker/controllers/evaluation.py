@@ -94,7 +94,7 @@ class Policies:
                 problem = "; ".join(found) or None
             # Validation (pydantic's errors are ValueErrors) or compilation refused it: a
             # policy the operator cannot use is skipped, loudly, and said in its status.
-            except (ValueError, KeyError, TypeError) as error:
+            except (ValueError, KeyError, TypeError, ArithmeticError) as error:
                 spec, detector, problem = None, None, str(error)
             if problem:
                 log.warning("%s: not evaluated: %s", policy_label(key), problem[:300])
