@@ -14,6 +14,7 @@ from typing import Any
 import requests
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
+from urllib3.util.retry import Retry
 
 
 class QueryError(RuntimeError):
@@ -30,13 +31,21 @@ class QueryError(RuntimeError):
 # A slow Prometheus must not hold the loop: the client gives up a little after the
 # server-side timeout the query carries.
 CLIENT_GRACE_SECONDS = 1.0
+RETRY_ON = (429, 502, 503, 504)
 
 
 class Prom:
     def __init__(self, url: str, timeout_seconds: float = 5.0) -> None:
         self.url = url
         self.timeout = timeout_seconds
-        self.client = PrometheusConnect(url=url, disable_ssl=True)
+        # The client's own default retries a refused connection three times with growing
+        # sleeps: about 6 s a query against a Prometheus that is down, 18 s an evaluation
+        # of three signals, whatever the policy's timeout. One quick retry of a refused
+        # connection or a 5xx is kept; a read that timed out is not retried.
+        retry = Retry(
+            total=1, connect=1, read=0, status=1, backoff_factor=0.1, status_forcelist=RETRY_ON
+        )
+        self.client = PrometheusConnect(url=url, disable_ssl=True, retry=retry)
         self.client_timeout = timeout_seconds + CLIENT_GRACE_SECONDS
 
     def _failed(self, query: str, error: Exception) -> QueryError:
