@@ -43,6 +43,17 @@ def trainingjob(name: str, replicas: int, gpus: int, priority: int = 0) -> dict[
     }
 
 
+def batch_job(name: str, template: dict[str, Any]) -> dict[str, Any]:
+    """A batch Job that runs its pod once (no restart, no retry)."""
+    template["spec"]["restartPolicy"] = "Never"
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {"backoffLimit": 0, "template": template},
+    }
+
+
 def policy(
     mode: str = "Enforce",
     kinds: tuple[str, ...] = ("TrainingJob",),

@@ -19,7 +19,7 @@ from breaker.api.policy import BreakerPolicySpec
 from breaker.detect import engine, live
 from breaker.detect.prom import Prom
 from breaker_tooling.localcluster import outside, packets
-from tests.cluster.scenes import Cluster
+from tests.cluster.scenes import Cluster, batch_job
 from tests.conftest import NodeAgent
 from tests.helpers import wait_for
 from tests.kube import as_body, name_of, status_of
@@ -43,14 +43,7 @@ SIGNALS = [
 
 
 def job(name: str, command: list[str]) -> dict[str, Any]:
-    template = packets.pod_template(name, command, grace=1)
-    template["spec"]["restartPolicy"] = "Never"
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": name},
-        "spec": {"backoffLimit": 0, "template": template},
-    }
+    return batch_job(name, packets.pod_template(name, command, grace=1))
 
 
 def pod_of(c: Cluster, app: str) -> str:

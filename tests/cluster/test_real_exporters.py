@@ -19,18 +19,9 @@ from breaker.detect import presets
 from breaker.detect.prom import Prom
 from breaker_tooling.localcluster import packets
 from tests.cluster.scenes import Cluster
+from tests.cluster.scenes import batch_job as job
 from tests.helpers import wait_for
 from tests.kube import as_body
-
-
-def job(name: str, template: dict[str, Any]) -> dict[str, Any]:
-    template["spec"]["restartPolicy"] = "Never"
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": name},
-        "spec": {"backoffLimit": 0, "template": template},
-    }
 
 
 def series(prom: Prom, query: str) -> list[dict[str, Any]]:
