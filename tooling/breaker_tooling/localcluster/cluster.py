@@ -28,6 +28,7 @@ from typing import Any
 from breaker.constants import GPU_RESOURCE
 from breaker_tooling.localcluster import paths, pki, prometheus
 from breaker_tooling.localcluster.errors import ClusterError
+from breaker_tooling.localcluster.kueue import Kueue, KueuePorts, install_crds
 from breaker_tooling.localcluster.nodes import NODE_LABEL, GpuNodes, node_ready
 from breaker_tooling.localcluster.processes import Process, port_is_free
 from breaker_tooling.localcluster.realnode import RealNode
@@ -50,6 +51,9 @@ class Ports:
     prometheus: int = 29090
     kube_state_metrics: int = 28080
     kube_state_metrics_telemetry: int = 28081
+    kueue_webhook: int = 29443
+    kueue_metrics: int = 28443
+    kueue_health: int = 28082
 
     @classmethod
     def from_env(cls) -> Ports:
@@ -118,6 +122,13 @@ class LocalCluster:
         return Process(name, self.directory)
 
     @property
+    def kueue(self) -> Kueue:
+        ports = KueuePorts(
+            self.ports.kueue_webhook, self.ports.kueue_metrics, self.ports.kueue_health
+        )
+        return Kueue(self.directory, ports, self.keys, self._kubeconfig_of(pki.KUEUE))
+
+    @property
     def real_node(self) -> RealNode:
         return RealNode(self.directory, self.ports.apiserver, self.keys, self.say)
 
@@ -132,6 +143,7 @@ class LocalCluster:
         "kwok",
         "prometheus",
         "kube-state-metrics",
+        "kueue",
     )
 
     # -- up -----------------------------------------------------------------------------
@@ -196,6 +208,8 @@ class LocalCluster:
         self._step("prometheus", "ready", self._start_prometheus, tools, timeout=60)
         self._step("kube-state-metrics", "serving", self._start_kube_state_metrics, tools, 60)
         self._wait_for_cluster()
+        self._install_training_crds(tools)
+        self._step("kueue", "serving its webhooks", self._start_kueue, tools, timeout=120)
         if self.with_real_node:
             self.kubectl("apply", "-f", "-", input=json.dumps(_prometheus_rbac()))
             self.real_node.up(tools, self.kubectl)
@@ -237,6 +251,7 @@ class LocalCluster:
                 self.ports.kube_state_metrics,
                 self.ports.kube_state_metrics_telemetry,
             ),
+            "kueue": (self.ports.kueue_webhook, self.ports.kueue_metrics, self.ports.kueue_health),
         }
         for component, ports in owners.items():
             for port in ports:
@@ -384,6 +399,34 @@ class LocalCluster:
         self.targets.add("kube-state-metrics", [f"127.0.0.1:{port}"])
         return lambda: _get(f"http://127.0.0.1:{port}/healthz").strip() == "OK"
 
+    def _install_training_crds(self, tools: Toolbox) -> None:
+        """The real CRDs of Kubeflow Trainer (and JobSet, which it runs) and of KubeRay, from
+        their modules: their objects are validated by the schemas their controllers read."""
+        began = time.monotonic()
+        trainer, kuberay = tools.manifests["trainer"], tools.manifests["kuberay"]
+        install_crds(
+            self.kubectl,
+            trainer / "manifests" / "base" / "crds",
+            trainer / "config" / "components" / "crd" / "bases",
+            kuberay / "config" / "crd" / "bases",
+        )
+        self.say(
+            f"  {'trainer, jobset, ray crds':<24} established in {time.monotonic() - began:.1f}s"
+        )
+
+    def _start_kueue(self, tools: Toolbox) -> Callable[[], bool]:
+        """Kueue's CRDs and controller manager; its webhooks once it answers them."""
+        kueue = self.kueue
+        ready = kueue.start(tools, self.kubectl)
+
+        def serving() -> bool:
+            if not ready():
+                return False
+            kueue.install_webhooks(tools, self.kubectl)
+            return True
+
+        return serving
+
     def _register_nodes(self) -> None:
         from kubernetes import client
 
@@ -512,6 +555,9 @@ class LocalCluster:
         # The real node first: its pods are stopped through the API server while it runs.
         api_up = self.process("kube-apiserver").running() and self.bin_dir.exists()
         stopped = self.real_node.down(self.kubectl if api_up else None)
+        if api_up and self.process("kueue").running():
+            with contextlib.suppress(ClusterError):
+                self.kueue.remove_webhooks(self.kubectl)
         for name in reversed(self.COMPONENTS):
             if self.process(name).stop():
                 stopped.append(name)

@@ -59,6 +59,8 @@ KUBE_ROUTER = Identity("kube-router", "breaker:kube-router")
 KUBE_STATE_METRICS = Identity("kube-state-metrics", "breaker:kube-state-metrics")
 # The local Prometheus, scraping the real kubelet's cAdvisor (nodes/metrics only).
 PROMETHEUS = Identity("prometheus", "breaker:prometheus")
+# Kueue's controller manager: bound to Kueue's own manager ClusterRole (localcluster/kueue.py).
+KUEUE = Identity("kueue", "breaker:kueue")
 KUBELET_CLIENT = Identity(
     "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)
 )
@@ -73,6 +75,7 @@ IDENTITIES = (
     KUBELET_CLIENT,
     KUBE_STATE_METRICS,
     PROMETHEUS,
+    KUEUE,
 )
 
 SERVICE_IP = "10.96.0.1"  # the first address of the service range the API server is given
@@ -173,6 +176,25 @@ class Pki:
                     serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
                 )
             )
+
+    def issue_loopback_serving(self, cert: Path, key: Path, name: str) -> None:
+        """A serving certificate for https://127.0.0.1 only (a webhook the API server calls
+        by address), from the cluster CA; kept while it exists."""
+        if cert.exists() and key.exists():
+            return
+        cert.parent.mkdir(parents=True, exist_ok=True)
+        ca_cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
+        ca_private = serialization.load_pem_private_key(self.ca_key.read_bytes(), password=None)
+        assert isinstance(ca_private, ec.EllipticCurvePrivateKey)
+        self._issue(
+            ca_cert,
+            ca_private,
+            cert,
+            key,
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]),
+            usage=x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
+            san=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+        )
 
     @staticmethod
     def _issue(

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from breaker_tooling.localcluster import paths
 from breaker_tooling.localcluster.errors import ClusterError, log_tail
@@ -31,7 +32,7 @@ MINIMUM_GO = (1, 26)
 
 # Measured on the project's 2-core machine (docs/figures.md): said up front so nobody
 # thinks a silent first build has hung.
-COLD_BUILD_MINUTES = 14
+COLD_BUILD_MINUTES = 20
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class GoModule:
     ldflags: Callable[[str], list[str]] = field(default=lambda _version: [])
     cgo: bool = False  # containerd needs cgo; everything else is built static
     tags: tuple[str, ...] = ()
+    # Files the upstream module ships (CRDs, webhook manifests), copied into the build's
+    # folder under manifests/: (module path, file or folder inside it).
+    manifests: tuple[tuple[str, str], ...] = ()
 
     @property
     def directory(self) -> Path:
@@ -154,6 +158,31 @@ MODULES: tuple[GoModule, ...] = (
         ldflags=_kube_router_ldflags,
     ),
     GoModule(
+        name="kueue",
+        version_of="sigs.k8s.io/kueue",
+        binaries={"kueue": "sigs.k8s.io/kueue/cmd/kueue"},
+        manifests=(
+            ("sigs.k8s.io/kueue", "config/components/crd/bases"),
+            ("sigs.k8s.io/kueue", "config/components/webhook/manifests.yaml"),
+            ("sigs.k8s.io/kueue", "config/components/rbac/role.yaml"),
+        ),
+    ),
+    GoModule(
+        name="kuberay",
+        version_of="github.com/ray-project/kuberay/ray-operator",
+        binaries={},  # its operator is not run here (docs/integrations/kuberay.md says why)
+        manifests=(("github.com/ray-project/kuberay/ray-operator", "config/crd/bases"),),
+    ),
+    GoModule(
+        name="trainer",
+        version_of="github.com/kubeflow/trainer/v2",
+        binaries={},  # its controller is not run here (docs/integrations/trainer.md says why)
+        manifests=(
+            ("github.com/kubeflow/trainer/v2", "manifests/base/crds"),
+            ("sigs.k8s.io/jobset", "config/components/crd/bases"),
+        ),
+    ),
+    GoModule(
         name="node",
         version_of=None,
         binaries={
@@ -191,7 +220,8 @@ def _cache_key(module: GoModule, go_version: str) -> str:
             digest.update(str(path.relative_to(module.directory)).encode())
             digest.update(path.read_bytes())
     # What is built and how: a binary added to a module is a new build.
-    digest.update(json.dumps([module.binaries, module.cgo, module.tags], sort_keys=True).encode())
+    shape = [module.binaries, module.cgo, module.tags, module.manifests]
+    digest.update(json.dumps(shape, sort_keys=True).encode())
     # Build dates change every build; hash the flags' shape, not their values.
     flags = [f.split("=")[0] for f in module.ldflags(module.version())]
     digest.update("\n".join(flags).encode())
@@ -212,6 +242,7 @@ class Toolbox:
     """Paths of the built binaries, by name."""
 
     binaries: dict[str, Path]
+    manifests: dict[str, Path] = field(default_factory=dict)  # module name -> its manifests
 
     def __getitem__(self, name: str) -> Path:
         return self.binaries[name]
@@ -248,7 +279,8 @@ def _ensure_built(go: str, say: Callable[[str], None]) -> Toolbox:
     for module, directory in targets:
         for binary in module.binaries:
             binaries[binary] = directory / binary
-    return Toolbox(binaries)
+    manifests = {m.name: d / "manifests" for m, d in targets if m.manifests}
+    return Toolbox(binaries, manifests)
 
 
 def _build(go: str, module: GoModule, target: Path, step: str, say: Callable[[str], None]) -> None:
@@ -301,10 +333,43 @@ def _build(go: str, module: GoModule, target: Path, step: str, say: Callable[[st
                     log=log,
                     tail=log_tail(log),
                 )
+        _copy_manifests(go, module, staging / "manifests", env, log_file)
     (staging / ".complete").write_text(f"{module.name} {version}\n")
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     say(f"{step} {module.name} {version}: done in {_elapsed(started)}")
+
+
+def _copy_manifests(go: str, module: GoModule, target: Path, env: dict[str, str], log: Any) -> None:
+    """Copy the upstream module's manifests out of the Go module cache, so that starting
+    the cluster reads them from the build's folder and never needs the go command."""
+    for upstream, inside in module.manifests:
+        # The version go.mod pins (downloaded now if this machine has not yet).
+        found = subprocess.run(
+            [go, "mod", "download", "-json", upstream],
+            cwd=module.directory,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        directory = json.loads(found.stdout or "{}").get("Dir") if found.returncode == 0 else None
+        source = Path(directory or "/nonexistent") / inside
+        if not source.exists():
+            log.write(found.stdout + found.stderr)
+            raise ClusterError(
+                module.name,
+                f"{inside} not found in {upstream}: {(found.stderr or found.stdout).strip()[:300]}",
+            )
+        destination = target / inside
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, destination)
+        else:
+            shutil.copyfile(source, destination)
+        # The module cache is read-only; the copies need not be.
+        for path in [destination, *destination.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def _report_progress(
