@@ -35,6 +35,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client import rest
 
+from breaker.actions import kueue
 from breaker.actions.pause import KINDS
 from breaker.api.quantity import pod_gpus
 from breaker.constants import JOB_LABEL
@@ -444,9 +445,15 @@ BREAKER_INDEXES: dict[str, Indexed] = {
         f"workloads_{kind.lower()}": Indexed((adapter.group, adapter.plural), _workload_index(kind))
         for kind, adapter in KINDS.items()
     },
-    "breaker_job_owners": Indexed(("batch", "jobs"), _by(inventory.breaker_job_owners)),
-    "breaker_replicaset_owners": Indexed(
-        ("apps", "replicasets"), _by(inventory.breaker_replicaset_owners)
+    **{
+        inventory.owner_index(kind): Indexed((group, plural), _by(inventory._owner))
+        for kind, (group, _, plural) in inventory.OWNER_INDEXES.items()
+    },
+    "breaker_kueue_workloads": Indexed(
+        (kueue.GROUP, kueue.WORKLOADS), _by(inventory.breaker_kueue_workloads)
+    ),
+    "breaker_local_queues": Indexed(
+        (kueue.GROUP, kueue.LOCAL_QUEUES), _by(inventory.breaker_local_queues)
     ),
     "breaker_pods": Indexed(("", "pods"), _by(inventory.breaker_pods)),
     "breaker_netpols": Indexed(

@@ -42,3 +42,6 @@ CLAMP_QUOTA_NAME = "breaker-gpu-clamp"
 CLAMP_MARK = f"{GROUP}/gpu-clamp"
 # On a TrainingJob's pods and Jobs.
 JOB_LABEL = f"{GROUP}/trainingjob"
+
+# Kueue's label on a job it manages: the LocalQueue it is queued in (immutable once set).
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"

@@ -160,3 +160,31 @@ def test_a_namespaced_policy_named_like_a_cluster_one_gets_its_own_breaker() -> 
     assert "rl-guard" in names
     plain = next(b for b in planned.create if b["metadata"]["name"] == "rl-guard")
     assert plain["spec"]["policyRef"]["kind"] == "ClusterBreakerPolicy"
+
+
+def test_the_training_stacks_owner_chains_lead_to_the_guarded_kind() -> None:
+    """pod → Job → JobSet → TrainJob (Kubeflow Trainer), pod → RayCluster → RayJob (KubeRay)."""
+    owners = {
+        ("ns", "Job", "tj-node-0"): OwnerRef("JobSet", "tj", "s"),
+        ("ns", "JobSet", "tj"): OwnerRef("TrainJob", "tj", "t"),
+        ("ns", "RayCluster", "rj-x7k2p"): OwnerRef("RayJob", "rj", "r"),
+        ("ns", "RayCluster", "alone"): None,
+    }
+
+    def owner_of(namespace: str, kind: str, name: str) -> OwnerRef | None:
+        return owners.get((namespace, kind, name))
+
+    kinds = frozenset({"TrainJob", "RayJob", "RayCluster", "JobSet"})
+    trainjob = workload_of("ns", OwnerRef("Job", "tj-node-0", "j"), owner_of, kinds)
+    assert trainjob == ("ns", "TrainJob", "tj")
+    rayjob = workload_of("ns", OwnerRef("RayCluster", "rj-x7k2p", "c"), owner_of, kinds)
+    assert rayjob == ("ns", "RayJob", "rj")
+    # A RayCluster run on its own, and a JobSet when only JobSets are guarded.
+    assert workload_of("ns", OwnerRef("RayCluster", "alone", "c"), owner_of, kinds) == (
+        "ns",
+        "RayCluster",
+        "alone",
+    )
+    only_jobsets = frozenset({"JobSet"})
+    found = workload_of("ns", OwnerRef("Job", "tj-node-0", "j"), owner_of, only_jobsets)
+    assert found == ("ns", "JobSet", "tj")

@@ -187,3 +187,53 @@ def test_a_failing_build_names_the_module_and_its_log(
     assert str(target.with_name(target.name + ".build.log")) in message
     assert not target.exists(), "a failed build leaves nothing in the cache"
     assert not target.with_name(target.name + ".partial").exists()
+
+
+def test_kueue_webhooks_call_loopback_and_only_for_the_kinds_used(tmp_path: Path) -> None:
+    from breaker_tooling.localcluster.kueue import webhook_configurations
+
+    keys = pki_module.Pki(tmp_path / "pki")
+    keys.ensure()
+    manifests = tmp_path / "manifests.yaml"
+    service = {"name": "webhook-service", "namespace": "system"}
+    manifests.write_text(
+        json.dumps(
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "MutatingWebhookConfiguration",
+                "metadata": {"name": "mutating-webhook-configuration"},
+                "webhooks": [
+                    {
+                        "name": "mjob.kb.io",
+                        "clientConfig": {"service": {**service, "path": "/mutate-batch-v1-job"}},
+                        "rules": [{"apiGroups": ["batch"], "resources": ["jobs"]}],
+                    },
+                    {
+                        "name": "mpod.kb.io",
+                        "clientConfig": {"service": {**service, "path": "/mutate--v1-pod"}},
+                        "rules": [{"apiGroups": [""], "resources": ["pods"]}],
+                    },
+                ],
+            }
+        )
+    )
+    (found,) = webhook_configurations(manifests, 29443, keys)
+    assert found["metadata"]["name"] == "breaker-local-kueue-mutating-webhook-configuration"
+    (job,) = found["webhooks"]  # the pods' webhook is left out
+    assert job["clientConfig"]["url"] == "https://127.0.0.1:29443/mutate-batch-v1-job"
+    assert "service" not in job["clientConfig"]
+    assert job["clientConfig"]["caBundle"]
+
+
+def test_a_loopback_serving_certificate_names_127_0_0_1_only(tmp_path: Path) -> None:
+    keys = pki_module.Pki(tmp_path / "pki")
+    keys.ensure()
+    cert, key = tmp_path / "w" / "tls.crt", tmp_path / "w" / "tls.key"
+    keys.issue_loopback_serving(cert, key, "webhook")
+    loaded = x509.load_pem_x509_certificate(cert.read_bytes())
+    names = loaded.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert names.get_values_for_type(x509.DNSName) == []
+    before = cert.read_bytes()
+    keys.issue_loopback_serving(cert, key, "webhook")
+    assert cert.read_bytes() == before  # kept while it exists

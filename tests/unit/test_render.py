@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from breaker.constants import JOB_LABEL
+from breaker.constants import JOB_LABEL, KUEUE_QUEUE_LABEL
 from breaker.training.render import (
     InvalidTemplate,
     render_job,
@@ -136,3 +136,10 @@ def test_allow_list_becomes_egress_rules() -> None:
             "ports": [{"protocol": "TCP", "port": 9091}],
         },
     ]
+
+
+def test_a_queue_name_hands_the_job_to_kueue() -> None:
+    job = render_job(trainingjob(queueName="gpus"))
+    assert job["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "gpus"
+    assert job["spec"]["suspend"] is True  # Kueue's to start
+    assert KUEUE_QUEUE_LABEL not in render_job(trainingjob())["metadata"]["labels"]

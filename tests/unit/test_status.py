@@ -98,3 +98,22 @@ def test_a_job_queued_behind_a_tripped_breakers_clamp_says_so_with_a_warning() -
     assert condition(status, "Ready")["reason"] == "HeldByBreaker"
     assert transition_event(None, "Queued", held=True) == ("Warning", "HeldByBreaker")
     assert transition_event(None, "Queued") == ("Normal", "Queued")
+
+
+def test_a_job_kueue_admits_is_queued_in_kueue_then_runs() -> None:
+    waiting = compute(observed(kueue_queue="gpus"), NOW)
+    assert waiting["state"] == "Queued"
+    assert waiting["queuePosition"] is None
+    queued = condition(waiting, "Queued")
+    assert queued["reason"] == "WaitingForKueue"
+    assert "LocalQueue gpus" in str(queued["message"])
+    assert condition(waiting, "Ready")["reason"] == "WaitingForKueue"
+    started = compute(
+        observed(
+            kueue_queue="gpus",
+            job=JobView("tj", suspended=False),
+            pods=(PodView("a", "n1", "Running", 8), PodView("b", "n2", "Running", 8)),
+        ),
+        NOW,
+    )
+    assert started["state"] == "Running"

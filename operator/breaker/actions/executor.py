@@ -22,7 +22,7 @@ from typing import Any
 from kubernetes import client
 
 from breaker import failpoints, kube
-from breaker.actions import admin_policy, connections, discovery, egress, node, pause, quota
+from breaker.actions import admin_policy, connections, discovery, egress, kueue, node, pause, quota
 from breaker.api.policy import QuarantineNodeAction, RevokeEgressAction, ServiceRef
 from breaker.circuit.views import PodView, WorkloadView
 from breaker.constants import (
@@ -51,6 +51,10 @@ class Scene:
     netpols: list[dict[str, Any]]  # every NetworkPolicy of the namespace
     quotas: list[dict[str, Any]]  # every ResourceQuota of the namespace
     namespace_pods: list[PodView]  # every pod of the namespace
+    # Where Kueue runs: the guarded workload's Kueue Workload (when Kueue manages it), and
+    # the namespace's LocalQueues.
+    queued: kueue.QueuedWorkload | None = None
+    local_queues: list[kueue.LocalQueueView] = field(default_factory=list)
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
     # When the last action changed something (monotonic): the end of time to contain,
@@ -423,11 +427,36 @@ async def _patch_workload(scene: Scene, patch: dict[str, Any]) -> None:
     )
 
 
+def managed_by_kueue(scene: Scene) -> bool:
+    """Kueue runs the workload: it has a Workload, and still carries Kueue's queue label
+    (a tenant who takes the label off takes the job out of Kueue's hands)."""
+    workload = scene.workload
+    return (
+        scene.queued is not None
+        and workload is not None
+        and (kueue.QUEUE_LABEL in workload.labels or workload.kind == "TrainingJob")
+    )
+
+
+def is_paused(scene: Scene) -> bool:
+    """Paused as the breaker pauses it: Kueue's Workload deactivated, or the kind's own
+    switch."""
+    if scene.workload is None:
+        return True
+    if managed_by_kueue(scene):
+        assert scene.queued is not None
+        return not scene.queued.active
+    return scene.workload.paused
+
+
 async def pause_workload(scene: Scene) -> dict[str, Any]:
-    """Suspend (or scale to zero) through the kind's adapter; remember what it was."""
+    """Suspend (or scale to zero) through the kind's adapter, or deactivate the Kueue
+    Workload that runs it; remember what it was."""
     workload = scene.workload
     if workload is None:
         return {"skipped": "the workload is gone"}
+    if managed_by_kueue(scene):
+        return await _deactivate(scene)
     annotations = workload.body["metadata"]["annotations"]
     patch, record = pause.pause(workload.kind, workload.body)
     if annotations.get(PAUSED_BY) == scene.breaker and PAUSED_WAS in annotations:
@@ -440,8 +469,41 @@ async def pause_workload(scene: Scene) -> dict[str, Any]:
     return changed
 
 
+async def _deactivate(scene: Scene) -> dict[str, Any]:
+    """Kueue evicts a deactivated Workload: it suspends the job and frees its quota."""
+    assert scene.workload is not None
+    assert scene.queued is not None
+    patch, record = kueue.deactivate(scene.queued, scene.breaker)
+    changed = {"kind": scene.workload.kind, "name": scene.workload.name, **record}
+    if not scene.dry_run:
+        await _patch_kueue(scene, kueue.WORKLOADS, scene.queued.name, patch)
+    return changed
+
+
+async def _patch_kueue(scene: Scene, plural: str, name: str, patch: dict[str, Any]) -> None:
+    await kube.call(
+        client.CustomObjectsApi(scene.api).patch_namespaced_custom_object,
+        kueue.GROUP,
+        kueue.VERSION,
+        scene.namespace,
+        plural,
+        name,
+        patch,
+    )
+
+
 async def resume_workload(scene: Scene, record: Mapping[str, Any]) -> dict[str, Any]:
     """Put the pause switch back to what the breaker found, and let go of the workload."""
+    if "kueueWorkload" in record or ("was" not in record and managed_by_kueue(scene)):
+        restored = await _reactivate(scene, record)
+        # A tenant who took the job out of Kueue's hands meanwhile had it paused directly.
+        if scene.workload is not None and scene.workload.paused_by == scene.breaker:
+            await _resume_directly(scene, {})
+        return restored
+    return await _resume_directly(scene, record)
+
+
+async def _resume_directly(scene: Scene, record: Mapping[str, Any]) -> dict[str, Any]:
     workload = scene.workload
     if workload is None:
         return {"skipped": "the workload is gone"}
@@ -456,6 +518,18 @@ async def resume_workload(scene: Scene, record: Mapping[str, Any]) -> dict[str, 
     patch["metadata"] = {"annotations": {PAUSED_BY: None, PAUSED_WAS: None}}
     await _ignore_404(_patch_workload(scene, patch))
     return {"restored": {record.get("field", ""): record.get("was")}}
+
+
+async def _reactivate(scene: Scene, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Set the Kueue Workload active again as found: Kueue requeues it."""
+    if "was" not in record:
+        found = kueue.recorded_pause(scene.queued, scene.breaker) if scene.queued else None
+        if found is None:
+            return {"skipped": "it was never paused by this breaker"}
+        record = found
+    name = str(record["kueueWorkload"])
+    await _ignore_404(_patch_kueue(scene, kueue.WORKLOADS, name, kueue.reactivate(record)))
+    return {"restored": {f"Workload {name} spec.active": record.get("was")}}
 
 
 # -- reassignGPUs: the quota half (the queue hands the GPUs on) ---------------------------
@@ -481,6 +555,21 @@ async def clamp_quota(scene: Scene) -> dict[str, Any]:
     if not scene.dry_run:
         await _run_quota(scene, operations)
     return record
+
+
+async def hold_queues(scene: Scene) -> dict[str, str]:
+    """Hold the namespace's Kueue LocalQueues: Kueue admits nothing new from them (what
+    runs keeps running). Each queue's stop policy as found, to put back."""
+    patches, found = kueue.plan_hold(scene.local_queues, scene.breaker)
+    if not scene.dry_run:
+        for name, patch in patches.items():
+            await _ignore_404(_patch_kueue(scene, kueue.LOCAL_QUEUES, name, patch))
+    return found
+
+
+async def release_queues(scene: Scene, held: Mapping[str, str]) -> None:
+    for name, patch in kueue.plan_release(held, scene.local_queues, scene.breaker).items():
+        await _ignore_404(_patch_kueue(scene, kueue.LOCAL_QUEUES, name, patch))
 
 
 async def restore_quota(scene: Scene, record: Mapping[str, Any]) -> dict[str, Any]:

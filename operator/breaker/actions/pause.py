@@ -32,6 +32,7 @@ KINDS: dict[str, Kind] = {
     "JobSet": Kind("jobset.x-k8s.io", "v1alpha2", "jobsets", ("spec", "suspend")),
     "TrainJob": Kind("trainer.kubeflow.org", "v1alpha1", "trainjobs", ("spec", "suspend")),
     "RayJob": Kind("ray.io", "v1", "rayjobs", ("spec", "suspend")),
+    "RayCluster": Kind("ray.io", "v1", "rayclusters", ("spec", "suspend")),
     **{
         kind: Kind("kubeflow.org", "v1", f"{kind.lower()}s", ("spec", "runPolicy", "suspend"))
         for kind in ("PyTorchJob", "TFJob", "MPIJob", "XGBoostJob", "PaddleJob", "JAXJob")

@@ -31,6 +31,7 @@ WorkloadKind = Literal[
     "JAXJob",
     "TrainJob",
     "RayJob",
+    "RayCluster",
     "Deployment",
     "StatefulSet",
 ]

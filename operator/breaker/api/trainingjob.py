@@ -173,6 +173,20 @@ class Egress(ApiModel):
 class TrainingJobSpec(ApiModel):
     """What to run, on how many GPUs, and what it may reach."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.queueName) || !self.suspend",
+                    "message": (
+                        "spec.suspend cannot be set with spec.queueName: Kueue runs this job; "
+                        "suspend it through its Kueue Workload (spec.active: false)"
+                    ),
+                }
+            ]
+        }
+    )
+
     replicas: int = Field(
         default=1,
         ge=1,
@@ -198,6 +212,17 @@ class TrainingJobSpec(ApiModel):
     suspend: bool = Field(
         default=False,
         description="Pause the job: its pods stop and its GPUs go back to the queue.",
+    )
+    queue_name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length=63,
+        description=(
+            "Hand queueing to Kueue: the Job is created with Kueue's queue label for this "
+            "LocalQueue, Kueue admits it by its quota, and breaker's own queue leaves it "
+            "alone. Unset: breaker's queue admits it."
+        ),
+        json_schema_extra=immutable("queueName"),
     )
     template: PodTemplate = Field(
         description="The pod each replica runs.", json_schema_extra=immutable("template")

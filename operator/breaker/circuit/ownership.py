@@ -1,9 +1,9 @@
 """Which workload a pod belongs to, through ownerReferences. Pure.
 
 A pod's controller is its workload (a StatefulSet, a PyTorchJob) or an intermediate owner
-that has one in turn (a Job owned by a TrainingJob or a JobSet, a ReplicaSet owned by a
-Deployment). The operator keeps the intermediate owners in an index, so this walk costs
-no API call.
+that has one in turn: a Job owned by a TrainingJob or a JobSet, a JobSet owned by a
+Kubeflow TrainJob, a RayCluster owned by a RayJob, a ReplicaSet owned by a Deployment.
+The operator keeps the intermediate owners in indexes, so this walk costs no API call.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 # Owners that stand between a pod and the workload an admin would name.
-INTERMEDIATE = frozenset({"Job", "ReplicaSet"})
+INTERMEDIATE = frozenset({"Job", "ReplicaSet", "JobSet", "RayCluster"})
 MAX_DEPTH = 4
 
 

@@ -86,9 +86,12 @@ def debt(workload: WorkloadView | None, records: list[dict[str, Any]]) -> dict[s
     handoff = next(
         (r for r in records if r["type"] == "reassignGPUs" and not r.get("dryRun")), None
     )
-    recipients = ((handoff or {}).get("changed") or {}).get("to") or []
+    changed = (handoff or {}).get("changed") or {}
+    recipients = changed.get("to") or []
     if workload is None or workload.kind != "TrainingJob" or not recipients:
         return None
+    if changed.get("by") == "Kueue":
+        return None  # Kueue requeues the job by its own rules; the breaker owes nothing back
     return {"job": workload.name, "from": recipients[0]}
 
 

@@ -10,17 +10,18 @@ says what happened.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kubernetes import client
 
 from breaker import failpoints, kube, metrics
-from breaker.actions import connections, executor
+from breaker.actions import connections, executor, kueue
 from breaker.actions.settings import ActionSettings
 from breaker.circuit import machine, plan
 from breaker.circuit import records as protocol
@@ -46,6 +47,9 @@ class Actuator:
         # which may be after this one) or a RemoteQueue watching another operator's.
         self.training = training
         self.operator_namespace = operator_namespace
+        # Kueue's Workloads as the indexes hold them (where Kueue runs, Kueue hands the
+        # freed quota on, and the breaker records whom it admitted).
+        self.kueue_workloads: Callable[[], Iterable[kueue.QueuedWorkload]] = tuple
 
     async def apply(
         self,
@@ -65,6 +69,7 @@ class Actuator:
         # marks make that safe), on the nodes it held as well as the trip's.
         leftover = {r["type"]: r for r in records if protocol.undo_failed(r)}
         handoff_since = time.monotonic()
+        tripped_at = dt.datetime.now(dt.UTC)
         order = list(actions.order)
         wanted = [a for a in order if only is None or a in only]
         if "reassignGPUs" in wanted and "reassignGPUs" not in done:
@@ -93,6 +98,9 @@ class Actuator:
                 await self._cut_by(scene, done[action])
             elif action == "pause":
                 done[action] = await self._record(action, scene, executor.pause_workload(scene))
+            elif action == "reassignGPUs" and "clusterQueue" in (done[action].get("changed") or {}):
+                await self._hold_queues(scene, done[action])
+                await self.admitted_by_kueue(scene, done[action], after.last_trip or tripped_at)
             elif action == "reassignGPUs":
                 intended = pending.get("reassignGPUs") if resumed else None
                 await self.handed_to(scene, done[action], handoff_since, intended)
@@ -128,7 +136,49 @@ class Actuator:
         changed["connections"] = connections.coverage(nodes, live)
 
     async def _clamp(self, scene: executor.Scene, freed: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"freed": freed, "quota": await executor.clamp_quota(scene)}
+        clamped: dict[str, Any] = {"freed": freed, "quota": await executor.clamp_quota(scene)}
+        if executor.managed_by_kueue(scene):
+            assert scene.queued is not None
+            # Kueue hands the quota on, by its own rules: the breaker records whom to.
+            clamped["by"] = "Kueue"
+            clamped["clusterQueue"] = scene.queued.cluster_queue or ""
+        return clamped
+
+    async def _hold_queues(self, scene: executor.Scene, record: dict[str, Any]) -> None:
+        """Hold the tenant's LocalQueues, once the Workload is deactivated: Kueue v0.17
+        does not requeue its ClusterQueue's waiting workloads when a Workload of a queue
+        already held is evicted, so holding first would leave the freed quota idle."""
+        changed = record.setdefault("changed", {})
+        try:
+            changed["localQueues"] = await executor.hold_queues(scene)
+        except client.ApiException as error:
+            record["error"] = kube.api_problem(error, limit=4096)
+            log.warning("Breaker %s/%s: holding the LocalQueues failed: %s",
+                        scene.namespace, scene.breaker, record["error"])  # fmt: skip
+
+    async def admitted_by_kueue(
+        self, scene: executor.Scene, record: dict[str, Any], since: dt.datetime
+    ) -> None:
+        """Wait (briefly) for Kueue to admit a workload into the quota the trip freed;
+        until it does, the record awaits the ClusterQueue and the breaker controller looks
+        again (``recipients``)."""
+        changed = record.setdefault("changed", {})
+        queue = changed.get("clusterQueue")
+        if scene.dry_run or not queue:
+            changed.setdefault("to", [])
+            return
+        deadline = time.monotonic() + HANDOFF_WAIT_SECONDS
+        while True:
+            got = kueue.admitted_since(self.kueue_workloads(), queue, since, scene.namespace)
+            if got or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.1)
+        changed["to"] = got
+        record["appliedAt"] = plan.stamp(dt.datetime.now(dt.UTC))
+        if got:
+            changed.pop("awaiting", None)
+        else:
+            changed["awaiting"] = [f"ClusterQueue/{queue}"]
 
     async def handed_to(
         self,
@@ -169,7 +219,7 @@ class Actuator:
             changed["awaiting"] = [f"{ns}/{name}" for ns, name in waiting]
 
     async def recipients(
-        self, records: list[dict[str, Any]], since: dt.datetime | None
+        self, records: list[dict[str, Any]], since: dt.datetime | None, namespace: str
     ) -> tuple[int, list[str]] | None:
         """(the awaited handoff's record, the awaited jobs the queue admitted since the
         trip), or None when no handoff awaits."""
@@ -183,7 +233,15 @@ class Actuator:
             ),
             None,
         )
-        if index is None or self.training is None or since is None:
+        if index is None or since is None:
+            return None
+        changed = records[index]["changed"]
+        if changed.get("clusterQueue"):
+            got = kueue.admitted_since(
+                self.kueue_workloads(), changed["clusterQueue"], since, namespace
+            )
+            return index, got
+        if self.training is None:
             return None
         awaited = set(records[index]["changed"]["awaiting"])
         admitted = await self.training.admitted_after(since)
@@ -245,6 +303,7 @@ class Actuator:
                     await executor.resume_workload(scene, changed)
                 elif action == "reassignGPUs":
                     await executor.restore_quota(scene, changed.get("quota") or {})
+                    await executor.release_queues(scene, changed.get("localQueues") or {})
                 elif action == "quarantineNode":
                     await executor.release_nodes(scene, changed)
                 metrics.ACTIONS.labels(action, "undo", "ok").inc()
@@ -287,9 +346,15 @@ class Actuator:
         escapes: list[str] = []
         held = "pause" in done and after.state in plan.PAUSED_STATES
         # Paused is what matters: another breaker holding it paused is not an escape.
-        if held and not workload.paused:
+        if held and not executor.is_paused(scene):
             await executor.pause_workload(scene)
-            escapes.append(f"{workload.kind} {workload.name} was resumed: paused again")
+            if executor.managed_by_kueue(scene):
+                assert scene.queued is not None
+                escapes.append(
+                    f"Kueue Workload {scene.queued.name} was activated: deactivated again"
+                )
+            else:
+                escapes.append(f"{workload.kind} {workload.name} was resumed: paused again")
         if "revokeEgress" in done:
             unlabelled = [p for p in scene.pods if p.labels.get(QUARANTINE_LABEL) != scene.breaker]
             record = done["revokeEgress"].get("changed") or {}
@@ -319,6 +384,11 @@ class Actuator:
             if clamp.get("lowered") or clamp.get("created"):
                 await executor.clamp_quota(scene)
                 escapes.append("the namespace's GPU quota was raised: clamped again")
+            held_queues = (done["reassignGPUs"].get("changed") or {}).get("localQueues") or {}
+            reopened = kueue.released(held_queues, scene.local_queues)
+            if reopened:
+                await executor.hold_queues(scene)
+                escapes.append(f"LocalQueue {', '.join(reopened)} admitted again: held again")
         return escapes
 
 
@@ -332,7 +402,16 @@ def _undo_pending(action: str, intended: dict[str, Any], scene: executor.Scene) 
     between deciding and recording it): the marks on the objects say what it did."""
     if action == "reassignGPUs":
         names = [q["metadata"]["name"] for q in scene.quotas]
-        return {**intended, "quota": {"breaker": scene.breaker, "held": names}}
+        queues = {
+            q.name: q.held_was
+            for q in scene.local_queues
+            if q.held_by == scene.breaker and q.held_was is not None
+        }
+        return {
+            **intended,
+            "quota": {"breaker": scene.breaker, "held": names},
+            "localQueues": queues,
+        }
     return intended  # egress and pause undo by name and annotation; nodes were named ahead
 
 

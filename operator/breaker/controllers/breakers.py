@@ -30,7 +30,7 @@ import kopf
 from kubernetes import client
 
 from breaker import events, failpoints, heap, kube, leadership, metrics
-from breaker.actions import discovery, executor
+from breaker.actions import discovery, executor, kueue
 from breaker.actions import evidence as evidence_core
 from breaker.actions.pause import KINDS
 from breaker.actions.settings import ActionSettings
@@ -82,6 +82,9 @@ class BreakerController:
         self.shard = shard  # this operator's shard's name, when the breakers are sharded
         self.indexes = indexes
         self.actuator = Actuator(api, training, operator_namespace)
+        self.actuator.kueue_workloads = lambda: (
+            view for _, view in items(self.indexes["breaker_kueue_workloads"])
+        )
         self.prometheus_url = prometheus_url
         self.operator_namespace = operator_namespace
         self.loop = Reconciler(
@@ -431,7 +434,7 @@ class BreakerController:
             elif effect == "revert":
                 # A handoff still recorded as awaited may have happened meanwhile: the
                 # job that got the GPUs owes them back all the same.
-                found = await self.actuator.recipients(records, transition.before.last_trip)
+                found = await self.actuator.recipients(records, transition.before.last_trip, key[0])
                 if found is not None and found[1]:
                     records = protocol.handed(records, *found)
                 extra["reclaim"] = protocol.debt(workload, records)
@@ -569,7 +572,7 @@ class BreakerController:
         HANDOFF_PATIENCE_SECONDS; then the GPUs are taken to have stayed free)."""
         if time.monotonic() < self.handoff_due.get(key, 0.0):
             return
-        found = await self.actuator.recipients(records, after.last_trip)
+        found = await self.actuator.recipients(records, after.last_trip, key[0])
         if found is None:
             return
         self.handoff_due[key] = time.monotonic() + 1.0
@@ -729,11 +732,12 @@ class BreakerController:
         return grouped
 
     def _owner_lookup(self) -> Any:
-        jobs = self.indexes["breaker_job_owners"]
-        replicasets = self.indexes["breaker_replicaset_owners"]
+        indexes = {
+            kind: self.indexes[inventory.owner_index(kind)] for kind in inventory.OWNER_INDEXES
+        }
 
         def owner_of(namespace: str, kind: str, name: str) -> Any:
-            index = jobs if kind == "Job" else replicasets if kind == "ReplicaSet" else None
+            index = indexes.get(kind)
             return only(index, (namespace, name)) if index is not None else None
 
         return owner_of
@@ -754,6 +758,19 @@ class BreakerController:
             and workload_of(namespace, pod.owner, owners, kinds)
             == (namespace, workload.kind, workload.name)
         ]
+        # The Kueue Workload whose owner chain leads to the guarded workload (a Job's own,
+        # or its Job's for a TrainingJob).
+        queued = next(
+            (
+                view
+                for (ns, _, _), view in items(self.indexes["breaker_kueue_workloads"])
+                if ns == namespace
+                and workload is not None
+                and workload_of(namespace, view.owner, owners, kinds)
+                == (namespace, workload.kind, workload.name)
+            ),
+            None,
+        )
         return executor.Scene(
             api=self.api,
             breaker=key[1],
@@ -763,6 +780,10 @@ class BreakerController:
             netpols=[p for (ns, _), p in items(self.indexes["breaker_netpols"]) if ns == namespace],
             quotas=[q for (ns, _), q in items(self.indexes["breaker_quotas"]) if ns == namespace],
             namespace_pods=namespace_pods,
+            queued=queued,
+            local_queues=[
+                q for (ns, _), q in items(self.indexes["breaker_local_queues"]) if ns == namespace
+            ],
             dry_run=dry_run,
         )
 
@@ -853,17 +874,20 @@ async def _wake(memo: kopf.Memo, **_: Any) -> None:
         controller.nudge()
 
 
-for _resource in (
-    (GROUP, VERSION, "breakerpolicies"),
-    (GROUP, VERSION, "clusterbreakerpolicies"),
-    (GROUP, VERSION, "breakers"),
-    ("namespaces",),
-    ("networking.k8s.io", "v1", "networkpolicies"),
-    ("resourcequotas",),
-    ("pods",),
-    ("batch", "v1", "jobs"),
-    ("apps", "v1", "replicasets"),
-    *((k.group, k.version, k.plural) for k in KINDS.values()),
+for _resource in dict.fromkeys(
+    (
+        (GROUP, VERSION, "breakerpolicies"),
+        (GROUP, VERSION, "clusterbreakerpolicies"),
+        (GROUP, VERSION, "breakers"),
+        ("namespaces",),
+        ("networking.k8s.io", "v1", "networkpolicies"),
+        ("resourcequotas",),
+        ("pods",),
+        *inventory.OWNER_INDEXES.values(),
+        (kueue.GROUP, kueue.VERSION, kueue.WORKLOADS),
+        (kueue.GROUP, kueue.VERSION, kueue.LOCAL_QUEUES),
+        *((k.group, k.version, k.plural) for k in KINDS.values()),
+    )
 ):
     kopf.on.event(
         *_resource, id=f"wake-breakers-{'.'.join(_resource)}", when=config.serves_breakers

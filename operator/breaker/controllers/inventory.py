@@ -1,9 +1,10 @@
 """What the breaker loop knows about the cluster, kept by kopf indexes from watches.
 
 Policies, Breakers, namespaces' labels, every kind of workload a policy can guard, the
-owners between pods and workloads (Jobs, ReplicaSets), pods with an owner, and every
-NetworkPolicy and ResourceQuota. The loop reads these in memory, so an evaluation of
-thousands of workloads lists nothing. Each index keeps only the fields the loop reads.
+owners between pods and workloads (Jobs, ReplicaSets, JobSets, RayClusters), pods with an
+owner, every NetworkPolicy and ResourceQuota, and Kueue's Workloads and LocalQueues. The
+loop reads these in memory, so an evaluation of thousands of workloads lists nothing.
+Each index keeps only the fields the loop reads.
 
 Every index function (and every event handler that wakes a loop) is a coroutine that does
 not await: kopf runs a plain function in its thread pool, one hop per object per handler,
@@ -19,6 +20,7 @@ from typing import Any
 
 import kopf
 
+from breaker.actions import kueue
 from breaker.actions.pause import KINDS, field_value, is_paused, with_field
 from breaker.api.quantity import pod_gpus
 from breaker.circuit.ownership import OwnerRef
@@ -93,19 +95,48 @@ for _kind in KINDS:
     _register(_kind)
 
 
-@kopf.index("batch", "v1", "jobs", when=config.serves_breakers)
-async def breaker_job_owners(
-    namespace: str | None, name: str, meta: kopf.Meta, **_: Any
-) -> dict[tuple[str | None, str], OwnerRef | None]:
-    """Jobs and ReplicaSets: the controller above each, for the pod → workload walk."""
-    return {(namespace, name): _controller(meta)}
-
-
-@kopf.index("apps", "v1", "replicasets", when=config.serves_breakers)
-async def breaker_replicaset_owners(
+async def _owner(
     namespace: str | None, name: str, meta: kopf.Meta, **_: Any
 ) -> dict[tuple[str | None, str], OwnerRef | None]:
     return {(namespace, name): _controller(meta)}
+
+
+# The owners between a pod and the workload an admin names, each with the controller above
+# it, for the pod → workload walk (circuit/ownership.py): a Job (under a TrainingJob or a
+# JobSet), a ReplicaSet (under a Deployment), a JobSet (under a TrainJob), a RayCluster
+# (under a RayJob).
+OWNER_INDEXES = {
+    "Job": ("batch", "v1", "jobs"),
+    "ReplicaSet": ("apps", "v1", "replicasets"),
+    "JobSet": ("jobset.x-k8s.io", "v1alpha2", "jobsets"),
+    "RayCluster": ("ray.io", "v1", "rayclusters"),
+}
+
+
+def owner_index(kind: str) -> str:
+    return f"breaker_{kind.lower()}_owners"
+
+
+for _owner_kind, _resource in OWNER_INDEXES.items():
+    kopf.index(*_resource, id=owner_index(_owner_kind), when=config.serves_breakers)(_owner)
+
+
+@kopf.index(kueue.GROUP, kueue.VERSION, kueue.WORKLOADS, when=config.serves_breakers)
+async def breaker_kueue_workloads(
+    namespace: str | None, body: kopf.Body, **_: Any
+) -> dict[tuple[str | None, str, str], kueue.QueuedWorkload]:
+    """Kueue's Workloads, by the job each stands for (empty where Kueue is not installed)."""
+    view = kueue.workload_view(body)
+    if view.owner is None:
+        return {}
+    return {(namespace, view.owner.kind, view.owner.name): view}
+
+
+@kopf.index(kueue.GROUP, kueue.VERSION, kueue.LOCAL_QUEUES, when=config.serves_breakers)
+async def breaker_local_queues(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str | None, str], kueue.LocalQueueView]:
+    return {(namespace, name): kueue.local_queue_view(body)}
 
 
 @kopf.index("pods", when=config.serves_breakers)
@@ -215,8 +246,9 @@ def _slim(body: kopf.Body, status: bool = False) -> dict[str, Any]:
 
 INDEX_NAMES = (
     *WORKLOAD_INDEXES,
-    "breaker_job_owners",
-    "breaker_replicaset_owners",
+    *(owner_index(kind) for kind in OWNER_INDEXES),
+    "breaker_kueue_workloads",
+    "breaker_local_queues",
     "breaker_pods",
     "breaker_netpols",
     "breaker_quotas",

@@ -278,7 +278,11 @@ class TrainingController:
         demands, problems, failed = await self._demands(
             tjs, pods, allocatable, now, reclaims, owed_by
         )
-        plan = queue.plan(demands, free, self._quota_room(pods))
+        # Jobs with a queueName are Kueue's to admit: their pods count against the free
+        # GPUs above, and the plan neither admits nor releases them.
+        kueue_jobs = {key for key, body in tjs.items() if (body.get("spec") or {}).get("queueName")}
+        ours = [d for d in demands if d.key not in kueue_jobs]
+        plan = queue.plan(ours, free, self._quota_room(pods))
         changed, carried = await self._carry_out(plan, demands, tjs, owed_by)
         self.queued = plan.queued
         written = await self._write_statuses(plan, demands, problems, changed, tjs, pods, now)
@@ -381,6 +385,7 @@ class TrainingController:
                 network_policy=render.network_policy_name(demand.key[1]),
                 previous=body.get("status") or {},
                 held_by=held_by.get(demand.key[0], ()),
+                kueue_queue=(body.get("spec") or {}).get("queueName"),
             )
             try:
                 await self._write_status(demand.key, body, status_core.compute(observed, now))

@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from breaker.api.trainingjob import Egress, PortRange, TrainingJob
-from breaker.constants import GPU_RESOURCE, JOB_LABEL, QUARANTINE_LABEL
+from breaker.constants import GPU_RESOURCE, JOB_LABEL, KUEUE_QUEUE_LABEL, QUARANTINE_LABEL
 
 MANAGED_BY = "breaker"
 DNS_POD_SELECTOR = {"matchLabels": {"k8s-app": "kube-dns"}}
@@ -55,7 +55,8 @@ def check_template(job: TrainingJob) -> None:
 
 
 def render_job(tj: dict[str, Any]) -> dict[str, Any]:
-    """The Job for a TrainingJob. Created suspended: only the queue unsuspends it."""
+    """The Job for a TrainingJob. Created suspended: only the queue (breaker's, or Kueue's
+    for a ``queueName``) unsuspends it."""
     job = TrainingJob.model_validate(tj)
     check_template(job)
     name = tj["metadata"]["name"]
@@ -68,13 +69,17 @@ def render_job(tj: dict[str, Any]) -> dict[str, Any]:
     first = spec["containers"][0]
     resources = first.setdefault("resources", {})
     resources.setdefault("limits", {})[GPU_RESOURCE] = str(job.spec.gpus_per_replica)
+    labels = labels_of(name)
+    if job.spec.queue_name:
+        # Kueue admits it: its webhook keeps it suspended until then.
+        labels[KUEUE_QUEUE_LABEL] = job.spec.queue_name
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": name,
             "namespace": tj["metadata"]["namespace"],
-            "labels": labels_of(name),
+            "labels": labels,
             "ownerReferences": [owner_reference(tj)],
         },
         "spec": {

@@ -51,6 +51,7 @@ class Observed:
     previous: dict[str, Any] = field(default_factory=dict)
     # Breakers whose GPU-quota clamp holds the namespace: its jobs wait for an admin's reset.
     held_by: tuple[str, ...] = ()
+    kueue_queue: str | None = None  # spec.queueName: Kueue admits the job, from this LocalQueue
 
 
 def state_of(o: Observed) -> str:
@@ -63,7 +64,7 @@ def state_of(o: Observed) -> str:
     if o.job is not None and not o.job.suspended:
         running = [p for p in o.pods if p.phase == "Running" and not p.deleting]
         return "Running" if len(running) >= o.replicas else "Admitted"
-    if o.queue_position is not None:
+    if o.queue_position is not None or (o.kueue_queue and o.job is not None):
         return "Queued"
     return "Pending"
 
@@ -136,10 +137,17 @@ def compute(o: Observed, now: dt.datetime) -> dict[str, Any]:
 
 
 def _queued_reason(o: Observed) -> str:
+    if o.kueue_queue:
+        return "WaitingForKueue"
     return "HeldByBreaker" if o.held_by else "WaitingForGPUs"
 
 
 def _queued_message(o: Observed, need: str) -> str:
+    if o.kueue_queue:
+        return (
+            f"queued in Kueue's LocalQueue {o.kueue_queue}: Kueue admits it by its "
+            "ClusterQueue's quota (kubectl get workloads shows where it stands)"
+        )
     if o.held_by:
         return (
             f"the namespace's GPU quota is clamped by tripped Breaker {', '.join(o.held_by)}; "
@@ -152,8 +160,8 @@ def _ready(o: Observed, state: str) -> Cond:
     if o.problem is not None:
         reason, message = o.problem
         return Cond("Ready", "False", reason, message)
-    if state == "Queued" and o.held_by:
-        return Cond("Ready", "False", "HeldByBreaker", _queued_message(o, ""))
+    if state == "Queued" and (o.held_by or o.kueue_queue):
+        return Cond("Ready", "False", _queued_reason(o), _queued_message(o, ""))
     if state == "Running":
         return Cond("Ready", "True", "Running", f"all {o.replicas} replicas are running")
     messages = {
