@@ -2,17 +2,20 @@
 (installed on the local cluster from the Trainer v2.0.0, JobSet v0.8.2 and KubeRay v1.5.0
 modules).
 
-Their controllers do not run here (docs/integrations/trainer.md and kuberay.md say why),
-so each test writes what the controller would: a TrainJob's JobSet, the JobSet's Job and
-the Job's pods (pod → Job → JobSet → TrainJob), and a RayJob's RayCluster and its pods
-(pod → RayCluster → RayJob), with the owner references and labels the controllers set.
+KubeRay's operator runs (built from its module): it makes the RayJob's RayCluster and
+pods (pod → RayCluster → RayJob), and deletes them when the breaker suspends the RayJob.
+Trainer's controller does not (docs/integrations/trainer.md says why), so that test
+writes what Trainer and JobSet would: the TrainJob's JobSet and the JobSet's Job, whose
+pods the real Job controller makes (pod → Job → JobSet → TrainJob).
+
 The policy selects the workload by its labels; a trip quarantines the pods found through
-the owner chain and pauses the workload through its own ``spec.suspend``, which the real
-schema accepts; a reset puts it back.
+the owner chain and pauses the workload through its own ``spec.suspend``; a reset puts it
+back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from breaker.constants import QUARANTINE_LABEL
@@ -23,7 +26,6 @@ from tests.kube import as_body, as_dict, meta_of, status_of
 TRAINER = ("trainer.kubeflow.org", "v1alpha1", "trainjobs")
 JOBSET = ("jobset.x-k8s.io", "v1alpha2", "jobsets")
 RAYJOB = ("ray.io", "v1", "rayjobs")
-RAYCLUSTER = ("ray.io", "v1", "rayclusters")
 GPU_CONTAINER = {
     "name": "node",
     "image": "trainer:1",
@@ -56,34 +58,32 @@ def owned_by(owner: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def pod(name: str, labels: dict[str, str], owner: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "labels": labels, "ownerReferences": owner},
-        "spec": {"restartPolicy": "Never", "containers": [GPU_CONTAINER]},
-    }
-
-
-def running(c: Cluster, names: list[str]) -> list[Any]:
-    def found() -> list[Any] | None:
-        pods = [c.core.read_namespaced_pod(n, c.ns) for n in names]
-        return pods if all(status_of(p).phase == "Running" for p in pods) else None
-
-    result: list[Any] = wait_for(found, "the pods running", timeout=60)
-    return result
-
-
 def tripped_and_paused(
-    c: Cluster, resource: tuple[str, str, str], name: str, pods: list[Any]
+    c: Cluster,
+    resource: tuple[str, str, str],
+    name: str,
+    pods: list[Any],
+    suspended: Callable[[], bool] | None = None,
 ) -> None:
     """Trip the breaker of ``name`` through its pods; its spec.suspend is set, its pods
-    quarantined; a reset puts spec.suspend back as it was (false)."""
+    quarantined (or, where the controller runs, gone once it ``suspended`` the workload);
+    a reset puts spec.suspend back as it was (false)."""
     breaker = f"{name}-guard"
     with c.sim(pods, ATTACKS["mining-mid-run"]):
         wait_for(lambda: c.settled_state(breaker) == "Open", "the breaker to trip", timeout=120)
     assert get(c, resource, name)["spec"]["suspend"] is True
-    for found in pods:
-        labels = meta_of(c.core.read_namespaced_pod(str(meta_of(found).name), c.ns)).labels or {}
-        assert labels.get(QUARANTINE_LABEL) == breaker, "found through the owner chain"
+    revoked = next(
+        r for r in c.breaker(breaker)["status"]["actions"] if r["type"] == "revokeEgress"
+    )
+    names = sorted(str(meta_of(p).name) for p in pods)
+    assert revoked["changed"]["pods"] == names, "every pod found through the owner chain"
+    if suspended is not None:
+        wait_for(suspended, f"the {resource[2]} controller to suspend {name}", timeout=60)
+        wait_for(lambda: not _alive(c, names), "its pods gone", timeout=60)
+    else:
+        for found in names:
+            labels = meta_of(c.core.read_namespaced_pod(found, c.ns)).labels or {}
+            assert labels.get(QUARANTINE_LABEL) == breaker
     status = c.breaker(breaker)["status"]
     paused = next(r for r in status["actions"] if r["type"] == "pause")
     assert paused["changed"]["field"] == "spec.suspend"
@@ -178,9 +178,15 @@ def test_a_trainjob_is_found_through_its_jobset_and_paused(cluster: Cluster) -> 
 
 
 def test_a_rayjob_is_found_through_its_raycluster_and_paused(cluster: Cluster) -> None:
+    """KubeRay's real operator runs the RayJob: it makes the RayCluster and its pods, and
+    deletes them when the breaker suspends the RayJob; a reset brings a new cluster."""
     c = cluster
-    head = {"rayStartParams": {}, "template": {"spec": {"containers": [GPU_CONTAINER]}}}
-    rayjob = create(
+    worker = {
+        "name": "ray-worker",
+        "image": "rayproject/ray:2.46.0-gpu",
+        "resources": {"limits": {"nvidia.com/gpu": "8"}},
+    }
+    create(
         c,
         RAYJOB,
         {
@@ -188,41 +194,60 @@ def test_a_rayjob_is_found_through_its_raycluster_and_paused(cluster: Cluster) -
             "metadata": {"name": "rj", "labels": {"team": "agents"}},
             "spec": {
                 "entrypoint": "python train.py",
+                # Submitted through the (stand-in) dashboard: no submitter Job.
+                "submissionMode": "HTTPMode",
                 "shutdownAfterJobFinishes": True,  # KubeRay suspends only such a RayJob
-                "suspend": False,
-                "rayClusterSpec": {"headGroupSpec": head},
-            },
-        },
-    )
-    # What KubeRay's RayJob controller writes: a RayCluster carrying the RayJob's labels,
-    # owned by it; the RayCluster controller's pods, owned by the RayCluster.
-    cluster_name = "rj-x7k2p"
-    raycluster = create(
-        c,
-        RAYCLUSTER,
-        {
-            "kind": "RayCluster",
-            "metadata": {
-                "name": cluster_name,
-                "labels": {
-                    "team": "agents",
-                    "ray.io/originated-from-cr-name": "rj",
-                    "ray.io/originated-from-crd": "RayJob",
+                "rayClusterSpec": {
+                    "headGroupSpec": {
+                        "rayStartParams": {},
+                        "template": {
+                            "spec": {
+                                "containers": [{"name": "ray-head", "image": "rayproject/ray"}]
+                            }
+                        },
+                    },
+                    "workerGroupSpecs": [
+                        {
+                            "groupName": "gpu",
+                            "replicas": 2,
+                            "minReplicas": 2,
+                            "maxReplicas": 2,
+                            "rayStartParams": {},
+                            "template": {"spec": {"containers": [worker]}},
+                        }
+                    ],
                 },
-                "ownerReferences": owned_by(rayjob),
             },
-            "spec": {"headGroupSpec": head},
         },
     )
-    names = [f"{cluster_name}-head-abcde", f"{cluster_name}-gpu-worker-fghij"]
-    for name, node_type in zip(names, ("head", "worker"), strict=True):
-        labels = {"ray.io/cluster": cluster_name, "ray.io/node-type": node_type}
-        c.core.create_namespaced_pod(c.ns, as_body(pod(name, labels, owned_by(raycluster))))
     c.create(
         "breakerpolicies",
         _selecting(policy(kinds=("RayJob",), actions=("revokeEgress", "pause")), "agents"),
     )
-    tripped_and_paused(c, RAYJOB, "rj", running(c, names))
+    pods = wait_for(lambda: ray_pods(c, "Running"), "KubeRay's cluster running", timeout=90)
+    first_cluster = get(c, RAYJOB, "rj")["status"]["rayClusterName"]
+    tripped_and_paused(c, RAYJOB, "rj", pods, suspended=lambda: deployment(c) == "Suspended")
+    # Reset: KubeRay makes a new cluster for the RayJob.
+    wait_for(lambda: deployment(c) == "Running", "the RayJob running again", timeout=90)
+    assert get(c, RAYJOB, "rj")["status"]["rayClusterName"] != first_cluster
+
+
+def ray_pods(c: Cluster, phase: str) -> list[Any] | None:
+    """The RayJob's head and two workers, once all are in ``phase``."""
+    listed = c.core.list_namespaced_pod(c.ns, label_selector="ray.io/cluster").items
+    live = [p for p in listed if meta_of(p).deletion_timestamp is None]
+    return live if len(live) == 3 and all(status_of(p).phase == phase for p in live) else None
+
+
+def deployment(c: Cluster) -> str | None:
+    status = get(c, RAYJOB, "rj").get("status") or {}
+    found: str | None = status.get("jobDeploymentStatus")
+    return found
+
+
+def _alive(c: Cluster, names: list[str]) -> list[str]:
+    listed = c.core.list_namespaced_pod(c.ns).items
+    return [str(meta_of(p).name) for p in listed if meta_of(p).name in names]
 
 
 def _selecting(body: dict[str, Any], team: str) -> dict[str, Any]:

@@ -237,3 +237,43 @@ def test_a_loopback_serving_certificate_names_127_0_0_1_only(tmp_path: Path) -> 
     before = cert.read_bytes()
     keys.issue_loopback_serving(cert, key, "webhook")
     assert cert.read_bytes() == before  # kept while it exists
+
+
+def test_the_stand_in_ray_dashboard_answers_proxy_requests(tmp_path: Path) -> None:
+    """KubeRay's operator sends it whole URLs (HTTP_PROXY): submit, poll, stop."""
+    import http.client
+    import threading
+
+    from breaker_tooling.localcluster.raydashboard import Dashboard
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = Dashboard(port)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    head = "http://rj-x7k2p-head-svc.team.svc.cluster.local:8265"
+
+    def call(method: str, path: str, body: object = None) -> tuple[int, object]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        payload = json.dumps(body).encode() if body is not None else None
+        connection.request(method, head + path, body=payload)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+
+    try:
+        assert call("GET", "/api/jobs/rj-1")[0] == 404
+        assert call("POST", "/api/jobs/", {"submission_id": "rj-1", "entrypoint": "x"}) == (
+            200,
+            {"job_id": "rj-1", "submission_id": "rj-1"},
+        )
+        status, job = call("GET", "/api/jobs/rj-1")
+        assert status == 200
+        assert isinstance(job, dict)
+        assert job["status"] == "RUNNING"
+        assert call("POST", "/api/jobs/rj-1/stop", {})[0] == 200
+        _, stopped = call("GET", "/api/jobs/rj-1")
+        assert isinstance(stopped, dict)
+        assert stopped["status"] == "STOPPED"
+    finally:
+        server.shutdown()
+        server.server_close()

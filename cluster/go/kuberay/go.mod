@@ -1,5 +1,5 @@
-// Wrapper module that carries KubeRay's CRDs for the local cluster (its operator is not
-// built: docs/integrations/kuberay.md says why).
+// Wrapper module that builds KubeRay's operator and carries its CRDs and role, for the
+// local cluster.
 module breaker.dev/cluster/kuberay
 
 go 1.26.0

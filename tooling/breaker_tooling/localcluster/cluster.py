@@ -28,6 +28,7 @@ from typing import Any
 from breaker.constants import GPU_RESOURCE
 from breaker_tooling.localcluster import paths, pki, prometheus
 from breaker_tooling.localcluster.errors import ClusterError
+from breaker_tooling.localcluster.kuberay import KubeRay
 from breaker_tooling.localcluster.kueue import Kueue, KueuePorts, install_crds
 from breaker_tooling.localcluster.nodes import NODE_LABEL, GpuNodes, node_ready
 from breaker_tooling.localcluster.processes import Process, port_is_free
@@ -54,6 +55,8 @@ class Ports:
     kueue_webhook: int = 29443
     kueue_metrics: int = 28443
     kueue_health: int = 28082
+    ray_dashboard: int = 28265
+    ray_operator_health: int = 28083
 
     @classmethod
     def from_env(cls) -> Ports:
@@ -129,6 +132,15 @@ class LocalCluster:
         return Kueue(self.directory, ports, self.keys, self._kubeconfig_of(pki.KUEUE))
 
     @property
+    def kuberay(self) -> KubeRay:
+        return KubeRay(
+            self.directory,
+            self.ports.ray_dashboard,
+            self.ports.ray_operator_health,
+            self._kubeconfig_of(pki.KUBERAY),
+        )
+
+    @property
     def real_node(self) -> RealNode:
         return RealNode(self.directory, self.ports.apiserver, self.keys, self.say)
 
@@ -144,6 +156,8 @@ class LocalCluster:
         "prometheus",
         "kube-state-metrics",
         "kueue",
+        "ray-dashboard",
+        "ray-operator",
     )
 
     # -- up -----------------------------------------------------------------------------
@@ -210,6 +224,8 @@ class LocalCluster:
         self._wait_for_cluster()
         self._install_training_crds(tools)
         self._step("kueue", "serving its webhooks", self._start_kueue, tools, timeout=120)
+        self._step("ray-dashboard", "serving", lambda _: self.kuberay.start_dashboard(), tools, 30)
+        self._step("ray-operator", "ready", self._start_ray_operator, tools, timeout=60)
         if self.with_real_node:
             self.kubectl("apply", "-f", "-", input=json.dumps(_prometheus_rbac()))
             self.real_node.up(tools, self.kubectl)
@@ -252,6 +268,8 @@ class LocalCluster:
                 self.ports.kube_state_metrics_telemetry,
             ),
             "kueue": (self.ports.kueue_webhook, self.ports.kueue_metrics, self.ports.kueue_health),
+            "ray-dashboard": (self.ports.ray_dashboard,),
+            "ray-operator": (self.ports.ray_operator_health,),
         }
         for component, ports in owners.items():
             for port in ports:
@@ -426,6 +444,9 @@ class LocalCluster:
             return True
 
         return serving
+
+    def _start_ray_operator(self, tools: Toolbox) -> Callable[[], bool]:
+        return self.kuberay.start_operator(tools, self.kubectl)
 
     def _register_nodes(self) -> None:
         from kubernetes import client

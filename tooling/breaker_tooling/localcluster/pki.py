@@ -61,6 +61,8 @@ KUBE_STATE_METRICS = Identity("kube-state-metrics", "breaker:kube-state-metrics"
 PROMETHEUS = Identity("prometheus", "breaker:prometheus")
 # Kueue's controller manager: bound to Kueue's own manager ClusterRole (localcluster/kueue.py).
 KUEUE = Identity("kueue", "breaker:kueue")
+# KubeRay's operator: bound to KubeRay's own operator ClusterRole (localcluster/kuberay.py).
+KUBERAY = Identity("kuberay", "breaker:kuberay")
 KUBELET_CLIENT = Identity(
     "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)
 )
@@ -76,6 +78,7 @@ IDENTITIES = (
     KUBE_STATE_METRICS,
     PROMETHEUS,
     KUEUE,
+    KUBERAY,
 )
 
 SERVICE_IP = "10.96.0.1"  # the first address of the service range the API server is given

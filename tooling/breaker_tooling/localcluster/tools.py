@@ -170,8 +170,11 @@ MODULES: tuple[GoModule, ...] = (
     GoModule(
         name="kuberay",
         version_of="github.com/ray-project/kuberay/ray-operator",
-        binaries={},  # its operator is not run here (docs/integrations/kuberay.md says why)
-        manifests=(("github.com/ray-project/kuberay/ray-operator", "config/crd/bases"),),
+        binaries={"ray-operator": "github.com/ray-project/kuberay/ray-operator"},
+        manifests=(
+            ("github.com/ray-project/kuberay/ray-operator", "config/crd/bases"),
+            ("github.com/ray-project/kuberay/ray-operator", "config/rbac/role.yaml"),
+        ),
     ),
     GoModule(
         name="trainer",
