@@ -566,6 +566,7 @@ class LocalCluster:
     def down(self) -> None:
         with self._lock():
             stopped = self._stop_all()
+            self.kueue.forget()
             shutil.rmtree(self.directory, ignore_errors=True)
         if stopped:
             self.say(f"Stopped {', '.join(stopped)}; removed {self.directory}")

@@ -21,6 +21,7 @@ import base64
 import contextlib
 import copy
 import json
+import shutil
 import ssl
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -77,6 +78,9 @@ class Kueue:
         self.home.mkdir(parents=True, exist_ok=True)
         certs = self.home / "certs"
         self.keys.issue_loopback_serving(certs / "tls.crt", certs / "tls.key", "kueue-webhook")
+        if not METRICS_CERTS.exists():
+            # Ours to remove when the cluster goes down (another cluster's is left alone).
+            (self.home / "made-metrics-certs").touch()
         self.keys.issue_loopback_serving(
             METRICS_CERTS / "tls.crt", METRICS_CERTS / "tls.key", "kueue-metrics"
         )
@@ -110,6 +114,11 @@ class Kueue:
                 "--ignore-not-found",
                 "--wait=false",
             )
+
+    def forget(self) -> None:
+        """At ``cluster down``: the metrics pair under /etc, if this cluster wrote it."""
+        if (self.home / "made-metrics-certs").exists():
+            shutil.rmtree(METRICS_CERTS.parents[1], ignore_errors=True)
 
     def _ready(self) -> bool:
         context = ssl.create_default_context(cafile=str(self.keys.ca_cert))
