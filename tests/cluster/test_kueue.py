@@ -279,9 +279,12 @@ def test_kueue_hands_the_freed_quota_on_and_the_tenant_stays_out(
     wait_for(lambda: running_pods(c, "rl"), "rl running again", timeout=60)
 
 
-def test_the_tenant_cannot_take_a_paused_job_out_of_kueue(cluster: Cluster, queues: str) -> None:
-    """Kueue's own webhook keeps the queue label on a Job, and Kueue suspends a Job that is
-    not admitted: a deactivated Workload's job stays paused whatever its tenant does."""
+def test_the_tenant_cannot_run_a_paused_job_in_or_out_of_kueue(
+    cluster: Cluster, queues: str
+) -> None:
+    """Kueue suspends a Job whose Workload is not admitted; a tenant who takes the queue
+    label off the suspended Job (Kueue allows that only while it is suspended) takes it
+    out of Kueue's hands, and the breaker then holds the Job paused itself."""
     c = cluster
     c.batch.create_namespaced_job(c.ns, as_body(queued_job("rl")))
     pods = wait_for(lambda: running_pods(c, "rl"), "rl running", timeout=60)
@@ -289,17 +292,34 @@ def test_the_tenant_cannot_take_a_paused_job_out_of_kueue(cluster: Cluster, queu
     with c.sim(pods, ATTACKS["mining-mid-run"]):
         wait_for(lambda: c.settled_state("rl-guard") == "Open", "the breaker to trip", timeout=120)
     wait_for(lambda: job_suspended(c, "rl"), "Kueue to suspend rl", timeout=30)
-    with pytest.raises(client.ApiException) as refused:
-        c.batch.patch_namespaced_job(
-            "rl", c.ns, {"metadata": {"labels": {kueue.QUEUE_LABEL: None}}}
-        )
-    assert refused.value.status == 403
-    assert "kueue.x-k8s.io/queue-name" in str(refused.value.body)
+    # Unsuspended in Kueue's hands: Kueue suspends it again.
     c.batch.patch_namespaced_job("rl", c.ns, {"spec": {"suspend": False}})
     wait_for(lambda: job_suspended(c, "rl"), "Kueue to suspend rl again", timeout=15)
+    # Out of Kueue's hands, then unsuspended: the breaker suspends it.
+    left_kueue = unlabel(c, "rl")
+    c.batch.patch_namespaced_job("rl", c.ns, {"spec": {"suspend": False}})
+    wait_for(lambda: job_suspended(c, "rl"), "rl suspended again", timeout=15)
     time.sleep(3)
     assert job_suspended(c, "rl")
     assert not running_pods(c, "rl")
+    c.patch("breakers", "rl-guard", {"metadata": {"annotations": {"breaker.dev/reset": "1"}}})
+    wait_for(lambda: c.settled_state("rl-guard") == "Closed", "the reset", timeout=60)
+    # Both switches back: the Workload active (Kueue may admit it), the Job's own as found.
+    assert fresh(c, workload_of(c, "rl"))["spec"]["active"] is True or left_kueue
+    annotations = meta_of(c.batch.read_namespaced_job("rl", c.ns)).annotations or {}
+    assert PAUSED_BY not in annotations
+
+
+def unlabel(c: Cluster, job: str) -> bool:
+    """Take Kueue's label off a Job: True if Kueue's webhook let it (only while the Job is
+    suspended), False if it refused (403)."""
+    try:
+        c.batch.patch_namespaced_job(job, c.ns, {"metadata": {"labels": {kueue.QUEUE_LABEL: None}}})
+    except client.ApiException as error:
+        if error.status != 403:
+            raise
+        return False
+    return True
 
 
 def test_a_trainingjob_hands_its_queueing_to_kueue(cluster: Cluster, queues: str) -> None:

@@ -123,17 +123,27 @@ def test_releasing_puts_back_exactly_and_only_what_this_breaker_holds() -> None:
         queue("batch", "Hold", held=("b", "HoldAndDrain")),
         queue("admins", "Hold"),  # an admin took it over (the mark removed)
         queue("other", "Hold", held=("another", "None")),
+        queue("made-later", "Hold", held=("b", "None")),  # the tenant's, held after the trip
     ]
     held = {"gpus": "None", "batch": "HoldAndDrain", "admins": "None", "gone": "None"}
     patches = kueue.plan_release(held, queues, "b")
-    assert set(patches) == {"gpus", "batch"}
+    assert set(patches) == {"gpus", "batch", "made-later"}
     assert patches["gpus"]["spec"] == {"stopPolicy": None}  # unset, as found
     assert patches["batch"]["spec"] == {"stopPolicy": "HoldAndDrain"}
+    assert patches["made-later"]["spec"] == {"stopPolicy": None}
 
 
-def test_a_released_queue_is_an_escape() -> None:
-    queues = [queue("gpus", "None", held=("b", "None")), queue("batch", "Hold")]
-    assert kueue.released({"gpus": "None", "batch": "None"}, queues) == ["gpus"]
+def test_a_released_queue_or_a_new_one_is_an_escape_an_admins_is_not() -> None:
+    queues = [
+        queue("gpus", "None", held=("b", "None")),  # the tenant let it admit
+        queue("batch", "Hold", held=("b", "None")),
+        queue("new", "None"),  # made after the trip
+        queue("admins", "None"),  # recorded, its mark removed by an admin
+    ]
+    held = {"gpus": "None", "batch": "None", "admins": "None"}
+    assert kueue.released(held, queues, "b") == ["gpus", "new"]
+    patches, _ = kueue.plan_hold(queues, "b", only=["gpus", "new"])
+    assert set(patches) == {"gpus", "new"}
 
 
 def test_admitted_since_the_trip_into_the_freed_queue_from_other_namespaces() -> None:

@@ -431,11 +431,11 @@ def managed_by_kueue(scene: Scene) -> bool:
     """Kueue runs the workload: it has a Workload, and still carries Kueue's queue label
     (a tenant who takes the label off takes the job out of Kueue's hands)."""
     workload = scene.workload
-    return (
-        scene.queued is not None
-        and workload is not None
-        and (kueue.QUEUE_LABEL in workload.labels or workload.kind == "TrainingJob")
-    )
+    if scene.queued is None or workload is None:
+        return False
+    if workload.kind == "TrainingJob":
+        return bool((workload.body.get("spec") or {}).get("queueName"))
+    return kueue.QUEUE_LABEL in workload.labels
 
 
 def is_paused(scene: Scene) -> bool:
@@ -493,14 +493,18 @@ async def _patch_kueue(scene: Scene, plural: str, name: str, patch: dict[str, An
 
 
 async def resume_workload(scene: Scene, record: Mapping[str, Any]) -> dict[str, Any]:
-    """Put the pause switch back to what the breaker found, and let go of the workload."""
+    """Put the pause switch back to what the breaker found, and let go of the workload:
+    each of the two switches this breaker turned (the job's own, and Kueue's Workload:
+    a job can go into or out of Kueue's hands while the breaker holds it)."""
     if "kueueWorkload" in record or ("was" not in record and managed_by_kueue(scene)):
         restored = await _reactivate(scene, record)
-        # A tenant who took the job out of Kueue's hands meanwhile had it paused directly.
         if scene.workload is not None and scene.workload.paused_by == scene.breaker:
             await _resume_directly(scene, {})
         return restored
-    return await _resume_directly(scene, record)
+    restored = await _resume_directly(scene, record)
+    if scene.queued is not None and scene.queued.paused_by == scene.breaker:
+        await _reactivate(scene, {})
+    return restored
 
 
 async def _resume_directly(scene: Scene, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -557,10 +561,10 @@ async def clamp_quota(scene: Scene) -> dict[str, Any]:
     return record
 
 
-async def hold_queues(scene: Scene) -> dict[str, str]:
-    """Hold the namespace's Kueue LocalQueues: Kueue admits nothing new from them (what
-    runs keeps running). Each queue's stop policy as found, to put back."""
-    patches, found = kueue.plan_hold(scene.local_queues, scene.breaker)
+async def hold_queues(scene: Scene, only: Iterable[str] | None = None) -> dict[str, str]:
+    """Hold the namespace's Kueue LocalQueues (``only`` these): Kueue admits nothing new
+    from them (what runs keeps running). Each queue's stop policy as found, to put back."""
+    patches, found = kueue.plan_hold(scene.local_queues, scene.breaker, only)
     if not scene.dry_run:
         for name, patch in patches.items():
             await _ignore_404(_patch_kueue(scene, kueue.LOCAL_QUEUES, name, patch))

@@ -159,15 +159,19 @@ def recorded_pause(workload: QueuedWorkload, breaker: str) -> dict[str, Any] | N
 
 
 def plan_hold(
-    queues: Iterable[LocalQueueView], breaker: str
+    queues: Iterable[LocalQueueView], breaker: str, only: Iterable[str] | None = None
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """(a merge patch per LocalQueue to hold, and each one's stop policy as found).
+    """(a merge patch per LocalQueue to hold, and each one's stop policy as found);
+    ``only``: these queues and no others.
 
     A queue already holding (by an admin, or this breaker before) is left as it is, and a
     queue this breaker held keeps the policy it first found."""
+    wanted = None if only is None else set(only)
     patches: dict[str, dict[str, Any]] = {}
     found: dict[str, str] = {}
     for queue in sorted(queues, key=lambda q: q.name):
+        if wanted is not None and queue.name not in wanted:
+            continue
         if queue.held_by == breaker and queue.held_was is not None:
             found[queue.name] = queue.held_was
             if queue.stop_policy in HOLDING:
@@ -186,12 +190,13 @@ def plan_hold(
 def plan_release(
     held: Mapping[str, str], queues: Iterable[LocalQueueView], breaker: str
 ) -> dict[str, dict[str, Any]]:
-    """A merge patch per queue this breaker still holds, putting back its stop policy."""
+    """A merge patch per queue this breaker holds (recorded at the trip, or held later: a
+    queue the tenant made meanwhile), putting back its stop policy as found."""
     patches: dict[str, dict[str, Any]] = {}
     for queue in queues:
-        if queue.name not in held or queue.held_by != breaker:
-            continue  # gone, or an admin took it over since: theirs now
-        was = held[queue.name]
+        if queue.held_by != breaker:
+            continue  # never held, gone, or an admin took it over since: theirs now
+        was = held.get(queue.name, queue.held_was or "None")
         patches[queue.name] = {
             "spec": {"stopPolicy": None if was == "None" else was},
             "metadata": {"annotations": {HELD_BY: None, HELD_WAS: None}},
@@ -199,9 +204,15 @@ def plan_release(
     return patches
 
 
-def released(held: Mapping[str, str], queues: Iterable[LocalQueueView]) -> list[str]:
-    """Queues the breaker holds that admit again (the tenant set another stop policy)."""
-    return sorted(q.name for q in queues if q.name in held and q.stop_policy not in HOLDING)
+def released(held: Mapping[str, str], queues: Iterable[LocalQueueView], breaker: str) -> list[str]:
+    """The tenant's queues that admit again while the breaker holds the namespace: one it
+    held that the tenant set to admit, or one made since. A held queue whose mark an
+    admin removed is the admin's."""
+    return sorted(
+        q.name
+        for q in queues
+        if q.stop_policy not in HOLDING and not (q.name in held and q.held_by != breaker)
+    )
 
 
 # -- the hand-off: whom Kueue admitted into the freed quota -------------------------------

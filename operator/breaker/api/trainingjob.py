@@ -182,7 +182,14 @@ class TrainingJobSpec(ApiModel):
                         "spec.suspend cannot be set with spec.queueName: Kueue runs this job; "
                         "suspend it through its Kueue Workload (spec.active: false)"
                     ),
-                }
+                },
+                {
+                    "rule": "has(self.queueName) == has(oldSelf.queueName)",
+                    "message": (
+                        "spec.queueName cannot be added or removed once the job exists "
+                        "(its Job is Kueue's or breaker's queue's); create a new TrainingJob"
+                    ),
+                },
             ]
         }
     )

@@ -80,8 +80,10 @@ class Actuator:
             intended = (pending.get("reassignGPUs") or {}).get("changed") or {}
             freed = intended.get("freed")
             freed = executor.freed_gpus(scene.pods) if freed is None else freed
+            # Likewise the ClusterQueue: once the Workload is deactivated it holds none.
+            queue = intended.get("clusterQueue")
             done["reassignGPUs"] = await self._record(
-                "reassignGPUs", scene, self._clamp(scene, freed), known={"freed": freed}
+                "reassignGPUs", scene, self._clamp(scene, freed, queue), known={"freed": freed}
             )
             failpoints.hit("trip.quota-clamped")
         for action in wanted:
@@ -99,8 +101,7 @@ class Actuator:
             elif action == "pause":
                 done[action] = await self._record(action, scene, executor.pause_workload(scene))
             elif action == "reassignGPUs" and "clusterQueue" in (done[action].get("changed") or {}):
-                await self._hold_queues(scene, done[action])
-                await self.admitted_by_kueue(scene, done[action], after.last_trip or tripped_at)
+                pass  # after the pause, whatever the order (below)
             elif action == "reassignGPUs":
                 intended = pending.get("reassignGPUs") if resumed else None
                 await self.handed_to(scene, done[action], handoff_since, intended)
@@ -118,6 +119,13 @@ class Actuator:
                     known=named,
                 )
             failpoints.hit(f"trip.{action}")
+        kueue_handoff = done.get("reassignGPUs")
+        if "reassignGPUs" in wanted and "clusterQueue" in (kueue_handoff or {}).get("changed", {}):
+            # Kueue hands the quota on once the Workload is deactivated; the tenant's
+            # queues are held only then (see _hold_queues).
+            assert kueue_handoff is not None
+            await self._hold_queues(scene, kueue_handoff)
+            await self.admitted_by_kueue(scene, kueue_handoff, after.last_trip or tripped_at)
         return [done[a] for a in protocol.ordered(done, order)]
 
     async def _cut_by(self, scene: executor.Scene, record: dict[str, Any]) -> None:
@@ -135,13 +143,15 @@ class Actuator:
             live = set()
         changed["connections"] = connections.coverage(nodes, live)
 
-    async def _clamp(self, scene: executor.Scene, freed: list[dict[str, Any]]) -> dict[str, Any]:
+    async def _clamp(
+        self, scene: executor.Scene, freed: list[dict[str, Any]], queue: str | None
+    ) -> dict[str, Any]:
         clamped: dict[str, Any] = {"freed": freed, "quota": await executor.clamp_quota(scene)}
         if executor.managed_by_kueue(scene):
             assert scene.queued is not None
             # Kueue hands the quota on, by its own rules: the breaker records whom to.
             clamped["by"] = "Kueue"
-            clamped["clusterQueue"] = scene.queued.cluster_queue or ""
+            clamped["clusterQueue"] = queue or scene.queued.cluster_queue or ""
         return clamped
 
     async def _hold_queues(self, scene: executor.Scene, record: dict[str, Any]) -> None:
@@ -384,10 +394,15 @@ class Actuator:
             if clamp.get("lowered") or clamp.get("created"):
                 await executor.clamp_quota(scene)
                 escapes.append("the namespace's GPU quota was raised: clamped again")
-            held_queues = (done["reassignGPUs"].get("changed") or {}).get("localQueues") or {}
-            reopened = kueue.released(held_queues, scene.local_queues)
+            changed = done["reassignGPUs"].get("changed") or {}
+            held_queues = changed.get("localQueues")
+            reopened = (
+                kueue.released(held_queues, scene.local_queues, scene.breaker)
+                if held_queues is not None
+                else []
+            )
             if reopened:
-                await executor.hold_queues(scene)
+                await executor.hold_queues(scene, only=reopened)
                 escapes.append(f"LocalQueue {', '.join(reopened)} admitted again: held again")
         return escapes
 
