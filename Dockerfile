@@ -1,6 +1,6 @@
 # The operator's image: `breaker run`, as the Helm chart starts it, and `breaker node-agent`.
 #
-#   docker build -t breaker-operator:0.1.0 .
+#   docker build -t breaker-operator:0.2.0 .
 #
 # Two stages: the first installs the package and its dependencies into a virtualenv, the
 # second copies only that onto a fresh slim base (no pip cache, no build tools). The base
