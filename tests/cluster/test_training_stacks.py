@@ -9,12 +9,13 @@ writes what Trainer and JobSet would: the TrainJob's JobSet and the JobSet's Job
 pods the real Job controller makes (pod → Job → JobSet → TrainJob).
 
 The policy selects the workload by its labels; a trip quarantines the pods found through
-the owner chain and pauses the workload through its own ``spec.suspend``; a reset puts it
-back.
+the owner chain and pauses the workload through its own ``spec.suspend``, suspends it again
+when the tenant unsuspends it, and a reset puts it back.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -84,6 +85,15 @@ def tripped_and_paused(
         for found in names:
             labels = meta_of(c.core.read_namespaced_pod(found, c.ns)).labels or {}
             assert labels.get(QUARANTINE_LABEL) == breaker
+    # The tenant unsuspends it while the breaker is open: suspended again at once.
+    group, version, plural = resource
+    c.custom.patch_namespaced_custom_object(
+        group, version, c.ns, plural, name, {"spec": {"suspend": False}}
+    )
+    began = time.monotonic()
+    wait_for(lambda: get(c, resource, name)["spec"]["suspend"] is True, "re-paused", timeout=10)
+    undone_in = time.monotonic() - began
+    print(f"\nthe tenant's unsuspend of the {plural} undone in {undone_in:.2f}s")
     status = c.breaker(breaker)["status"]
     paused = next(r for r in status["actions"] if r["type"] == "pause")
     assert paused["changed"]["field"] == "spec.suspend"
