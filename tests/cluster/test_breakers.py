@@ -28,6 +28,7 @@ from kubernetes import client
 
 from breaker.api import containment
 from breaker.constants import GROUP, VERSION
+from breaker.failpoints import VARIABLE as FAILPOINTS
 from tests.cluster.scenes import (
     ATTACKS,
     Cluster,
@@ -68,6 +69,66 @@ def test_an_attack_is_contained(cluster: Cluster, attack: str) -> None:
     assert len(ours) == 1, ours
     assert ours[0].endswith(" 1.0"), ours
     assert f'state="{status["state"]}"' in ours[0]
+
+
+def test_the_evidence_outlives_a_deleted_workload(
+    cluster: Cluster, operator_process: Operator
+) -> None:
+    """No Breaker is owned by its workload, so the tenant cannot erase a tripped one by
+    deleting its job. A reference an earlier version wrote is dropped: here the first drop
+    fails (a failpoint), the Owned condition says so, and the retry holds. Then a trip, the
+    tenant deletes its TrainingJob, the garbage collector takes the Job and its pods, and
+    the Breaker and its evidence stay."""
+    c = cluster
+    operator_process.restart({FAILPOINTS: "breaker.disown=error"})
+    try:
+        pods = full_cluster(c)
+        c.create("breakerpolicies", policy())
+        wait_for(lambda: c.breaker("rl-guard").get("status"), "the breaker")
+        assert "ownerReferences" not in c.breaker("rl-guard")["metadata"]
+        rl = c.get("trainingjobs", "rl")["metadata"]
+        legacy = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "TrainingJob",
+            "name": "rl",
+            "uid": rl["uid"],
+            "blockOwnerDeletion": False,
+        }
+        c.patch("breakers", "rl-guard", {"metadata": {"ownerReferences": [legacy]}})
+        said = wait_for(lambda: owned(c), "the Owned condition of the failed drop", timeout=30)
+        assert said["reason"] == "ReleaseFailed"
+        assert "TrainingJob/rl" in said["message"]
+        wait_for(
+            lambda: (
+                not c.breaker("rl-guard")["metadata"].get("ownerReferences") and owned(c) is None
+            ),
+            "the reference dropped by the retry",
+            timeout=30,
+        )
+        with c.sim(pods, ATTACKS["mining-mid-run"]):
+            evidence = contained(c, pods)["evidence"]
+        c.custom.delete_namespaced_custom_object(GROUP, VERSION, c.ns, "trainingjobs", "rl")
+        jobs = c.batch.list_namespaced_job
+        wait_for(
+            lambda: "rl" not in {meta_of(j).name for j in jobs(c.ns).items}, "its Job collected"
+        )
+        names = {meta_of(p).name for p in pods}
+        listed = c.core.list_namespaced_pod
+        wait_for(
+            lambda: not [p for p in listed(c.ns).items if meta_of(p).name in names],
+            "its pods gone",
+        )
+        operator_process.wait_evaluations(2)
+        kept = c.breaker("rl-guard")
+        assert kept["status"]["state"] == "Open"
+        assert kept["status"]["evidence"] == evidence
+    finally:
+        operator_process.restart()  # never leave a failpoint armed
+
+
+def owned(c: Cluster) -> dict[str, Any] | None:
+    conditions = c.breaker("rl-guard").get("status", {}).get("conditions") or []
+    return next((x for x in conditions if x["type"] == "Owned"), None)
 
 
 def test_a_reset_restores_every_changed_spec(cluster: Cluster) -> None:

@@ -16,6 +16,7 @@ import re
 import pytest
 
 from breaker import failpoints
+from breaker.api import conditions
 from breaker.api.policy import BreakerPolicySpec
 from breaker.constants import (
     GROUP,
@@ -150,8 +151,10 @@ class Operator:
         retry = await self.controller.converge(trips, {})
         while self.controller.busy:
             await asyncio.gather(*self.controller.busy.values(), return_exceptions=True)
+        if self.controller.disowner.task is not None:
+            await self.controller.disowner.task
         await self.indexes.refresh()
-        return retry
+        return retry or self.controller.disowner.waiting()
 
     async def guarding(self) -> None:
         """The Breaker created, then its first status (Closed) written."""
@@ -223,6 +226,48 @@ async def tripped(cluster: FakeCluster, queue: FakeQueue, clock: Clock) -> Opera
 
 
 # -- a trip under Enforce -------------------------------------------------------------------
+
+
+async def test_an_earlier_versions_owner_reference_is_dropped_until_it_holds(
+    cluster: FakeCluster, queue: FakeQueue, clock: Clock
+) -> None:
+    """A Breaker an earlier version made owned by its job loses the reference; a failed
+    drop is said in the Owned condition and retried after its backoff."""
+    operator = Operator(cluster, queue, clock)
+    await operator.guarding()
+    legacy = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingJob",
+        "name": "rl",
+        "uid": job(cluster)["metadata"]["uid"],
+        "blockOwnerDeletion": False,
+    }
+    cluster.edit(BREAKERS, NS, BREAKER, {"metadata": {"ownerReferences": [legacy]}})
+    cluster.fail("PATCH", f"/breakers/{BREAKER}$", 500)
+    assert await operator.converge(), "a retry is due"
+    owned = conditions.find(status(cluster)["conditions"], "Owned")
+    assert owned is not None
+    assert (owned["status"], owned["reason"]) == ("True", "ReleaseFailed")
+    assert "TrainingJob/rl" in owned["message"]
+    assert 'ownerReferences":null' in owned["message"], "how to drop it by hand"
+    await operator.converge(trip=True)  # its writes keep the condition while it holds
+    assert conditions.find(status(cluster)["conditions"], "Owned") is not None
+    assert status(cluster)["state"] == "Open"
+
+    clock.advance(breakers.RETRY_SECONDS)
+    assert not await operator.converge()
+    found = cluster.get(BREAKERS, NS, BREAKER)
+    assert found is not None
+    assert "ownerReferences" not in found["metadata"]
+    assert conditions.find(status(cluster)["conditions"], "Owned") is None
+    assert len(cluster.requests("PATCH", f"/breakers/{BREAKER}$")) == 2
+
+
+async def test_no_breaker_is_owned_by_its_workload(tripped: Operator, cluster: FakeCluster) -> None:
+    found = cluster.get(BREAKERS, NS, BREAKER)
+    assert found is not None
+    assert "ownerReferences" not in found["metadata"]
+    assert not cluster.requests("PATCH", f"/breakers/{BREAKER}$"), "nothing to drop"
 
 
 async def test_a_trip_opens_the_breaker_and_records_each_action_it_applied(

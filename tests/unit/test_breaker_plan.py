@@ -54,6 +54,28 @@ def test_tripped_evidence_outlives_the_workload_for_the_retention() -> None:
     assert plan.plan_breakers([policy], [], {}, existing, later).delete == (("team-a", "rl-guard"),)
 
 
+def test_a_breaker_whose_workload_is_gone_is_removed_by_the_plan_not_by_ownership() -> None:
+    """Breakers are not owned by their workload; the plan removes an idle one whose workload
+    is gone (and keeps a tripped one, above)."""
+    (created,) = plan.plan_breakers([POLICY], [RL], {}, {}, NOW).create
+    assert "ownerReferences" not in created["metadata"]
+    idle = {**created, "status": {"state": "Closed"}}
+    gone = plan.plan_breakers([POLICY], [], {}, {("team-a", "rl-guard"): idle}, NOW)
+    assert gone.delete == (("team-a", "rl-guard"),)
+
+
+def test_the_workloads_owner_reference_of_an_earlier_version_is_dropped() -> None:
+    legacy = {"kind": "TrainingJob", "name": "rl", "uid": "u1", "apiVersion": "breaker.dev/v1"}
+    admins = {"kind": "ConfigMap", "name": "keep", "uid": "u9", "apiVersion": "v1"}
+    body = {"metadata": {"ownerReferences": [legacy, admins]}, "spec": {"targetRef": {"uid": "u1"}}}
+    assert plan.disowned(body) == [admins]  # the admin's own reference stays
+    assert plan.owner_of(body) == "TrainingJob/rl"
+    only_legacy = {**body, "metadata": {"ownerReferences": [legacy]}}
+    assert plan.disowned(only_legacy) == []
+    assert plan.disowned({"metadata": {}, "spec": {"targetRef": {"uid": "u1"}}}) is None
+    assert plan.disowned({"metadata": {"ownerReferences": [admins]}, "spec": {}}) is None
+
+
 def test_the_machine_memory_round_trips_through_status() -> None:
     memory = machine.Breaker(
         state="Open",

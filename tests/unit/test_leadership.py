@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
+
+import pytest
 
 from breaker import failpoints
 from breaker.leadership import below, live_priorities
@@ -37,3 +40,17 @@ def test_failpoints_parse_names_and_visits() -> None:
         "reset.recorded": 3,
     }
     assert failpoints.parse("") == {}
+    assert failpoints.parse("breaker.disown=error, b:2=error") == {
+        "breaker.disown=error": 1,
+        "b=error": 2,
+    }
+
+
+def test_an_armed_error_failpoint_raises_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(failpoints, "_ARMED", failpoints.parse("x:2=error"))
+    monkeypatch.setattr(failpoints, "_HITS", Counter())
+    failpoints.fail("x")
+    with pytest.raises(failpoints.Injected):
+        failpoints.fail("x")
+    failpoints.fail("x")
+    failpoints.hit("x")  # an error point never kills

@@ -52,3 +52,25 @@ def find(conditions: Iterable[dict[str, Any]] | None, type_: str) -> dict[str, A
 def is_true(conditions: Iterable[dict[str, Any]] | None, type_: str) -> bool:
     found = find(conditions, type_)
     return found is not None and found.get("status") == "True"
+
+
+def put(
+    existing: Iterable[dict[str, Any]] | None,
+    cond: Cond,
+    now: dt.datetime,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    """``existing`` with ``cond`` set (added last, or in its place), the others untouched."""
+    others = list(existing or [])
+    (item,) = merge(others, [cond], now, generation)
+    placed = [item if c.get("type") == cond.type else c for c in others]
+    return placed if find(others, cond.type) else [*others, item]
+
+
+def drop(existing: Iterable[dict[str, Any]] | None, type_: str) -> list[dict[str, Any]]:
+    return [c for c in existing or [] if c.get("type") != type_]
+
+
+def kept(found: dict[str, Any]) -> Cond:
+    """A condition read back from status, to be written again as it is."""
+    return Cond(found["type"], found["status"], found.get("reason", ""), found.get("message", ""))

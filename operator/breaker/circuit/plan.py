@@ -151,6 +151,29 @@ def plan_breakers(
     return BreakerPlan(create, tuple(delete))
 
 
+def disowned(body: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The ownerReferences a Breaker keeps once its workload's is dropped; None if it has
+    none to drop.
+
+    Breakers are never owned by their workload now (``desired_breaker``); earlier versions
+    made them so, and the loop drops that reference from every Breaker it finds with one.
+    Any other reference (an admin's) stays.
+    """
+    refs = (body.get("metadata") or {}).get("ownerReferences") or []
+    guarded = ((body.get("spec") or {}).get("targetRef") or {}).get("uid")
+    kept = [ref for ref in refs if not guarded or ref.get("uid") != guarded]
+    return kept if len(kept) < len(refs) else None
+
+
+def owner_of(body: Mapping[str, Any]) -> str:
+    """ "Kind/name" of the workload that still owns a Breaker (see ``disowned``)."""
+    guarded = ((body.get("spec") or {}).get("targetRef") or {}).get("uid")
+    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("uid") == guarded:
+            return f"{ref.get('kind')}/{ref.get('name')}"
+    return "its workload"
+
+
 def _policy_ref(policy: Policy) -> dict[str, Any]:
     ref: dict[str, Any] = {"kind": policy.kind, "name": policy.name}
     if policy.namespace:

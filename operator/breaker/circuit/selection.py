@@ -74,15 +74,9 @@ def desired_breaker(policy: Policy, workload: Workload, name: str | None = None)
             "name": name or breaker_name(policy, workload),
             "namespace": workload.namespace,
             "labels": {POLICY_LABEL: policy.name[:63], WORKLOAD_LABEL: workload.name[:63]},
-            "ownerReferences": [
-                {
-                    "apiVersion": workload.api_version,
-                    "kind": workload.kind,
-                    "name": workload.name,
-                    "uid": workload.uid,
-                    "blockOwnerDeletion": False,
-                }
-            ],
+            # No ownerReference: a Breaker owned by its workload would go with it, and a
+            # tenant deleting a tripped job would erase the evidence. The plan removes a
+            # Breaker whose workload is gone once it holds nothing (plan_breakers).
         },
         "spec": {
             "policyRef": policy_ref,

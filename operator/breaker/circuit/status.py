@@ -9,10 +9,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from breaker.api import containment
-from breaker.api.conditions import Cond, merge
+from breaker.api.conditions import Cond, find, kept, merge
 from breaker.circuit import machine, plan
 
 HISTORY = 50  # transitions kept in status.history
+OWNED = "Owned"  # set only while an earlier version's ownerReference could not be dropped
 
 
 def signals_unknown(error: str | None) -> Cond:
@@ -77,11 +78,34 @@ def wanted(
                 containment.CONDITION,
                 *containment.condition(after.state, records, settings.dry_run),
             ),
+            *still_owned(body, status),
         ],
         now,
         body["metadata"].get("generation"),
     )
     return found
+
+
+def owned(body: Mapping[str, Any], problem: str) -> Cond:
+    """The Owned condition while dropping the workload's ownerReference fails."""
+    meta = body.get("metadata") or {}
+    unowned = '{"metadata":{"ownerReferences":null}}'
+    return Cond(
+        OWNED,
+        "True",
+        "ReleaseFailed",
+        f"owned by {plan.owner_of(body)} (an earlier version made it so): deleting that "
+        f"workload would delete this Breaker and its evidence. Dropping the reference "
+        f"failed ({problem}); the operator retries. By hand: kubectl -n "
+        f"{meta.get('namespace')} patch breaker {meta.get('name')} --type=merge "
+        f"-p '{unowned}'"[:1024],
+    )
+
+
+def still_owned(body: Mapping[str, Any], status: Mapping[str, Any]) -> list[Cond]:
+    """The Owned condition to keep writing: while the reference it is about is there."""
+    found = find(status.get("conditions"), OWNED)
+    return [kept(found)] if found is not None and plan.disowned(body) is not None else []
 
 
 def merged(status: Mapping[str, Any], found: Mapping[str, Any]) -> dict[str, Any]:

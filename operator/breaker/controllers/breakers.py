@@ -44,6 +44,7 @@ from breaker.circuit.views import WorkloadView
 from breaker.constants import GROUP, VERSION
 from breaker.controllers import config, inventory
 from breaker.controllers.actuator import Actuator, target_nodes
+from breaker.controllers.disown import Disowner
 from breaker.controllers.evaluation import (
     BreakerKey,
     Compiled,
@@ -108,6 +109,13 @@ class BreakerController:
             clock=lambda: time.monotonic(),  # this module's
         )
         self.handoff_due: dict[BreakerKey, float] = {}  # next look at an awaited handoff
+        self.disowner = Disowner(
+            api,
+            self.written,
+            self.busy,
+            Backoff(RETRY_SECONDS, RETRY_CAP_SECONDS, clock=lambda: time.monotonic()),
+            self.loop.nudge,
+        )
         self.webhooks = Webhooks(api, operator_namespace)
 
     @property
@@ -186,6 +194,7 @@ class BreakerController:
             now,
         )
         failed = await self._create_and_delete(wanted)
+        self.disowner.start(existing)
         metrics.GUARDED.set(len(existing))
         metrics.STATES.keep_only(existing.keys())
 
@@ -213,7 +222,7 @@ class BreakerController:
         self._forget_written(existing)
         self.backoff.keep_only(existing)
         # A breaker waiting to retry its actions brings the loop back when it is due.
-        return failed or self.backoff.waiting()
+        return failed or self.backoff.waiting() or self.disowner.waiting()
 
     async def _create_and_delete(self, wanted: plan.BreakerPlan) -> bool:
         """Create and delete the Breakers the plan says; True if an API call failed."""
@@ -439,8 +448,6 @@ class BreakerController:
                     records = protocol.handed(records, *found)
                 extra["reclaim"] = protocol.debt(workload, records)
                 records = await self.actuator.undo(scene, records, only_types=None)
-        if transition.changed and after.state in ("Open", "Locked", "ForcedOpen"):
-            await self._release_ownership(key, body)
         written = await self._write(key, body, status, after, records, settings, extra, history)
         failpoints.hit("reset.recorded" if "revert" in transition.effects else "trip.recorded")
         event = transition.event
@@ -634,24 +641,6 @@ class BreakerController:
             raise
         self.written[key] = merged
         return merged
-
-    async def _release_ownership(self, key: BreakerKey, body: dict[str, Any]) -> None:
-        """Tripped: the Breaker must outlive its workload, or deleting the job erases it."""
-        if not body["metadata"].get("ownerReferences"):
-            return
-        try:
-            await kube.call(
-                client.CustomObjectsApi(self.api).patch_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                key[0],
-                "breakers",
-                key[1],
-                {"metadata": {"ownerReferences": None}},
-            )
-        except client.ApiException as error:
-            # Said, not swallowed; retrying it until it holds is issue 23's.
-            log.warning("Breaker %s/%s: still owned by its workload: %s", *key, error.reason)
 
     async def _write_policy_statuses(self, breakers: Mapping[BreakerKey, dict[str, Any]]) -> None:
         counts: dict[PolicyKey, dict[str, int]] = {}
