@@ -341,3 +341,38 @@ def person(cluster: Cluster, name: str, role: str) -> Path:
         capture_output=True,
     )
     return service_account_kubeconfig(cluster.local, cluster.ns, name, cluster.tmp / name)
+
+
+def deployment(app: str, name: str | None = None) -> dict[str, Any]:
+    """A Deployment of two pods labelled ``app``, running the image ``<app>:1``."""
+    return {
+        "metadata": {"name": name or app, "labels": {"app": app}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": app, "deployment": name or app}},
+            "template": {
+                "metadata": {"labels": {"app": app, "deployment": name or app}},
+                "spec": {"containers": [{"name": "c", "image": f"{app}:1"}]},
+            },
+        },
+    }
+
+
+def deployment_policy(name: str, app: str, action: str) -> dict[str, Any]:
+    body = policy(kinds=("Deployment",), actions=(action,))
+    body["metadata"]["name"] = name
+    body["spec"]["targets"]["selector"] = {"matchLabels": {"app": app}}
+    return body
+
+
+def force_open(c: Cluster, breaker: str) -> None:
+    wait_for(lambda: c.breaker(breaker).get("status"), f"breaker {breaker}")
+    c.patch(
+        "breakers",
+        breaker,
+        {"spec": {"override": "ForcedOpen", "overrideReason": "reverse tunnel seen"}},
+    )
+    wait_for(
+        lambda: c.settled_state(breaker) == "ForcedOpen",
+        f"{breaker} forced open",
+    )

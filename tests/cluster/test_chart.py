@@ -210,6 +210,9 @@ def test_the_operators_token_is_refused_what_it_does_not_need(
     assert refused(as_operator.delete_namespace, namespace)
     assert refused(as_operator.connect_post_namespaced_pod_exec, "any", namespace, command=["true"])
     assert refused(client.AppsV1Api(operator_api).delete_namespaced_deployment, "any", namespace)
+    # ConfigMaps: only its own admission params, by name.
+    assert refused(as_operator.delete_namespaced_config_map, "kube-root-ca.crt", namespace)
+    assert refused(as_operator.read_namespaced_config_map, "kube-root-ca.crt", namespace)
     assert refused(
         client.RbacAuthorizationV1Api(operator_api).create_cluster_role,
         {"metadata": {"name": "escalate"}, "rules": []},
@@ -269,6 +272,15 @@ def test_people_get_what_their_role_says(
     assert may(operator_, "patch", "breakers.breaker.dev")
     assert may(operator_, "create", "breakerpolicies.breaker.dev")
     assert not may(operator_, "patch", "breakers.breaker.dev/status")
+    # Past the admission policy: breaker-admin and the operator, no tenant.
+    assert may(operator_, "bypass", "breakers.breaker.dev")
+    assert may(
+        f"system:serviceaccount:{RELEASE_NAMESPACE}:{SERVICE_ACCOUNT}",
+        "bypass",
+        "breakers.breaker.dev",
+    )
+    for tenant in (editor, admin, viewer):
+        assert not may(tenant, "bypass", "breakers.breaker.dev")
 
 
 def test_the_alerts_are_valid_rules(local_cluster: LocalCluster, tmp_path: Path) -> None:

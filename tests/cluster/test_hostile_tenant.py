@@ -1,17 +1,23 @@
-"""A tripped tenant tries to get out.
+"""A tripped tenant tries to get out, with the chart's admission policy on and off.
 
 The tenant holds Kubernetes' `edit` role in its namespace (with the chart's aggregation),
-the most a team running its own jobs is usually given. Its job has been tripped. Every
-way out it tries is either refused by the API server (RBAC) or undone by the operator
-within a second of the change, with a Warning Event saying what was undone. How long
-each undo took is printed at the end of the run.
+the most a team running its own jobs is usually given. Its job has been tripped.
+
+- Policy on (the chart's default): every way out is refused by the API server, by RBAC
+  or by the admission policy, whose message names the Breaker and the reset command, and
+  nothing changes.
+- Policy off (its bindings removed): what RBAC allows is admitted, and the operator undoes
+  it within a second, with a Warning Event saying what was undone; exec, attach and
+  port-forward into a quarantined pod are admitted (the operator cannot see them).
+
+What each attempt came to, and how long each undo took, is printed at the end of the run.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,9 @@ from breaker.constants import GROUP, VERSION
 from tests.cluster.scenes import (
     OUTSIDE_POOL,
     Cluster,
+    deployment,
+    deployment_policy,
+    force_open,
     full_cluster,
     person,
     policy,
@@ -38,6 +47,7 @@ BREAKER = "rl-guard"  # the TrainingJob's: revokeEgress, pause, reassignGPUs
 HELPER = "helper-keep-training"  # a Deployment whose egress alone is revoked: pods keep running
 QUARANTINE = f"{HELPER}-quarantine"
 SIDECAR = "sidecar-stop"  # a Deployment that is paused (scaled to zero)
+BINDINGS = ("breaker-containment", "breaker-containment-params")  # the chart's
 
 
 def closed(c: Cluster, breaker: str) -> bool:
@@ -57,31 +67,66 @@ class Tenant:
         self.apps = client.AppsV1Api(api)
 
 
-def escape(
-    c: Cluster, breaker: str, what: str, attempt: Callable[[], Any], held: Callable[[], bool]
-) -> None:
-    """Make the attempt; it must be undone (``held`` true again) within a second, and a
-    Warning Event on the breaker must say so."""
-    warnings_before = len(restored_events(c, breaker))
-    attempt()
-    changed = time.monotonic()
-    wait_for(held, f"the operator to undo: {what}", timeout=10, interval=0.02)
-    took = time.monotonic() - changed
-    ATTEMPTS.append((what, "undone", took))
-    wait_for(
-        lambda: len(restored_events(c, breaker)) > warnings_before,
-        f"a Warning Event for: {what}",
-        timeout=10,
-    )
-    assert took < 1.0, f"{what}: undone only after {took:.2f}s"
+class Escapes:
+    """The tenant's attempts, judged by whether the admission policy is on."""
 
+    def __init__(self, c: Cluster, policy_on: bool) -> None:
+        self.c, self.policy_on = c, policy_on
+        self.mode = "policy on" if policy_on else "policy off"
 
-def refused(what: str, attempt: Callable[[], Any]) -> None:
-    """The API server refuses the tenant (403) before anything changes."""
-    with pytest.raises(client.ApiException) as caught:
+    def escape(
+        self, breaker: str, what: str, attempt: Callable[[], Any], held: Callable[[], bool]
+    ) -> None:
+        """Policy on: refused, naming ``breaker``, and ``held`` still. Off: undone
+        (``held`` true again) within a second, and a Warning Event on the breaker says so."""
+        if self.policy_on:
+            self.refused_at_admission(breaker, what, attempt)
+            assert held(), f"{what}: refused, yet something changed"
+            return
+        c = self.c
+        warnings_before = len(restored_events(c, breaker))
         attempt()
-    assert caught.value.status == 403, caught.value
-    ATTEMPTS.append((what, "refused (403)", None))
+        changed = time.monotonic()
+        wait_for(held, f"the operator to undo: {what}", timeout=10, interval=0.02)
+        took = time.monotonic() - changed
+        ATTEMPTS.append((f"[{self.mode}] {what}", "undone", took))
+        wait_for(
+            lambda: len(restored_events(c, breaker)) > warnings_before,
+            f"a Warning Event for: {what}",
+            timeout=10,
+        )
+        assert took < 1.0, f"{what}: undone only after {took:.2f}s"
+
+    def refused_at_admission(self, breaker: str, what: str, attempt: Callable[[], Any]) -> None:
+        with pytest.raises(client.ApiException) as caught:
+            attempt()
+        said = caught.value.body or ""
+        assert caught.value.status == 403, said
+        assert "ValidatingAdmissionPolicy" in said, said
+        assert breaker in said, said
+        assert "kubectl breaker reset" in said, said
+        ATTEMPTS.append((f"[{self.mode}] {what}", "refused at admission (403)", None))
+
+    def connect(self, breaker: str, what: str, attempt: Callable[[], Any]) -> None:
+        """exec, attach, port-forward: refused with the policy on. Off, admitted: the API
+        server goes on to the node (a kwok node has no kubelet, so it fails there)."""
+        if self.policy_on:
+            self.refused_at_admission(breaker, what, attempt)
+            return
+        with pytest.raises(client.ApiException) as caught:
+            attempt()
+        assert caught.value.status != 403, caught.value.body
+        ATTEMPTS.append(
+            (f"[{self.mode}] {what}", f"admitted (then {caught.value.status} from the node)", None)
+        )
+
+    def refused(self, what: str, attempt: Callable[[], Any]) -> None:
+        """RBAC refuses the tenant (403) before anything changes, policy or not."""
+        with pytest.raises(client.ApiException) as caught:
+            attempt()
+        assert caught.value.status == 403, caught.value
+        assert "ValidatingAdmissionPolicy" not in (caught.value.body or ""), "RBAC, not admission"
+        ATTEMPTS.append((f"[{self.mode}] {what}", "refused by RBAC (403)", None))
 
 
 def restored_events(c: Cluster, breaker: str) -> list[Any]:
@@ -89,6 +134,16 @@ def restored_events(c: Cluster, breaker: str) -> list[Any]:
         c.ns, field_selector=f"involvedObject.name={breaker},reason=ContainmentRestored"
     )
     return [e for e in listed.items if e.type == "Warning"]
+
+
+def quarantined(pod: Any) -> bool:
+    return "breaker.dev/quarantined" in (meta_of(pod).labels or {})
+
+
+def params(c: Cluster) -> dict[str, str]:
+    """The admission policy's params the operator keeps in the namespace, by pod name."""
+    found = c.core.read_namespaced_config_map("breaker-containment", c.ns).data or {}
+    return {key.removeprefix("pod."): value for key, value in found.items()}
 
 
 def helper_pods(c: Cluster) -> list[Any]:
@@ -105,42 +160,33 @@ def egress_closed(c: Cluster) -> bool:
     )
 
 
-def deployment(name: str) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "c", "image": f"{name}:1"}]},
-            },
-        },
-    }
+@pytest.fixture(params=["policy on", "policy off"])
+def policy_on(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[bool]:
+    """The chart's admission policies bound (as installed), or their bindings removed for
+    the test and put back after it."""
+    if request.param == "policy on":
+        yield True
+        return
+    admission = client.AdmissionregistrationV1Api(cluster.core.api_client)
+    kept = []
+    for name in BINDINGS:
+        binding = admission.read_validating_admission_policy_binding(name)
+        kept.append(binding)
+        admission.delete_validating_admission_policy_binding(name)
+    try:
+        yield False
+    finally:
+        for binding in kept:
+            meta = meta_of(binding)
+            binding.metadata = client.V1ObjectMeta(name=meta.name, labels=meta.labels)
+            admission.create_validating_admission_policy_binding(binding)
 
 
-def deployment_policy(name: str, app: str, action: str) -> dict[str, Any]:
-    body = policy(kinds=("Deployment",), actions=(action,))
-    body["metadata"]["name"] = name
-    body["spec"]["targets"]["selector"] = {"matchLabels": {"app": app}}
-    return body
-
-
-def force_open(c: Cluster, breaker: str) -> None:
-    wait_for(lambda: c.breaker(breaker).get("status"), f"breaker {breaker}")
-    c.patch(
-        "breakers",
-        breaker,
-        {"spec": {"override": "ForcedOpen", "overrideReason": "reverse tunnel seen"}},
-    )
-    wait_for(
-        lambda: c.settled_state(breaker) == "ForcedOpen",
-        f"{breaker} forced open",
-    )
-
-
-def test_a_tripped_tenant_cannot_get_out(cluster: Cluster, operator_process: Operator) -> None:
+def test_a_tripped_tenant_cannot_get_out(
+    cluster: Cluster, operator_process: Operator, policy_on: bool
+) -> None:
     c = cluster
+    tries = Escapes(c, policy_on)
     full_cluster(c)
     for name in ("helper", "sidecar"):
         c.apps.create_namespaced_deployment(c.ns, as_body(deployment(name)))
@@ -160,15 +206,13 @@ def test_a_tripped_tenant_cannot_get_out(cluster: Cluster, operator_process: Ope
     ns = c.ns
 
     # Egress: the quarantine policy, the other policies, the pods' labels.
-    escape(
-        c,
+    tries.escape(
         HELPER,
         "delete the quarantine NetworkPolicy",
         lambda: tenant.net.delete_namespaced_network_policy(QUARANTINE, ns),
         lambda: QUARANTINE in {p["metadata"]["name"] for p in c.netpols()} and egress_closed(c),
     )
-    escape(
-        c,
+    tries.escape(
         HELPER,
         "edit the quarantine NetworkPolicy to allow all egress",
         lambda: tenant.net.patch_namespaced_network_policy(
@@ -176,8 +220,7 @@ def test_a_tripped_tenant_cannot_get_out(cluster: Cluster, operator_process: Ope
         ),
         lambda: egress_closed(c),
     )
-    escape(
-        c,
+    tries.escape(
         HELPER,
         "widen another NetworkPolicy to re-select the pods",
         lambda: tenant.net.replace_namespaced_network_policy(
@@ -192,8 +235,7 @@ def test_a_tripped_tenant_cannot_get_out(cluster: Cluster, operator_process: Ope
         ),
         lambda: egress_closed(c),
     )
-    escape(
-        c,
+    tries.escape(
         HELPER,
         "create a new NetworkPolicy letting the job's pods out",
         lambda: tenant.net.create_namespaced_network_policy(
@@ -212,8 +254,7 @@ def test_a_tripped_tenant_cannot_get_out(cluster: Cluster, operator_process: Ope
         lambda: egress_closed(c),
     )
     pod = helper_pods(c)[0].metadata.name
-    escape(
-        c,
+    tries.escape(
         HELPER,
         "remove the quarantine label from a pod",
         lambda: tenant.core.patch_namespaced_pod(
@@ -227,10 +268,28 @@ def test_a_tripped_tenant_cannot_get_out(cluster: Cluster, operator_process: Ope
             == HELPER
         ),
     )
+    # Past every NetworkPolicy: the kubelet's exec, attach and port-forward.
+    wait_for(lambda: pod in params(c), "the pod in the admission policy's params")
+    tries.connect(
+        HELPER,
+        "exec into a quarantined pod",
+        lambda: tenant.core.connect_post_namespaced_pod_exec(
+            pod, ns, command=["sh"], stdin=True, stdout=True
+        ),
+    )
+    tries.connect(
+        HELPER,
+        "attach to a quarantined pod",
+        lambda: tenant.core.connect_post_namespaced_pod_attach(pod, ns, stdout=True),
+    )
+    tries.connect(
+        HELPER,
+        "port-forward to a quarantined pod",
+        lambda: tenant.core.connect_post_namespaced_pod_portforward(pod, ns, ports="22"),
+    )
 
     # The pause: the job and the Deployment.
-    escape(
-        c,
+    tries.escape(
         BREAKER,
         "unsuspend the TrainingJob",
         lambda: tenant.custom.patch_namespaced_custom_object(
@@ -238,8 +297,7 @@ def test_a_tripped_tenant_cannot_get_out(cluster: Cluster, operator_process: Ope
         ),
         lambda: c.get("trainingjobs", "rl")["spec"].get("suspend") is True,
     )
-    escape(
-        c,
+    tries.escape(
         SIDECAR,
         "scale the paused Deployment back up",
         lambda: tenant.apps.patch_namespaced_deployment_scale(
@@ -249,39 +307,39 @@ def test_a_tripped_tenant_cannot_get_out(cluster: Cluster, operator_process: Ope
     )
 
     # The breaker itself, and the GPUs.
-    refused(
+    tries.refused(
         "delete its Breaker",
         lambda: tenant.custom.delete_namespaced_custom_object(
             GROUP, VERSION, ns, "breakers", BREAKER
         ),
     )
-    refused(
+    tries.refused(
         "reset its Breaker",
         lambda: tenant.custom.patch_namespaced_custom_object(
             GROUP, VERSION, ns, "breakers", BREAKER, {"spec": {"reset": "let-me-out"}}
         ),
     )
-    refused(
+    tries.refused(
         "clear the ForcedOpen override",
         lambda: tenant.custom.patch_namespaced_custom_object(
             GROUP, VERSION, ns, "breakers", BREAKER, {"spec": {"override": None}}
         ),
     )
-    refused(
+    tries.refused(
         "raise the namespace's GPU quota",
         lambda: tenant.core.patch_namespaced_resource_quota(
             "breaker-gpu-clamp", ns, {"spec": {"hard": {"requests.nvidia.com/gpu": "64"}}}
         ),
     )
-    refused(
+    tries.refused(
         "delete the GPU quota clamp",
         lambda: tenant.core.delete_namespaced_resource_quota("breaker-gpu-clamp", ns),
     )
-    refused(
+    tries.refused(
         "read the ClusterBreakerPolicies",
         lambda: tenant.custom.list_cluster_custom_object(GROUP, VERSION, "clusterbreakerpolicies"),
     )
-    refused(
+    tries.refused(
         "edit a BreakerPolicy",
         lambda: tenant.custom.patch_namespaced_custom_object(
             GROUP, VERSION, ns, "breakerpolicies", "guard", {"spec": {"mode": "DryRun"}}
@@ -321,7 +379,45 @@ def test_a_tripped_tenant_cannot_get_out(cluster: Cluster, operator_process: Ope
     )
     assert c.state("rl-again") == "Queued"
     assert c.state("waiting", c.other) == "Running"
-    ATTEMPTS.append(("create a new TrainingJob to get GPUs back", "held by the quota clamp", None))
+    new_job = "create a new TrainingJob to get GPUs back"
+    ATTEMPTS.append((f"[{tries.mode}] {new_job}", "held by the quota clamp", None))
+
+    # The same program again, in workloads of its own: a fresh Deployment with the tripped
+    # one's labels and image is guarded by a Breaker of its own, which has not tripped; a
+    # bare Pod is no workload a policy guards. Neither is quarantined: their egress is open
+    # until their own signals trip a breaker (the GPU quota clamp still holds GPUs back).
+    tenant.apps.create_namespaced_deployment(ns, as_body(deployment("helper", "helper-again")))
+    tenant.core.create_namespaced_pod(
+        ns,
+        as_body(
+            {
+                "metadata": {"name": "helper-bare", "labels": {"app": "helper"}},
+                "spec": {"containers": [{"name": "c", "image": "helper:1"}]},
+            }
+        ),
+    )
+    fresh = f"helper-again-{HELPER.removeprefix('helper-')}"
+    wait_for(lambda: c.breaker(fresh).get("status", {}).get("state") == "Closed", fresh)
+
+    def newcomers() -> list[Any] | None:
+        found = [p for p in helper_pods(c) if not quarantined(p)]
+        return found if len(found) == 3 else None
+
+    arrived = wait_for(newcomers, "the fresh Deployment's two pods and the bare one")
+    for newcomer in arrived:
+        labels = meta_of(newcomer).labels or {}
+        assert effective_egress(labels, c.netpols()).allows(OUTSIDE_POOL, c.ns)
+    ATTEMPTS.append(
+        (
+            f"[{tries.mode}] run the program again in a fresh Deployment and a bare Pod",
+            "admitted: the Deployment guarded by a Breaker of its own (not tripped), the "
+            "Pod unguarded; both with egress until their own signals trip",
+            None,
+        )
+    )
+    tenant.apps.delete_namespaced_deployment("helper-again", ns)
+    tenant.core.delete_namespaced_pod("helper-bare", ns, grace_period_seconds=0)
+    wait_for(lambda: all(quarantined(p) for p in helper_pods(c)), "the newcomers gone")
 
     # In the end: still contained, and the admin's reset still undoes everything.
     assert egress_closed(c)

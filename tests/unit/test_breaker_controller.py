@@ -263,6 +263,23 @@ async def test_an_earlier_versions_owner_reference_is_dropped_until_it_holds(
     assert len(cluster.requests("PATCH", f"/breakers/{BREAKER}$")) == 2
 
 
+async def test_the_admission_params_follow_what_the_breaker_holds(
+    tripped: Operator, cluster: FakeCluster
+) -> None:
+    """Tripped: the namespace's params name the breaker and its quarantined pod; reset:
+    they are gone."""
+    await tripped.converge()  # the pass the end of the actions wakes
+    params = cluster.get(("", "configmaps"), NS, "breaker-containment")
+    assert params is not None
+    assert params["data"] == {"breakers": BREAKER, "pod.rl-0": BREAKER}
+    assert cluster.get(("", "configmaps"), OTHER, "breaker-containment") is None
+    cluster.edit(BREAKERS, NS, BREAKER, {"spec": {"reset": "admin"}})
+    await tripped.converge()
+    await tripped.converge()
+    assert status(cluster)["state"] == "Closed"
+    assert cluster.get(("", "configmaps"), NS, "breaker-containment") is None
+
+
 async def test_no_breaker_is_owned_by_its_workload(tripped: Operator, cluster: FakeCluster) -> None:
     found = cluster.get(BREAKERS, NS, BREAKER)
     assert found is not None

@@ -23,14 +23,14 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 import kopf
 from kubernetes import client
 
 from breaker import events, failpoints, heap, kube, leadership, metrics
-from breaker.actions import discovery, executor, kueue
+from breaker.actions import admission, discovery, executor, kueue
 from breaker.actions import evidence as evidence_core
 from breaker.actions.pause import KINDS
 from breaker.actions.settings import ActionSettings
@@ -41,9 +41,10 @@ from breaker.circuit.ownership import WorkloadKey, workload_of
 from breaker.circuit.selection import Policy, Workload
 from breaker.circuit.tally import policy_status_patch
 from breaker.circuit.views import WorkloadView
-from breaker.constants import GROUP, VERSION
+from breaker.constants import GROUP, QUARANTINE_LABEL, VERSION
 from breaker.controllers import config, inventory
 from breaker.controllers.actuator import Actuator, target_nodes
+from breaker.controllers.admission import AdmissionParams
 from breaker.controllers.disown import Disowner
 from breaker.controllers.evaluation import (
     BreakerKey,
@@ -78,6 +79,7 @@ class BreakerController:
         prometheus_url: str,
         operator_namespace: str,
         shard: str | None = None,
+        serves: Callable[[str], bool] = lambda _: True,
     ) -> None:
         self.api = api
         self.shard = shard  # this operator's shard's name, when the breakers are sharded
@@ -109,6 +111,7 @@ class BreakerController:
             clock=lambda: time.monotonic(),  # this module's
         )
         self.handoff_due: dict[BreakerKey, float] = {}  # next look at an awaited handoff
+        self.admission = AdmissionParams(api, RESYNC_SECONDS, serves)
         self.disowner = Disowner(
             api,
             self.written,
@@ -219,6 +222,7 @@ class BreakerController:
             )
             failed = not await self._isolated(key, advanced) or failed
         await self._write_policy_statuses(existing)
+        failed = await self.admission.sync(self._admission_params(existing)) or failed
         self._forget_written(existing)
         self.backoff.keep_only(existing)
         # A breaker waiting to retry its actions brings the loop back when it is due.
@@ -293,6 +297,39 @@ class BreakerController:
                 log.exception("Breaker %s/%s: %s", *key, error)
             return False
         return True
+
+    def _admission_params(
+        self, existing: Mapping[BreakerKey, dict[str, Any]]
+    ) -> dict[str, dict[str, str]]:
+        """What the admission policy is to read, per namespace where a breaker holds
+        containment (``actions/admission.py``)."""
+        holding = []
+        for key, body in existing.items():
+            status = self.written.get(key) or body.get("status") or {}
+            if not status.get("contained"):
+                continue
+            target = body["spec"]["targetRef"]
+            paused = any(
+                r.get("type") == "pause"
+                and not protocol.unfinished(r)
+                and not (r.get("changed") or {}).get("skipped")
+                for r in status.get("actions") or []
+            )
+            holding.append(
+                admission.Holding(
+                    key[0],
+                    key[1],
+                    target["kind"] if paused else None,
+                    target["name"] if paused else None,
+                )
+            )
+        namespaces = {held.namespace for held in holding}
+        quarantined = (
+            (pod.namespace, pod.name, pod.labels[QUARANTINE_LABEL])
+            for (namespace, _), pod in items(self.indexes["breaker_pods"])
+            if namespace in namespaces and QUARANTINE_LABEL in pod.labels
+        )
+        return admission.params(holding, quarantined) if holding else {}
 
     def _forget_written(self, existing: Mapping[BreakerKey, dict[str, Any]]) -> None:
         """Drop the statuses kept for Breakers that are gone, and where the index has
@@ -832,6 +869,7 @@ async def start_breaker_controller(memo: kopf.Memo, **kwargs: Any) -> None:
         settings.prometheus_url,
         settings.operator_namespace,
         settings.serving.shard,
+        settings.serving.breakers,
     )
     memo["breakers"] = controller
     memo["breakers_task"] = asyncio.create_task(controller.run(), name="breaker-loop")
