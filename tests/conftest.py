@@ -137,16 +137,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def chart(local_cluster: LocalCluster, crds: None) -> None:
-    """`helm upgrade --install` of helm/breaker, as an admin would, minus the pod."""
-    subprocess.run(
+def install_chart(local_cluster: LocalCluster, chart_dir: Path) -> None:
+    """`helm upgrade --install` of a breaker chart, as an admin would, minus the pod."""
+    done = subprocess.run(
         [
             "helm",
             "upgrade",
             "--install",
             RELEASE,
-            str(repo_root() / "helm" / "breaker"),
+            str(chart_dir),
             "--namespace",
             RELEASE_NAMESPACE,
             "--create-namespace",
@@ -170,9 +169,17 @@ def chart(local_cluster: LocalCluster, crds: None) -> None:
             "2m",
         ],
         env=local_cluster.env(),
-        check=True,
+        check=False,
         capture_output=True,
+        text=True,
     )
+    assert done.returncode == 0, f"helm upgrade --install {chart_dir}: {done.stderr}"
+
+
+@pytest.fixture(scope="session")
+def chart(local_cluster: LocalCluster, crds: None) -> None:
+    """This chart (helm/breaker), installed."""
+    install_chart(local_cluster, repo_root() / "helm" / "breaker")
 
 
 def service_account_kubeconfig(
