@@ -277,3 +277,10 @@ def test_the_stand_in_ray_dashboard_answers_proxy_requests(tmp_path: Path) -> No
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_clusters_a_whole_thousand_apart_share_no_port() -> None:
+    """The demo's test starts a cluster 2,000 ports above the session's, and developers
+    run a second one at another thousand: no two ports may end alike."""
+    ports = list(Ports().__dict__.values())
+    assert len({port % 1000 for port in ports}) == len(ports), sorted(p % 1000 for p in ports)

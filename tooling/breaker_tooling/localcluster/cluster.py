@@ -41,7 +41,11 @@ SERVICE_RANGE = "10.96.0.0/16"
 
 @dataclass(frozen=True)
 class Ports:
-    """Loopback ports of the local cluster; ``BREAKER_CLUSTER_PORT_OFFSET`` moves them all."""
+    """Loopback ports of the local cluster; ``BREAKER_CLUSTER_PORT_OFFSET`` moves them all.
+
+    No two end in the same three digits: clusters offset by whole thousands (the demo's
+    test runs one 2,000 above the session's) never ask for each other's ports.
+    """
 
     etcd: int = 22379
     etcd_peer: int = 22380
@@ -52,8 +56,8 @@ class Ports:
     prometheus: int = 29090
     kube_state_metrics: int = 28080
     kube_state_metrics_telemetry: int = 28081
-    kueue_webhook: int = 29443
-    kueue_metrics: int = 28443
+    kueue_webhook: int = 29444
+    kueue_metrics: int = 28445
     kueue_health: int = 28082
     ray_dashboard: int = 28265
     ray_operator_health: int = 28083
