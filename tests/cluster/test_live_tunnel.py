@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +29,7 @@ from breaker.constants import GROUP, KEPT_ANNOTATION, VERSION
 from breaker_tooling.localcluster import packets
 from breaker_tooling.localcluster.realnode import NAME as REAL_NODE
 from breaker_tooling.localcluster.realnode import RealNode
-from tests.cluster.scenes import Cluster, done, kubectl_breaker
+from tests.cluster.scenes import Cluster, done, kubectl_breaker, person
 from tests.conftest import NodeAgent
 from tests.helpers import wait_for
 from tests.kube import as_body, meta_of, name_of, spec_of, status_of
@@ -351,6 +353,7 @@ def test_revoke_only_cuts_what_is_open_closes_dns_and_holds_against_escapes(
     assert status_of(fresh).phase == "Running"
     assert meta_of(fresh).deletion_timestamp is None
     assert live.agree(pod) == NOTHING
+    exec_past_the_policies(c, pod.metadata.name)
 
     for what, escape in ESCAPES.items():
         escape(c)
@@ -379,3 +382,33 @@ def test_revoke_only_cuts_what_is_open_closes_dns_and_holds_against_escapes(
     assert live.agree(fresh) == EVERYTHING
     live.flowing(ip)
     wait_for(lambda: not live.node.cut_rules(), "every drop the agent placed lifted")
+
+
+def exec_past_the_policies(c: Cluster, pod: str) -> None:
+    """exec reaches a pod through the kubelet, past every NetworkPolicy. The chart's
+    admission policy refuses the tenant, naming the Breaker; an admin, who may bypass it,
+    still gets in through the real kubelet, and inside, the pool is out of reach."""
+    probe = ("exec", pod, "--", "/agent", "probe", *packets.PROBES["pool"])
+    tenant = kubectl(c, *probe, kubeconfig=person(c, "tenant", "edit"))
+    assert tenant.returncode != 0, tenant.stdout
+    assert "ValidatingAdmissionPolicy" in tenant.stderr, tenant.stderr
+    assert "svc-guard" in tenant.stderr, tenant.stderr
+    admin = kubectl(c, *probe)
+    assert '"ok":false' in admin.stdout, admin.stdout + admin.stderr
+    assert admin.returncode == 1, admin.stderr
+
+
+def kubectl(
+    c: Cluster, *args: str, kubeconfig: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = c.local.env()
+    if kubeconfig is not None:
+        env["KUBECONFIG"] = str(kubeconfig)
+    return subprocess.run(
+        ["kubectl", "-n", c.ns, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
