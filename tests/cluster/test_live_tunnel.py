@@ -25,7 +25,7 @@ from kubernetes import client
 
 from breaker.actions.egress import effective_egress
 from breaker.api import containment
-from breaker.constants import GROUP, KEPT_ANNOTATION, VERSION
+from breaker.constants import ADMISSION_PARAMS, GROUP, KEPT_ANNOTATION, VERSION
 from breaker_tooling.localcluster import packets
 from breaker_tooling.localcluster.realnode import NAME as REAL_NODE
 from breaker_tooling.localcluster.realnode import RealNode
@@ -388,6 +388,14 @@ def exec_past_the_policies(c: Cluster, pod: str) -> None:
     """exec reaches a pod through the kubelet, past every NetworkPolicy. The chart's
     admission policy refuses the tenant, naming the Breaker; an admin, who may bypass it,
     still gets in through the real kubelet, and inside, the pool is out of reach."""
+    # The operator lists the quarantined pod for the admission policy on its next pass.
+    wait_for(
+        lambda: (
+            f"pod.{pod}" in (c.core.read_namespaced_config_map(ADMISSION_PARAMS, c.ns).data or {})
+        ),
+        "the pod in the admission policy's params",
+        ignore=(client.ApiException,),
+    )
     probe = ("exec", pod, "--", "/agent", "probe", *packets.PROBES["pool"])
     tenant = kubectl(c, *probe, kubeconfig=person(c, "tenant", "edit"))
     assert tenant.returncode != 0, tenant.stdout
