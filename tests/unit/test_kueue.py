@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from typing import Any
 
-from breaker.actions import kueue
+from kubernetes import client
+
+from breaker.actions import executor, kueue
+from breaker.circuit.views import WorkloadView
 from breaker.constants import PAUSED_BY, PAUSED_WAS
 
 TRIP = dt.datetime(2026, 12, 3, 12, 0, 0, 400_000, tzinfo=dt.UTC)
@@ -159,3 +163,34 @@ def test_admitted_since_the_trip_into_the_freed_queue_from_other_namespaces() ->
         "team-b/job-same-2",  # the trip's own second counts: conditions carry whole seconds
         "team-b/job-late-1",
     ]
+
+
+def trainingjob_scene(queued: kueue.QueuedWorkload | None) -> executor.Scene:
+    """A TrainingJob that hands its queueing to Kueue (spec.queueName), with or without
+    the Workload Kueue makes for its Job."""
+    body = {
+        "apiVersion": "breaker.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": "rl", "namespace": "team-a", "uid": "u0", "annotations": {}},
+        "spec": {"queueName": "gpus", "replicas": 1},
+    }
+    view = WorkloadView(
+        "breaker.dev/v1alpha1", "TrainingJob", "team-a", "rl", "u0", {}, False, None, None,
+        False, body,
+    )  # fmt: skip
+    return executor.Scene(
+        client.ApiClient(), "rl-guard", "team-a", view, [], [], [], [], queued=queued
+    )
+
+
+def test_a_trainingjob_kueue_runs_is_never_switched_through_its_own_suspend() -> None:
+    """Its schema refuses spec.suspend with spec.queueName: before Kueue has made its
+    Workload, it waits unadmitted (paused) and nothing is patched; once the Workload is
+    there, the Workload is the switch."""
+    waiting = trainingjob_scene(None)
+    assert executor.is_paused(waiting)
+    changed = asyncio.run(executor.pause_workload(waiting))  # an API call would fail here
+    assert "Workload yet" in changed["skipped"]
+    running = trainingjob_scene(workload(name="job-rl-1a2b3", admitted_in="cq"))
+    assert executor.managed_by_kueue(running)
+    assert not executor.is_paused(running)  # its Workload is active: a re-pause is due

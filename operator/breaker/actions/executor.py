@@ -427,6 +427,17 @@ async def _patch_workload(scene: Scene, patch: dict[str, Any]) -> None:
     )
 
 
+def queued_by_name(scene: Scene) -> bool:
+    """A TrainingJob that hands its queueing to Kueue (spec.queueName): its own
+    spec.suspend is refused by its schema, Kueue's Workload is its only switch."""
+    workload = scene.workload
+    return (
+        workload is not None
+        and workload.kind == "TrainingJob"
+        and bool((workload.body.get("spec") or {}).get("queueName"))
+    )
+
+
 def managed_by_kueue(scene: Scene) -> bool:
     """Kueue runs the workload: it has a Workload, and still carries Kueue's queue label
     (a tenant who takes the label off takes the job out of Kueue's hands)."""
@@ -434,18 +445,21 @@ def managed_by_kueue(scene: Scene) -> bool:
     if scene.queued is None or workload is None:
         return False
     if workload.kind == "TrainingJob":
-        return bool((workload.body.get("spec") or {}).get("queueName"))
+        return queued_by_name(scene)
     return kueue.QUEUE_LABEL in workload.labels
 
 
 def is_paused(scene: Scene) -> bool:
     """Paused as the breaker pauses it: Kueue's Workload deactivated, or the kind's own
-    switch."""
+    switch. A TrainingJob queued by name whose Workload Kueue has not made yet waits
+    suspended, unadmitted: paused."""
     if scene.workload is None:
         return True
     if managed_by_kueue(scene):
         assert scene.queued is not None
         return not scene.queued.active
+    if queued_by_name(scene):
+        return True
     return scene.workload.paused
 
 
@@ -457,6 +471,14 @@ async def pause_workload(scene: Scene) -> dict[str, Any]:
         return {"skipped": "the workload is gone"}
     if managed_by_kueue(scene):
         return await _deactivate(scene)
+    if queued_by_name(scene):
+        # No Workload yet: Kueue holds the Job suspended until it admits one, and the
+        # re-assertion deactivates that Workload once it is there.
+        return {
+            "kind": workload.kind,
+            "name": workload.name,
+            "skipped": "Kueue has not made its Workload yet: the job waits, unadmitted",
+        }
     annotations = workload.body["metadata"]["annotations"]
     patch, record = pause.pause(workload.kind, workload.body)
     if annotations.get(PAUSED_BY) == scene.breaker and PAUSED_WAS in annotations:
