@@ -29,7 +29,7 @@ from typing import Any
 import kopf
 from kubernetes import client
 
-from breaker import events, failpoints, heap, kube, leadership, metrics
+from breaker import events, failpoints, heap, kopf_tuning, kube, leadership, metrics
 from breaker.actions import admission, discovery, executor, kueue
 from breaker.actions import evidence as evidence_core
 from breaker.actions.pause import KINDS
@@ -895,10 +895,18 @@ async def rediscover_apis(**_: Any) -> None:
     discovery.forget()
 
 
-async def _wake(memo: kopf.Memo, **_: Any) -> None:
+def _nudge(memo: kopf.Memo) -> None:
     controller: BreakerController | None = memo.get("breakers")
     if controller is not None:
         controller.nudge()
+
+
+@kopf_tuning.wake_only
+async def _wake(memo: kopf.Memo, **_: Any) -> None:
+    _nudge(memo)
+
+
+kopf_tuning.READY.append(_nudge)  # after events let go while the indexes were filled
 
 
 for _resource in dict.fromkeys(

@@ -26,7 +26,7 @@ import kopf
 import urllib3
 from kubernetes import client
 
-from breaker import events, kube, metrics
+from breaker import events, kopf_tuning, kube, metrics
 from breaker.actions import marks
 from breaker.actions import quota as quota_core
 from breaker.api import quantity
@@ -733,10 +733,18 @@ def _owes_gpus(status: kopf.Status, memo: kopf.Memo, **_: Any) -> bool:
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels={JOB_LABEL: kopf.PRESENT})
 @kopf.on.event("pods", when=_gpu_or_training_pod)
 @kopf.on.event("resourcequotas")
+@kopf_tuning.wake_only
 async def wake_training_controller(memo: kopf.Memo, **_: Any) -> None:
+    _nudge(memo)
+
+
+def _nudge(memo: kopf.Memo) -> None:
     controller: TrainingController | None = memo.get("training")
     if controller is not None:
         controller.nudge()
+
+
+kopf_tuning.READY.append(_nudge)  # after events let go while the indexes were filled
 
 
 @kopf.on.event("nodes")
