@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from kubernetes import client, config
 
 from breaker import metrics
+from breaker.constants import GROUP, VERSION
 
 T = TypeVar("T")
 
@@ -47,6 +48,19 @@ async def call(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             metrics.API_ERRORS.labels("429").inc()
             await asyncio.sleep(retry_after(error, attempt))
     raise AssertionError("unreachable")
+
+
+async def patch_breaker(
+    api: client.ApiClient, key: tuple[str, str], patch: dict[str, Any], *, status: bool = False
+) -> Any:
+    """A merge patch of the Breaker ``key`` (namespace, name), or of its status."""
+    objects = client.CustomObjectsApi(api)
+    method = (
+        objects.patch_namespaced_custom_object_status
+        if status
+        else objects.patch_namespaced_custom_object
+    )
+    return await call(method, GROUP, VERSION, key[0], "breakers", key[1], patch)
 
 
 def retry_after(error: client.ApiException, attempt: int) -> float:

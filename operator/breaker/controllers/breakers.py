@@ -663,15 +663,7 @@ class BreakerController:
         if merged == status:
             return merged
         try:
-            await kube.call(
-                client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status,
-                GROUP,
-                VERSION,
-                key[0],
-                "breakers",
-                key[1],
-                {"status": wanted},
-            )
+            await kube.patch_breaker(self.api, key, {"status": wanted}, status=True)
         except client.ApiException as error:
             if error.status == 404:
                 return merged

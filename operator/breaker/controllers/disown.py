@@ -25,7 +25,6 @@ from breaker import failpoints, kube
 from breaker.api import conditions
 from breaker.circuit import plan
 from breaker.circuit import status as status_core
-from breaker.constants import GROUP, VERSION
 from breaker.controllers.evaluation import BreakerKey
 from breaker.controllers.reconciler import Backoff
 
@@ -91,15 +90,8 @@ class Disowner:
         kept = plan.disowned(body)
         if kept is not None:
             failpoints.fail("breaker.disown")
-            await kube.call(
-                client.CustomObjectsApi(self.api).patch_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                key[0],
-                "breakers",
-                key[1],
-                {"metadata": {"ownerReferences": kept or None}},
-            )
+            patch = {"metadata": {"ownerReferences": kept or None}}
+            await kube.patch_breaker(self.api, key, patch)
             log.info(
                 "Breaker %s/%s: no longer owned by %s; deleting it leaves the Breaker",
                 *key,
@@ -143,13 +135,5 @@ class Disowner:
     ) -> None:
         if found == (status.get("conditions") or []):
             return
-        await kube.call(
-            client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status,
-            GROUP,
-            VERSION,
-            key[0],
-            "breakers",
-            key[1],
-            {"status": {"conditions": found}},
-        )
+        await kube.patch_breaker(self.api, key, {"status": {"conditions": found}}, status=True)
         self.written[key] = {**status, "conditions": found}

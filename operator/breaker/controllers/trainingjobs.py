@@ -453,15 +453,7 @@ class TrainingController:
     async def _reclaimed(self, breaker: Key, body: dict[str, Any]) -> bool:
         """The job owed its GPUs has them again: the debt is settled."""
         try:
-            await kube.call(
-                client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status,
-                "breaker.dev",
-                "v1alpha1",
-                breaker[0],
-                "breakers",
-                breaker[1],
-                {"status": {"reclaim": None}},
-            )
+            await kube.patch_breaker(self.api, breaker, {"status": {"reclaim": None}}, status=True)
         except client.ApiException as error:
             if error.status != 404:
                 log.warning("Breaker %s/%s: reclaim not cleared: %s", *breaker, error.reason)
