@@ -25,11 +25,11 @@ from kubernetes import client
 
 from breaker.actions.egress import effective_egress
 from breaker.api import containment
-from breaker.constants import GROUP, KEPT_ANNOTATION, VERSION
+from breaker.constants import ADMISSION_PARAMS, GROUP, KEPT_ANNOTATION, VERSION
 from breaker_tooling.localcluster import packets
 from breaker_tooling.localcluster.realnode import NAME as REAL_NODE
 from breaker_tooling.localcluster.realnode import RealNode
-from tests.cluster.scenes import Cluster, done, kubectl_breaker
+from tests.cluster.scenes import Cluster, done, kubectl_breaker, person
 from tests.conftest import NodeAgent
 from tests.helpers import wait_for
 from tests.kube import as_body, meta_of, name_of, spec_of, status_of
@@ -385,11 +385,22 @@ def test_revoke_only_cuts_what_is_open_closes_dns_and_holds_against_escapes(
 
 
 def exec_past_the_policies(c: Cluster, pod: str) -> None:
-    """exec reaches a pod through the kubelet, past every NetworkPolicy: an admin's exec
-    runs in the quarantined pod through the real kubelet, and inside, the pool is out of
-    reach. (The tenant's refusal at admission is tested in test_hostile_tenant.py; on the
-    real node it passed alone but not in the full suite, for a reason not yet found.)"""
+    """exec reaches a pod through the kubelet, past every NetworkPolicy. The chart's
+    admission policy refuses the tenant, naming the Breaker; an admin, who may bypass it,
+    still gets in through the real kubelet, and inside, the pool is out of reach."""
+    # The operator lists the quarantined pod for the admission policy on its next pass.
+    wait_for(
+        lambda: (
+            f"pod.{pod}" in (c.core.read_namespaced_config_map(ADMISSION_PARAMS, c.ns).data or {})
+        ),
+        "the pod in the admission policy's params",
+        ignore=(client.ApiException,),
+    )
     probe = ("exec", pod, "--", "/agent", "probe", *packets.PROBES["pool"])
+    tenant = kubectl(c, *probe, kubeconfig=person(c, "tenant", "edit"))
+    assert tenant.returncode != 0, tenant.stdout
+    assert "ValidatingAdmissionPolicy" in tenant.stderr, tenant.stderr
+    assert "svc-guard" in tenant.stderr, tenant.stderr
     admin = kubectl(c, *probe)
     assert '"ok":false' in admin.stdout, admin.stdout + admin.stderr
     assert admin.returncode == 1, admin.stderr
