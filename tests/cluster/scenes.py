@@ -164,6 +164,41 @@ class Cluster:
         found = self.breaker(breaker, namespace)
         return (found.get("status") or {}).get("state") if done(found) else None
 
+    def running_again(self, tj: str, breaker: str, timeout: float = 180) -> None:
+        """The TrainingJob runs again after its breaker's reset; if it does not, the failure
+        says what the queue had to go on: the handoff the breaker recorded, the debt its
+        reset wrote, and every TrainingJob's state."""
+        try:
+            wait_for(lambda: self.state(tj) == "Running", f"{tj} running again", timeout)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{self.queue_story(breaker)}") from None
+
+    def queue_story(self, breaker: str) -> str:
+        status = self.breaker(breaker).get("status") or {}
+        handoff = [a for a in status.get("actions") or [] if a["type"] == "reassignGPUs"]
+        said = self.core.list_namespaced_event(
+            self.ns, field_selector=f"involvedObject.name={breaker}"
+        ).items
+        jobs = []
+        for namespace in (self.ns, self.other):
+            listed = as_dict(
+                self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "trainingjobs")
+            )
+            for tj in listed["items"]:
+                found = tj.get("status") or {}
+                jobs.append(
+                    f"{namespace}/{tj['metadata']['name']}: suspend={tj['spec'].get('suspend')} "
+                    f"state={found.get('state')} admittedAt={found.get('admittedAt')}"
+                )
+        return "\n".join(
+            [
+                f"{breaker}: state={status.get('state')} reclaim={status.get('reclaim')}",
+                f"  handoff now: {handoff}",
+                *(f"  event {e.reason}: {e.message}" for e in said),
+                *jobs,
+            ]
+        )
+
     def pods_of(self, tj: str, namespace: str | None = None) -> list[Any]:
         pods = self.core.list_namespaced_pod(
             namespace or self.ns, label_selector=f"breaker.dev/trainingjob={tj}"

@@ -161,7 +161,7 @@ class Scene:
         c = self.c
         # Generous: on a loaded machine the scheduler and kwok take their time, and
         # speed is not what this test is about.
-        wait_for(lambda: c.state("rl") == "Running", "rl running again", timeout=180)
+        c.running_again("rl", self.breaker)
         pods = c.running("rl", 2)
         self.nodes = {p.spec.node_name for p in pods}
         if self.setting == "gpus":

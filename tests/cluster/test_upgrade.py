@@ -256,7 +256,7 @@ def test_an_upgrade_keeps_every_containment(
             wait_for(functools.partial(closed, c, breaker), f"{breaker} reset")
         wait_for(lambda: not quarantined_pods(c), "the helper's pods released")
         # Generous: on a loaded machine the queue, the scheduler and kwok take their time.
-        wait_for(lambda: c.state("rl") == "Running", "rl running again", timeout=180)
+        c.running_again("rl", "rl-guard")
     finally:
         old.stop()
         install_chart(local_cluster, repo_root() / "helm" / "breaker")

@@ -559,5 +559,32 @@ async def test_a_handoff_the_queue_has_not_made_yet_is_recorded_when_it_is(
     assert "GPUsReassigned" in reasons(cluster)
 
 
+async def test_a_handoff_a_restarted_operator_finishes_is_owed_back_when_admitted_late(
+    cluster: FakeCluster,
+    queue: FakeQueue,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Killed mid-trip; the next operator finishes the handoff before the queue (slow on a
+    # loaded machine) has admitted the job that waits. Recording nobody would leave that
+    # job holding rl's GPUs after the reset, and rl queued behind it for good.
+    queue.queued = [(OTHER, "next")]
+    first = Operator(cluster, queue, clock)
+    await first.guarding()
+    with monkeypatch.context() as armed:
+        armed.setattr(failpoints, "hit", CrashAt("egress.narrowed"))
+        await first.converge(trip=True)
+    second = Operator(cluster, queue, clock)
+    await second.converge()
+    assert records(cluster)["reassignGPUs"]["changed"]["awaiting"] == [f"{OTHER}/next"]
+
+    queue.admitted = [(OTHER, "next")]
+    await second.converge()
+    assert records(cluster)["reassignGPUs"]["changed"]["to"] == [f"{OTHER}/next"]
+    reset(cluster)
+    await second.converge()
+    assert status(cluster)["reclaim"] == {"job": "rl", "from": f"{OTHER}/next"}
+
+
 def test_the_fakes_fill_every_index_the_breaker_loop_reads() -> None:
     assert set(BREAKER_INDEXES) == set(inventory.INDEX_NAMES)

@@ -151,6 +151,14 @@ async def test_the_queue_admits_by_priority_and_queues_what_does_not_fit(running
     assert sorted(p["metadata"]["namespace"] for p in labelled) == [NS, OTHER]
 
 
+async def test_a_restarted_queue_knows_who_waits_from_their_status_before_its_first_pass(
+    running: Queue,
+) -> None:
+    restarted = Queue(running.cluster)
+    await restarted.indexes.refresh()
+    assert await restarted.controller.waiting() == [(OTHER, "next")]
+
+
 async def test_a_user_suspend_releases_the_gpus_to_the_next_job(running: Queue) -> None:
     running.cluster.edit(TRAININGJOBS, NS, "rl", {"spec": {"suspend": True}})
     await running.reconcile()

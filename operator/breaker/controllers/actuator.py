@@ -208,9 +208,16 @@ class Actuator:
                 after, HANDOFF_WAIT_SECONDS, among=lambda key: key[0] != scene.namespace
             )
             changed["to"] = [f"{ns}/{name}" for ns, name in admitted][:1]
-            if not changed["to"]:
-                scene.notes.append("no queued TrainingJob took the freed GPUs")
             record["appliedAt"] = plan.stamp(dt.datetime.now(dt.UTC))
+            if changed["to"]:
+                return
+            # Not yet: as on a trip without a restart, the jobs that wait are awaited and
+            # whoever the queue admits is recorded when it does (a reset owes it back).
+            waiting = [k for k in await training.waiting() if k[0] != scene.namespace]
+            if waiting:
+                changed["awaiting"] = [f"{ns}/{name}" for ns, name in waiting]
+            else:
+                scene.notes.append("no queued TrainingJob took the freed GPUs")
             return
         queued = await training.waiting() if training is not None else []
         waiting = [k for k in queued if k[0] != scene.namespace]

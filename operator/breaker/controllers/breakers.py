@@ -483,7 +483,10 @@ class BreakerController:
                 found = await self.actuator.recipients(records, transition.before.last_trip, key[0])
                 if found is not None and found[1]:
                     records = protocol.handed(records, *found)
-                extra["reclaim"] = protocol.debt(workload, records)
+                extra["reclaim"] = debt = protocol.debt(workload, records)
+                if debt is not None:
+                    log.info("Breaker %s/%s: reset: %s/%s is owed its GPUs back by %s",
+                             *key, key[0], debt["job"], debt["from"])  # fmt: skip
                 records = await self.actuator.undo(scene, records, only_types=None)
         written = await self._write(key, body, status, after, records, settings, extra, history)
         failpoints.hit("reset.recorded" if "revert" in transition.effects else "trip.recorded")
@@ -628,6 +631,7 @@ class BreakerController:
         self.handoff_due.pop(key, None)
         if got:
             message = f"GPUs handed to {', '.join(got)} once the paused pods had gone"
+            log.info("Breaker %s/%s: %s", *key, message)
             await events.post(self.api, body, "Normal", "GPUsReassigned", message)
 
     # -- status ---------------------------------------------------------------------------

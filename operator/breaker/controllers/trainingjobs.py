@@ -207,7 +207,7 @@ class TrainingController:
         self.nodes_seen: dict[str, Any] = {}
         # Admissions, for the breaker's GPU hand-off to learn who got the freed GPUs.
         self.admissions: list[tuple[float, Key]] = []
-        self.queued: tuple[Key, ...] = ()  # waiting for GPUs after the latest pass
+        self.queued: tuple[Key, ...] | None = None  # waiting for GPUs after the latest pass
         self.admitted = asyncio.Condition()
         self.changes = Changes()  # the indexes changed: for waits on the TrainingJobs' status
 
@@ -224,7 +224,11 @@ class TrainingController:
                     await asyncio.wait_for(self.admitted.wait(), timeout=left)
 
     async def waiting(self) -> list[Key]:
-        """Jobs waiting for GPUs after the latest pass."""
+        """Jobs waiting for GPUs after the latest pass; before the first (a restarted
+        operator), those whose status says they wait."""
+        if self.queued is None:
+            index = self.indexes["trainingjobs"]
+            return queue.waiting(_only(index, key) or {} for key in index)
         return list(self.queued)
 
     async def admitted_after(
@@ -458,6 +462,7 @@ class TrainingController:
             if error.status != 404:
                 log.warning("Breaker %s/%s: reclaim not cleared: %s", *breaker, error.reason)
                 return False
+        log.info("Breaker %s/%s: the GPUs it owed back are back", *breaker)
         await events.post(
             self.api, body, "Normal", "GPUsReclaimed", "got back the GPUs a breaker handed on"
         )
