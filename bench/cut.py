@@ -221,7 +221,7 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="breaker-bench-cut-"))
     os.environ["BREAKER_CLUSTER_DIR"] = str(work / "cluster")
-    os.environ.setdefault("BREAKER_CLUSTER_PORT_OFFSET", "5000")
+    os.environ.setdefault("BREAKER_CLUSTER_PORT_OFFSET", "3000")
     os.environ["BREAKER_CLUSTER_REAL_NODE"] = "1"
     bench = Bench(work)
     began = time.monotonic()

@@ -780,7 +780,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix=f"breaker-bench-{args.design}-"))
     os.environ["BREAKER_CLUSTER_DIR"] = str(work / "cluster")
-    os.environ.setdefault("BREAKER_CLUSTER_PORT_OFFSET", "4000")
+    os.environ.setdefault("BREAKER_CLUSTER_PORT_OFFSET", "1000")
     # Fleets are kwok's: the real node (packets) is bench/cut.py's.
     os.environ.setdefault("BREAKER_CLUSTER_REAL_NODE", "0")
     began = time.monotonic()

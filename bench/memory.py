@@ -6,7 +6,7 @@ Run it in place of `breaker run`, against a fleet left up by ``fleet.py --keep``
 operator kubeconfig and Prometheus), with any of `breaker run`'s arguments after ``--``:
 
     KUBECONFIG=/tmp/breaker-bench-breaker-*/operator-kubeconfig \\
-        .venv/bin/python bench/memory.py --settle 60 -- --prometheus-url http://127.0.0.1:33090
+        .venv/bin/python bench/memory.py --settle 60 -- --prometheus-url http://127.0.0.1:30090
 
 It starts the operator in this process, waits for its first pass and ``--settle`` seconds
 more, measures, prints a table, writes ``bench/results/memory.json`` and stops. A deep size

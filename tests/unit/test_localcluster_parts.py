@@ -14,6 +14,7 @@ import pytest
 from cryptography import x509
 
 from breaker_tooling.localcluster import ClusterError, LocalCluster, tools
+from breaker_tooling.localcluster import cluster as cluster_module
 from breaker_tooling.localcluster import pki as pki_module
 from breaker_tooling.localcluster.cluster import Ports
 from breaker_tooling.localcluster.processes import Process, port_is_free
@@ -130,6 +131,20 @@ def test_port_offset_moves_every_port(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BREAKER_CLUSTER_PORT_OFFSET", "many")
     with pytest.raises(ClusterError, match="BREAKER_CLUSTER_PORT_OFFSET='many'"):
         Ports.from_env()
+
+
+def test_an_offset_into_the_ephemeral_ports_is_refused_naming_the_largest_that_fits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cluster_module, "ephemeral_range", lambda: (32768, 60999))
+    monkeypatch.setenv("BREAKER_CLUSTER_PORT_OFFSET", "3000")
+    assert max(Ports.from_env().__dict__.values()) < 32768
+    monkeypatch.setenv("BREAKER_CLUSTER_PORT_OFFSET", "4000")
+    with pytest.raises(ClusterError) as refused:
+        Ports.from_env()
+    assert "kueue_webhook on port 33444" in str(refused.value)
+    assert "(32768-60999)" in str(refused.value)
+    assert "use an offset below 3324" in str(refused.value)
 
 
 def test_targets_are_file_sd_json(tmp_path: Path) -> None:

@@ -72,7 +72,28 @@ class Ports:
                 "config", f"BREAKER_CLUSTER_PORT_OFFSET={raw!r} is not a whole number"
             ) from None
         defaults = cls()
-        return cls(**{name: port + offset for name, port in defaults.__dict__.items()})
+        ports = cls(**{name: port + offset for name, port in defaults.__dict__.items()})
+        first, last = ephemeral_range()
+        name, highest = max(ports.__dict__.items(), key=lambda item: item[1])
+        if highest >= first:
+            # The kernel picks outgoing connections' local ports there: one (or its
+            # TIME_WAIT) can hold a server's port when it starts.
+            raise ClusterError(
+                "config",
+                f"BREAKER_CLUSTER_PORT_OFFSET={offset} puts {name} on port {highest}, in the "
+                f"kernel's ephemeral range ({first}-{last}), where an outgoing connection "
+                f"may hold it: use an offset below {first - max(defaults.__dict__.values())}",
+            )
+        return ports
+
+
+def ephemeral_range(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> tuple[int, int]:
+    """The local ports the kernel gives outgoing connections (Linux's default if unread)."""
+    try:
+        first, last = (int(part) for part in path.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return first, last
 
 
 @dataclass
