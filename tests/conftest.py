@@ -137,8 +137,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def install_chart(local_cluster: LocalCluster, chart_dir: Path) -> None:
-    """`helm upgrade --install` of a breaker chart, as an admin would, minus the pod."""
+def install_chart(local_cluster: LocalCluster, chart_dir: Path, *values: str) -> None:
+    """`helm upgrade --install` of a breaker chart, as an admin would, minus the pod;
+    ``values`` are more `--set`s."""
     done = subprocess.run(
         [
             "helm",
@@ -164,6 +165,7 @@ def install_chart(local_cluster: LocalCluster, chart_dir: Path) -> None:
             "nodeAgent.enabled=true",
             "--set-json",
             'nodeAgent.nodeSelector={"breaker.dev/nowhere":"true"}',
+            *(arg for value in values for arg in ("--set", value)),
             "--wait",
             "--timeout",
             "2m",

@@ -43,9 +43,10 @@ CLAMP_MARK = f"{GROUP}/gpu-clamp"
 # On a TrainingJob's pods and Jobs.
 JOB_LABEL = f"{GROUP}/trainingjob"
 
-# The ConfigMap in each namespace where a breaker holds containment, which the chart's
+# The BreakerHold in each namespace where a breaker holds containment, which the chart's
 # admission policy reads as its params (actions/admission.py); who may bypass the policy.
 ADMISSION_PARAMS = "breaker-containment"
+BREAKERHOLDS = "breakerholds"
 BYPASS_VERB = "bypass"  # on breakers.breaker.dev: the operator's and breaker-admin's
 
 # Kueue's label on a job it manages: the LocalQueue it is queued in (immutable once set).

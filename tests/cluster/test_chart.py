@@ -99,6 +99,28 @@ def test_bad_values_are_refused_naming_the_value(local_cluster: LocalCluster) ->
         assert named.split(".")[-1] in done.stderr, done.stderr
 
 
+def test_without_the_params_crd_the_policy_is_refused_naming_the_command(
+    local_cluster: LocalCluster, crds: None, tmp_path: Path
+) -> None:
+    """With failurePolicy Fail, a params kind the API server does not know would refuse
+    every request the policy matches. helm upgrade never installs CRDs: the chart checks.
+    (The cluster has the CRD; a copy of the chart asks for one it does not have.)"""
+    copy = tmp_path / "breaker"
+    subprocess.run(["cp", "-r", str(CHART), str(copy)], check=True)
+    policy = copy / "templates" / "admission-policy.yaml"
+    text = policy.read_text()
+    assert text.count('"breakerholds.breaker.dev"') == 1
+    policy.write_text(text.replace('"breakerholds.breaker.dev"', '"absent.breaker.dev"'))
+    server = ("--dry-run=server", "--namespace", RELEASE_NAMESPACE, "--generate-name")
+    done = run(local_cluster, "helm", "install", str(copy), *server, check=False)
+    assert done.returncode != 0
+    assert "kubectl apply --server-side -f crds/" in done.stderr, done.stderr
+    assert "admissionPolicy.enabled=false" in done.stderr
+    # The chart itself renders offline too (helm template does no lookup); against this
+    # cluster, every test's `helm upgrade --install` renders it.
+    assert "kind: BreakerHold" in template(local_cluster)
+
+
 SHARDS = ("shards[0].name=a", "shards[0].namespaces={team-a-*,research}", "shards[1].name=rest")
 
 
@@ -210,9 +232,10 @@ def test_the_operators_token_is_refused_what_it_does_not_need(
     assert refused(as_operator.delete_namespace, namespace)
     assert refused(as_operator.connect_post_namespaced_pod_exec, "any", namespace, command=["true"])
     assert refused(client.AppsV1Api(operator_api).delete_namespaced_deployment, "any", namespace)
-    # ConfigMaps: only its own admission params, by name.
+    # No ConfigMaps (its admission params are BreakerHolds).
     assert refused(as_operator.delete_namespaced_config_map, "kube-root-ca.crt", namespace)
     assert refused(as_operator.read_namespaced_config_map, "kube-root-ca.crt", namespace)
+    assert refused(as_operator.list_config_map_for_all_namespaces)
     assert refused(
         client.RbacAuthorizationV1Api(operator_api).create_cluster_role,
         {"metadata": {"name": "escalate"}, "rules": []},
@@ -281,6 +304,16 @@ def test_people_get_what_their_role_says(
     )
     for tenant in (editor, admin, viewer):
         assert not may(tenant, "bypass", "breakers.breaker.dev")
+    # What the admission policy reads is the operator's to write: no role writes it, and a
+    # tenant does not even read it.
+    operator_sa = f"system:serviceaccount:{RELEASE_NAMESPACE}:{SERVICE_ACCOUNT}"
+    assert may(operator_sa, "patch", "breakerholds.breaker.dev")
+    assert may(operator_, "list", "breakerholds.breaker.dev")
+    assert may(viewer, "list", "breakerholds.breaker.dev")
+    for person_ in (editor, admin, viewer, operator_):
+        for verb in ("create", "patch", "delete"):
+            assert not may(person_, verb, "breakerholds.breaker.dev"), (person_, verb)
+    assert not may(editor, "get", "breakerholds.breaker.dev")
 
 
 def test_the_alerts_are_valid_rules(local_cluster: LocalCluster, tmp_path: Path) -> None:

@@ -6,9 +6,12 @@ the most a team running its own jobs is usually given. Its job has been tripped.
 - Policy on (the chart's default): every way out is refused by the API server, by RBAC
   or by the admission policy, whose message names the Breaker and the reset command, and
   nothing changes.
-- Policy off (its bindings set to Audit): what RBAC allows is admitted, and the operator undoes
-  it within a second, with a Warning Event saying what was undone; exec, attach and
-  port-forward into a quarantined pod are admitted (the operator cannot see them).
+- Policy off (`helm upgrade --set admissionPolicy.enabled=false`): what RBAC allows is
+  admitted, and the operator undoes it within a second, with a Warning Event saying what
+  was undone; exec, attach and port-forward into a quarantined pod are admitted (the
+  operator cannot see them). Then the policy is turned on again the same way, and policy on
+  runs after it: the policies an admin turned off and on again refuse as before (with
+  ConfigMap params they did not: the API server stopped reading them for good).
 
 What each attempt came to, and how long each undo took, is printed at the end of the run.
 """
@@ -25,7 +28,9 @@ import pytest
 from kubernetes import client, config
 
 from breaker.actions.egress import effective_egress
-from breaker.constants import GROUP, VERSION
+from breaker.constants import ADMISSION_PARAMS, GROUP, VERSION
+from breaker_tooling.localcluster import LocalCluster
+from breaker_tooling.localcluster.paths import repo_root
 from tests.cluster.scenes import (
     OUTSIDE_POOL,
     Cluster,
@@ -37,7 +42,7 @@ from tests.cluster.scenes import (
     policy,
     trainingjob,
 )
-from tests.conftest import Operator
+from tests.conftest import Operator, install_chart
 from tests.helpers import wait_for
 from tests.kube import as_body, meta_of
 
@@ -47,7 +52,6 @@ BREAKER = "rl-guard"  # the TrainingJob's: revokeEgress, pause, reassignGPUs
 HELPER = "helper-keep-training"  # a Deployment whose egress alone is revoked: pods keep running
 QUARANTINE = f"{HELPER}-quarantine"
 SIDECAR = "sidecar-stop"  # a Deployment that is paused (scaled to zero)
-BINDINGS = ("breaker-containment", "breaker-containment-params")  # the chart's
 
 
 def closed(c: Cluster, breaker: str) -> bool:
@@ -141,9 +145,11 @@ def quarantined(pod: Any) -> bool:
 
 
 def params(c: Cluster) -> dict[str, str]:
-    """The admission policy's params the operator keeps in the namespace, by pod name."""
-    found = c.core.read_namespaced_config_map("breaker-containment", c.ns).data or {}
-    return {key.removeprefix("pod."): value for key, value in found.items()}
+    """The quarantined pods in the admission policy's params (the namespace's BreakerHold),
+    and their Breakers."""
+    found = c.get("breakerholds", ADMISSION_PARAMS)
+    pods: dict[str, str] = found["spec"].get("pods") or {}
+    return pods
 
 
 def helper_pods(c: Cluster) -> list[Any]:
@@ -161,27 +167,19 @@ def egress_closed(c: Cluster) -> bool:
 
 
 @pytest.fixture(params=["policy off", "policy on"])
-def policy_on(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[bool]:
-    """The chart's admission policies bound as installed, or their bindings switched to
-    Audit (nothing refused) for the test and back to Deny after it. Off runs first, so that
-    on also proves the bindings switched back hold. (Deleting the bindings and creating
-    them again left the params policy's binding refusing nothing, on this API server.)"""
+def policy_on(request: pytest.FixtureRequest, local_cluster: LocalCluster) -> Iterator[bool]:
+    """The chart's admission policies as installed, or turned off for the test with `helm
+    upgrade` and on again after it, as an admin would. Off runs first, so that on proves
+    the policies turned off and on again hold."""
     if request.param == "policy on":
         yield True
         return
-    admission = client.AdmissionregistrationV1Api(cluster.core.api_client)
-
-    def switch(actions: list[str]) -> None:
-        for name in BINDINGS:
-            admission.patch_validating_admission_policy_binding(
-                name, {"spec": {"validationActions": actions}}
-            )
-
-    switch(["Audit"])
+    chart = repo_root() / "helm" / "breaker"
+    install_chart(local_cluster, chart, "admissionPolicy.enabled=false")
     try:
         yield False
     finally:
-        switch(["Deny"])
+        install_chart(local_cluster, chart)
 
 
 def test_a_tripped_tenant_cannot_get_out(

@@ -390,9 +390,7 @@ def exec_past_the_policies(c: Cluster, pod: str) -> None:
     still gets in through the real kubelet, and inside, the pool is out of reach."""
     # The operator lists the quarantined pod for the admission policy on its next pass.
     wait_for(
-        lambda: (
-            f"pod.{pod}" in (c.core.read_namespaced_config_map(ADMISSION_PARAMS, c.ns).data or {})
-        ),
+        lambda: pod in (c.get("breakerholds", ADMISSION_PARAMS)["spec"].get("pods") or {}),
         "the pod in the admission policy's params",
         ignore=(client.ApiException,),
     )

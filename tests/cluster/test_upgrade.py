@@ -24,7 +24,7 @@ import pytest
 import yaml
 from kubernetes import client, watch
 
-from breaker.constants import GROUP, QUARANTINE_LABEL, VERSION
+from breaker.constants import ADMISSION_PARAMS, GROUP, QUARANTINE_LABEL, VERSION
 from breaker_tooling.localcluster import LocalCluster
 from breaker_tooling.localcluster.paths import repo_root
 from tests.cluster.scenes import (
@@ -233,7 +233,7 @@ def test_an_upgrade_keeps_every_containment(
             timeout=60,
         )
         wait_for(
-            lambda: c.core.read_namespaced_config_map("breaker-containment", c.ns),
+            lambda: c.get("breakerholds", ADMISSION_PARAMS),
             "the admission policy's params",
             ignore=(client.ApiException,),
         )

@@ -1,8 +1,9 @@
-"""What the admission policy reads: the params per namespace (actions/admission.py)."""
+"""What the admission policy reads: a BreakerHold per namespace (actions/admission.py)."""
 
 from __future__ import annotations
 
-from breaker.actions.admission import Holding, changes, configmap, params
+from breaker.actions.admission import Holding, changes, hold, params
+from breaker.api.hold import BreakerHoldSpec
 
 
 def test_params_name_the_quarantined_pods_and_the_scaled_workloads_per_namespace() -> None:
@@ -19,27 +20,34 @@ def test_params_name_the_quarantined_pods_and_the_scaled_workloads_per_namespace
         ("team-d", "x", "elsewhere"),
     ]
     assert params(holding, quarantined) == {
-        "team-a": {
-            "breakers": "helper-guard rl-guard",
-            "pod.rl-0": "rl-guard",
-            "pod.helper-1": "helper-guard",
-            "scale.deployments.helper": "helper-guard",
-        },
-        "team-b": {"breakers": "set-guard", "scale.statefulsets.set": "set-guard"},
-        "team-c": {"breakers": "egress-only"},
+        "team-a": BreakerHoldSpec(
+            breakers=["helper-guard", "rl-guard"],
+            pods={"rl-0": "rl-guard", "helper-1": "helper-guard"},
+            scaled={"deployments/helper": "helper-guard"},
+        ),
+        "team-b": BreakerHoldSpec(breakers=["set-guard"], scaled={"statefulsets/set": "set-guard"}),
+        "team-c": BreakerHoldSpec(breakers=["egress-only"]),
     }
     assert params([], quarantined) == {}
 
 
 def test_only_what_differs_is_written_and_what_is_no_longer_held_is_deleted() -> None:
-    written = {"a": {"breakers": "x"}, "b": {"breakers": "y"}, "gone": {"breakers": "z"}}
-    wanted = {"a": {"breakers": "x"}, "b": {"breakers": "y", "pod.p": "y"}, "new": {"k": "v"}}
+    x, y = BreakerHoldSpec(breakers=["x"]), BreakerHoldSpec(breakers=["y"])
+    y_pod = BreakerHoldSpec(breakers=["y"], pods={"p": "y"})
+    written = {"a": x, "b": y, "gone": x, "unreadable": None}
+    wanted = {"a": x, "b": y_pod, "new": x, "unreadable": y}
     write, delete = changes(wanted, written)
-    assert write == {"b": {"breakers": "y", "pod.p": "y"}, "new": {"k": "v"}}
+    assert write == {"b": y_pod, "new": x, "unreadable": y}
     assert delete == ["gone"]
 
 
-def test_the_configmap_is_labelled_as_breakers_own() -> None:
-    body = configmap("team-a", {"breakers": "x"})
-    assert body["metadata"]["name"] == "breaker-containment"
-    assert body["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "breaker"}
+def test_the_hold_is_labelled_as_breakers_own_and_keeps_empty_maps() -> None:
+    body = hold("team-a", BreakerHoldSpec(breakers=["x"]))
+    assert (body["apiVersion"], body["kind"]) == ("breaker.dev/v1alpha1", "BreakerHold")
+    assert body["metadata"] == {
+        "name": "breaker-containment",
+        "namespace": "team-a",
+        "labels": {"app.kubernetes.io/managed-by": "breaker"},
+    }
+    # The policy looks names up in both maps: they are there even when empty.
+    assert body["spec"] == {"breakers": ["x"], "pods": {}, "scaled": {}}

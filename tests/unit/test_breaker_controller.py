@@ -44,6 +44,7 @@ NETPOLS = ("networking.k8s.io", "networkpolicies")
 QUOTAS = ("", "resourcequotas")
 PODS = ("", "pods")
 EVENTS = ("", "events")
+HOLDS = (GROUP, "breakerholds")
 POLICY_SPEC: Json = {
     "targets": {"kinds": ["TrainingJob"]},
     "signals": [
@@ -269,15 +270,40 @@ async def test_the_admission_params_follow_what_the_breaker_holds(
     """Tripped: the namespace's params name the breaker and its quarantined pod; reset:
     they are gone."""
     await tripped.converge()  # the pass the end of the actions wakes
-    params = cluster.get(("", "configmaps"), NS, "breaker-containment")
+    params = cluster.get(HOLDS, NS, "breaker-containment")
     assert params is not None
-    assert params["data"] == {"breakers": BREAKER, "pod.rl-0": BREAKER}
-    assert cluster.get(("", "configmaps"), OTHER, "breaker-containment") is None
+    assert params["spec"] == {"breakers": [BREAKER], "pods": {"rl-0": BREAKER}, "scaled": {}}
+    assert cluster.get(HOLDS, OTHER, "breaker-containment") is None
+    # A quarantined pod that goes leaves the params at the next pass (the spec replaced,
+    # not merged).
+    del cluster.objects[PODS][(NS, "rl-0")]
+    await tripped.converge()
+    params = cluster.get(HOLDS, NS, "breaker-containment")
+    assert params is not None
+    assert params["spec"] == {"breakers": [BREAKER], "pods": {}, "scaled": {}}
     cluster.edit(BREAKERS, NS, BREAKER, {"spec": {"reset": "admin"}})
     await tripped.converge()
     await tripped.converge()
     assert status(cluster)["state"] == "Closed"
-    assert cluster.get(("", "configmaps"), NS, "breaker-containment") is None
+    assert cluster.get(HOLDS, NS, "breaker-containment") is None
+
+
+async def test_without_the_breakerhold_crd_containment_goes_on_and_the_loop_does_not_spin(
+    cluster: FakeCluster, queue: FakeQueue, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upgrade that skipped `crds/`: the params cannot be kept, which is said once per
+    resync; the trip is applied all the same, and the loop is not kept busy retrying."""
+    cluster.fail("GET", "/breakerholds$", 404, times=1000)
+    operator = Operator(cluster, queue, clock)
+    await operator.guarding()
+    await operator.converge(trip=True)
+    assert not await operator.converge()
+    assert status(cluster)["state"] == "Open"
+    assert job(cluster)["spec"]["suspend"] is True
+    assert len(cluster.requests("GET", "/breakerholds$")) == 1
+    said = [m for r in caplog.records if "BreakerHolds are not served" in (m := r.getMessage())]
+    assert len(said) == 1
+    assert "kubectl apply --server-side -f crds/" in said[0]
 
 
 async def test_no_breaker_is_owned_by_its_workload(tripped: Operator, cluster: FakeCluster) -> None:

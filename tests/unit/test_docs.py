@@ -90,7 +90,7 @@ def test_every_crd_field_is_in_the_reference(crd: Path, pages: dict[str, str]) -
     page = pages[f"reference/{kind.lower()}.md"]
     schema = manifest["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     fields = list(described(schema))
-    assert len(fields) > 20
+    assert any("." in path for path, _ in fields), "the walk found no nested field"
     for path, description in fields:
         assert f"<code>{html.escape(path)}</code>" in page, path
         assert html.escape(description) in page, path

@@ -17,6 +17,7 @@ import yaml
 
 from breaker.api.breaker import Breaker
 from breaker.api.common import ApiModel
+from breaker.api.hold import BreakerHold
 from breaker.api.policy import BreakerPolicy, ClusterBreakerPolicy
 from breaker.api.trainingjob import MAX_NAME, TrainingJob
 from breaker.constants import GROUP, VERSION
@@ -173,6 +174,10 @@ class Resource:
     def name(self) -> str:
         return f"{self.plural}.{GROUP}"
 
+    @property
+    def has_status(self) -> bool:
+        return "status" in self.model.model_fields
+
     def schema(self) -> dict[str, Any]:
         raw = self.model.model_json_schema(by_alias=True, mode="validation")
         defs = raw.get("$defs", {})
@@ -189,9 +194,10 @@ class Resource:
                 "kind": {"type": "string", "description": f"The kind of this object: {self.kind}."},
                 "metadata": {"type": "object"},
                 "spec": structural(properties["spec"], defs),
-                "status": structural(properties["status"], defs),
             },
         }
+        if "status" in properties:
+            root["properties"]["status"] = structural(properties["status"], defs)
         if self.root_rules:
             root["x-kubernetes-validations"] = list(self.root_rules)
         return root
@@ -217,7 +223,7 @@ class Resource:
                         "name": VERSION,
                         "served": True,
                         "storage": True,
-                        "subresources": {"status": {}},
+                        **({"subresources": {"status": {}}} if self.has_status else {}),
                         "additionalPrinterColumns": [c.wire() for c in self.columns],
                         "schema": {"openAPIV3Schema": self.schema()},
                     }
@@ -285,6 +291,18 @@ RESOURCES: tuple[Resource, ...] = (
             PrinterColumn("Policy", ".spec.policyRef.name", priority=1),
             AGE,
         ),
+    ),
+    Resource(
+        BreakerHold,
+        plural="breakerholds",
+        scope="Namespaced",
+        short_names=(),
+        columns=(
+            PrinterColumn("Breakers", ".spec.breakers", description="Holding containment here"),
+            AGE,
+        ),
+        # Not in `kubectl get circuit`: the operator's bookkeeping, not an admin's object.
+        categories=(),
     ),
 )
 

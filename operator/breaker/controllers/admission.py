@@ -1,11 +1,10 @@
 """The admission policy's params kept in step with what the breakers hold (see
 ``actions/admission.py`` for what they hold and why).
 
-One ConfigMap per namespace where a breaker holds containment, written when what it should
-hold changes and deleted when nothing is held there any more. The operator does not watch
-ConfigMaps (a cluster's ConfigMaps are many and some are large): it lists its own, by
-label, at its first pass and at every resync, and otherwise trusts what it wrote. Nobody
-else may change them: the policy refuses it.
+One BreakerHold per namespace where a breaker holds containment, written when what it
+should hold changes and deleted when nothing is held there any more. The operator does not
+watch them: it lists its own at its first pass and at every resync, and otherwise trusts
+what it wrote. Nobody else may write them (no role but the operator's grants it).
 """
 
 from __future__ import annotations
@@ -13,85 +12,120 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
+import pydantic
 from kubernetes import client
 
 from breaker import kube
 from breaker.actions import admission
-from breaker.constants import ADMISSION_PARAMS
+from breaker.api.hold import BreakerHoldSpec
+from breaker.constants import ADMISSION_PARAMS, BREAKERHOLDS, GROUP, VERSION
 
 log = logging.getLogger("breaker.admission")
-SELECTOR = ",".join(f"{key}={value}" for key, value in admission.MANAGED.items())
+JSON_PATCH = "application/json-patch+json"
 
 
 class AdmissionParams:
     def __init__(self, api: client.ApiClient, resync: float, serves: Callable[[str], bool]) -> None:
-        self.core = client.CoreV1Api(api)
+        self.objects = client.CustomObjectsApi(api)
         self.resync = resync
         self.serves = serves  # this operator's namespaces (a shard keeps to its own)
-        self.written: dict[str, Mapping[str, str]] | None = None  # None: not listed yet
+        # None: not listed yet. A BreakerHold whose spec does not read is kept as None.
+        self.written: dict[str, BreakerHoldSpec | None] | None = None
         self.listed_at = 0.0
+        self.absent_until = 0.0  # the CRD was missing: not asked again before then
 
-    async def sync(self, wanted: Mapping[str, Mapping[str, str]]) -> bool:
+    async def sync(self, wanted: Mapping[str, BreakerHoldSpec]) -> bool:
         """Write and delete what differs from ``wanted``; True if a call failed."""
+        if time.monotonic() < self.absent_until:
+            return False
         try:
             written = await self._written()
         except client.ApiException as error:
-            log.warning("admission params not listed: %s", kube.api_problem(error))
+            if error.status == 404:
+                # Not served: the CRD is missing (an upgrade that skipped `crds/`). The
+                # chart's policy refuses to render without it, and nothing is lost by not
+                # retrying before the resync.
+                self.absent_until = time.monotonic() + self.resync
+                log.warning("BreakerHolds are not served (%s): the admission policy's params "
+                            "are not kept; apply the CRDs (kubectl apply --server-side -f "
+                            "crds/)", kube.api_problem(error))  # fmt: skip
+                return False
+            log.warning("BreakerHolds not listed: %s", kube.api_problem(error))
             return True
         write, delete = admission.changes(wanted, written)
         failed = False
-        for namespace, data in write.items():
+        for namespace, spec in write.items():
             try:
-                await self._put(namespace, data, exists=namespace in written)
-                written[namespace] = data
+                await self._put(namespace, spec, exists=namespace in written)
+                written[namespace] = spec
             except client.ApiException as error:
                 if not kube.namespace_terminating(error):
-                    log.warning("%s/%s not written: %s", namespace, ADMISSION_PARAMS, error.reason)
+                    log.warning("BreakerHold %s/%s not written: %s",
+                                namespace, ADMISSION_PARAMS, kube.api_problem(error))  # fmt: skip
                     failed = True
         for namespace in delete:
             try:
-                await kube.call(self.core.delete_namespaced_config_map, ADMISSION_PARAMS, namespace)
+                await kube.call(
+                    self.objects.delete_namespaced_custom_object,
+                    GROUP, VERSION, namespace, BREAKERHOLDS, ADMISSION_PARAMS,
+                )  # fmt: skip
             except client.ApiException as error:
                 if error.status != 404:
-                    log.warning("%s/%s not deleted: %s", namespace, ADMISSION_PARAMS, error.reason)
+                    log.warning("BreakerHold %s/%s not deleted: %s",
+                                namespace, ADMISSION_PARAMS, kube.api_problem(error))  # fmt: skip
                     failed = True
                     continue
             del written[namespace]
         return failed
 
-    async def _written(self) -> dict[str, Mapping[str, str]]:
-        """What the ConfigMaps hold: as last listed, with this operator's writes since."""
+    async def _written(self) -> dict[str, BreakerHoldSpec | None]:
+        """What the BreakerHolds hold: as last listed, with this operator's writes since."""
         now = time.monotonic()
         if self.written is None or now - self.listed_at >= self.resync:
-            listed = await kube.call(
-                self.core.list_config_map_for_all_namespaces, label_selector=SELECTOR
+            listed: Any = await kube.call(
+                self.objects.list_cluster_custom_object, GROUP, VERSION, BREAKERHOLDS
             )
             self.written = {}
-            for item in listed.items:
-                meta = item.metadata
-                namespace = str(meta.namespace) if meta is not None else ""
-                if meta is not None and meta.name == ADMISSION_PARAMS and self.serves(namespace):
-                    self.written[namespace] = dict(item.data or {})
+            for item in listed.get("items") or []:
+                meta = item.get("metadata") or {}
+                namespace = str(meta.get("namespace") or "")
+                if meta.get("name") != ADMISSION_PARAMS or not self.serves(namespace):
+                    continue
+                try:
+                    self.written[namespace] = BreakerHoldSpec.model_validate(item.get("spec"))
+                except pydantic.ValidationError:
+                    self.written[namespace] = None  # written again, or deleted
             self.listed_at = now
         return self.written
 
-    async def _put(self, namespace: str, data: Mapping[str, str], exists: bool) -> None:
-        body = admission.configmap(namespace, data)
-        if exists:
-            try:
-                await kube.call(
-                    self.core.replace_namespaced_config_map, ADMISSION_PARAMS, namespace, body
-                )
-                return
-            except client.ApiException as error:
-                if error.status != 404:
-                    raise
+    async def _put(self, namespace: str, spec: BreakerHoldSpec, exists: bool) -> None:
+        if exists and await self._replace_spec(namespace, spec):
+            return
         try:
-            await kube.call(self.core.create_namespaced_config_map, namespace, body)
-        except client.ApiException as error:
-            if error.status != 409:
-                raise
             await kube.call(
-                self.core.replace_namespaced_config_map, ADMISSION_PARAMS, namespace, body
-            )
+                self.objects.create_namespaced_custom_object,
+                GROUP, VERSION, namespace, BREAKERHOLDS, admission.hold(namespace, spec),
+            )  # fmt: skip
+        except client.ApiException as error:
+            if error.status != 409 or not await self._replace_spec(namespace, spec):
+                raise
+
+    async def _replace_spec(self, namespace: str, spec: BreakerHoldSpec) -> bool:
+        """The whole spec replaced (a JSON patch: a custom resource has no unconditional
+        update, and a merge patch would keep the pods no longer quarantined); False if the
+        BreakerHold is not there."""
+        body = admission.hold(namespace, spec)["spec"]
+        try:
+            await kube.call(
+                self.objects.patch_namespaced_custom_object,
+                GROUP, VERSION, namespace, BREAKERHOLDS, ADMISSION_PARAMS,
+                [{"op": "replace", "path": "/spec", "value": body}],
+                _content_type=JSON_PATCH,
+            )  # fmt: skip
+        except client.ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True

@@ -34,6 +34,7 @@ from breaker.actions import admission, discovery, executor, kueue
 from breaker.actions import evidence as evidence_core
 from breaker.actions.pause import KINDS
 from breaker.actions.settings import ActionSettings
+from breaker.api.hold import BreakerHoldSpec
 from breaker.circuit import machine, plan
 from breaker.circuit import records as protocol
 from breaker.circuit import status as status_core
@@ -300,7 +301,7 @@ class BreakerController:
 
     def _admission_params(
         self, existing: Mapping[BreakerKey, dict[str, Any]]
-    ) -> dict[str, dict[str, str]]:
+    ) -> dict[str, BreakerHoldSpec]:
         """What the admission policy is to read, per namespace where a breaker holds
         containment (``actions/admission.py``)."""
         holding = []

@@ -1,0 +1,48 @@
+"""BreakerHold: what the breakers of one namespace hold contained, for the admission policy.
+
+The operator keeps one, named ``breaker-containment``, in each namespace where a breaker
+holds containment, and deletes it when nothing is held there any more. The chart's
+ValidatingAdmissionPolicy ``breaker-containment-params`` reads it as its params: what a
+request does not carry (``actions/admission.py``). It is a custom resource rather than a
+ConfigMap because the API server stops following a built-in params kind for good once no
+binding names it (deleting the binding is enough; only an API server restart brings it
+back), and then judges requests by what it last saw: a chart that turned the policy off and
+on again would have refused nothing new. A custom params kind is not affected.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from breaker.api.common import ApiModel, KubeObject
+
+
+class BreakerHoldSpec(ApiModel):
+    """What the breakers of this namespace hold contained."""
+
+    breakers: list[str] = Field(
+        min_length=1,
+        description="The Breakers holding containment in this namespace, sorted by name.",
+    )
+    pods: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Each quarantined pod, and the Breaker whose quarantine it is in: exec, attach "
+            "and port-forward to it are refused."
+        ),
+    )
+    scaled: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Each Deployment or StatefulSet a breaker paused by scaling it to zero "
+            "(deployments/NAME, statefulsets/NAME), and that Breaker: its scale subresource "
+            "may not scale it up."
+        ),
+    )
+
+
+class BreakerHold(KubeObject):
+    """The admission policy's params for one namespace, kept by the operator: read only."""
+
+    kind: str = Field(default="BreakerHold", description="BreakerHold")
+    spec: BreakerHoldSpec = Field(description="Written by the operator.")
