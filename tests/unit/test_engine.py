@@ -39,17 +39,23 @@ def test_normalize_reads_each_exporters_labels_and_keeps_the_worst_series() -> N
     assert result[("a", "p")].labels["port"] == "443"
 
 
-def test_normalize_bounds_and_escapes_evidence_labels() -> None:
+def test_a_firing_keeps_its_labels_bounded_and_escaped_as_evidence() -> None:
     labels = {
         "namespace": "a",
         "pod": "p",
         "rule": "x\n" * 500,
+        "a-path": "C:\\x",
         **{f"k{i}": "v" for i in range(40)},
     }
-    sample = engine.normalize(vector((labels, 1)), ("namespace", "pod"))[("a", "p")]
-    assert len(sample.labels) == engine.MAX_LABELS
-    assert all(len(v) <= engine.MAX_LABEL_VALUE * 2 for v in sample.labels.values())
-    assert "\n" not in "".join(sample.labels.values())
+    samples = engine.normalize(vector((labels, 1)), ("namespace", "pod"))
+    assert samples[("a", "p")].labels is labels  # read, not copied: most never fire
+    ((hit,),) = engine.step(
+        Detector((signal("s"),), ()), engine.State(), {"s": samples}, 0
+    ).values()
+    assert len(hit.labels) == engine.MAX_LABELS
+    assert all(len(v) <= engine.MAX_LABEL_VALUE * 2 for v in hit.labels.values())
+    assert "\n" not in "".join(hit.labels.values())
+    assert hit.labels["a-path"] == "C:\\\\x"  # escaped once
 
 
 def test_a_condition_must_hold_for_its_duration() -> None:

@@ -11,7 +11,7 @@ so they decide alike; only where the vectors come from differs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Container, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -118,7 +118,10 @@ def compile_policy(spec: PolicySpecBase) -> Detector:
 @dataclass(frozen=True)
 class Sample:
     value: float
-    labels: Mapping[str, str] = field(default_factory=dict)
+    # The series' labels as Prometheus gave them, not copied: most samples never fire, and
+    # copying and escaping every series' labels was half of an evaluation's CPU. A firing
+    # keeps them bounded (``_bounded``), as evidence.
+    labels: Mapping[str, Any] = field(default_factory=dict)
     members: frozenset[str] = frozenset()  # an ``Across`` signal's label values for the pod
 
     def merged(self, other: Sample) -> Sample:
@@ -144,8 +147,8 @@ def normalize(
     """An instant vector as {(namespace, pod): sample}, whatever the exporter calls them.
 
     Series without both labels (a GPU no pod holds, say) are dropped; several series for
-    one pod keep the largest value, and with ``members`` (an ``Across`` signal's label)
-    every value of that label among them.
+    one pod keep the largest value (and its series' labels), and with ``members`` (an
+    ``Across`` signal's label) every value of that label among them.
     """
     by_pod: dict[PodKey, Sample] = {}
     namespace_label, pod_label = labels
@@ -163,7 +166,7 @@ def normalize(
         if previous is None or value > previous.value:
             # Evidence labels only for the series that wins: most lose (a pod's other GPUs).
             kept = previous.members if previous is not None else frozenset()
-            by_pod[key] = Sample(value, _bounded(metric), kept)
+            by_pod[key] = Sample(value, metric, kept)
         member = metric.get(members) if members else None
         if member:
             found = by_pod[key]
@@ -199,7 +202,7 @@ def combine(
         shown = ",".join(names[:MAX_MEMBERS_SHOWN]) + (
             "…" if len(names) > MAX_MEMBERS_SHOWN else ""
         )
-        labels = _bounded({**most.labels, "pods": shown, across.label: f"{len(members)} distinct"})
+        labels = {**most.labels, "pods": shown, across.label: f"{len(members)} distinct"}
         combined[unit] = (key, Sample(float(len(members)) if gated else 0.0, labels, members))
     return combined
 
@@ -242,14 +245,18 @@ def step(
         samples = readings.get(signal.name)
         if samples is None:
             continue
+        clocked: Container[Any]
+        entries: Iterable[tuple[Hashable, tuple[PodKey, Sample]]]
         if signal.across is not None:
             # Without workloads, each pod is its own: its distinct members, its own gate.
-            clocked = combine(signal.across, samples, unit_of or (lambda pod: pod))
-        else:
-            clocked = {pod: (pod, sample) for pod, sample in samples.items()}
+            combined = combine(signal.across, samples, unit_of or (lambda pod: pod))
+            clocked, entries = combined, combined.items()
+        else:  # each pod is its own clock (no copy: most signals read every pod)
+            clocked = samples
+            entries = ((pod, (pod, sample)) for pod, sample in samples.items())
         for key in [k for k in state.since if k[0] == signal.name and k[1] not in clocked]:
             del state.since[key]
-        for whose, (pod, sample) in clocked.items():
+        for whose, (pod, sample) in entries:
             clock = (signal.name, whose)
             if signal.holds(sample.value):
                 state.since.setdefault(clock, now)
@@ -258,14 +265,15 @@ def step(
                 state.since.pop(clock, None)
 
     firing: dict[PodKey, list[Firing]] = {}
+    by_name = {signal.name: signal for signal in detector.signals}
     for clock, since in state.since.items():
-        signal = detector.signal(clock[0])
+        signal = by_name[clock[0]]
         seen = last.get(clock)
         if seen is None or now - since < signal.for_seconds:
             continue
         pod, sample = seen
         firing.setdefault(pod, []).append(
-            Firing(signal.name, sample.value, sample.labels, since, pod)
+            Firing(signal.name, sample.value, _bounded(sample.labels), since, pod)
         )
     return firing
 
