@@ -15,6 +15,7 @@ when the tenant unsuspends it, and a reset puts it back.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -99,7 +100,14 @@ def tripped_and_paused(
     assert paused["changed"]["field"] == "spec.suspend"
     assert paused["changed"]["was"] is False
     c.patch("breakers", breaker, {"metadata": {"annotations": {"breaker.dev/reset": "1"}}})
-    wait_for(lambda: c.settled_state(breaker) == "Closed", "the reset", timeout=60)
+    try:
+        wait_for(lambda: c.settled_state(breaker) == "Closed", "the reset", timeout=60)
+    except AssertionError as error:
+        seen = c.breaker(breaker)
+        raise AssertionError(
+            f"{error}\nannotations: {seen['metadata'].get('annotations')}\n"
+            f"status: {json.dumps(seen.get('status'), indent=1)[:6000]}"
+        ) from None
     assert get(c, resource, name)["spec"]["suspend"] is False
 
 

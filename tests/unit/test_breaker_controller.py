@@ -144,11 +144,11 @@ class Operator:
             cluster.api, self.indexes, queue, "http://prometheus.invalid", "breaker-system"
         )
 
-    async def converge(self, trip: bool = False) -> bool:
+    async def converge(self, trip: bool = False, since: float = 0.0) -> bool:
         """One pass of the loop (after kopf's watches caught up), and the actions it set
-        off run to their end."""
+        off run to their end. A trip's signal has held ``since`` (seconds since the epoch)."""
         await self.indexes.refresh()
-        trips = {KEY: self.trip()} if trip else {}
+        trips = {KEY: self.trip(since)} if trip else {}
         retry = await self.controller.converge(trips, {})
         while self.controller.busy:
             await asyncio.gather(*self.controller.busy.values(), return_exceptions=True)
@@ -163,11 +163,11 @@ class Operator:
         await self.converge()
         assert status(self.cluster)["state"] == "Closed"
 
-    def trip(self) -> Trip:
+    def trip(self, since: float = 0.0) -> Trip:
         """What an evaluation of ``guard`` would hand over for tenant-a's pod."""
         detector = engine.compile_policy(BreakerPolicySpec.model_validate(POLICY_SPEC))
         labels = {"namespace": NS, "pod": "rl-0", "port": "3333"}
-        firing = engine.Firing("pool", 4.0, labels, since=0.0, key=(NS, "rl-0"))
+        firing = engine.Firing("pool", 4.0, labels, since=since, key=(NS, "rl-0"))
         decision = engine.Decision("anyCritical", (firing,))
         return Trip(decision, detector, self.clock.monotonic())
 
@@ -478,6 +478,39 @@ async def test_a_reset_undoes_exactly_what_the_trip_changed(
     await tripped.converge()
     assert_restored(cluster)
     assert "BreakerClosed" in reasons(cluster)
+
+
+async def test_a_reset_is_not_undone_by_the_evidence_of_the_incident_it_ended(
+    tripped: Operator, cluster: FakeCluster, clock: Clock
+) -> None:
+    """The signal's window still holds the incident's data after the reset: that is not a
+    new incident. It is once the window holds only data from after the reset, or when the
+    signal clears and holds anew."""
+    reset(cluster)
+    await tripped.converge()
+    assert status(cluster)["state"] == "Closed"
+    assert status(cluster)["lastReset"] == "2026-12-01T12:00:00.000Z"
+    await tripped.converge(trip=True)  # held since before the reset (since=0)
+    assert status(cluster)["state"] == "Closed"
+    assert job(cluster)["spec"]["suspend"] is False
+
+    await tripped.converge(trip=True, since=clock.time() + 1)  # cleared, then held anew
+    assert status(cluster)["state"] == "Open"
+
+
+async def test_a_signal_that_holds_past_its_window_after_a_reset_trips_again(
+    tripped: Operator, cluster: FakeCluster, clock: Clock
+) -> None:
+    reset(cluster)
+    await tripped.converge()
+    lookback = tripped.trip().detector.signal("pool").lookback_seconds
+    clock.advance(lookback - 1)
+    await tripped.converge(trip=True)
+    assert status(cluster)["state"] == "Closed"
+    clock.advance(1)  # the window now holds only data from after the reset
+    await tripped.converge(trip=True)
+    assert status(cluster)["state"] == "Open"
+    assert status(cluster)["trips"] == 1  # counted afresh since the reset
 
 
 @pytest.mark.parametrize("point", TRIP_POINTS["gpus"])

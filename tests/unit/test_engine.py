@@ -238,3 +238,21 @@ def test_without_workloads_each_pod_is_its_own_for_a_signal_across_pods() -> Non
     samples = engine.read(SPREAD, vector(*fresh_ports("rl-0", range(1), 25.0)))
     fired = engine.step(Detector((SPREAD,), ()), engine.State(), {"spread": samples}, 0)
     assert fired == {}  # one port, however fast its SYNs: not a value of 25
+
+
+def test_a_decision_predates_a_reset_while_its_windows_reach_back_past_it() -> None:
+    windowed = dataclasses.replace(signal("w", for_seconds=30), lookback_seconds=300)
+    detector = Detector((windowed, signal("now")), ())
+    reset_at = 1000.0
+
+    def decision(*fired: tuple[str, float]) -> engine.Decision:
+        return engine.Decision("r", tuple(engine.Firing(n, 1.0, {}, since) for n, since in fired))
+
+    held = decision(("w", 900.0))
+    assert engine.predates(held, detector, reset_at, now=1000.0 + 329)
+    assert not engine.predates(held, detector, reset_at, now=1000.0 + 330)  # window + for
+    assert not engine.predates(decision(("w", 1001.0)), detector, reset_at, now=1002.0)
+    # Every signal must predate it: one that held anew is evidence of its own.
+    assert not engine.predates(decision(("w", 900.0), ("now", 1001.0)), detector, reset_at, 1002)
+    # A signal with no window (an instant value) is spent once read after the reset.
+    assert not engine.predates(decision(("now", 900.0)), detector, reset_at, now=1000.0)

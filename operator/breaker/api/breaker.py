@@ -176,6 +176,14 @@ class BreakerStatus(ApiModel):
     handled_reset: str | None = Field(
         default=None, max_length=64, description="The last reset request carried out."
     )
+    last_reset: dt.datetime | None = Field(
+        default=None,
+        description=(
+            "When an admin last reset it. A signal that already held then trips it again "
+            "only once its lookback window holds no data from before the reset, or after it "
+            "has cleared and holds anew: the evidence of the incident reset is spent."
+        ),
+    )
     evidence: list[Evidence] | None = Field(
         default=None,
         max_length=MAX_EVIDENCE,

@@ -53,6 +53,7 @@ class Breaker:
     cooldown_until: dt.datetime | None = None
     probation_until: dt.datetime | None = None
     handled_reset: str | None = None
+    last_reset: dt.datetime | None = None  # an admin's last reset (evidence before it is spent)
     reason: str = ""
     contained: bool = False  # actions are applied and not yet undone
     signals_known: bool = True
@@ -118,6 +119,7 @@ def _admin_decides(breaker: Breaker, known: Breaker, seen: Observation) -> _Deci
         closed = Breaker(
             state="Disabled" if seen.override == "Disabled" else "Closed",
             handled_reset=seen.reset,
+            last_reset=seen.now,
             reason="reset by an admin",
             signals_known=seen.signals_known,
         )
@@ -197,6 +199,7 @@ def _half_open(
             trips=breaker.trips,
             last_trip=breaker.last_trip,
             handled_reset=breaker.handled_reset,
+            last_reset=breaker.last_reset,
             reason="probation passed clean",
             signals_known=seen.signals_known,
         )

@@ -60,6 +60,7 @@ from breaker.controllers.handoff import Handoffs, RemoteQueue
 from breaker.controllers.inventory import items, only
 from breaker.controllers.reconciler import Backoff, Reconciler
 from breaker.controllers.webhooks import Webhooks
+from breaker.detect import engine
 
 log = logging.getLogger("breaker.breakers")
 
@@ -354,6 +355,12 @@ class BreakerController:
     ) -> None:
         status = self.written.get(key) or body.get("status") or {}
         before = plan.memory(status)
+        reset = before.last_reset
+        # The incident an admin reset is not a new one: its evidence is spent.
+        if trip is not None and reset is not None and _spent(trip, reset, now):
+            log.debug("Breaker %s/%s: %s: the incident reset at %s", *key,
+                      protocol.reason(trip.decision), reset.isoformat())  # fmt: skip
+            trip = None
         seen = machine.Observation(
             now=now,
             tripped=protocol.reason(trip.decision) if trip else None,
@@ -494,6 +501,7 @@ class BreakerController:
         event = transition.event
         if event is not None:
             message = protocol.event_message(after, records, settings.dry_run)
+            log.info("Breaker %s/%s: %s: %s", *key, event[1], message)
             await events.post(self.api, body, event[0], event[1], message)
             if workload is not None:
                 await events.post(self.api, workload.body, event[0], event[1], message)
@@ -890,6 +898,10 @@ async def stop_breaker_controller(memo: kopf.Memo, **_: Any) -> None:
 async def rediscover_apis(**_: Any) -> None:
     """A CRD came, went or changed: the deny APIs a revocation uses may have too."""
     discovery.forget()
+
+
+def _spent(trip: Trip, reset: dt.datetime, now: dt.datetime) -> bool:
+    return engine.predates(trip.decision, trip.detector, reset.timestamp(), now.timestamp())
 
 
 def _nudge(memo: kopf.Memo) -> None:

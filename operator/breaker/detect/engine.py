@@ -286,6 +286,21 @@ class Decision:
     signals: tuple[Firing, ...]
 
 
+def predates(decision: Decision, detector: Detector, moment: float, now: float) -> bool:
+    """The decision rests only on evidence from before ``moment`` (an admin's reset):
+    each of its signals has held since before then, and its lookback window (and ``for``)
+    still reaches back past it. A signal that cleared and holds anew, or whose window now
+    holds only data from after ``moment``, is evidence of its own."""
+    specs = {signal.name: signal for signal in detector.signals}
+    for firing in decision.signals:
+        spec = specs.get(firing.signal)
+        if spec is None or firing.since >= moment:
+            return False
+        if now - moment >= spec.lookback_seconds + spec.for_seconds:
+            return False
+    return True
+
+
 def decide(detector: Detector, firing: Iterable[Firing]) -> Decision | None:
     """Whether these firing signals (of one pod, or one workload's pods) trip the breaker."""
     by_name: dict[str, Firing] = {}
