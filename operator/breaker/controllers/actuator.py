@@ -207,20 +207,19 @@ class Actuator:
             admitted = await training.admitted_after(
                 after, HANDOFF_WAIT_SECONDS, among=lambda key: key[0] != scene.namespace
             )
-            changed["to"] = [f"{ns}/{name}" for ns, name in admitted][:1]
+            changed["to"] = _names(admitted)[:1]
             record["appliedAt"] = plan.stamp(dt.datetime.now(dt.UTC))
             if changed["to"]:
                 return
             # Not yet: as on a trip without a restart, the jobs that wait are awaited and
             # whoever the queue admits is recorded when it does (a reset owes it back).
-            waiting = [k for k in await training.waiting() if k[0] != scene.namespace]
+            waiting = await _others_waiting(training, scene.namespace)
             if waiting:
-                changed["awaiting"] = [f"{ns}/{name}" for ns, name in waiting]
+                changed["awaiting"] = _names(waiting)
             else:
                 scene.notes.append("no queued TrainingJob took the freed GPUs")
             return
-        queued = await training.waiting() if training is not None else []
-        waiting = [k for k in queued if k[0] != scene.namespace]
+        waiting = await _others_waiting(training, scene.namespace) if training is not None else []
         if training is None or scene.dry_run or not waiting or not changed.get("freed"):
             # Nobody (of another tenant) waits: the GPUs stay free for whoever comes next.
             changed.setdefault("to", [])
@@ -228,12 +227,12 @@ class Actuator:
         admitted = [
             k for k in await training.admitted_since(since, HANDOFF_WAIT_SECONDS) if k in waiting
         ]
-        changed["to"] = [f"{ns}/{name}" for ns, name in admitted]
+        changed["to"] = _names(admitted)
         record["appliedAt"] = plan.stamp(dt.datetime.now(dt.UTC))
         if not admitted:
             # The paused pods may take their grace period to go (a real node's do): the
             # GPUs are free only then. Who gets them is recorded when the queue says.
-            changed["awaiting"] = [f"{ns}/{name}" for ns, name in waiting]
+            changed["awaiting"] = _names(waiting)
 
     async def recipients(
         self, records: list[dict[str, Any]], since: dt.datetime | None, namespace: str
@@ -451,3 +450,12 @@ def nodes_named_by(trip: Trip | None) -> set[str]:
 def target_nodes(trip: Trip | None, scene: executor.Scene) -> set[str]:
     """The nodes quarantineNode acts on: those the node signals name, else the pods'."""
     return nodes_named_by(trip) or {p.node for p in scene.pods if p.node}
+
+
+async def _others_waiting(training: Handoffs, namespace: str) -> list[tuple[str, str]]:
+    """The jobs of other namespaces that wait for GPUs (a tenant's own are not its debtors)."""
+    return [key for key in await training.waiting() if key[0] != namespace]
+
+
+def _names(keys: Iterable[tuple[str, str]]) -> list[str]:
+    return [f"{namespace}/{name}" for namespace, name in keys]

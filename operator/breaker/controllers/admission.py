@@ -116,7 +116,7 @@ class AdmissionParams:
         """The whole spec replaced (a JSON patch: a custom resource has no unconditional
         update, and a merge patch would keep the pods no longer quarantined); False if the
         BreakerHold is not there."""
-        body = admission.hold(namespace, spec)["spec"]
+        body = spec.wire()
         try:
             await kube.call(
                 self.objects.patch_namespaced_custom_object,
