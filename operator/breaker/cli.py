@@ -77,6 +77,7 @@ def _node_agent(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         cluster_dns=tuple(args.cluster_dns or ["10.96.0.10"]),
         netns_dir=Path(args.netns_dir),
+        cni_cache_dir=Path(args.cni_cache_dir),
         interval=args.interval,
         iptables=args.iptables,
         flow_interval=args.flow_interval,
@@ -335,6 +336,13 @@ def _add_agent(commands: Commands) -> None:
         "--netns-dir",
         default="/var/run/netns",
         help="where the container runtime keeps pods' network namespaces (/var/run/netns)",
+    )
+    agent.add_argument(
+        "--cni-cache-dir",
+        default="/var/lib/cni/results",
+        help="libcni's record of the pods' networks, where a pod's address is read before "
+        "the API server has it: a pod born quarantined is fenced as it starts "
+        "(/var/lib/cni/results)",
     )
     agent.add_argument(
         "--interval",

@@ -27,6 +27,8 @@ PAUSED_WAS = f"{GROUP}/paused-was"
 # kept of their open connections.
 QUARANTINE_LABEL = f"{GROUP}/quarantined"
 KEPT_ANNOTATION = f"{GROUP}/egress-kept"
+# On a node agent's Lease: the exec sessions into its node's quarantined pods.
+SESSIONS_ANNOTATION = f"{GROUP}/sessions"
 # On a tenant's NetworkPolicy that breaker narrowed: its selector before, and for whom.
 ORIGINAL_SELECTOR = f"{GROUP}/original-pod-selector"
 NARROWED_FOR = f"{GROUP}/narrowed-for"

@@ -32,6 +32,9 @@ from typing import Any, NamedTuple
 from breaker.nodeagent.flows import Entry, Flow
 
 COUNT_CHAIN = "BREAKER-COUNT"
+# The protocols counted: what the network presets read. conntrack lists every protocol
+# (the cut needs them all); counting ICMP is the ICMP-tunnel preset's to decide.
+COUNTED = frozenset({"tcp", "udp"})
 # Addresses that are not "the world": the RFC 1918 and CGNAT ranges pods and Services
 # are given, loopback and link-local. ``--cluster-cidrs`` replaces the list where a
 # cluster's pods, Services or nodes have public addresses.
@@ -224,7 +227,7 @@ class Ledger:
         for entry in entries:
             flow = entry.flow
             source = pods.get(flow.src)
-            if source is None:
+            if source is None or flow.protocol not in COUNTED:
                 continue
             key = (flow.protocol, flow.src, flow.sport, flow.dst, flow.dport)
             scope = self.scopes.of(flow.dst)

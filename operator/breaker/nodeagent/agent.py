@@ -18,9 +18,12 @@ NetworkPolicy, no workload, no pod.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -34,10 +37,15 @@ import urllib3
 from kubernetes import client, watch
 
 from breaker.actions.connections import LEASE_SECONDS, Kept, lease_name
-from breaker.constants import API_VERSION, KEPT_ANNOTATION, QUARANTINE_LABEL
-from breaker.nodeagent import accounting, counting, flows
+from breaker.constants import API_VERSION, KEPT_ANNOTATION, QUARANTINE_LABEL, SESSIONS_ANNOTATION
+from breaker.nodeagent import accounting, addresses, counting, flows, sessions
 
 log = logging.getLogger("breaker.node-agent")
+
+SEEK_SECONDS = 0.02  # between looks for a held pod's address while its sandbox starts
+FENCE_CHECK_SECONDS = 5.0  # every fence checked (a scrape source changed, a rule removed)
+SESSIONS_SECONDS = 2.0  # how often the exec sessions into held pods are looked for
+MAX_SESSIONS = 20  # listed per pod, on the Lease
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class Settings:
     flow_interval: float = 10.0  # seconds between counts of the pods' flows (0: none)
     cluster_cidrs: tuple[str, ...] = accounting.CLUSTER_CIDRS
     account_bytes: bool = True  # turn the node's nf_conntrack_acct on for byte counts
+    cni_cache_dir: Path = Path("/var/lib/cni/results")  # libcni's record of pod networks
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,20 @@ class NodeAgent:
         self.netns: dict[str, str] = {}  # pod IP -> its network namespace's path
         self.metrics = Metrics()
         self.last_pass = 0.0
+        self.discovered: dict[str, str] = {}  # pod uid -> address, read from the node
+        self.cni = addresses.CniRecords(settings.cni_cache_dir)
+        self.fenced: set[str] = set()  # the held pods fenced (by their rules' comment)
+        self.fence_lock = threading.Lock()  # the fence's rules: placed by one thread at a time
+        self.fence_wake = threading.Event()
+        self.seeking: set[str] = set()  # held pods whose address is not known yet
+        self.addresses: tuple[str, ...] = ()  # the node's own, read again once a minute
+        self.addresses_at = 0.0
+        self.sessions_at = 0.0
+        self.looked_at: frozenset[str] = frozenset()  # the pods the sessions were looked for in
+        self.reported = "{}"  # the exec sessions, as the Lease says them
+        # The sessions it ended, by pod, listed while the pod is held.
+        self.ended: dict[str, dict[tuple[int, str], dict[str, Any]]] = {}
+        self.renew = threading.Event()  # the Lease to be written now, not at its next renewal
         self.counted = counting.Pods({}, 0)  # the pods whose flows are counted, by address
         self.counter: counting.FlowCounter | None = None
         if settings.flow_interval > 0:
@@ -143,12 +166,13 @@ class NodeAgent:
 
     def run(self) -> None:
         self._ensure_chain()
+        self._node_addresses()
         if self.counter is not None:
             self._ensure_chain(accounting.COUNT_CHAIN)
             self.counter.start(self.synced, self.settings.account_bytes)
         else:
             self._remove_chain(accounting.COUNT_CHAIN)  # counting turned off: its rules go
-        for work in (self._watch, self._hold_lease):
+        for work in (self._watch, self._hold_lease, self._fencing):
             threading.Thread(target=work, name=work.__name__, daemon=True).start()
         if not self.synced.wait(timeout=60):
             log.warning("no list of the node's pods after 60s; carrying on and retrying")
@@ -165,9 +189,49 @@ class NodeAgent:
             self.wake.wait(timeout=self.settings.interval if busy else 10.0)
             self.wake.clear()
 
+    def _fencing(self) -> None:
+        """Fence each held pod off the world as soon as its address is known: at once on a
+        change of the node's pods, and every SEEK_SECONDS while a held pod's sandbox is
+        starting (its address is read from the node before the API server has it). Apart
+        from the pass, whose conntrack work takes longer than a pod takes to start."""
+        checked = 0.0
+        while not self.stopping.is_set():
+            seeking = False
+            try:
+                with self.fence_lock:
+                    now = time.monotonic()
+                    seeking = self._fence_pass(everything=now - checked > FENCE_CHECK_SECONDS)
+                    checked = now if now - checked > FENCE_CHECK_SECONDS else checked
+            except (RuntimeError, OSError) as error:
+                log.warning("fencing failed: %s; again in %.2fs", error, SEEK_SECONDS)
+                seeking = True
+            except Exception:  # the fencing thread must never die: a bug is logged, then again
+                log.exception("fencing failed unexpectedly")
+                seeking = True
+            self.fence_wake.wait(timeout=SEEK_SECONDS if seeking else 1.0)
+            self.fence_wake.clear()
+
+    def _fence_pass(self, everything: bool) -> bool:
+        """Fence the held pods not fenced yet (``everything``: check every fence); whether a
+        held pod's address is still being looked for."""
+        wanted = self.held()
+        if self.seeking:
+            self._discover(self.seeking)
+            wanted = self.held()
+        todo = {c: p for c, p in wanted.items() if everything or c not in self.fenced}
+        if todo:
+            listing = self._iptables("-t", "raw", "-S").stdout
+            node = self._node_addresses()
+            for comment, pod in todo.items():
+                self._fence(pod, comment, listing, node)
+                self.fenced.add(comment)
+        return bool(self.seeking)
+
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
+        self.renew.set()
+        self.fence_wake.set()
         if self.counter is not None:
             self.counter.stop()
 
@@ -190,31 +254,143 @@ class NodeAgent:
             if self.counter is not None:
                 self.counter.changed()
 
+    def held(self) -> dict[str, Pod]:
+        """The quarantined pods of the node the agent acts on, by their rules' comment: never
+        a host-network pod (its address is the node's: cutting it would cut the node) nor a
+        finished one (its address may be another pod's now). A pod whose address the API
+        does not say yet has it read from the node (``_discover``)."""
+        found, self.seeking = {}, set()
+        for pod in self._snapshot().values():
+            if not pod.breaker or pod.host_network or pod.finished:
+                continue
+            ip = addresses.pod_address(pod.ip) or self.discovered.get(pod.uid)
+            if ip is None:
+                self.seeking.add(pod.uid)
+                continue
+            if ip in self.addresses:
+                continue  # the node's own address: cutting it would cut the node
+            found[flows.tag(pod.namespace, pod.name)] = dataclasses.replace(pod, ip=ip)
+        return found
+
     def reconcile(self) -> None:
-        """One pass: lift the drops nobody needs; cut what quarantined pods opened."""
+        """One pass: lift the drops nobody needs; fence the quarantined pods off the world
+        outside the cluster; cut what they have open, both ways, of every protocol; cut the
+        port-forward streams into them; list (and, when told, end) the exec sessions into
+        them."""
         began = time.monotonic()
-        pods = self._snapshot()
-        wanted = {flows.tag(p.namespace, p.name): p for p in pods.values() if p.breaker and p.ip}
-        placed = flows.placed(self._iptables("-t", "raw", "-S", flows.CHAIN).stdout)
-        for comment, specs in placed.items():
-            if comment not in wanted:
-                for spec in specs:
-                    self._iptables("-t", "raw", "-D", flows.CHAIN, *spec, check=False)
-                log.info("%s: no longer quarantined, %d drops lifted", comment, len(specs))
+        with self.fence_lock:
+            wanted = self.held()
+            listing = self._iptables("-t", "raw", "-S").stdout
+            placed = flows.placed(listing)
+            for comment, specs in placed.items():
+                if comment not in wanted:
+                    for spec in specs:
+                        self._iptables("-t", "raw", "-D", flows.CHAIN, *spec, check=False)
+                    log.info("%s: no longer quarantined, %d drops lifted", comment, len(specs))
+            fences = {c for comment in wanted for c in flows.fence_chains(comment)}
+            for chain in flows.chains(listing):
+                if chain not in fences:
+                    self._iptables("-t", "raw", "-F", chain, check=False)
+                    self._iptables("-t", "raw", "-X", chain, check=False)
+            self.fenced &= set(wanted)
+        node = self._node_addresses()
         for comment, pod in wanted.items():
             assert pod.ip is not None
-            listed = subprocess.run(
-                ["conntrack", "-L", "-s", pod.ip], capture_output=True, text=True, check=False
-            )
             cut = flows.to_cut(
-                flows.parse_conntrack(listed.stdout), pod.ip, pod.kept, self.settings.cluster_dns
+                self._conntrack(pod.ip), pod.ip, pod.kept, self.settings.cluster_dns, node
             )
             if cut:
                 self._cut(pod, comment, cut, placed.get(comment, []))
+            self._streams(pod)
+        self._sessions(wanted, began)
         self.metrics.quarantined.set(len(wanted))
         self.metrics.drops.set(sum(len(v) for k, v in placed.items() if k in wanted))
         self.last_pass = time.monotonic()
         self.metrics.passes.observe(self.last_pass - began)
+
+    def _fence(self, pod: Pod, comment: str, listing: str, node: tuple[str, ...]) -> None:
+        """The pod's fence in place (its chains as wanted, and the jumps to them), written
+        in one ``iptables-restore``: a pod being born is raced, and an iptables call a rule
+        would take a pod's start."""
+        assert pod.ip is not None
+        inside = [*self.settings.cluster_cidrs, *(f"{a}/32" for a in node if ":" not in a)]
+        wanted = flows.fence(pod.ip, comment, inside, pod.kept)
+        there = set(flows.chains(listing))
+        placed = flows.placed(listing).get(comment, [])
+        stale = [
+            chain
+            for chain, rules in wanted.items()
+            if chain != flows.CHAIN
+            and (chain not in there or flows.chain_rules(listing, chain) != rules)
+        ]
+        jumps = [
+            jump
+            for jump in wanted[flows.CHAIN]
+            if not any(flows.same_rule(there_rule, jump) for there_rule in placed)
+        ]
+        if not stale and not jumps:
+            return
+        lines = ["*raw", *(f":{chain} - [0:0]" for chain in stale)]
+        lines += [f"-A {chain} {' '.join(rule)}" for chain in stale for rule in wanted[chain]]
+        # First in our chain: from now on nothing of the pod crosses to the world.
+        lines += [f"-I {flows.CHAIN} 1 {' '.join(_quoted(jump))}" for jump in jumps]
+        restored = subprocess.run(
+            [f"{self.settings.iptables}-restore", "-w", "5", "--noflush"],
+            input="\n".join([*lines, "COMMIT", ""]),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if restored.returncode != 0:
+            raise RuntimeError(f"fencing {pod.ip}: {restored.stderr.strip()}")
+        if jumps:
+            log.info("%s/%s: fenced %s off the world", pod.namespace, pod.name, pod.ip)
+
+    def _discover(self, uids: set[str]) -> None:
+        """The addresses of held pods the API has not given yet, read from the node: first
+        the container runtime's record of each pod's network (libcni's cache, written as
+        the network is set up, before any of the pod's processes start), else the network
+        namespace of a process of the pod (its cgroup names the pod's uid). A pod born
+        quarantined is so fenced before its processes run, and before the API server or
+        the NetworkPolicy dataplane know its address."""
+        wanted = set(uids)
+        for uid, ip in self.cni.addresses(wanted).items():
+            self.discovered[uid] = ip
+            wanted.discard(uid)
+        if wanted:
+            for uid, ip in addresses.process_addresses(wanted).items():
+                self.discovered[uid] = ip
+        present = {p.uid for p in self._snapshot().values()}
+        self.discovered = {u: ip for u, ip in self.discovered.items() if u in present}
+
+    def _conntrack(self, ip: str) -> list[flows.Flow]:
+        """Every flow of the address: those it began (original source) and those made to it
+        (reply source: directly, or through a Service or NodePort's translation)."""
+        found: dict[flows.Flow, None] = {}
+        for direction in ("--orig-src", "--reply-src"):
+            listed = subprocess.run(
+                ["conntrack", "-L", direction, ip], capture_output=True, text=True, check=False
+            )
+            found.update(dict.fromkeys(flows.parse_conntrack(listed.stdout)))
+        return list(found)
+
+    def _node_addresses(self) -> tuple[str, ...]:
+        """The node's own addresses (the kubelet's probes come from one of them), read
+        again once a minute."""
+        now = time.monotonic()
+        if now - self.addresses_at > 60 or not self.addresses:
+            shown = subprocess.run(
+                ["ip", "-j", "addr", "show"], capture_output=True, text=True, check=False
+            )
+            with contextlib.suppress(ValueError):
+                self.addresses = tuple(
+                    str(a["local"])
+                    for link in json.loads(shown.stdout or "[]")
+                    for a in link.get("addr_info") or []
+                    if a.get("local")
+                )
+                self.addresses_at = now
+        return self.addresses
 
     def _cut(self, pod: Pod, comment: str, cut: list[flows.Flow], placed: list[list[str]]) -> None:
         assert pod.ip is not None
@@ -222,29 +398,119 @@ class NodeAgent:
         # 1. The sockets, in the pod's namespace: the far end gets a reset.
         netns = self._netns_of(pod.ip)
         if netns is not None:
-            for protocol, option in (("tcp", "-t"), ("udp", "-u")):
-                mine = [f for f in cut if f.protocol == protocol]
-                if mine:
-                    kill = ["ss", "-K", "-n", option, flows.ss_filter(mine)]
-                    subprocess.run(
-                        ["nsenter", f"--net={netns}", *kill], capture_output=True, check=False
-                    )
+            for option, where in flows.sockets(cut, pod.ip).items():
+                kill = ["ss", "-K", "-n", option, where]
+                subprocess.run(
+                    ["nsenter", f"--net={netns}", *kill], capture_output=True, check=False
+                )
         # 2. The packets, both ways, ahead of conntrack.
-        present = {tuple(spec) for spec in placed}
         for flow in cut:
             for spec in flows.drop_rules(flow, comment):
-                if tuple(spec) not in present:
+                if not any(flows.same_rule(there, spec) for there in placed):
                     self._iptables("-t", "raw", "-A", flows.CHAIN, *spec)
+                    placed.append(spec)
         # 3. The conntrack entries, which nothing can re-create now.
         for flow in cut:
-            entry = ["-p", flow.protocol, "-s", flow.src, "-d", flow.dst]
-            ports = ["--sport", str(flow.sport), "--dport", str(flow.dport)]
-            subprocess.run(["conntrack", "-D", *entry, *ports], capture_output=True, check=False)
+            subprocess.run(
+                ["conntrack", "-D", *flows.conntrack_delete(flow)], capture_output=True, check=False
+            )
         self.metrics.cut.labels(pod.namespace, pod.name).inc(len(cut))
         said = f"{self.settings.node}: cut {len(cut)} connections of pod {pod.name}: "
-        said += flows.summary(cut)
+        said += flows.summary(cut, pod.ip)
         log.info("%s/%s: %s", pod.namespace, pod.breaker, said)
         self._event(pod, "ConnectionsCut", said)
+
+    def _streams(self, pod: Pod) -> None:
+        """Cut the port-forward streams into the pod: loopback connections in its namespace
+        held by a process outside it (the container runtime's end of the stream)."""
+        assert pod.ip is not None
+        netns = self._netns_of(pod.ip)
+        if netns is None:
+            return
+        listed = subprocess.run(
+            ["nsenter", f"--net={netns}", "ss", "-Htnp", "state", "established"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        found = [s for s in sessions.parse_ss(listed.stdout) if s.loopback]
+        if not found:
+            return
+        pod_netns = _netns_link(netns)
+        owners = {pid: _process_netns(pid) for s in found for pid in s.pids}
+        streams = sessions.port_forwards(found, owners, pod_netns)
+        if not streams:
+            return
+        kill = ["ss", "-K", "-n", "-t", sessions.kill_filter(streams)]
+        subprocess.run(["nsenter", f"--net={netns}", *kill], capture_output=True, check=False)
+        ports = sorted({s.peer.rsplit(":", 1)[1] for s in streams if s.pids and any(
+            owners.get(p, pod_netns) != pod_netns for p in s.pids)})  # fmt: skip
+        said = (
+            f"{self.settings.node}: cut the port-forward streams into pod {pod.name} "
+            f"(port {', '.join(ports)})"
+        )
+        self.metrics.cut.labels(pod.namespace, pod.name).inc(len(ports))
+        log.info("%s/%s: %s", pod.namespace, pod.breaker, said)
+        self._event(pod, "PortForwardCut", said)
+
+    def _sessions(self, wanted: dict[str, Pod], now: float) -> None:
+        """The exec sessions into quarantined pods, looked for every SESSIONS_SECONDS:
+        listed on the agent's Lease (the operator puts them in the Breaker's status) and
+        ended when the pod's policy says killSessions and they began before the quarantine."""
+        if now - self.sessions_at < SESSIONS_SECONDS and frozenset(wanted) == self.looked_at:
+            return
+        self.sessions_at = now
+        found: dict[str, list[dict[str, Any]]] = {}
+        table: list[sessions.Process] | None = None
+        for pod in wanted.values():
+            assert pod.ip is not None
+            netns = self._netns_of(pod.ip)
+            if netns is None:
+                continue
+            table = table if table is not None else _processes()
+            listed = sessions.exec_sessions(table, _netns_link(netns))
+            reported: list[dict[str, Any]] = []
+            for session in listed:
+                ended = (
+                    pod.kept.kill_sessions
+                    and pod.kept.since is not None
+                    and session.started < pod.kept.since
+                )
+                if ended:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(session.pid, signal.SIGKILL)
+                    said = (
+                        f"{self.settings.node}: ended the exec session into pod {pod.name} "
+                        f"(pid {session.pid}: {session.command[:120]}), begun before the trip"
+                    )
+                    log.info("%s/%s: %s", pod.namespace, pod.breaker, said)
+                    self._event(pod, "ExecSessionEnded", said)
+                reported.append(
+                    {
+                        "pid": session.pid,
+                        "command": session.command[:120],
+                        "started": _stamp(session.started),
+                        "ended": ended,
+                    }
+                )
+            # Those it ended stay listed while the pod is held: the operator reads the Lease
+            # every few seconds, and the status keeps what was ended.
+            key = f"{pod.namespace}/{pod.name}"
+            gone = self.ended.setdefault(key, {})
+            for entry in reported:
+                if entry["ended"]:
+                    gone[(int(entry["pid"]), str(entry["started"]))] = entry
+            listed_now = {(e["pid"], e["started"]) for e in reported}
+            reported += [e for k, e in gone.items() if k not in listed_now]
+            if reported:
+                found[key] = reported[-MAX_SESSIONS:]
+        held = {f"{p.namespace}/{p.name}" for p in wanted.values()}
+        self.ended = {k: v for k, v in self.ended.items() if k in held}
+        self.looked_at = frozenset(wanted)
+        text = json.dumps(found, sort_keys=True, separators=(",", ":"))
+        if text != self.reported:
+            self.reported = text
+            self.renew.set()  # the Lease says it at once
 
     # -- the node: iptables, namespaces ----------------------------------------------------
 
@@ -305,6 +571,7 @@ class NodeAgent:
                     self._pods_changed()
                 self.synced.set()
                 self.wake.set()
+                self.fence_wake.set()
                 stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
                     self.core.list_pod_for_all_namespaces,
                     field_selector=selector,
@@ -323,6 +590,7 @@ class NodeAgent:
                             self.pods[key] = pod
                         self._pods_changed()
                     self.wake.set()
+                    self.fence_wake.set()
                     if self.stopping.is_set():
                         return
             except (
@@ -346,6 +614,9 @@ class NodeAgent:
                 "metadata": {
                     "name": name,
                     "labels": {"app.kubernetes.io/component": "node-agent"},
+                    # The exec sessions into the node's quarantined pods, for the Breakers'
+                    # status (the agent writes nothing else anywhere).
+                    "annotations": {SESSIONS_ANNOTATION: self.reported},
                 },
                 "spec": {
                     "holderIdentity": self.settings.node,
@@ -364,7 +635,8 @@ class NodeAgent:
                 log.warning("renewing Lease %s/%s: %s", namespace, name, error)
             except Exception:  # the Lease thread must never die: a bug is logged, then renew again
                 log.exception("renewing Lease %s/%s failed unexpectedly", namespace, name)
-            self.stopping.wait(LEASE_SECONDS / 3)
+            self.renew.wait(LEASE_SECONDS / 3)
+            self.renew.clear()
 
     def _event(self, pod: Pod, reason: str, message: str) -> None:
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -419,3 +691,54 @@ class NodeAgent:
         server = ThreadingHTTPServer((address, port), Handler)
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         return server
+
+
+def _netns_link(path: str) -> str:
+    """A network namespace file's identity as /proc/PID/ns/net links name it."""
+    return f"net:[{Path(path).stat().st_ino}]"
+
+
+def _process_netns(pid: int) -> str:
+    try:
+        return str(Path(f"/proc/{pid}/ns/net").readlink())
+    except OSError:
+        return ""
+
+
+def _processes() -> list[sessions.Process]:
+    """Every process of the node (the agent runs in the host's PID namespace), as much as
+    the exec sessions need of each."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    boot = 0.0
+    with contextlib.suppress(OSError, ValueError):
+        stat = Path("/proc/stat").read_text()
+        boot = float(
+            next(line.split()[1] for line in stat.splitlines() if line.startswith("btime"))
+        )
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            netns = str(Path(f"/proc/{pid}/ns/net").readlink())
+            ppid, started = sessions.parse_stat(Path(f"/proc/{pid}/stat").read_text())
+            cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or a kernel thread
+        found.append(
+            sessions.Process(
+                pid, ppid, netns, cgroup, boot + started / ticks, command.decode(errors="replace")
+            )
+        )
+    return found
+
+
+def _stamp(moment: float) -> str:
+    return dt.datetime.fromtimestamp(moment, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _quoted(rule: list[str]) -> list[str]:
+    """A rule's words for iptables-restore: a comment quoted."""
+    return [f'"{word}"' if " " in word or ":" in word else word for word in rule]

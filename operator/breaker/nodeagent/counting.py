@@ -205,6 +205,8 @@ class FlowCounter:
         now = time.monotonic()
         with self.lock:
             for entry in flows.iter_entries(line):
+                if entry.flow.protocol not in accounting.COUNTED:
+                    continue
                 source = pods.by_ip.get(entry.flow.src)
                 if source is not None:
                     self._add_opened(entry.flow, source, now)
