@@ -12,6 +12,7 @@ from typing import Any
 from kubernetes import client
 
 from breaker.actions import executor
+from breaker.actions.connections import Kept
 from breaker.actions.egress import DNS_NAMESPACE, DNS_PODS
 from breaker.actions.settings import ActionSettings
 from breaker.api.policy import BreakerPolicySpec
@@ -45,7 +46,7 @@ def test_allow_dns_false_leaves_no_dns_in_the_quarantine_and_keeps_none_open() -
     assert settings.revoke_egress.allow_dns is False
     changed = quarantine(settings)
     assert changed["quarantineSpec"]["egress"] == []
-    assert changed["kept"] == {"dns": False, "services": []}
+    assert {k: changed["kept"][k] for k in ("dns", "services")} == {"dns": False, "services": []}
 
 
 def test_dns_by_default_is_the_cluster_dns_on_port_53_and_nothing_else() -> None:
@@ -53,7 +54,40 @@ def test_dns_by_default_is_the_cluster_dns_on_port_53_and_nothing_else() -> None
     (rule,) = changed["quarantineSpec"]["egress"]
     assert rule["to"] == [{"namespaceSelector": DNS_NAMESPACE, "podSelector": DNS_PODS}]
     assert {(p["protocol"], p["port"]) for p in rule["ports"]} == {("UDP", 53), ("TCP", 53)}
-    assert changed["kept"] == {"dns": True, "services": []}
+    assert {k: changed["kept"][k] for k in ("dns", "services")} == {"dns": True, "services": []}
+
+
+NAME = "kubernetes.io/metadata.name"
+
+
+NAME = "kubernetes.io/metadata.name"
+
+
+def test_the_quarantine_refuses_what_comes_in_but_the_scrape() -> None:
+    scrape = [{"namespace": "monitoring", "ports": [9100]}, {"cidr": "10.250.0.0/16"}]
+    action = {"allowScrapeFrom": scrape, "killSessions": True}
+    settings = compiled([{"type": "revokeEgress", "revokeEgress": action}])
+    changed = quarantine(settings)
+    spec = changed["quarantineSpec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["ingress"] == [
+        {
+            "from": [{"namespaceSelector": {"matchLabels": {NAME: "monitoring"}}}],
+            "ports": [{"protocol": "TCP", "port": 9100}],
+        },
+        {"from": [{"ipBlock": {"cidr": "10.250.0.0/16"}}]},
+    ]
+    kept = changed["kept"]
+    assert kept["inbound"] == [{"from": "10.250.0.0/16", "ports": []}]
+    assert kept["inboundNamespaces"] == [{"namespace": "monitoring", "ports": [9100]}]
+    assert kept["killSessions"] is True
+    # The node agent is told the scrape's pods by address, as they are when labelled.
+    text = executor.kept_text(kept, lambda ns: ("10.244.3.9",) if ns == "monitoring" else ())
+    found = Kept.parse(text)
+    assert found.lets_in("10.244.3.9", 9100)
+    assert not found.lets_in("10.244.3.9", 22)
+    assert found.lets_in("10.250.7.7", 22)
+    assert not found.lets_in("198.51.100.4", 9100)
 
 
 def test_the_order_and_each_actions_settings_come_from_the_policy() -> None:

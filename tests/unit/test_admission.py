@@ -2,31 +2,51 @@
 
 from __future__ import annotations
 
-from breaker.actions.admission import Holding, changes, hold, params
-from breaker.api.hold import BreakerHoldSpec
+from breaker.actions.admission import Holding, Quarantined, changes, hold, params
+from breaker.api.hold import BreakerHoldSpec, KinRule
 
 
 def test_params_name_the_quarantined_pods_and_the_scaled_workloads_per_namespace() -> None:
+    kin = KinRule(breaker="egress-only", labels={"app": "web"}, kept='{"dns":true}')
     holding = [
-        Holding("team-a", "rl-guard", "TrainingJob", "rl"),
-        Holding("team-a", "helper-guard", "Deployment", "helper"),
-        Holding("team-b", "set-guard", "StatefulSet", "set"),
-        Holding("team-c", "egress-only"),
+        Holding("team-a", "rl-guard", "TrainingJob", "rl", "trainingjobs/rl"),
+        Holding("team-a", "helper-guard", "Deployment", "helper", "deployments/helper"),
+        Holding("team-b", "set-guard", "StatefulSet", "set", "statefulsets/set"),
+        Holding("team-c", "egress-only", workload="deployments/web", kin=kin),
     ]
     quarantined = [
-        ("team-a", "rl-0", "rl-guard"),
-        ("team-a", "helper-1", "helper-guard"),
-        ("team-a", "stale-0", "reset-long-ago"),  # its breaker holds nothing: left out
-        ("team-d", "x", "elsewhere"),
+        Quarantined("team-a", "rl-0", "rl-guard", {"app": "rl"}),
+        Quarantined("team-a", "helper-1", "helper-guard", {"app": "helper"}),
+        # Its breaker holds nothing: left out.
+        Quarantined("team-a", "stale-0", "reset-long-ago", {"app": "old"}),
+        Quarantined("team-c", "web-1", "egress-only", {"app": "web", "tier": "front"}),
+        Quarantined("team-d", "x", "elsewhere", {}),
     ]
-    assert params(holding, quarantined) == {
+    services = [
+        ("team-c", "web", {"app": "web"}),  # picks the quarantined pod: its proxy refused
+        ("team-c", "web-back", {"app": "web", "tier": "back"}),
+        ("team-c", "everything", {}),  # no selector: Endpoints by hand, not the pods'
+        ("team-a", "old", {"app": "old"}),
+    ]
+    assert params(holding, quarantined, services) == {
         "team-a": BreakerHoldSpec(
             breakers=["helper-guard", "rl-guard"],
             pods={"rl-0": "rl-guard", "helper-1": "helper-guard"},
             scaled={"deployments/helper": "helper-guard"},
+            workloads={"trainingjobs/rl": "rl-guard", "deployments/helper": "helper-guard"},
         ),
-        "team-b": BreakerHoldSpec(breakers=["set-guard"], scaled={"statefulsets/set": "set-guard"}),
-        "team-c": BreakerHoldSpec(breakers=["egress-only"]),
+        "team-b": BreakerHoldSpec(
+            breakers=["set-guard"],
+            scaled={"statefulsets/set": "set-guard"},
+            workloads={"statefulsets/set": "set-guard"},
+        ),
+        "team-c": BreakerHoldSpec(
+            breakers=["egress-only"],
+            pods={"web-1": "egress-only"},
+            workloads={"deployments/web": "egress-only"},
+            kin=[kin],
+            services={"web": "egress-only"},
+        ),
     }
     assert params([], quarantined) == {}
 
@@ -49,5 +69,12 @@ def test_the_hold_is_labelled_as_breakers_own_and_keeps_empty_maps() -> None:
         "namespace": "team-a",
         "labels": {"app.kubernetes.io/managed-by": "breaker"},
     }
-    # The policy looks names up in both maps: they are there even when empty.
-    assert body["spec"] == {"breakers": ["x"], "pods": {}, "scaled": {}}
+    # The policy looks names up in the maps: they are there even when empty.
+    assert body["spec"] == {
+        "breakers": ["x"],
+        "pods": {},
+        "scaled": {},
+        "workloads": {},
+        "kin": [],
+        "services": {},
+    }

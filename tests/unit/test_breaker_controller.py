@@ -272,7 +272,19 @@ async def test_the_admission_params_follow_what_the_breaker_holds(
     await tripped.converge()  # the pass the end of the actions wakes
     params = cluster.get(HOLDS, NS, "breaker-containment")
     assert params is not None
-    assert params["spec"] == {"breakers": [BREAKER], "pods": {"rl-0": BREAKER}, "scaled": {}}
+    spec = params["spec"]
+    assert {k: spec[k] for k in ("breakers", "pods", "scaled", "workloads")} == {
+        "breakers": [BREAKER],
+        "pods": {"rl-0": BREAKER},
+        "scaled": {},
+        "workloads": {"trainingjobs/rl": BREAKER},
+    }
+    # A new pod with the job's labels is born quarantined, with what the
+    # node agent is to keep.
+    (kin,) = spec["kin"]
+    assert kin["breaker"] == BREAKER
+    assert kin["labels"] == {"app": "rl"}
+    assert json.loads(kin["kept"])["dns"] is True
     assert cluster.get(HOLDS, OTHER, "breaker-containment") is None
     # A quarantined pod that goes leaves the params at the next pass (the spec replaced,
     # not merged).
@@ -280,7 +292,7 @@ async def test_the_admission_params_follow_what_the_breaker_holds(
     await tripped.converge()
     params = cluster.get(HOLDS, NS, "breaker-containment")
     assert params is not None
-    assert params["spec"] == {"breakers": [BREAKER], "pods": {}, "scaled": {}}
+    assert params["spec"]["pods"] == {}
     cluster.edit(BREAKERS, NS, BREAKER, {"spec": {"reset": "admin"}})
     await tripped.converge()
     await tripped.converge()

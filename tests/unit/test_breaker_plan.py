@@ -167,11 +167,18 @@ def test_the_admin_network_policy_denies_after_allowing_dns() -> None:
         "Deny"
     ]
     assert len(anp_name("n" * 63, "b" * 63 * 4)) <= 253
+    # Both ways: the cluster's pods may not come in, the scrape's namespace excepted.
+    scraped = admin_network_policy("team-a", "rl-guard", True, ["monitoring"])
+    assert [(r["action"], r["from"]) for r in scraped["spec"]["ingress"]] == [
+        ("Allow", [{"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]),
+        ("Deny", [{"namespaces": {}}]),
+    ]
 
 
-def test_cilium_denies_the_world_only() -> None:
+def test_cilium_denies_the_world_only_both_ways() -> None:
     policy = cilium_policy("team-a", "rl-guard")
     assert policy["spec"]["egressDeny"] == [{"toEntities": ["world"]}]
+    assert policy["spec"]["ingressDeny"] == [{"fromEntities": ["world"]}]
 
 
 def test_a_namespaced_policy_named_like_a_cluster_one_gets_its_own_breaker() -> None:

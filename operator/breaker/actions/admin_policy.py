@@ -11,6 +11,7 @@ deny that no namespaced allow can override, so even that window is closed.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 from breaker.actions.egress import DNS_NAMESPACE, DNS_PODS, DNS_PORTS
@@ -32,8 +33,13 @@ def anp_name(namespace: str, breaker: str) -> str:
     return f"{name[:240]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 
-def admin_network_policy(namespace: str, breaker: str, allow_dns: bool) -> dict[str, Any]:
-    """Deny all egress of the breaker's quarantined pods, DNS excepted when allowed."""
+def admin_network_policy(
+    namespace: str, breaker: str, allow_dns: bool, scrape_namespaces: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Deny the breaker's quarantined pods all egress, DNS excepted when allowed, and all
+    ingress from the cluster's pods, the scrape's namespaces excepted (an
+    AdminNetworkPolicy names no addresses for ingress: a scrape from outside the cluster
+    stays to the NetworkPolicies)."""
     rules: list[dict[str, Any]] = []
     if allow_dns:
         rules.append(
@@ -65,16 +71,33 @@ def admin_network_policy(namespace: str, breaker: str, allow_dns: bool) -> dict[
                     "podSelector": {"matchLabels": {QUARANTINE_LABEL: breaker}},
                 }
             },
+            "ingress": [
+                *(
+                    {
+                        "name": f"allow-scrape-{index}",
+                        "action": "Allow",
+                        "from": [
+                            {
+                                "namespaces": {
+                                    "matchLabels": {"kubernetes.io/metadata.name": scraper}
+                                }
+                            }
+                        ],
+                    }
+                    for index, scraper in enumerate(sorted(set(scrape_namespaces)))
+                ),
+                {"name": "deny-everything-else", "action": "Deny", "from": [{"namespaces": {}}]},
+            ],
             "egress": rules,
         },
     }
 
 
 def cilium_policy(namespace: str, breaker: str) -> dict[str, Any]:
-    """Deny the quarantined pods the world (outside the cluster).
+    """Deny the quarantined pods the world (outside the cluster), both ways.
 
-    In-cluster destinations stay to the NetworkPolicies: a Cilium deny outranks every
-    allow, DNS included, and the narrowed policies already close the rest.
+    In-cluster peers stay to the NetworkPolicies: a Cilium deny outranks every allow, DNS
+    and the scrape included, and the narrowed policies already close the rest.
     """
     return {
         "apiVersion": f"{CILIUM_GROUP}/{CILIUM_VERSION}",
@@ -87,5 +110,6 @@ def cilium_policy(namespace: str, breaker: str) -> dict[str, Any]:
         "spec": {
             "endpointSelector": {"matchLabels": {QUARANTINE_LABEL: breaker}},
             "egressDeny": [{"toEntities": ["world"]}],
+            "ingressDeny": [{"fromEntities": ["world"]}],
         },
     }

@@ -1,11 +1,13 @@
-"""The effective egress of a pod across every NetworkPolicy in its namespace. Pure.
+"""The quarantine NetworkPolicy, and what a pod can still reach, or be reached by, across
+every NetworkPolicy in its namespace. Pure.
 
 NetworkPolicies are additive allow-lists: a pod is egress-isolated as soon as one policy
 with ``Egress`` in its policyTypes selects it, and then it may reach whatever ANY
-selecting policy allows. A deny-all policy alone therefore revokes nothing that another
-policy still allows; this module answers "what can this pod still reach?" so the
-operator, its tests and ``kubectl breaker egress POD`` can check that revocation really
-revokes.
+selecting policy allows; ingress likewise. A deny-all policy alone therefore revokes
+nothing that another policy still allows: revocation takes the quarantined pods out of
+every other policy that lets them out or in. This module answers "what can this pod
+still reach?" so the operator, its tests and ``kubectl breaker egress POD`` can check
+that revocation really revokes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from breaker.api.policy import ScrapeSource
 from breaker.constants import QUARANTINE_LABEL
 from breaker.selectors import matches
 
@@ -147,11 +150,35 @@ class Revocation:
     patches: dict[str, dict[str, Any]]  # policy name -> merge patch that narrows it
 
 
+def scrape_rules(sources: Iterable[ScrapeSource]) -> list[dict[str, Any]]:
+    """The quarantine's ingress rules: who may still reach the pods (the metrics scrape)."""
+    rules: list[dict[str, Any]] = []
+    for source in sources:
+        if source.namespace is not None:
+            peer: dict[str, Any] = {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": source.namespace}
+                }
+            }
+        else:
+            peer = {"ipBlock": {"cidr": str(source.cidr)}}
+        rule: dict[str, Any] = {"from": [peer]}
+        if source.ports:
+            rule["ports"] = [{"protocol": "TCP", "port": port} for port in source.ports]
+        rules.append(rule)
+    return rules
+
+
 def quarantine_policy(
-    name: str, namespace: str, allow_dns: bool, allow_services: Iterable[Mapping[str, Any]] = ()
+    name: str,
+    namespace: str,
+    allow_dns: bool,
+    allow_services: Iterable[Mapping[str, Any]] = (),
+    scrape_from: Iterable[ScrapeSource] = (),
 ) -> dict[str, Any]:
-    """Deny all egress from quarantined pods, except the cluster's DNS on port 53 (when
-    ``allow_dns``) and named in-cluster services."""
+    """Deny the quarantined pods everything both ways: every egress, except the cluster's
+    DNS on port 53 (when ``allow_dns``) and named in-cluster services; every ingress, except
+    the scrape sources (the node's own probes get in whatever a NetworkPolicy says)."""
     rules: list[dict[str, Any]] = []
     if allow_dns:
         rules.append(
@@ -184,10 +211,19 @@ def quarantine_policy(
         },
         "spec": {
             "podSelector": {"matchLabels": {QUARANTINE_LABEL: name}},
-            "policyTypes": ["Egress"],
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": scrape_rules(scrape_from),
             "egress": rules,
         },
     }
+
+
+def lets_through(spec: Mapping[str, Any]) -> bool:
+    """The policy allows something, one way or the other, to the pods it selects."""
+    types = _types(spec)
+    return bool(
+        ("Egress" in types and spec.get("egress")) or ("Ingress" in types and spec.get("ingress"))
+    )
 
 
 def plan_revocation(
@@ -196,18 +232,19 @@ def plan_revocation(
     pod_labels: Iterable[Mapping[str, str]],
     policies: Iterable[Mapping[str, Any]],
     allow_dns: bool = True,
+    scrape_from: Iterable[ScrapeSource] = (),
 ) -> Revocation:
     """Quarantine the pods (labelled ``breaker.dev/quarantined: <name>``) and take them out of
-    every other policy that selects them for egress, since policies add up."""
-    quarantine = quarantine_policy(name, namespace, allow_dns)
+    every other policy that lets them out or in, since policies add up."""
+    quarantine = quarantine_policy(name, namespace, allow_dns, (), scrape_from)
     pods = list(pod_labels)
     narrowed: dict[str, dict[str, Any]] = {}
     patches: dict[str, dict[str, Any]] = {}
     for policy in policies:
         spec = policy.get("spec") or {}
         policy_name = policy.get("metadata", {}).get("name", "")
-        if policy_name == name or "Egress" not in _types(spec) or not spec.get("egress"):
-            continue  # not an egress policy, or one that allows nothing anyway
+        if policy_name == name or not lets_through(spec):
+            continue  # the quarantine itself, or a policy that allows nothing anyway
         selector = dict(spec.get("podSelector") or {})
         if _EXCLUDED in (selector.get("matchExpressions") or []):
             continue  # already excludes quarantined pods

@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from kubernetes import client
 
 from breaker import failpoints, kube
 from breaker.actions import admin_policy, connections, discovery, egress, kueue, node, pause, quota
+from breaker.actions import kin as kin_core
 from breaker.api.policy import QuarantineNodeAction, RevokeEgressAction, ServiceRef
 from breaker.circuit.views import PodView, WorkloadView
 from breaker.constants import (
@@ -60,6 +62,10 @@ class Scene:
     # When the last action changed something (monotonic): the end of time to contain,
     # which waiting to learn who took the freed GPUs is not part of.
     acted_at: float = 0.0
+    # The Services of the namespace (their selector, type and external addresses).
+    services: list[dict[str, Any]] = field(default_factory=list)
+    # The pod addresses of a namespace (where a scrape of the quarantined pods comes from).
+    addresses: Callable[[str], tuple[str, ...]] = lambda _: ()
 
 
 # -- revokeEgress -----------------------------------------------------------------------
@@ -73,44 +79,101 @@ async def revoke_egress(
     scene: Scene,
     settings: RevokeEgressAction,
     recorded: Mapping[str, Any] | None = None,
-    kept: Mapping[str, Any] | None = None,
+    before: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Quarantine the pods, and take them out of every other policy that lets them out.
+    """Quarantine the pods and their kin, both ways, and take them out of every other
+    policy that lets them out or in.
 
-    ``recorded`` is the quarantine's spec as first written, and ``kept`` what the node agent
-    was told to keep: holding puts back exactly those."""
+    ``recorded`` is the quarantine's spec as first written, and ``before`` the record of
+    the trip (what the node agent was told to keep, the kin): holding puts back exactly
+    those."""
     name = quarantine_name(scene.breaker)
-    labelled = [{**p.labels, QUARANTINE_LABEL: scene.breaker} for p in scene.pods]
+    before = before or {}
+    kin = kin_core.Kin.read(before["kin"]) if "kin" in before else kin_core.kin_of(scene.pods)
+    held = [
+        *scene.pods,
+        *kin_core.kin_pods(kin, scene.namespace_pods, scene.pods, scene.breaker),
+    ]
+    labelled = [{**p.labels, QUARANTINE_LABEL: scene.breaker} for p in held]
+    scrape = settings.allow_scrape_from or []
     plan = egress.plan_revocation(
-        name, scene.namespace, labelled, scene.netpols, settings.allow_dns
+        name, scene.namespace, labelled, scene.netpols, settings.allow_dns, scrape
     )
     policy = plan.quarantine
     policy["metadata"]["labels"] = {**MANAGED, "breaker.dev/breaker": scene.breaker[:63]}
     policy["spec"]["podSelector"] = {"matchLabels": {QUARANTINE_LABEL: scene.breaker}}
     if recorded is not None:
         policy["spec"] = dict(recorded)
-    services = [] if recorded is not None else await _allow_services(scene, settings, policy)
+    kept = before.get("kept")
     if kept is None:
-        kept = {"dns": settings.allow_dns, "services": sorted(services)}
+        services = await _allow_services(scene, settings, policy)
+        kept = kept_record(settings, services, time.time())
     changed: dict[str, Any] = {
         "quarantinePolicy": name,
         # Kept so that holding compares the policy with it: an edit is an escape.
         "quarantineSpec": policy["spec"],
-        "pods": sorted(p.name for p in scene.pods),
+        "pods": sorted(p.name for p in held),
         "narrowed": {n: plan.narrowed[n] for n in sorted(plan.narrowed)},
         # What the node agent leaves open of the pods' connections (the rest it cuts).
         "kept": dict(kept),
+        # What makes a pod the workload's own: new ones are held too.
+        "kin": kin.record(),
     }
     if scene.dry_run:
         return changed
     networking = client.NetworkingV1Api(scene.api)
     await _write_quarantine(scene, networking, name, policy)
     failpoints.hit("egress.quarantine-written")
-    await label_pods(scene, scene.pods, changed["kept"])
+    await label_pods(scene, held, kept_text(changed["kept"], scene.addresses))
     failpoints.hit("egress.pods-labelled")
-    changed.update(await _deny_above_network_policies(scene, settings.allow_dns))
+    changed.update(await _deny_above_network_policies(scene, settings))
     await _narrow_policies(scene, networking, plan)
     return changed
+
+
+def kept_record(
+    settings: RevokeEgressAction, services: Iterable[str], since: float
+) -> dict[str, Any]:
+    """What the node agent is to leave alone of the quarantined pods, and what else it does,
+    as decided at the trip (the scrape's namespaces are resolved to their pods' addresses
+    whenever the pods are labelled: ``kept_text``)."""
+    scrape = settings.allow_scrape_from or []
+    return {
+        "dns": settings.allow_dns,
+        "services": sorted(services),
+        "inbound": [
+            {"from": s.cidr, "ports": list(s.ports or [])} for s in scrape if s.cidr is not None
+        ],
+        "inboundNamespaces": [
+            {"namespace": s.namespace, "ports": list(s.ports or [])}
+            for s in scrape
+            if s.namespace is not None
+        ],
+        "since": round(since, 3),
+        "killSessions": settings.kill_sessions,
+    }
+
+
+def kept_text(kept: Mapping[str, Any], addresses: Callable[[str], tuple[str, ...]]) -> str:
+    """The ``breaker.dev/egress-kept`` annotation for a record's ``kept``: the scrape's
+    namespaces resolved to their pods' addresses now."""
+    inbound = [
+        connections.Inbound(str(i["from"]), tuple(i.get("ports") or ()))
+        for i in kept.get("inbound") or []
+    ]
+    for source in kept.get("inboundNamespaces") or []:
+        ports = tuple(source.get("ports") or ())
+        for address in addresses(str(source["namespace"])):
+            bits = 128 if ":" in address else 32
+            inbound.append(connections.Inbound(f"{address}/{bits}", ports))
+    since = kept.get("since")
+    return connections.kept_annotation(
+        bool(kept.get("dns")),
+        [str(a) for a in kept.get("services") or []],
+        inbound,
+        float(since) if isinstance(since, int | float) else 0.0,
+        bool(kept.get("killSessions")),
+    )
 
 
 async def _allow_services(
@@ -196,19 +259,22 @@ async def live_node_agents(api: client.ApiClient, namespace: str, nodes: Iterabl
     return {node for node, ok in zip(wanted, found, strict=True) if ok}
 
 
-async def label_pods(scene: Scene, pods: Iterable[PodView], kept: Mapping[str, Any]) -> list[str]:
+async def label_pods(scene: Scene, pods: Iterable[PodView], kept: str) -> list[str]:
     """Mark the pods quarantined (the quarantine policy selects them by the label) and say
     what of their open connections the node agent keeps (the annotation, in the same
-    patch); the pods it marked."""
+    patch), terminating ones too (a pod kept terminating for days is still the
+    tenant's); the pods it marked, or marked again."""
     done = []
     core = client.CoreV1Api(scene.api)
     for pod in pods:
-        if pod.labels.get(QUARANTINE_LABEL) == scene.breaker or pod.deleting:
+        if pod.labels.get(QUARANTINE_LABEL) == scene.breaker and pod.kept == kept:
             continue
+        if pod.phase in ("Succeeded", "Failed"):
+            continue  # finished: its address may be another pod's by now
         patch = {
             "metadata": {
                 "labels": {QUARANTINE_LABEL: scene.breaker},
-                "annotations": {KEPT_ANNOTATION: json.dumps(dict(kept), sort_keys=True)},
+                "annotations": {KEPT_ANNOTATION: kept},
             }
         }
         try:
@@ -216,6 +282,7 @@ async def label_pods(scene: Scene, pods: Iterable[PodView], kept: Mapping[str, A
         except client.ApiException as error:
             if error.status != 404:
                 raise
+            continue
         done.append(pod.name)
     return done
 
@@ -232,10 +299,10 @@ def quarantine_problem(scene: Scene, record: Mapping[str, Any]) -> str | None:
     return None
 
 
-def widened(scene: Scene) -> list[str]:
-    """The policies that still let a quarantined pod of this breaker out (someone widened
-    them, or made them)."""
-    labelled = [{**p.labels, QUARANTINE_LABEL: scene.breaker} for p in scene.pods]
+def widened(scene: Scene, held: Iterable[PodView]) -> list[str]:
+    """The policies that still let a quarantined pod of this breaker out or in (someone
+    widened them, or made them)."""
+    labelled = [{**p.labels, QUARANTINE_LABEL: scene.breaker} for p in held]
     name = quarantine_name(scene.breaker)
     return sorted(egress.plan_revocation(name, scene.namespace, labelled, scene.netpols).patches)
 
@@ -321,11 +388,16 @@ async def served(api: client.ApiClient, group: str, version: str) -> bool:
     return await discovery.served(api, group, version)
 
 
-async def _deny_above_network_policies(scene: Scene, allow_dns: bool) -> dict[str, Any]:
+async def _deny_above_network_policies(
+    scene: Scene, settings: RevokeEgressAction
+) -> dict[str, Any]:
     """An AdminNetworkPolicy and a Cilium deny, for the APIs this cluster has."""
     objects = client.CustomObjectsApi(scene.api)
     made: dict[str, Any] = {}
-    anp = admin_policy.admin_network_policy(scene.namespace, scene.breaker, allow_dns)
+    scrapers = [s.namespace for s in settings.allow_scrape_from or [] if s.namespace]
+    anp = admin_policy.admin_network_policy(
+        scene.namespace, scene.breaker, settings.allow_dns, scrapers
+    )
     if await _create_where_served(
         scene.api,
         admin_policy.ANP_GROUP,

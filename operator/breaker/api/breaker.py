@@ -142,6 +142,51 @@ class Reclaim(ApiModel):
     )
 
 
+class ExecSession(ApiModel):
+    """An exec into a held pod, as the node agent on its node found it."""
+
+    pod: str = Field(max_length=253, description="The pod.")
+    node: str = Field(max_length=253, description="Its node.")
+    pid: int = Field(ge=0, description="The session's process, on the node.")
+    command: str = Field(max_length=128, description="What it runs.")
+    started: str = Field(max_length=32, description="When it began.")
+    ended: bool = Field(
+        default=False,
+        description=(
+            "Gone: the node agent ended it (revokeEgress.killSessions, begun before the "
+            "trip) or it ended by itself."
+        ),
+    )
+
+
+class Exposure(ApiModel):
+    """What still reaches the held pods past the quarantine, as last seen."""
+
+    services: list[str] | None = Field(
+        default=None,
+        max_length=32,
+        description=(
+            "Services of type NodePort or LoadBalancer, or with externalIPs, that select "
+            "held pods: `name (type)`. The admission policy refuses new ones."
+        ),
+    )
+    sessions: list[ExecSession] | None = Field(
+        default=None,
+        max_length=20,
+        description=(
+            "Exec sessions into held pods (begun before the trip: the admission policy "
+            "refuses new ones to tenants). Attach sessions have no process: none lists them."
+        ),
+    )
+
+
+class FollowedTarget(ApiModel):
+    """A guarded workload deleted and created again under its name."""
+
+    uid: str = Field(max_length=64, description="The uid it had.")
+    until: dt.datetime = Field(description="When the breaker saw the new one.")
+
+
 class BreakerStatus(ApiModel):
     """The circuit's state, its trips and evidence, and what the operator did."""
 
@@ -197,6 +242,18 @@ class BreakerStatus(ApiModel):
     )
     reclaim: Reclaim | None = Field(
         default=None, description="After a reset, until the job has its GPUs back."
+    )
+    exposure: Exposure | None = Field(
+        default=None,
+        description="While it holds: what still reaches the held pods past the quarantine.",
+    )
+    followed: list[FollowedTarget] | None = Field(
+        default=None,
+        max_length=10,
+        description=(
+            "Earlier uids of the guarded workload: the tenant deleted it and created it "
+            "again under its name, and the breaker followed (newest last)."
+        ),
     )
     observed_generation: int | None = Field(
         default=None, ge=0, description="The .metadata.generation this status reflects."

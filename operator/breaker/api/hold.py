@@ -17,6 +17,33 @@ from pydantic import Field
 from breaker.api.common import ApiModel, KubeObject
 
 
+class KinRule(ApiModel):
+    """What makes a new pod of this namespace a held workload's own: born quarantined."""
+
+    breaker: str = Field(max_length=253, description="The Breaker that holds the workload.")
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Labels every pod of the held workload carries: a new pod carrying all of "
+            "them is its kin (none: no pod is kin by its labels)."
+        ),
+    )
+    service_account: str | None = Field(
+        default=None,
+        max_length=253,
+        description=(
+            "The workload's ServiceAccount (never default): a new pod running as it is kin."
+        ),
+    )
+    kept: str = Field(
+        max_length=4096,
+        description=(
+            "The breaker.dev/egress-kept annotation a kin pod is born with: what the node "
+            "agent leaves open of its connections."
+        ),
+    )
+
+
 class BreakerHoldSpec(ApiModel):
     """What the breakers of this namespace hold contained."""
 
@@ -37,6 +64,24 @@ class BreakerHoldSpec(ApiModel):
             "Each Deployment or StatefulSet a breaker paused by scaling it to zero "
             "(deployments/NAME, statefulsets/NAME), and that Breaker: its scale subresource "
             "may not scale it up."
+        ),
+    )
+    workloads: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Each held workload (its resource and name, e.g. deployments/NAME), and its "
+            "Breaker: it may not be deleted."
+        ),
+    )
+    kin: list[KinRule] = Field(
+        default_factory=list,
+        description="What makes a new pod a held workload's own: it is born quarantined.",
+    )
+    services: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Each Service whose selector picks a quarantined pod, and the Breaker: its "
+            "proxy, which reaches the pods past every NetworkPolicy, is refused."
         ),
     )
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 from pydantic.config import JsonDict
 
 from breaker.api.common import (
@@ -216,8 +217,56 @@ class ServiceRef(ApiModel):
     name: str = Field(pattern=DNS_LABEL, max_length=63, description="Its name.")
 
 
+class ScrapeSource(ApiModel):
+    """Who may still reach a quarantined pod: a namespace's pods (an in-cluster Prometheus)
+    or an address range (one that runs off the cluster)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.namespace) != has(self.cidr)",
+                    "message": "give either namespace or cidr, not both",
+                }
+            ]
+        }
+    )
+
+    namespace: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Pods of this namespace (e.g. monitoring) may reach the quarantined pods.",
+    )
+    cidr: str | None = Field(
+        default=None,
+        max_length=43,
+        description="Addresses in CIDR notation (e.g. 10.250.0.0/16) that may reach them.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "isCIDR(self)", "message": "must be a CIDR such as 10.250.0.0/16"}
+            ]
+        },
+    )
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] | None = Field(
+        default=None,
+        max_length=8,
+        description="The pods' TCP ports they may reach (their metrics ports); none: any.",
+    )
+
+    @field_validator("cidr")
+    @classmethod
+    def _a_cidr(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a CIDR such as 10.250.0.0/16") from None
+        return value
+
+
 class RevokeEgressAction(ApiModel):
-    """Settings of revokeEgress."""
+    """Settings of revokeEgress: the quarantine cuts the pods off both ways."""
 
     allow_dns: bool = Field(
         default=True, alias="allowDNS", description="Keep DNS reachable while revoked."
@@ -226,6 +275,22 @@ class RevokeEgressAction(ApiModel):
         default=None,
         max_length=16,
         description="In-cluster Services the pods may still reach (e.g. a checkpoint store).",
+    )
+    allow_scrape_from: list[ScrapeSource] | None = Field(
+        default=None,
+        max_length=8,
+        description=(
+            "Who may still reach the quarantined pods, so that their metrics keep coming as "
+            "evidence: every other connection to them is refused and, where the node agent "
+            "runs, cut. The node's own probes always get in."
+        ),
+    )
+    kill_sessions: bool = Field(
+        default=False,
+        description=(
+            "End the exec sessions into the pods that began before the trip (the node agent "
+            "kills their processes). Either way they are listed in the Breaker's status."
+        ),
     )
 
 

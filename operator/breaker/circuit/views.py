@@ -36,3 +36,7 @@ class PodView:
     gpus: int
     phase: str
     deleting: bool
+    ip: str | None = None  # status.podIP
+    service_account: str | None = None  # spec.serviceAccountName
+    host_network: bool = False
+    kept: str | None = None  # the breaker.dev/egress-kept annotation, on a quarantined pod

@@ -22,16 +22,19 @@ from kubernetes import client
 
 from breaker import failpoints, kube, metrics
 from breaker.actions import connections, executor, kueue
+from breaker.actions import kin as kin_core
 from breaker.actions.settings import ActionSettings
 from breaker.circuit import machine, plan
 from breaker.circuit import records as protocol
-from breaker.circuit.views import WorkloadView
-from breaker.constants import QUARANTINE_LABEL
+from breaker.circuit.views import PodView, WorkloadView
+from breaker.constants import QUARANTINE_LABEL, SESSIONS_ANNOTATION
 from breaker.controllers.evaluation import Trip
 from breaker.controllers.handoff import Handoffs
 
 log = logging.getLogger("breaker.breakers")
 
+# How often the exec sessions into held pods are read from the node agents' Leases.
+SESSIONS_SECONDS = 5.0
 # How long the trip itself waits for the queue to admit a job on the freed GPUs: kwok's
 # pods go at once; a real node's take their grace period, and then the recipient is
 # recorded when the queue admits it (the controller's _complete_handoff), not in the trip.
@@ -47,6 +50,8 @@ class Actuator:
         # which may be after this one) or a RemoteQueue watching another operator's.
         self.training = training
         self.operator_namespace = operator_namespace
+        # When each breaker's exec sessions are read from the node agents' Leases next.
+        self.sessions_due: dict[tuple[str, str], float] = {}
         # Kueue's Workloads as the indexes hold them (where Kueue runs, Kueue hands the
         # freed quota on, and the breaker records whom it admitted).
         self.kueue_workloads: Callable[[], Iterable[kueue.QueuedWorkload]] = tuple
@@ -347,12 +352,13 @@ class Actuator:
         self,
         scene: executor.Scene,
         actions: ActionSettings,
-        workload: WorkloadView,
+        workload: WorkloadView | None,
         after: machine.Breaker,
         records: list[dict[str, Any]],
     ) -> list[str]:
         """Containment holds whatever the tenant does: undo an escape as soon as it is seen,
-        and say what was undone (one line per escape)."""
+        and say what was undone (one line per escape). With the workload gone, its kin
+        are still held."""
         # What was really applied: a DryRun record changed nothing and holds nothing.
         done = {
             r["type"]: r
@@ -362,7 +368,7 @@ class Actuator:
         escapes: list[str] = []
         held = "pause" in done and after.state in plan.PAUSED_STATES
         # Paused is what matters: another breaker holding it paused is not an escape.
-        if held and not executor.is_paused(scene):
+        if held and workload is not None and not executor.is_paused(scene):
             await executor.pause_workload(scene)
             if executor.managed_by_kueue(scene):
                 assert scene.queued is not None
@@ -372,29 +378,7 @@ class Actuator:
             else:
                 escapes.append(f"{workload.kind} {workload.name} was resumed: paused again")
         if "revokeEgress" in done:
-            unlabelled = [p for p in scene.pods if p.labels.get(QUARANTINE_LABEL) != scene.breaker]
-            record = done["revokeEgress"].get("changed") or {}
-            problem = executor.quarantine_problem(scene, record)
-            opened = executor.widened(scene)
-            if problem or opened:
-                await executor.revoke_egress(
-                    scene, actions.revoke_egress, record.get("quarantineSpec"), record.get("kept")
-                )
-                if problem:
-                    escapes.append(f"{problem}: restored")
-                if opened:
-                    escapes.append(
-                        f"NetworkPolicy {', '.join(opened)} let the quarantined pods out: "
-                        "narrowed again"
-                    )
-            elif unlabelled and (
-                labelled := await executor.label_pods(
-                    scene, unlabelled, record.get("kept") or _kept(actions)
-                )
-            ):
-                escapes.append(
-                    f"pods {', '.join(labelled)} lost the {QUARANTINE_LABEL} label: labelled again"
-                )
+            escapes += await self._hold_quarantine(scene, actions, done["revokeEgress"])
         if "reassignGPUs" in done and after.state in plan.PAUSED_STATES:
             clamp = await executor.clamp_quota(dataclasses.replace(scene, dry_run=True))
             if clamp.get("lowered") or clamp.get("created"):
@@ -411,6 +395,130 @@ class Actuator:
                 await executor.hold_queues(scene, only=reopened)
                 escapes.append(f"LocalQueue {', '.join(reopened)} admitted again: held again")
         return escapes
+
+    async def _hold_quarantine(
+        self, scene: executor.Scene, actions: ActionSettings, done: Mapping[str, Any]
+    ) -> list[str]:
+        """The quarantine as the trip made it: its policy, the other policies narrowed, and
+        every pod of the workload and its kin labelled, with what the node agent keeps."""
+        record = done.get("changed") or {}
+        before = {"kept": record.get("kept") or _kept(actions), **_kin(record, scene)}
+        held = held_pods(scene, record)
+        problem = executor.quarantine_problem(scene, record)
+        opened = executor.widened(scene, held)
+        if problem or opened:
+            await executor.revoke_egress(
+                scene, actions.revoke_egress, record.get("quarantineSpec"), before
+            )
+            escapes = [f"{problem}: restored"] if problem else []
+            if opened:
+                escapes.append(
+                    f"NetworkPolicy {', '.join(opened)} let the quarantined pods out or in: "
+                    "narrowed again"
+                )
+            return escapes
+        text = executor.kept_text(before["kept"], scene.addresses)
+        at_trip = set(record.get("pods") or [])
+        unlabelled = [p for p in held if p.labels.get(QUARANTINE_LABEL) != scene.breaker]
+        rewritten = [p for p in held if p not in unlabelled and p.kept != text]
+        escapes = []
+        lost = [p.name for p in unlabelled if p.name in at_trip]
+        new = [p.name for p in unlabelled if p.name not in at_trip]
+        labelled = set(await executor.label_pods(scene, [*unlabelled, *rewritten], text))
+        if lost := [name for name in lost if name in labelled]:
+            escapes.append(
+                f"pods {', '.join(lost)} lost the {QUARANTINE_LABEL} label: labelled again"
+            )
+        if new := [name for name in new if name in labelled]:
+            escapes.append(
+                f"pods {', '.join(new)}, new, of the held workload or its kin, were not "
+                "quarantined: quarantined"
+            )
+        if written := [p.name for p in rewritten if p.name in labelled]:
+            escapes.append(
+                f"pods {', '.join(written)}: what the node agent is to keep of their "
+                "connections was not what the breaker says: written again"
+            )
+        return escapes
+
+    async def exposure(
+        self,
+        key: tuple[str, str],
+        scene: executor.Scene,
+        record: Mapping[str, Any],
+        previous: Mapping[str, Any] | None,
+    ) -> dict[str, Any] | None:
+        """What still reaches the held pods past the quarantine, for the status: Services
+        that expose them outside the cluster, and the exec sessions into them the node
+        agents report (read from their Leases every SESSIONS_SECONDS at most)."""
+        held = held_pods(scene, record)
+        found: dict[str, Any] = {}
+        services = kin_core.exposing(scene.services, [p.labels for p in held])
+        if services:
+            found["services"] = services
+        before = list((previous or {}).get("sessions") or [])
+        sessions = before
+        if time.monotonic() >= self.sessions_due.get(key, 0.0):
+            self.sessions_due[key] = time.monotonic() + SESSIONS_SECONDS
+            sessions = await self._sessions(scene, held, before)
+        if sessions:
+            found["sessions"] = sessions
+        return found or None
+
+    async def _sessions(
+        self, scene: executor.Scene, held: list[PodView], before: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The exec sessions into the held pods as their nodes' agents report them; those
+        listed before and gone now are kept, as ended."""
+        coordination = client.CoordinationV1Api(self.api)
+        names = {f"{p.namespace}/{p.name}": p for p in held}
+        now: list[dict[str, Any]] = []
+        for node in sorted({p.node for p in held if p.node}):
+            try:
+                lease = await kube.call(
+                    coordination.read_namespaced_lease,
+                    connections.lease_name(node),
+                    self.operator_namespace,
+                )
+            except client.ApiException as error:
+                if error.status in (403, 404):
+                    continue  # no agent there (the status says so of open connections)
+                raise
+            text = ((lease.metadata and lease.metadata.annotations) or {}).get(SESSIONS_ANNOTATION)
+            for pod, listed in connections.sessions(text).items():
+                if pod in names:
+                    now += [{"pod": names[pod].name, "node": node, **s} for s in listed]
+        seen = {(s["pod"], s.get("pid"), s.get("started")) for s in now}
+        gone = [
+            {**s, "ended": True}
+            for s in before
+            if (s.get("pod"), s.get("pid"), s.get("started")) not in seen
+        ]
+        return sorted(gone + now, key=lambda s: (str(s.get("started")), str(s.get("pod"))))[
+            -connections.MAX_SESSIONS :
+        ]
+
+
+def held_pods(scene: executor.Scene, record: Mapping[str, Any]) -> list[PodView]:
+    """The pods a revokeEgress record holds now: the workload's own, terminating or not,
+    and its kin in the namespace."""
+    kin = kin_core.Kin.read(_kin(record, scene)["kin"])
+    found = [*scene.pods, *kin_core.kin_pods(kin, scene.namespace_pods, scene.pods, scene.breaker)]
+    names = {p.name for p in found}
+    # And whatever else carries this breaker's label (a pod of the workload's earlier
+    # incarnation, still terminating): what it keeps is the breaker's to say.
+    return found + [
+        p
+        for p in scene.namespace_pods
+        if p.labels.get(QUARANTINE_LABEL) == scene.breaker and p.name not in names
+    ]
+
+
+def _kin(record: Mapping[str, Any], scene: executor.Scene) -> dict[str, Any]:
+    """The kin a record holds (one written before kin were recorded: the workload's pods')."""
+    if "kin" in record:
+        return {"kin": record["kin"]}
+    return {"kin": kin_core.kin_of(scene.pods).record()}
 
 
 def _kept(actions: ActionSettings) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import kopf
 from kubernetes import client
@@ -32,9 +32,10 @@ from kubernetes import client
 from breaker import events, failpoints, heap, kopf_tuning, kube, leadership, metrics
 from breaker.actions import admission, discovery, executor, kueue
 from breaker.actions import evidence as evidence_core
+from breaker.actions import kin as kin_core
 from breaker.actions.pause import KINDS
 from breaker.actions.settings import ActionSettings
-from breaker.api.hold import BreakerHoldSpec
+from breaker.api.hold import BreakerHoldSpec, KinRule
 from breaker.circuit import machine, plan
 from breaker.circuit import records as protocol
 from breaker.circuit import status as status_core
@@ -42,7 +43,7 @@ from breaker.circuit.ownership import WorkloadKey, workload_of
 from breaker.circuit.selection import Policy, Workload
 from breaker.circuit.tally import policy_status_patch
 from breaker.circuit.views import WorkloadView
-from breaker.constants import GROUP, QUARANTINE_LABEL, VERSION
+from breaker.constants import GROUP, KEPT_ANNOTATION, QUARANTINE_LABEL, VERSION
 from breaker.controllers import config, inventory
 from breaker.controllers.actuator import Actuator, target_nodes
 from breaker.controllers.admission import AdmissionParams
@@ -70,6 +71,8 @@ RETRY_CAP_SECONDS = 300.0  # a retry that keeps failing backs off to this
 RESYNC_SECONDS = 300.0
 # How long a handoff waits for the paused pods to go and the queue to admit a job.
 HANDOFF_PATIENCE_SECONDS = 600.0
+# How long after a reset the pods of its namespace are looked at for its label.
+SWEEP_SECONDS = 30.0
 
 
 class BreakerController:
@@ -113,6 +116,10 @@ class BreakerController:
             clock=lambda: time.monotonic(),  # this module's
         )
         self.handoff_due: dict[BreakerKey, float] = {}  # next look at an awaited handoff
+        # Breakers a reset is letting go of: the admission policy's params leave them out.
+        self.releasing: set[BreakerKey] = set()
+        # Namespaces where a breaker let go lately: pods still labelled by it are freed.
+        self.sweep: dict[str, float] = {}
         self.admission = AdmissionParams(api, RESYNC_SECONDS, serves)
         self.disowner = Disowner(
             api,
@@ -213,22 +220,71 @@ class BreakerController:
             actions, settings, compiled = found
             signals_known = known.get(owning, compiled.known if compiled else True)
             status = self.written.get(key) or body.get("status") or {}
-            if signals_known and protocol.quiet(status, body, key in trips):
-                continue  # Closed, nothing fired, nothing asked: the common case, skipped
             target = body["spec"]["targetRef"]
             workload = workloads.get((key[0], target["kind"], target["name"]))
             if workload is not None and target.get("uid") and workload.uid != target["uid"]:
-                workload = None  # a new workload of the same name is not the one guarded
+                # Deleted and created again under its name: the same tenant's workload. The
+                # breaker follows it, and holds it as it held the one before.
+                followed = await self._follow(key, body, status, workload)
+                if followed is None:
+                    failed = True
+                    continue  # not recorded yet: tried again
+                body = followed
+                existing[key] = body
+            if signals_known and protocol.quiet(status, body, key in trips):
+                continue  # Closed, nothing fired, nothing asked: the common case, skipped
             advanced = self._advance(
                 key, body, actions, settings, workload, trips.get(key), signals_known, now
             )
             failed = not await self._isolated(key, advanced) or failed
         await self._write_policy_statuses(existing)
         failed = await self.admission.sync(self._admission_params(existing)) or failed
+        await self._sweep(existing)
         self._forget_written(existing)
         self.backoff.keep_only(existing)
         # A breaker waiting to retry its actions brings the loop back when it is due.
         return failed or self.backoff.waiting() or self.disowner.waiting()
+
+    async def _follow(
+        self,
+        key: BreakerKey,
+        body: dict[str, Any],
+        status: Mapping[str, Any],
+        workload: WorkloadView,
+    ) -> dict[str, Any] | None:
+        """Point the Breaker at the workload re-created under the guarded name, keep the
+        uid it had in status.followed, and say so on both; the body as now written, or
+        None when the write failed (tried again on the next pass)."""
+        target = body["spec"]["targetRef"]
+        followed = list(status.get("followed") or [])
+        followed.append({"uid": target["uid"], "until": plan.stamp(dt.datetime.now(dt.UTC))})
+        try:
+            await kube.patch_breaker(self.api, key, {"spec": {"targetRef": {"uid": workload.uid}}})
+            await kube.patch_breaker(
+                self.api, key, {"status": {"followed": followed[-10:]}}, status=True
+            )
+        except client.ApiException as error:
+            log.warning("Breaker %s/%s: the re-created %s %s not followed: %s",
+                        *key, workload.kind, workload.name, kube.api_problem(error))  # fmt: skip
+            return None
+        holding = bool(status.get("contained"))
+        message = (
+            f"{workload.kind} {workload.name} was deleted and created again (uid "
+            f"{target['uid']} before, {workload.uid} now): the breaker follows it"
+            + (", and holds it as it held the one before" if holding else "")
+        )
+        log.warning("Breaker %s/%s: %s", *key, message)
+        kind: Literal["Normal", "Warning"] = "Warning" if holding else "Normal"
+        await events.post(self.api, body, kind, "TargetRecreated", message)
+        await events.post(self.api, workload.body, kind, "TargetRecreated", message)
+        if key in self.written:
+            self.written[key] = {**self.written[key], "followed": followed[-10:]}
+        spec = {**body["spec"], "targetRef": {**target, "uid": workload.uid}}
+        return {
+            **body,
+            "spec": spec,
+            "status": {**(body.get("status") or {}), "followed": followed[-10:]},
+        }
 
     async def _create_and_delete(self, wanted: plan.BreakerPlan) -> bool:
         """Create and delete the Breakers the plan says; True if an API call failed."""
@@ -308,30 +364,91 @@ class BreakerController:
         holding = []
         for key, body in existing.items():
             status = self.written.get(key) or body.get("status") or {}
-            if not status.get("contained"):
+            if not status.get("contained") or key in self.releasing:
                 continue
             target = body["spec"]["targetRef"]
-            paused = any(
-                r.get("type") == "pause"
-                and not protocol.unfinished(r)
-                and not (r.get("changed") or {}).get("skipped")
+            applied = {
+                r["type"]: r.get("changed") or {}
                 for r in status.get("actions") or []
-            )
+                if not protocol.unfinished(r) and not r.get("dryRun")
+            }
+            paused = "pause" in applied and not applied["pause"].get("skipped")
+            kind = KINDS.get(target["kind"])
             holding.append(
                 admission.Holding(
                     key[0],
                     key[1],
                     target["kind"] if paused else None,
                     target["name"] if paused else None,
+                    f"{kind.plural}/{target['name']}" if kind is not None else None,
+                    self._kin_rule(key[1], applied.get("revokeEgress")),
                 )
             )
         namespaces = {held.namespace for held in holding}
         quarantined = (
-            (pod.namespace, pod.name, pod.labels[QUARANTINE_LABEL])
+            admission.Quarantined(pod.namespace, pod.name, pod.labels[QUARANTINE_LABEL], pod.labels)
             for (namespace, _), pod in items(self.indexes["breaker_pods"])
             if namespace in namespaces and QUARANTINE_LABEL in pod.labels
         )
-        return admission.params(holding, quarantined) if holding else {}
+        services = (
+            (namespace, name, (svc["spec"].get("selector") or {}))
+            for (namespace, name), svc in items(self.indexes["breaker_services"])
+            if namespace in namespaces
+        )
+        return admission.params(holding, quarantined, services) if holding else {}
+
+    async def _release(self, key: BreakerKey) -> None:
+        """Before a reset resumes the workload: the admission policy's params let go of the
+        breaker, so that the pods the workload makes as it resumes are not born quarantined."""
+        self.releasing.add(key)
+        existing = {k: body for k, body in items(self.indexes["breaker_breakers"])}
+        await self.admission.sync(self._admission_params(existing))
+
+    async def _sweep(self, existing: Mapping[BreakerKey, dict[str, Any]]) -> None:
+        """In a namespace where a breaker let go lately, take the quarantine label off the
+        pods that carry a breaker's that holds nothing (born while the admission policy's
+        params still named it)."""
+        now = time.monotonic()
+        for namespace in [ns for ns, until in self.sweep.items() if until < now]:
+            del self.sweep[namespace]
+        if not self.sweep:
+            return
+        core = client.CoreV1Api(self.api)
+        for (namespace, _), pod in items(self.indexes["breaker_pods"]):
+            breaker = pod.labels.get(QUARANTINE_LABEL)
+            key = (namespace, breaker or "")
+            if namespace not in self.sweep or key not in existing or key in self.busy:
+                continue
+            status = self.written.get(key) or existing[key].get("status") or {}
+            if status.get("contained"):
+                continue
+            unlabel = {"metadata": {"labels": {QUARANTINE_LABEL: None},
+                                    "annotations": {KEPT_ANNOTATION: None}}}  # fmt: skip
+            try:
+                await kube.merge_patch(core.patch_namespaced_pod, pod.name, namespace, unlabel)
+            except client.ApiException as error:
+                if error.status != 404:
+                    log.warning("pod %s/%s: quarantine label not taken off: %s",
+                                namespace, pod.name, kube.api_problem(error))  # fmt: skip
+                continue
+            log.info("pod %s/%s: born quarantined by Breaker %s as it let go: label taken off",
+                     namespace, pod.name, breaker)  # fmt: skip
+
+    def _kin_rule(self, breaker: str, quarantine: Mapping[str, Any] | None) -> KinRule | None:
+        """What makes a new pod the held workload's own, as its quarantine recorded it, and
+        the annotation it is born with (None: the breaker quarantines nothing, or recorded
+        no kin: an operator before kin were recorded)."""
+        if not quarantine or "kin" not in quarantine or "kept" not in quarantine:
+            return None
+        kin = kin_core.Kin.read(quarantine["kin"])
+        if not kin:
+            return None
+        return KinRule(
+            breaker=breaker,
+            labels=dict(kin.labels),
+            service_account=kin.service_account,
+            kept=executor.kept_text(quarantine["kept"], self._addresses),
+        )
 
     def _forget_written(self, existing: Mapping[BreakerKey, dict[str, Any]]) -> None:
         """Drop the statuses kept for Breakers that are gone, and where the index has
@@ -394,24 +511,36 @@ class BreakerController:
             return
         if after.contained and not settings.dry_run:
             await self._complete_handoff(key, body, status, after, records, settings)
-        if after.contained and not settings.dry_run and workload is not None:
-            await self._hold(key, body, actions, workload, after, records)
+            await self._hold(key, body, actions, workload, after, records, status, settings)
 
     async def _hold(
         self,
         key: BreakerKey,
         body: dict[str, Any],
         actions: ActionSettings,
-        workload: WorkloadView,
+        workload: WorkloadView | None,
         after: machine.Breaker,
         records: list[dict[str, Any]],
+        status: dict[str, Any],
+        settings: machine.Settings,
     ) -> None:
-        """Undo the tenant's escapes from containment, and say so on both objects."""
+        """Undo the tenant's escapes from containment, and say so on both objects; keep
+        what still reaches the held pods in the status."""
         scene = self._scene(key, workload, dry_run=False)
         for escape in await self.actuator.hold(scene, actions, workload, after, records):
             log.warning("Breaker %s/%s: %s", *key, escape)
             await events.post(self.api, body, "Warning", "ContainmentRestored", escape)
-            await events.post(self.api, workload.body, "Warning", "ContainmentRestored", escape)
+            if workload is not None:
+                await events.post(self.api, workload.body, "Warning", "ContainmentRestored", escape)
+        quarantine = next(
+            (r for r in records if r["type"] == "revokeEgress" and protocol.applied(r)), None
+        )
+        if quarantine is None:
+            return
+        previous = status.get("exposure")
+        found = await self.actuator.exposure(key, scene, quarantine.get("changed") or {}, previous)
+        if found != previous:
+            await self._write(key, body, status, after, records, settings, {"exposure": found})
 
     def _spawn(self, key: BreakerKey, work: Coroutine[Any, Any, None]) -> None:
         """Run one breaker's actions in the background; it is busy until they end."""
@@ -436,6 +565,7 @@ class BreakerController:
 
     def _done(self, key: BreakerKey) -> None:
         task = self.busy.pop(key, None)
+        self.releasing.discard(key)
         failure = None if task is None or task.cancelled() else task.exception()
         if kube.namespace_terminating(failure):
             log.debug("Breaker %s/%s: its namespace is being deleted", *key)
@@ -492,10 +622,15 @@ class BreakerController:
                 if found is not None and found[1]:
                     records = protocol.handed(records, *found)
                 extra["reclaim"] = debt = protocol.debt(workload, records)
+                extra["exposure"] = None  # nothing held: nothing to see past it
                 if debt is not None:
                     log.info("Breaker %s/%s: reset: %s/%s is owed its GPUs back by %s",
                              *key, key[0], debt["job"], debt["from"])  # fmt: skip
+                await self._release(key)
                 records = await self.actuator.undo(scene, records, only_types=None)
+                # The mutating policy may still have labelled a pod the workload made as it
+                # resumed (it reads the BreakerHold from a cache): looked for a while.
+                self.sweep[key[0]] = time.monotonic() + SWEEP_SECONDS
         written = await self._write(key, body, status, after, records, settings, extra, history)
         failpoints.hit("reset.recorded" if "revert" in transition.effects else "trip.recorded")
         event = transition.event
@@ -816,6 +951,20 @@ class BreakerController:
                 q for (ns, _), q in items(self.indexes["breaker_local_queues"]) if ns == namespace
             ],
             dry_run=dry_run,
+            services=[
+                svc for (ns, _), svc in items(self.indexes["breaker_services"]) if ns == namespace
+            ],
+            addresses=self._addresses,
+        )
+
+    def _addresses(self, namespace: str) -> tuple[str, ...]:
+        """The addresses of a namespace's running pods (a scrape's sources)."""
+        return tuple(
+            sorted(
+                pod.ip
+                for (ns, _), pod in items(self.indexes["breaker_pods"])
+                if ns == namespace and pod.ip and not pod.host_network and not pod.deleting
+            )
         )
 
     def _evidence(
@@ -927,6 +1076,7 @@ for _resource in dict.fromkeys(
         ("networking.k8s.io", "v1", "networkpolicies"),
         ("resourcequotas",),
         ("pods",),
+        ("services",),
         *inventory.OWNER_INDEXES.values(),
         (kueue.GROUP, kueue.VERSION, kueue.WORKLOADS),
         (kueue.GROUP, kueue.VERSION, kueue.LOCAL_QUEUES),

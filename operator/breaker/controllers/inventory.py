@@ -25,7 +25,7 @@ from breaker.actions.pause import KINDS, field_value, is_paused, with_field
 from breaker.api.quantity import pod_gpus
 from breaker.circuit.ownership import OwnerRef
 from breaker.circuit.views import PodView, WorkloadView
-from breaker.constants import GROUP, PAUSED_BY, VERSION
+from breaker.constants import GROUP, KEPT_ANNOTATION, PAUSED_BY, VERSION
 from breaker.controllers import compact, config
 
 
@@ -161,8 +161,26 @@ async def breaker_pods(
             gpus=pod_gpus(dict(spec)),
             phase=status.get("phase", "Pending"),
             deleting=meta.get("deletionTimestamp") is not None,
+            ip=status.get("podIP"),
+            service_account=compact.shared(spec.get("serviceAccountName")),
+            host_network=bool(spec.get("hostNetwork")),
+            kept=(meta.get("annotations") or {}).get(KEPT_ANNOTATION),
         )
     }
+
+
+@kopf.index("services", when=config.serves_breakers)
+async def breaker_services(
+    namespace: str | None, name: str, spec: kopf.Spec, **_: Any
+) -> dict[tuple[str | None, str], dict[str, Any]]:
+    """What a Service is to a held pod: its selector (whose proxy reaches the pod), and
+    whether it is reached from outside the cluster."""
+    kept = {
+        key: compact.shared(spec[key])
+        for key in ("selector", "type", "externalIPs")
+        if spec.get(key)
+    }
+    return {(namespace, name): {"metadata": {"name": name}, "spec": kept}}
 
 
 @kopf.index("networking.k8s.io", "v1", "networkpolicies", when=config.serves_breakers)
@@ -250,6 +268,7 @@ INDEX_NAMES = (
     "breaker_kueue_workloads",
     "breaker_local_queues",
     "breaker_pods",
+    "breaker_services",
     "breaker_netpols",
     "breaker_quotas",
     "breaker_namespaces",
