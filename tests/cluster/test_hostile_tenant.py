@@ -20,17 +20,11 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
-from kubernetes import client, config
 
 from breaker.actions.egress import effective_egress
 from breaker.constants import ADMISSION_PARAMS, GROUP, VERSION
-from breaker_tooling.localcluster import LocalCluster
-from breaker_tooling.localcluster.paths import repo_root
+from breaker.selectors import matches
 from tests.cluster.scenes import (
     OUTSIDE_POOL,
     Cluster,
@@ -42,12 +36,13 @@ from tests.cluster.scenes import (
     policy,
     trainingjob,
 )
-from tests.conftest import Operator, install_chart
+from tests.cluster.tenant import ATTEMPTS, Escapes, Tenant, policy_on, restored_events
+from tests.conftest import Operator
 from tests.helpers import wait_for
-from tests.kube import as_body, meta_of
+from tests.kube import as_body, meta_of, name_of
 
-# (attack, how it ended, seconds to undo or None if refused): printed after the run.
-ATTEMPTS: list[tuple[str, str, float | None]] = []
+__all__ = ["ATTEMPTS", "policy_on"]  # the fixture, used by name; the run's record
+
 BREAKER = "rl-guard"  # the TrainingJob's: revokeEgress, pause, reassignGPUs
 HELPER = "helper-keep-training"  # a Deployment whose egress alone is revoked: pods keep running
 QUARANTINE = f"{HELPER}-quarantine"
@@ -58,86 +53,210 @@ def closed(c: Cluster, breaker: str) -> bool:
     return bool(c.breaker(breaker).get("status", {}).get("state") == "Closed")
 
 
-class Tenant:
-    """The tenant's own clients: everything it does goes through its `edit` token."""
-
-    def __init__(self, kubeconfig: Path) -> None:
-        api = config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=str(kubeconfig)
-        )
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
-        self.net = client.NetworkingV1Api(api)
-        self.apps = client.AppsV1Api(api)
-
-
-class Escapes:
-    """The tenant's attempts, judged by whether the admission policy is on."""
-
-    def __init__(self, c: Cluster, policy_on: bool) -> None:
-        self.c, self.policy_on = c, policy_on
-        self.mode = "policy on" if policy_on else "policy off"
-
-    def escape(
-        self, breaker: str, what: str, attempt: Callable[[], Any], held: Callable[[], bool]
-    ) -> None:
-        """Policy on: refused, naming ``breaker``, and ``held`` still. Off: undone
-        (``held`` true again) within a second, and a Warning Event on the breaker says so."""
-        if self.policy_on:
-            self.refused_at_admission(breaker, what, attempt)
-            assert held(), f"{what}: refused, yet something changed"
-            return
-        c = self.c
-        warnings_before = len(restored_events(c, breaker))
-        attempt()
-        changed = time.monotonic()
-        wait_for(held, f"the operator to undo: {what}", timeout=10, interval=0.02)
-        took = time.monotonic() - changed
-        ATTEMPTS.append((f"[{self.mode}] {what}", "undone", took))
-        wait_for(
-            lambda: len(restored_events(c, breaker)) > warnings_before,
-            f"a Warning Event for: {what}",
-            timeout=10,
-        )
-        assert took < 1.0, f"{what}: undone only after {took:.2f}s"
-
-    def refused_at_admission(self, breaker: str, what: str, attempt: Callable[[], Any]) -> None:
-        with pytest.raises(client.ApiException) as caught:
-            attempt()
-        said = caught.value.body or ""
-        assert caught.value.status == 403, said
-        assert "ValidatingAdmissionPolicy" in said, said
-        assert breaker in said, said
-        assert "kubectl breaker reset" in said, said
-        ATTEMPTS.append((f"[{self.mode}] {what}", "refused at admission (403)", None))
-
-    def connect(self, breaker: str, what: str, attempt: Callable[[], Any]) -> None:
-        """exec, attach, port-forward: refused with the policy on. Off, admitted: the API
-        server goes on to the node (a kwok node has no kubelet, so it fails there)."""
-        if self.policy_on:
-            self.refused_at_admission(breaker, what, attempt)
-            return
-        with pytest.raises(client.ApiException) as caught:
-            attempt()
-        assert caught.value.status != 403, caught.value.body
-        ATTEMPTS.append(
-            (f"[{self.mode}] {what}", f"admitted (then {caught.value.status} from the node)", None)
-        )
-
-    def refused(self, what: str, attempt: Callable[[], Any]) -> None:
-        """RBAC refuses the tenant (403) before anything changes, policy or not."""
-        with pytest.raises(client.ApiException) as caught:
-            attempt()
-        assert caught.value.status == 403, caught.value
-        assert "ValidatingAdmissionPolicy" not in (caught.value.body or ""), "RBAC, not admission"
-        ATTEMPTS.append((f"[{self.mode}] {what}", "refused by RBAC (403)", None))
-
-
-def restored_events(c: Cluster, breaker: str) -> list[Any]:
-    listed = c.core.list_namespaced_event(
-        c.ns, field_selector=f"involvedObject.name={breaker},reason=ContainmentRestored"
+def held_ways_in(c: Cluster, tries: Escapes, tenant: Tenant, pod: str) -> None:
+    """Coming in instead of going out: a NetworkPolicy letting the held pods be reached, a
+    Service reaching them from outside the cluster, the API server's proxies, a debug
+    container in a held pod."""
+    ns = c.ns
+    tries.escape(
+        HELPER,
+        "create a NetworkPolicy letting anyone reach the job's pods",
+        lambda: tenant.net.create_namespaced_network_policy(
+            ns,
+            as_body(
+                {
+                    "metadata": {"name": "let-in"},
+                    "spec": {
+                        "podSelector": {"matchLabels": {"app": "helper"}},
+                        "policyTypes": ["Ingress"],
+                        "ingress": [{}],
+                    },
+                }
+            ),
+        ),
+        lambda: ingress_closed(c),
     )
-    return [e for e in listed.items if e.type == "Warning"]
+    nodeport = {
+        "metadata": {"name": "helper-np"},
+        "spec": {"type": "NodePort", "selector": {"app": "helper"}, "ports": [{"port": 22}]},
+    }
+    tries.admitted(
+        HELPER,
+        "expose the quarantined pods outside the cluster with a NodePort Service",
+        lambda: tenant.core.create_namespaced_service(ns, as_body(nodeport)),
+        "listed in the Breaker's status.exposure; the quarantine refuses what comes in",
+    )
+    if not tries.policy_on:
+        wait_for(
+            lambda: (
+                (c.breaker(HELPER)["status"].get("exposure") or {}).get("services")
+                == ["helper-np (NodePort)"]
+            ),
+            "the NodePort Service in the Breaker's status",
+        )
+        tenant.core.delete_namespaced_service("helper-np", ns)
+    # A ClusterIP Service is the tenant's to make; its proxy reaches the pods through the
+    # API server. Sent only where it is refused: admitted, the API server would dial the
+    # kwok pods' addresses, which are not routed here (the real node's suite sends both).
+    clusterip = {
+        "metadata": {"name": "helper-svc"},
+        "spec": {"selector": {"app": "helper"}, "ports": [{"port": 22}]},
+    }
+    tenant.core.create_namespaced_service(ns, as_body(clusterip))
+    if tries.policy_on:
+        wait_for(
+            lambda: "helper-svc" in (c.get("breakerholds", ADMISSION_PARAMS)["spec"]["services"]),
+            "the Service in the admission policy's params",
+        )
+        tries.connect(
+            HELPER,
+            "proxy to the quarantined pods through their Service",
+            lambda: tenant.core.connect_get_namespaced_service_proxy_with_path(
+                "helper-svc:22", ns, "x"
+            ),
+        )
+        tries.connect(
+            HELPER,
+            "proxy to a quarantined pod through the API server",
+            lambda: tenant.core.connect_get_namespaced_pod_proxy_with_path(f"{pod}:22", ns, "x"),
+        )
+    tenant.core.delete_namespaced_service("helper-svc", ns)
+    debug = {"spec": {"ephemeralContainers": [{"name": "debug", "image": "busybox:1"}]}}
+    tries.refused(
+        "add a debug container to a quarantined pod (kubectl debug)",
+        lambda: tenant.core.patch_namespaced_pod_ephemeralcontainers(pod, ns, debug),
+    )
+
+
+def held_ways_around(c: Cluster, tries: Escapes, tenant: Tenant) -> None:
+    """The tenant, not a name: a held pod deleted or evicted (its controller makes a fresh
+    one), the held workload scaled up, deleted and made again under its name; breaker's
+    marks forged."""
+    ns = c.ns
+    tries.escape(
+        HELPER,
+        "delete a quarantined pod (its controller makes a fresh one)",
+        lambda: tenant.core.delete_namespaced_pod(helper_pods(c)[0].metadata.name, ns),
+        lambda: helpers_held(c),
+    )
+    eviction = {"metadata": {"name": helper_pods(c)[0].metadata.name}}
+    tries.escape(
+        HELPER,
+        "evict a quarantined pod",
+        lambda: tenant.core.create_namespaced_pod_eviction(
+            eviction["metadata"]["name"], ns, as_body(eviction)
+        ),
+        lambda: helpers_held(c),
+    )
+    born(c, tries, tenant)
+    uid = str(meta_of(c.apps.read_namespaced_deployment("helper", ns)).uid)
+    tries.escape(
+        HELPER,
+        "delete the held Deployment and create it again under its name",
+        lambda: (
+            tenant.apps.delete_namespaced_deployment("helper", ns),
+            wait_for(lambda: not helper_pods(c), "the old pods gone"),
+            tenant.apps.create_namespaced_deployment(ns, as_body(deployment("helper"))),
+        ),
+        lambda: held_or_followed(c, uid) and helpers_held(c),
+    )
+    if not tries.policy_on:
+        said = [
+            e.message
+            for e in c.core.list_namespaced_event(
+                ns, field_selector=f"involvedObject.name={HELPER},reason=TargetRecreated"
+            ).items
+        ]
+        assert said, "no TargetRecreated Event"
+        assert uid in (said[0] or ""), said
+    # breaker's marks are breaker's: a quarantine label or a paused-by the tenant writes.
+    c.apps.create_namespaced_deployment(ns, as_body(deployment("decoy")))
+    decoy = name_of(
+        wait_for(
+            lambda: c.core.list_namespaced_pod(ns, label_selector="app=decoy").items,
+            "the decoy's pods",
+        )[0]
+    )
+    tries.admitted(
+        HELPER,
+        "label a pod of another workload quarantined",
+        lambda: tenant.core.patch_namespaced_pod(
+            decoy, ns, {"metadata": {"labels": {"breaker.dev/quarantined": HELPER}}}
+        ),
+        "the pod is held with the breaker's own until the reset: the tenant cuts off only "
+        "its own pod",
+    )
+    forged = {
+        "metadata": {"name": "forged", "labels": {"breaker.dev/quarantined": "nobody"}},
+        "spec": {"containers": [{"name": "c", "image": "x:1"}]},
+    }
+    tries.admitted(
+        HELPER,
+        "create a pod labelled quarantined by a breaker that holds nothing here",
+        lambda: tenant.core.create_namespaced_pod(ns, as_body(forged)),
+        "no NetworkPolicy selects that label: it changes nothing",
+    )
+    tries.admitted(
+        SIDECAR,
+        "mark a Deployment paused by a breaker",
+        lambda: tenant.apps.patch_namespaced_deployment(
+            "decoy", ns, {"metadata": {"annotations": {"breaker.dev/paused-by": SIDECAR}}}
+        ),
+        "changes nothing: a breaker resumes only the workload it paused",
+    )
+    c.apps.delete_namespaced_deployment("decoy", ns)
+    if not tries.policy_on:
+        c.core.delete_namespaced_pod("forged", ns, grace_period_seconds=0)
+
+
+def born(c: Cluster, tries: Escapes, tenant: Tenant) -> None:
+    """The revoke-only Deployment scaled up: its new pod is born quarantined (policy on:
+    labelled by the mutating admission policy as it is created; off: by the operator on
+    its next pass)."""
+    ns = c.ns
+    before = len(restored_events(c, HELPER))
+    scaled = time.monotonic()
+    tenant.apps.patch_namespaced_deployment_scale("helper", ns, {"spec": {"replicas": 3}})
+    wait_for(lambda: helpers_held(c, 3), "the new pod quarantined", interval=0.02)
+    took = time.monotonic() - scaled
+    restored = restored_events(c, HELPER)[before:]
+    if tries.policy_on:
+        # Labelled at its creation: the operator found nothing to do.
+        assert not [e for e in restored if "new" in (e.message or "")], restored
+        tries.record("scale the revoke-only Deployment up", "born quarantined (at admission)")
+    else:
+        wait_for(
+            lambda: any("new" in (e.message or "") for e in restored_events(c, HELPER)[before:]),
+            "the operator's Warning for the new pod",
+        )
+        tries.record("scale the revoke-only Deployment up", "quarantined by the operator", took)
+    tenant.apps.patch_namespaced_deployment_scale("helper", ns, {"spec": {"replicas": 2}})
+    wait_for(lambda: helpers_held(c), "back to two pods")
+
+
+def helpers_held(c: Cluster, count: int = 2) -> bool:
+    """helper runs ``count`` pods, every one quarantined, its egress closed."""
+    pods = helper_pods(c)
+    return len(pods) == count and all(quarantined(p) for p in pods) and egress_closed(c, count)
+
+
+def held_or_followed(c: Cluster, uid: str) -> bool:
+    """The Breaker guards the Deployment: the one it held (``uid``), or the one made again
+    under the held name, which it follows."""
+    now = meta_of(c.apps.read_namespaced_deployment("helper", c.ns)).uid
+    return bool(c.breaker(HELPER)["spec"]["targetRef"]["uid"] == now)
+
+
+def ingress_closed(c: Cluster) -> bool:
+    """No NetworkPolicy but the quarantine lets anything reach a quarantined helper pod."""
+    labels = [meta_of(p).labels or {} for p in helper_pods(c)]
+    for found in c.netpols():
+        spec = found.get("spec") or {}
+        if found["metadata"]["name"] == QUARANTINE or not spec.get("ingress"):
+            continue
+        if any(matches(spec.get("podSelector") or {}, pod) for pod in labels):
+            return False
+    return True
 
 
 def quarantined(pod: Any) -> bool:
@@ -157,29 +276,13 @@ def helper_pods(c: Cluster) -> list[Any]:
     return [p for p in listed.items if meta_of(p).deletion_timestamp is None]
 
 
-def egress_closed(c: Cluster) -> bool:
+def egress_closed(c: Cluster, count: int = 2) -> bool:
     """No pod of helper can reach the outside through any policy of the namespace."""
     policies = c.netpols()
     pods = helper_pods(c)
-    return len(pods) == 2 and not any(
+    return len(pods) == count and not any(
         effective_egress(p.metadata.labels or {}, policies).allows(OUTSIDE_POOL, c.ns) for p in pods
     )
-
-
-@pytest.fixture(params=["policy off", "policy on"])
-def policy_on(request: pytest.FixtureRequest, local_cluster: LocalCluster) -> Iterator[bool]:
-    """The chart's admission policies as installed, or turned off for the test with `helm
-    upgrade` and on again after it, as an admin would. Off runs first, so that on proves
-    the policies turned off and on again hold."""
-    if request.param == "policy on":
-        yield True
-        return
-    chart = repo_root() / "helm" / "breaker"
-    install_chart(local_cluster, chart, "admissionPolicy.enabled=false")
-    try:
-        yield False
-    finally:
-        install_chart(local_cluster, chart)
 
 
 def test_a_tripped_tenant_cannot_get_out(
@@ -287,6 +390,8 @@ def test_a_tripped_tenant_cannot_get_out(
         "port-forward to a quarantined pod",
         lambda: tenant.core.connect_post_namespaced_pod_portforward(pod, ns, ports="22"),
     )
+    held_ways_in(c, tries, tenant, pod)
+    held_ways_around(c, tries, tenant)
 
     # The pause: the job and the Deployment.
     tries.escape(

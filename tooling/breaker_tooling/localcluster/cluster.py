@@ -109,6 +109,8 @@ class LocalCluster:
     with_real_node: bool = field(
         default_factory=lambda: os.environ.get("BREAKER_CLUSTER_REAL_NODE", "1") != "0"
     )
+    # More flags for the API server (restart_apiserver sets them; a start has none).
+    apiserver_flags: tuple[str, ...] = ()
 
     # -- where things are ---------------------------------------------------------------
 
@@ -209,12 +211,14 @@ class LocalCluster:
                 raise
             self.say(f"The local cluster is up; export KUBECONFIG={self.kubeconfig}")
 
-    def restart_apiserver(self, down_seconds: float = 0.0) -> None:
+    def restart_apiserver(self, down_seconds: float = 0.0, flags: tuple[str, ...] = ()) -> None:
         """Stop the API server and start it again, as an upgrade of the control plane
-        would (fault tests: every client must ride it out)."""
+        would (fault tests: every client must ride it out); with ``flags`` added, as a
+        cluster configured otherwise (a feature gate off) would run it."""
         tools = ensure_built(say=lambda _: None)
         self.process("kube-apiserver").stop()
         time.sleep(down_seconds)
+        self.apiserver_flags = flags
         self._step("kube-apiserver", "ready", self._start_apiserver, tools, timeout=120)
 
     def _start(self, tools: Toolbox) -> None:
@@ -352,6 +356,7 @@ class LocalCluster:
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--event-ttl=1h",
+                *self.apiserver_flags,
             ]
         )
         return lambda: self._get_tls("/readyz") == "ok"

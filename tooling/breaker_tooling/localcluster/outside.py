@@ -2,7 +2,9 @@
 
 They run in a network namespace of the harness's (``cluster/go/node/outside``) on
 addresses of the documentation ranges, and tell what they saw over a unix socket: every
-connection with the time of its last byte each way, and every DNS question.
+connection with the time of its last byte each way (the pods' TCP connections, their UDP
+and ICMP echo flows, and the connections the "SSH server" dials into a pod), and every DNS
+question.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 TUNNEL = ("198.51.100.4", 22)  # the "SSH server" the reverse tunnel reaches
+UDP = ("198.51.100.4", 4500)  # a UDP tunnel's far end: answers every datagram
 POOL = ("203.0.113.7", 3333)  # the mining pool
 DNS = ("203.0.113.53", 53)  # an authoritative DNS server outside (and the cluster's upstream)
 ADDRESSES = (TUNNEL[0], POOL[0], DNS[0])
@@ -32,13 +35,14 @@ def address(endpoint: tuple[str, int]) -> str:
 class Flow:
     """One connection an outside host accepted."""
 
-    service: str  # tunnel or pool
+    service: str  # tunnel, pool, udp, ping; inbound: dialled from outside into the pod
     remote: str  # the pod's address and port as the outside host saw them
     opened: float
     last_in: float  # the last byte from the pod (0: none yet)
     last_out: float  # the last byte written to it
     closed: float | None
     why: str | None
+    local: str = ""  # this host's end, of a connection it dialled into a pod
 
     @property
     def last_byte(self) -> float:
@@ -98,6 +102,7 @@ def report(socket_path: Path) -> Report:
             f.get("lastOut") or 0.0,
             f.get("closed"),
             f.get("closeWhy"),
+            f.get("local") or "",
         )
         for f in raw.get("flows") or []
     )
@@ -106,3 +111,9 @@ def report(socket_path: Path) -> Report:
 
 def clear(socket_path: Path) -> None:
     _call(socket_path, "POST", "/clear")
+
+
+def dial(socket_path: Path, to: str, source: str = TUNNEL[0]) -> None:
+    """Open a connection from ``source`` (an outside address) to ``to`` (a pod's
+    address:port) and carry it: a line each way every second, recorded as ``inbound``."""
+    _call(socket_path, "POST", f"/dial?to={to}&from={source}")

@@ -51,9 +51,14 @@ def play(
     scan_ports: str | None = None,
     epoch: float | None = None,
     tick: float = 1.0,
+    udp_at: float | None = None,
+    ping_at: float | None = None,
+    listen: int | None = None,
 ) -> list[str]:
     """``agent play``: the reverse tunnel, the pool, TXT queries to the outside DNS host and
-    a scan, each at its time (seconds after ``epoch``, or after the process starts)."""
+    a scan, each at its time (seconds after ``epoch``, or after the process starts); a UDP
+    flow and an ICMP echo flow to the tunnel host, and a port the outside dials into, when
+    asked."""
     args = [
         "/agent",
         "play",
@@ -71,6 +76,12 @@ def play(
             args.append(f"--scan-ports={scan_ports}")
     if epoch is not None:
         args.append(f"--epoch={epoch:.3f}")
+    if udp_at is not None:
+        args += [f"--udp={outside.address(outside.UDP)}", f"--udp-at={udp_at}s"]
+    if ping_at is not None:
+        args += [f"--ping={outside.TUNNEL[0]}", f"--ping-at={ping_at}s"]
+    if listen is not None:
+        args.append(f"--listen=:{listen}")
     return args
 
 
@@ -108,11 +119,25 @@ def last_byte(report: outside.Report, ip: str, services: Sequence[str] = SERVICE
 
 
 def flowing(report: outside.Report, ip: str, services: Sequence[str] = SERVICES) -> bool:
-    """Each service has an open connection from ``ip`` that carried bytes in the last 2 s."""
+    """Each service has an open connection (or flow) from ``ip`` that carried bytes in the
+    last 2 s."""
     return all(
         any(f.closed is None and report.now - f.last_in < 2 for f in report.of(s, ip))
         for s in services
     )
+
+
+def heard_since(
+    report: outside.Report, ip: str, since: float, services: Sequence[str]
+) -> list[str]:
+    """What the outside hosts received from ``ip`` after ``since``, in any of the services:
+    one line each (nothing: it is cut off)."""
+    return [
+        f"{f.service} {f.remote}: last byte {f.last_in - since:+.2f}s"
+        for s in services
+        for f in report.of(s, ip)
+        if f.last_in > since
+    ]
 
 
 def cut_at(report: outside.Report, ip: str, before: float) -> float | None:

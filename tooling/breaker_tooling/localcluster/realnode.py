@@ -5,6 +5,7 @@ Everything of the node lives in a network namespace of its own, and the hosts ou
 the cluster in another; nothing is routed off the machine::
 
     host ── brk<id> 10.250.N.1/30 ══ eth0 10.250.N.2 (the node's InternalIP)
+      (route 10.244.N.0/24 via the node: the API server reaches pods, as a control plane does)
                                      node namespace brk-<id>-node: cni0 10.244.N.1/24 ── pods
                                      inet0 203.0.113.254 ══ eth0 of brk-<id>-net: 203.0.113.1,
                                        198.51.100.1, and the outside hosts (outside.py)
@@ -333,6 +334,12 @@ class RealNode:
                 netns.run("network", *far, "addr", "add", f"{address}/32", "dev", "eth0")
             netns.run("network", *far, "link", "set", "eth0", "up")
             netns.run("network", *far, "route", "add", str(node.pod_cidr), "via", outside.NODE_SIDE)
+        # The API server reaches the pods as a control plane does (the proxy, webhooks): over
+        # the host link, through the node. Gone with the link.
+        netns.run(
+            "network", "ip", "route", "replace", str(node.pod_cidr),
+            "via", node.node_ip, "dev", self.host_link,
+        )  # fmt: skip
         # The node routes between its pods and the outside; the host never does.
         netns.sysctl(self.node_ns, "net.ipv4.ip_forward", "1")
         netns.sysctl(self.node_ns, "net.bridge.bridge-nf-call-iptables", "1")

@@ -3,12 +3,15 @@
 //	agent play [flags]        plays the agent of the ROME incident, on a schedule
 //	agent probe tcp ADDR      one connection attempt, as JSON
 //	agent probe dns SERVER NAME [A|TXT]
+//	agent probe ping ADDR     one ICMP echo
 //	agent idle                a well-behaved trainer: does nothing until it is stopped
 //
 // play opens what its flags name, each at its own time after the start, and keeps each
 // open, reconnecting every second when it is cut (an attacker persists): a reverse tunnel
 // (a TCP connection that carries bytes both ways every second), a mining-pool session (a
-// stratum-like line protocol), DNS queries (TXT included), and a scan of a small range.
+// stratum-like line protocol), DNS queries (TXT included), a scan of a small range, a UDP
+// flow and an ICMP echo flow carrying data in their payloads (the channels of UDP and
+// ICMP tunnels), and a listener the outside dials into (a reverse tunnel's other shape).
 // Every outcome is a JSON line on stdout, so `kubectl logs` tells what it could reach.
 package main
 
@@ -28,6 +31,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
 )
 
 var (
@@ -89,6 +94,11 @@ func play(args []string) {
 	scan := flags.String("scan", "", "CIDR to scan (a /28 or smaller)")
 	scanPorts := flags.String("scan-ports", "22,80,443,6443", "ports to try on every address")
 	scanAt := flags.Duration("scan-at", 0, "when to scan")
+	udpPeer := flags.String("udp", "", "HOST:PORT to send a datagram to every tick (a UDP tunnel)")
+	udpAt := flags.Duration("udp-at", 0, "when to start the UDP flow")
+	ping := flags.String("ping", "", "HOST to send an ICMP echo with a payload every tick (an ICMP tunnel)")
+	pingAt := flags.Duration("ping-at", 0, "when to start pinging")
+	listen := flags.String("listen", "", ":PORT to accept connections on, carrying lines both ways")
 	ignoreTerm := flags.Bool("ignore-term", true, "keep going after SIGTERM, as a hostile agent does")
 	epoch := flags.Float64("epoch", 0, "unix time the schedule counts from (default: now)")
 	tick := flags.Duration("tick", time.Second, "how often the tunnel and the pool send")
@@ -117,6 +127,15 @@ func play(args []string) {
 	}
 	if *scan != "" {
 		after(*scanAt, func() { scanRange(*scan, *scanPorts) })
+	}
+	if *udpPeer != "" {
+		after(*udpAt, func() { udpForever(*udpPeer) })
+	}
+	if *ping != "" {
+		after(*pingAt, func() { pingForever(*ping) })
+	}
+	if *listen != "" {
+		go serve(*listen)
 	}
 	idle(*ignoreTerm)
 }
@@ -195,6 +214,113 @@ func poolSession(conn net.Conn) error {
 	return <-failed
 }
 
+// serve accepts connections on addr and carries each as a tunnel session: what the far
+// end dials in over (a reverse tunnel's listening end, or a port-forward's target).
+func serve(addr string) {
+	listener, err := net.Listen("tcp", addr)
+	if err != nil {
+		say("listen-failed", map[string]any{"on": addr, "error": err.Error()})
+		return
+	}
+	say("listening", map[string]any{"on": addr})
+	for {
+		conn, err := listener.Accept()
+		if err != nil {
+			continue
+		}
+		go func() {
+			say("inbound-open", map[string]any{"from": conn.RemoteAddr().String()})
+			err := tunnelSession(conn)
+			conn.Close()
+			say("inbound-cut", map[string]any{"from": conn.RemoteAddr().String(), "error": fmt.Sprint(err)})
+		}()
+	}
+}
+
+// udpForever sends a numbered datagram every tick from one socket (one flow, as a UDP
+// tunnel's), and reads what comes back.
+func udpForever(addr string) {
+	for {
+		conn, err := net.Dial("udp", addr)
+		if err != nil {
+			say("udp-refused", map[string]any{"to": addr, "error": err.Error()})
+			time.Sleep(time.Second)
+			continue
+		}
+		say("udp-open", map[string]any{"to": addr, "from": conn.LocalAddr().String()})
+		go func() {
+			buffer := make([]byte, 1500)
+			for {
+				if _, err := conn.Read(buffer); err != nil {
+					return
+				}
+			}
+		}()
+		for sequence := 0; ; sequence++ {
+			if _, err := fmt.Fprintf(conn, "udp %d\n", sequence); err != nil {
+				say("udp-cut", map[string]any{"to": addr, "error": err.Error()})
+				break
+			}
+			time.Sleep(every)
+		}
+		conn.Close()
+		time.Sleep(time.Second)
+	}
+}
+
+// pingForever sends an ICMP echo request carrying data every tick, one identifier for the
+// whole flow, as an ICMP tunnel (ptunnel, hans, icmptunnel) does.
+func pingForever(host string) {
+	conn, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+	if err != nil {
+		say("ping-refused", map[string]any{"to": host, "error": err.Error()})
+		return
+	}
+	target := &net.IPAddr{IP: net.ParseIP(host)}
+	id := os.Getpid() & 0xffff
+	say("ping-open", map[string]any{"to": host, "id": id})
+	for sequence := 0; ; sequence++ {
+		message := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{
+			ID: id, Seq: sequence & 0xffff, Data: []byte(fmt.Sprintf("tunnel payload %d", sequence)),
+		}}
+		packet, _ := message.Marshal(nil)
+		if _, err := conn.WriteTo(packet, target); err != nil {
+			say("ping-failed", map[string]any{"to": host, "error": err.Error()})
+		}
+		time.Sleep(every)
+	}
+}
+
+// pingOnce sends one echo and waits for its reply.
+func pingOnce(host string, timeout time.Duration) error {
+	conn, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	id := (os.Getpid() + 1) & 0xffff
+	message := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: 1, Data: []byte("probe")}}
+	packet, _ := message.Marshal(nil)
+	if _, err := conn.WriteTo(packet, &net.IPAddr{IP: net.ParseIP(host)}); err != nil {
+		return err
+	}
+	conn.SetReadDeadline(time.Now().Add(timeout))
+	buffer := make([]byte, 1500)
+	for {
+		n, from, err := conn.ReadFrom(buffer)
+		if err != nil {
+			return err
+		}
+		reply, err := icmp.ParseMessage(1, buffer[:n])
+		if err != nil || reply.Type != ipv4.ICMPTypeEchoReply || from.String() != host {
+			continue
+		}
+		if echo, ok := reply.Body.(*icmp.Echo); ok && echo.ID == id {
+			return nil
+		}
+	}
+}
+
 func orEOF(err error) string {
 	if err == nil {
 		return "EOF"
@@ -245,7 +371,7 @@ func scanRange(cidr, portList string) {
 // probe makes one attempt and prints it as JSON; exit 0 if it got through.
 func probe(args []string) int {
 	if len(args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: agent probe tcp ADDR | agent probe dns SERVER NAME [A|TXT]")
+		fmt.Fprintln(os.Stderr, "usage: agent probe tcp ADDR | agent probe dns SERVER NAME [A|TXT] | agent probe ping HOST")
 		return 2
 	}
 	started := time.Now()
@@ -259,6 +385,8 @@ func probe(args []string) int {
 			result["from"] = conn.LocalAddr().String()
 			conn.Close()
 		}
+	case "ping":
+		err = pingOnce(args[1], 1500*time.Millisecond)
 	case "dns":
 		if len(args) < 3 {
 			fmt.Fprintln(os.Stderr, "agent probe dns SERVER NAME [A|TXT]")

@@ -4,10 +4,15 @@
 //   - an "SSH server" that accepts the reverse tunnel: it sends a line every second and
 //     records, per connection, when the last byte came in and went out;
 //   - a mining pool speaking a stratum-like line protocol, recorded the same way;
-//   - a DNS server answering A and TXT for every name, recording each query.
+//   - a DNS server answering A and TXT for every name, recording each query;
+//   - a UDP peer that answers every datagram, recorded per flow as the TCP ones are;
+//   - every ICMP echo request that reaches it (the kernel answers it), per flow;
+//   - on request, a connection from the "SSH server" into a pod (the reverse tunnel's
+//     other shape: the outside dials in), carried and recorded as the others.
 //
-// What it saw is served as JSON over a unix socket (GET /report; POST /clear), which the
-// harness reads from the host whatever network namespace this runs in.
+// What it saw is served as JSON over a unix socket (GET /report; POST /clear; POST
+// /dial?to=HOST:PORT), which the harness reads from the host whatever network namespace
+// this runs in.
 package main
 
 import (
@@ -27,6 +32,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
 )
 
 func now() float64 { return float64(time.Now().UnixMicro()) / 1e6 }
@@ -36,6 +43,7 @@ type Flow struct {
 	ID        int     `json:"id"`
 	Service   string  `json:"service"`
 	Remote    string  `json:"remote"`
+	Local     string  `json:"local,omitempty"` // this host's end, of a connection it opened
 	Opened    float64 `json:"opened"`
 	LastIn    float64 `json:"lastIn"`  // when the last byte arrived from the remote
 	LastOut   float64 `json:"lastOut"` // when the last write to it succeeded
@@ -105,7 +113,10 @@ func serveLines(service, address string, reply func(string) string, tick func(in
 }
 
 func carry(service string, conn net.Conn, reply func(string) string, tick func(int) string) {
-	flow := seen.open(service, conn)
+	carryFlow(seen.open(service, conn), conn, reply, tick)
+}
+
+func carryFlow(flow *Flow, conn net.Conn, reply func(string) string, tick func(int) string) {
 	defer conn.Close()
 	var writing sync.Mutex
 	write := func(text string) error {
@@ -151,6 +162,100 @@ func carry(service string, conn net.Conn, reply func(string) string, tick func(i
 }
 
 func tunnelTick(n int) string { return fmt.Sprintf("in %d\n", n) }
+
+// flows of UDP and ICMP, which have no connection: one Flow per remote address, opened at
+// its first packet and never closed (they stop).
+var datagrams = map[string]*Flow{}
+
+func sawDatagram(service, remote string) *Flow {
+	seen.Lock()
+	defer seen.Unlock()
+	key := service + " " + remote
+	flow, ok := datagrams[key]
+	if !ok {
+		seen.nextID++
+		flow = &Flow{ID: seen.nextID, Service: service, Remote: remote, Opened: now()}
+		seen.flows = append(seen.flows, flow)
+		datagrams[key] = flow
+	}
+	return flow
+}
+
+// serveUDP answers every datagram with one of its own.
+func serveUDP(address string) {
+	conn, err := net.ListenPacket("udp", address)
+	if err != nil {
+		log.Fatalf("udp: %v", err)
+	}
+	go func() {
+		buffer := make([]byte, 2048)
+		for {
+			n, from, err := conn.ReadFrom(buffer)
+			if err != nil {
+				continue
+			}
+			flow := sawDatagram("udp", from.String())
+			seen.update(func() { flow.BytesIn += int64(n); flow.LastIn = now() })
+			if written, err := conn.WriteTo([]byte("ack\n"), from); err == nil {
+				seen.update(func() { flow.BytesOut += int64(written); flow.LastOut = now() })
+			}
+		}
+	}()
+}
+
+// recordPings records every echo request that reaches this namespace; its kernel answers.
+func recordPings() {
+	conn, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+	if err != nil {
+		log.Fatalf("icmp: %v", err)
+	}
+	go func() {
+		buffer := make([]byte, 2048)
+		for {
+			n, from, err := conn.ReadFrom(buffer)
+			if err != nil {
+				continue
+			}
+			message, err := icmp.ParseMessage(1, buffer[:n])
+			if err != nil || message.Type != ipv4.ICMPTypeEcho {
+				continue
+			}
+			echo, ok := message.Body.(*icmp.Echo)
+			if !ok {
+				continue
+			}
+			flow := sawDatagram("ping", fmt.Sprintf("%s:%d", from.String(), echo.ID))
+			seen.update(func() { flow.BytesIn += int64(n); flow.LastIn = now(); flow.LastOut = now() })
+		}
+	}()
+}
+
+// dial opens a connection from the tunnel host into a pod and carries it.
+func dial(from, to string) error {
+	dialer := net.Dialer{
+		Timeout:   2 * time.Second,
+		LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)},
+	}
+	conn, err := dialer.Dial("tcp", to)
+	if err != nil {
+		return err
+	}
+	go carryOut("inbound", conn)
+	return nil
+}
+
+// carryOut carries a connection this host opened: recorded under the pod's address.
+func carryOut(service string, conn net.Conn) {
+	seen.Lock()
+	seen.nextID++
+	flow := &Flow{
+		ID: seen.nextID, Service: service, Remote: conn.RemoteAddr().String(),
+		Local: conn.LocalAddr().String(), Opened: now(),
+	}
+	seen.flows = append(seen.flows, flow)
+	seen.Unlock()
+	carryFlow(flow, conn, func(string) string { return "" }, tunnelTick)
+}
 
 func poolReply(line string) string {
 	var request struct {
@@ -225,16 +330,30 @@ func serveReport(path string) {
 		w.Write(body)
 	})
 	mux.HandleFunc("POST /clear", func(w http.ResponseWriter, _ *http.Request) {
-		seen.update(func() { seen.flows, seen.queries = nil, nil })
+		seen.update(func() { seen.flows, seen.queries, datagrams = nil, nil, map[string]*Flow{} })
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /dial", func(w http.ResponseWriter, r *http.Request) {
+		from := r.URL.Query().Get("from")
+		if from == "" {
+			from = strings.Split(*tunnelAddress, ":")[0]
+		}
+		if err := dial(from, r.URL.Query().Get("to")); err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
 		w.WriteHeader(http.StatusNoContent)
 	})
 	go http.Serve(listener, mux)
 }
 
+var tunnelAddress = flag.String("tunnel", "198.51.100.4:22", "where the SSH server listens")
+
 func main() {
-	tunnel := flag.String("tunnel", "198.51.100.4:22", "where the SSH server listens")
+	tunnel := tunnelAddress
 	pool := flag.String("pool", "203.0.113.7:3333", "where the mining pool listens")
 	dnsAddress := flag.String("dns", "203.0.113.53:53", "where the DNS server listens")
+	udpAddress := flag.String("udp", "198.51.100.4:4500", "where the UDP peer listens")
 	report := flag.String("report", "", "the unix socket the report is served on")
 	flag.Parse()
 	if *report == "" {
@@ -243,6 +362,8 @@ func main() {
 	serveLines("tunnel", *tunnel, func(string) string { return "" }, tunnelTick)
 	serveLines("pool", *pool, poolReply, poolTick)
 	serveDNS(*dnsAddress)
+	serveUDP(*udpAddress)
+	recordPings()
 	// Listening on all three before the report socket appears: the harness waits for it.
 	serveReport(*report)
 	log.Printf("outside hosts up: tunnel %s, pool %s, dns %s, report %s", *tunnel, *pool, *dnsAddress, *report)
