@@ -39,6 +39,7 @@ unknown  4 599 src=10.244.49.3 dst=198.51.100.4 src=198.51.100.4 dst=10.244.49.3
 """  # noqa: E501
 NODE = ("10.244.49.1", "10.250.49.2")
 DNS = ("10.96.0.10",)
+CLUSTER = ("10.0.0.0/8", "192.168.0.0/16")
 
 
 def test_conntrack_lines_read_both_directions_of_every_protocol() -> None:
@@ -136,7 +137,7 @@ def test_the_annotation_the_operator_writes_reads_back() -> None:
 
 def test_drops_cover_both_ways_and_read_back_as_iptables_lists_them() -> None:
     flow = flows.Flow("tcp", POD, 40190, "198.51.100.4", 22)
-    rules = flows.drop_rules(flow, flows.tag("team-a", "rl-0"))
+    rules = flows.drop_rules(flow, flows.tag("team-a", "rl-0"), POD, CLUSTER)
     assert rules[0][:4] == ["-s", f"{POD}/32", "-d", "198.51.100.4/32"]
     assert rules[1][:4] == ["-s", "198.51.100.4/32", "-d", f"{POD}/32"]
     assert flows.same_rule([*rules[0][:5], "6", *rules[0][6:]], rules[0])  # -p 6 is tcp
@@ -156,7 +157,7 @@ def test_each_direction_is_dropped_as_its_packets_reach_the_node() -> None:
     """Through a NodePort, the far end's packets come to the node's port and the pod's
     replies go to the node: each way is dropped as it arrives, before translation."""
     forwarded = next(f for f in flows.parse_conntrack(INBOUND) if f.dport == 30022)
-    there, back = flows.drop_rules(forwarded, "c")
+    there, back = flows.drop_rules(forwarded, "c", POD, CLUSTER)
     assert there[:12] == [
         "-s", "203.0.113.7/32", "-d", "10.250.49.2/32", "-p", "tcp",
         "-m", "tcp", "--sport", "40000", "--dport", "30022",
@@ -167,13 +168,51 @@ def test_each_direction_is_dropped_as_its_packets_reach_the_node() -> None:
     ]  # fmt: skip
     # A protocol without ports: everything of it between the two ends.
     gre = next(f for f in flows.parse_conntrack(INBOUND) if f.protocol == "gre")
-    assert [r[:6] for r in flows.drop_rules(gre, "c")] == [
+    assert [r[:6] for r in flows.drop_rules(gre, "c", POD, CLUSTER)] == [
         ["-s", f"{POD}/32", "-d", "198.51.100.4/32", "-p", "gre"],
         ["-s", "198.51.100.4/32", "-d", f"{POD}/32", "-p", "gre"],
     ]
     ipip = next(f for f in flows.parse_conntrack(INBOUND) if f.protocol == "unknown")
-    assert flows.drop_rules(ipip, "c")[0][5] == "4"
+    assert flows.drop_rules(ipip, "c", POD, CLUSTER)[0][5] == "4"
     assert flows.conntrack_delete(ipip) == ["-s", POD, "-d", "198.51.100.4"]
+
+
+def test_no_drop_between_the_node_or_another_pod_and_anyone() -> None:
+    """A pod's ping translated to the node's address (SNAT) answers to the node: a drop of
+    every ICMP packet from the far end to the node would cut the node's own pings. A
+    connection another pod made to a Service the held pod backs: a drop of that pod's
+    packets to the Service address would cut it from the Service's other backends."""
+    snat = flows.parse_conntrack(
+        "icmp     1 29 src=10.244.49.3 dst=192.168.0.12 type=8 code=0 id=5 "
+        "src=192.168.0.12 dst=10.250.49.2 type=0 code=0 id=5 mark=0 use=1\n"
+    )[0]
+    assert [r[:4] for r in flows.drop_rules(snat, "c", POD, CLUSTER)] == [
+        ["-s", f"{POD}/32", "-d", "192.168.0.12/32"]
+    ]
+    service = flows.parse_conntrack(
+        "tcp      6 86399 ESTABLISHED src=10.244.7.9 dst=10.96.5.5 sport=41000 dport=80 "
+        "src=10.244.49.3 dst=10.244.7.9 sport=8080 dport=41000 [ASSURED] mark=0 use=1\n"
+    )[0]
+    assert [r[:4] for r in flows.drop_rules(service, "c", POD, CLUSTER)] == [
+        ["-s", f"{POD}/32", "-d", "10.244.7.9/32"]
+    ]
+
+
+def test_rules_of_an_address_the_pod_had_before_are_told_apart() -> None:
+    old = "10.244.49.99"
+    placed = [
+        ["-s", f"{old}/32", "-m", "comment", "--comment", "c", "-j", "BRK-O-abc"],
+        ["-s", f"{POD}/32", "-m", "comment", "--comment", "c", "-j", "BRK-O-abc"],
+        ["-s", f"{old}/32", "-d", "198.51.100.4/32", "-p", "icmp", "-j", "DROP"],
+        ["-s", "198.51.100.4/32", "-d", f"{POD}/32", "-p", "icmp", "-j", "DROP"],
+    ]
+    assert flows.elsewhere(placed, POD) == [placed[0], placed[2]]
+
+
+def test_a_long_named_pods_comment_stays_its_own() -> None:
+    long = "p" * 240
+    assert flows.tag("ns", long + "a") != flows.tag("ns", long + "b")
+    assert len(flows.tag("ns", long + "a")) <= 250
 
 
 def test_the_socket_filter_names_each_flow_as_the_pod_sees_it() -> None:
@@ -219,6 +258,7 @@ def test_a_held_pod_is_fenced_off_the_world_both_ways_but_its_scrape() -> None:
         ["-d", "10.0.0.0/8", "-j", "RETURN"],
         ["-d", "10.250.49.2/32", "-j", "RETURN"],
         ["-d", "198.51.100.1/32", "-j", "RETURN"],  # the scrape's replies
+        flows.RESET_OUT,  # a reset, as a socket is destroyed: the far end knows at once
         ["-j", "DROP"],
     ]
     assert found[into][-2:] == [["-s", "198.51.100.1/32", "-j", "RETURN"], ["-j", "DROP"]]

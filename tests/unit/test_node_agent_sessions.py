@@ -100,3 +100,21 @@ def test_a_pods_address_read_from_the_runtimes_record_never_loopback(tmp_path: P
     for wrong in ("127.0.0.1", "169.254.1.1", "0.0.0.0", "::1", "nonsense", "", None):
         assert addresses.pod_address(wrong) is None, wrong
     assert addresses.pod_address("10.244.219.26") == "10.244.219.26"
+
+
+def test_a_process_whose_parent_is_unknown_or_another_shims_is_never_a_session() -> None:
+    """The parent went while the table was read, or the process was started by something
+    else than the container's shim: left alone (nothing is ended on a guess). And what an
+    exec started goes with it."""
+    table = [
+        process(800, 1, "shim", 10.0, NODE_NS),
+        process(900, 1, "other", 10.0, NODE_NS),
+        process(4242, 800, "pod/agent", 12.0),  # the container's first process
+        process(5000, 800, "pod/agent", 100.0),  # an exec
+        process(5001, 5000, "pod/agent", 101.0),  # its shell's child
+        process(5002, 5001, "pod/agent", 102.0),  # and its grandchild
+        process(6000, 777, "pod/agent", 100.0),  # its parent is gone
+        process(6001, 900, "pod/agent", 100.0),  # started by another process outside
+    ]
+    assert [s.pid for s in sessions.exec_sessions(table, POD_NS)] == [5000]
+    assert sessions.descendants(table, 5000) == [5002, 5001]

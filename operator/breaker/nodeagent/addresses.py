@@ -83,6 +83,10 @@ def process_addresses(uids: set[str]) -> dict[str, str]:
     the pod (the runtime's cache absent)."""
     names = {uid: (f"pod{uid}", f"pod{uid.replace('-', '_')}") for uid in uids}
     found: dict[str, str] = {}
+    try:
+        own = str(Path("/proc/self/ns/net").readlink())
+    except OSError:
+        return found
     for entry in os.scandir("/proc"):
         if len(found) == len(names) or not entry.name.isdigit():
             continue
@@ -94,6 +98,11 @@ def process_addresses(uids: set[str]) -> dict[str, str]:
             (u for u, n in names.items() if u not in found and any(x in cgroup for x in n)), None
         )
         if uid is None:
+            continue
+        try:
+            if str(Path(f"/proc/{entry.name}/ns/net").readlink()) == own:
+                continue  # in the node's namespace (CRI-O's conmon is in the pod's cgroup)
+        except OSError:
             continue
         shown = subprocess.run(
             ["nsenter", f"--net=/proc/{entry.name}/ns/net", "ip", "-4", "-j", "addr", "show",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import ipaddress
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from breaker.nodeagent import accounting, addresses, counting, flows, sessions
 log = logging.getLogger("breaker.node-agent")
 
 SEEK_SECONDS = 0.02  # between looks for a held pod's address while its sandbox starts
+PROCESS_SEEK_SECONDS = 0.5  # /proc, where the runtime's record is not: looked through less often
 FENCE_CHECK_SECONDS = 5.0  # every fence checked (a scrape source changed, a rule removed)
 SESSIONS_SECONDS = 2.0  # how often the exec sessions into held pods are looked for
 MAX_SESSIONS = 20  # listed per pod, on the Lease
@@ -139,6 +141,7 @@ class NodeAgent:
         self.last_pass = 0.0
         self.discovered: dict[str, str] = {}  # pod uid -> address, read from the node
         self.cni = addresses.CniRecords(settings.cni_cache_dir)
+        self.processes_at = 0.0  # when /proc was last looked through for a pod's address
         self.fenced: set[str] = set()  # the held pods fenced (by their rules' comment)
         self.fence_lock = threading.Lock()  # the fence's rules: placed by one thread at a time
         self.fence_wake = threading.Event()
@@ -185,6 +188,8 @@ class NodeAgent:
                 log.warning("pass failed: %s; again in %.2fs", error, self.settings.interval)
                 with contextlib.suppress(RuntimeError):
                     self._ensure_chain()
+            except Exception:  # the pass must never end the agent: a bug is logged, then again
+                log.exception("pass failed unexpectedly; again in %.2fs", self.settings.interval)
             busy = any(p.breaker for p in self._snapshot().values())
             self.wake.wait(timeout=self.settings.interval if busy else 10.0)
             self.wake.clear()
@@ -196,19 +201,21 @@ class NodeAgent:
         from the pass, whose conntrack work takes longer than a pod takes to start."""
         checked = 0.0
         while not self.stopping.is_set():
-            seeking = False
+            wait = 1.0
             try:
                 with self.fence_lock:
                     now = time.monotonic()
-                    seeking = self._fence_pass(everything=now - checked > FENCE_CHECK_SECONDS)
-                    checked = now if now - checked > FENCE_CHECK_SECONDS else checked
+                    everything = now - checked > FENCE_CHECK_SECONDS
+                    if everything:
+                        self._ensure_chain()  # someone may have removed it, or its jump
+                        checked = now
+                    if self._fence_pass(everything):
+                        wait = SEEK_SECONDS
             except (RuntimeError, OSError) as error:
-                log.warning("fencing failed: %s; again in %.2fs", error, SEEK_SECONDS)
-                seeking = True
+                log.warning("fencing failed: %s; again in 1s", error)
             except Exception:  # the fencing thread must never die: a bug is logged, then again
-                log.exception("fencing failed unexpectedly")
-                seeking = True
-            self.fence_wake.wait(timeout=SEEK_SECONDS if seeking else 1.0)
+                log.exception("fencing failed unexpectedly; again in 1s")
+            self.fence_wake.wait(timeout=wait)
             self.fence_wake.clear()
 
     def _fence_pass(self, everything: bool) -> bool:
@@ -223,8 +230,11 @@ class NodeAgent:
             listing = self._iptables("-t", "raw", "-S").stdout
             node = self._node_addresses()
             for comment, pod in todo.items():
-                self._fence(pod, comment, listing, node)
-                self.fenced.add(comment)
+                try:
+                    self._fence(pod, comment, listing, node)
+                    self.fenced.add(comment)
+                except RuntimeError as error:  # one pod's trouble is not the others'
+                    log.warning("%s: not fenced yet: %s", comment, error)
         return bool(self.seeking)
 
     def stop(self) -> None:
@@ -267,8 +277,10 @@ class NodeAgent:
             if ip is None:
                 self.seeking.add(pod.uid)
                 continue
-            if ip in self.addresses:
-                continue  # the node's own address: cutting it would cut the node
+            if ip in self.addresses or ":" in ip:
+                # The node's own address (cutting it would cut the node), or IPv6 (the
+                # agent's rules are IPv4).
+                continue
             found[flows.tag(pod.namespace, pod.name)] = dataclasses.replace(pod, ip=ip)
         return found
 
@@ -278,6 +290,9 @@ class NodeAgent:
         port-forward streams into them; list (and, when told, end) the exec sessions into
         them."""
         began = time.monotonic()
+        if not self.synced.is_set():
+            # Not listed yet: what is held is unknown, and nothing is lifted on a guess.
+            return
         with self.fence_lock:
             wanted = self.held()
             listing = self._iptables("-t", "raw", "-S").stdout
@@ -296,12 +311,15 @@ class NodeAgent:
         node = self._node_addresses()
         for comment, pod in wanted.items():
             assert pod.ip is not None
-            cut = flows.to_cut(
-                self._conntrack(pod.ip), pod.ip, pod.kept, self.settings.cluster_dns, node
-            )
-            if cut:
-                self._cut(pod, comment, cut, placed.get(comment, []))
-            self._streams(pod)
+            try:
+                cut = flows.to_cut(
+                    self._conntrack(pod.ip), pod.ip, pod.kept, self.settings.cluster_dns, node
+                )
+                if cut:
+                    self._cut(pod, comment, cut, placed.get(comment, []))
+                self._streams(pod)
+            except (RuntimeError, OSError) as error:  # one pod's trouble is not the others'
+                log.warning("%s: not cut this pass: %s", comment, error)
         self._sessions(wanted, began)
         self.metrics.quarantined.set(len(wanted))
         self.metrics.drops.set(sum(len(v) for k, v in placed.items() if k in wanted))
@@ -313,10 +331,13 @@ class NodeAgent:
         in one ``iptables-restore``: a pod being born is raced, and an iptables call a rule
         would take a pod's start."""
         assert pod.ip is not None
-        inside = [*self.settings.cluster_cidrs, *(f"{a}/32" for a in node if ":" not in a)]
-        wanted = flows.fence(pod.ip, comment, inside, pod.kept)
+        wanted = flows.fence(pod.ip, comment, self._inside(node), pod.kept)
         there = set(flows.chains(listing))
         placed = flows.placed(listing).get(comment, [])
+        for rule in flows.elsewhere(placed, pod.ip):
+            # Placed for an address the pod had before (its sandbox made again, a pod of
+            # the same name back on the node): another pod may have it now.
+            self._iptables("-t", "raw", "-D", flows.CHAIN, *rule, check=False)
         stale = [
             chain
             for chain, rules in wanted.items()
@@ -346,6 +367,18 @@ class NodeAgent:
         if jumps:
             log.info("%s/%s: fenced %s off the world", pod.namespace, pod.name, pod.ip)
 
+    def _inside(self, node: tuple[str, ...]) -> list[str]:
+        """What a fenced pod may still reach and be reached from: the cluster's ranges
+        (their link-local part is the cloud's metadata service, not the cluster's: only the
+        cluster DNS there, a node-local cache), and the node's own addresses."""
+        ranges = [
+            c
+            for c in self.settings.cluster_cidrs
+            if not ipaddress.ip_network(c, strict=False).is_link_local
+        ]
+        dns = [f"{a}/32" for a in self.settings.cluster_dns if ":" not in a]
+        return [*ranges, *dns, *(f"{a}/32" for a in node if ":" not in a)]
+
     def _discover(self, uids: set[str]) -> None:
         """The addresses of held pods the API has not given yet, read from the node: first
         the container runtime's record of each pod's network (libcni's cache, written as
@@ -357,7 +390,9 @@ class NodeAgent:
         for uid, ip in self.cni.addresses(wanted).items():
             self.discovered[uid] = ip
             wanted.discard(uid)
-        if wanted:
+        now = time.monotonic()
+        if wanted and now - self.processes_at >= PROCESS_SEEK_SECONDS:
+            self.processes_at = now
             for uid, ip in addresses.process_addresses(wanted).items():
                 self.discovered[uid] = ip
         present = {p.uid for p in self._snapshot().values()}
@@ -405,7 +440,7 @@ class NodeAgent:
                 )
         # 2. The packets, both ways, ahead of conntrack.
         for flow in cut:
-            for spec in flows.drop_rules(flow, comment):
+            for spec in flows.drop_rules(flow, comment, pod.ip, self.settings.cluster_cidrs):
                 if not any(flows.same_rule(there, spec) for there in placed):
                     self._iptables("-t", "raw", "-A", flows.CHAIN, *spec)
                     placed.append(spec)
@@ -437,7 +472,9 @@ class NodeAgent:
         if not found:
             return
         pod_netns = _netns_link(netns)
-        owners = {pid: _process_netns(pid) for s in found for pid in s.pids}
+        # A process whose namespace cannot be read is taken for the pod's own: never cut
+        # on a guess.
+        owners = {pid: _process_netns(pid) or pod_netns for s in found for pid in s.pids}
         streams = sessions.port_forwards(found, owners, pod_netns)
         if not streams:
             return
@@ -477,8 +514,7 @@ class NodeAgent:
                     and session.started < pod.kept.since
                 )
                 if ended:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(session.pid, signal.SIGKILL)
+                    _end(table, session)
                     said = (
                         f"{self.settings.node}: ended the exec session into pod {pod.name} "
                         f"(pid {session.pid}: {session.command[:120]}), begun before the trip"
@@ -657,9 +693,11 @@ class NodeAgent:
             "count": 1,
         }
         try:
-            self.core.create_namespaced_event(pod.namespace, body)
+            self.core.create_namespaced_event(pod.namespace, body, _request_timeout=10)
         except client.ApiException as error:
             log.warning("Event on Breaker %s/%s: %s", pod.namespace, pod.breaker, error.reason)
+        except (urllib3.exceptions.HTTPError, OSError) as error:  # the API server away
+            log.warning("Event on Breaker %s/%s: %s", pod.namespace, pod.breaker, error)
 
     # -- health and metrics ------------------------------------------------------------------
 
@@ -709,12 +747,7 @@ def _processes() -> list[sessions.Process]:
     """Every process of the node (the agent runs in the host's PID namespace), as much as
     the exec sessions need of each."""
     ticks = os.sysconf("SC_CLK_TCK")
-    boot = 0.0
-    with contextlib.suppress(OSError, ValueError):
-        stat = Path("/proc/stat").read_text()
-        boot = float(
-            next(line.split()[1] for line in stat.splitlines() if line.startswith("btime"))
-        )
+    boot = _boot()
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -742,3 +775,28 @@ def _stamp(moment: float) -> str:
 def _quoted(rule: list[str]) -> list[str]:
     """A rule's words for iptables-restore: a comment quoted."""
     return [f'"{word}"' if " " in word or ":" in word else word for word in rule]
+
+
+def _end(table: list[sessions.Process], session: sessions.Session) -> None:
+    """Kill an exec session's process and everything below it, each only if it is still
+    the process the table read (a pid is reused once its process is gone)."""
+    started = {p.pid: p.started for p in table}
+    for pid in [*sessions.descendants(table, session.pid), session.pid]:
+        try:
+            now = sessions.parse_stat(Path(f"/proc/{pid}/stat").read_text())[1]
+        except (OSError, ValueError, IndexError):
+            continue  # gone already
+        ticks = os.sysconf("SC_CLK_TCK")
+        if abs(_boot() + now / ticks - started.get(pid, -1)) > 1 / ticks + 1e-6:
+            continue  # another process under the same pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _boot() -> float:
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        stat = Path("/proc/stat").read_text()
+        return float(
+            next(line.split()[1] for line in stat.splitlines() if line.startswith("btime"))
+        )
+    return 0.0

@@ -44,6 +44,10 @@ from breaker.actions.connections import Kept
 
 CHAIN = "BREAKER-CUT"
 FENCE_PREFIX = "BRK-"  # a held pod's own chains: BRK-O-<hash> and BRK-I-<hash>
+RESET_OUT = [
+    "-p", "tcp", "-m", "tcp", "--tcp-flags", "RST", "RST",
+    "-m", "length", "--length", "40:80", "-j", "RETURN",
+]  # fmt: skip
 # TCP and SCTP states that carry no more data: nothing to cut.
 _SPENT = {"TIME_WAIT", "CLOSE", "CLOSED", "SHUTDOWN_ACK_SENT"}
 # The protocols with ports that iptables and ss match on, by conntrack's name for them.
@@ -105,7 +109,8 @@ class Entry(NamedTuple):
 # matched first and cheaply), and any other, whose addresses are followed by what the
 # protocol adds instead (ICMP's type, code and id; GRE's keys; nothing).
 _HEAD = (
-    r"^[ \t]*(?:\[[A-Z]+\][ \t]+)?([a-z0-9]+)[ \t]+(\d+)[ \t]+(?:\d+[ \t]+)?(?:([A-Z_]+)[ \t]+)?"
+    r"^[ \t]*(?:\[[A-Z]+\][ \t]+)?([a-z0-9]+)[ \t]+(\d+)[ \t]+(?:\d+[ \t]+)?"
+    r"(?:([A-Z_]+[0-9]?)[ \t]+)?"
 )
 _COUNTS = r"(?: packets=\d+ bytes=(\d+))?"
 _EXTRA = r"(?: (?!src=|packets=|\[|mark=|use=|zone=)\S+)*"
@@ -199,26 +204,48 @@ def to_cut(
 
 
 def tag(namespace: str, pod: str) -> str:
-    """The comment on every rule placed for a pod: how they are found and lifted."""
-    return f"breaker:{namespace}/{pod}"[:250]
+    """The comment on every rule placed for a pod: how they are found and lifted. One per
+    pod, whatever the length of its names (iptables keeps 255 characters)."""
+    comment = f"breaker:{namespace}/{pod}"
+    if len(comment) <= 250:
+        return comment
+    return f"{comment[:237]}~{hashlib.sha256(comment.encode()).hexdigest()[:12]}"
 
 
-def drop_rules(flow: Flow, comment: str) -> list[list[str]]:
+def drop_rules(
+    flow: Flow, comment: str, pod_ip: str, inside: Iterable[str] = ()
+) -> list[list[str]]:
     """Rule specs (for ``iptables -t raw -A CHAIN``) dropping the flow's packets both ways,
     each direction as its packets reach the node: the original one as sent, the reply as
     sent back (after a Service's or a NodePort's translation, its addresses differ). A
-    protocol without ports is dropped whole between the two ends."""
+    protocol without ports is dropped whole between the two ends.
+
+    A direction is dropped only where the pod is one of its ends, or, for a protocol with
+    ports, where the far end is outside the cluster (``inside``: its ranges): a pod's flow
+    translated to the node's address (SNAT) or sent to a Service address by another pod
+    must not become a drop between the node, or that pod, and anyone."""
     reply = (
         flow.reply_src or flow.dst,
         flow.reply_sport if flow.reply_src else flow.dport,
         flow.reply_dst or flow.src,
         flow.reply_dport if flow.reply_src else flow.sport,
     )
-    ends = [(flow.src, flow.sport, flow.dst, flow.dport), reply]
+    networks = [ipaddress.ip_network(c, strict=False) for c in inside]
+
+    def outside(address: str) -> bool:
+        try:
+            found = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return not any(found in n for n in networks if n.version == found.version)
+
     name = protocol_name(flow)
     match = ["-m", "comment", "--comment", comment, "-j", "DROP"]
     rules = []
-    for src, sport, dst, dport in ends:
+    for src, sport, dst, dport in [(flow.src, flow.sport, flow.dst, flow.dport), reply]:
+        ends_at_pod = pod_ip in (src, dst)
+        if not ends_at_pod and not (flow.protocol in PORTED and (outside(src) or outside(dst))):
+            continue
         spec = ["-s", f"{src}/32", "-d", f"{dst}/32", "-p", name]
         if flow.protocol in PORTED:
             spec += ["-m", name, "--sport", str(sport), "--dport", str(dport)]
@@ -254,9 +281,27 @@ def fence(
             ["-s", f"{pod_ip}/32", *tagged, "-j", out],
             ["-d", f"{pod_ip}/32", *tagged, "-j", into],
         ],
-        out: [["-d", _net(c), "-j", "RETURN"] for c in [*ranges, *scrape]] + [["-j", "DROP"]],
+        # A reset the pod's kernel sends as the agent destroys a socket goes out: the far end
+        # of a cut tunnel learns it at once. It carries nothing (the length of the headers).
+        out: [["-d", _net(c), "-j", "RETURN"] for c in [*ranges, *scrape]]
+        + [RESET_OUT, ["-j", "DROP"]],
         into: [["-s", _net(c), "-j", "RETURN"] for c in [*ranges, *scrape]] + [["-j", "DROP"]],
     }
+
+
+def elsewhere(placed: Iterable[list[str]], pod_ip: str) -> list[list[str]]:
+    """The pod's placed rules that name another address of it than ``pod_ip`` (a jump or a
+    drop of an earlier sandbox's): neither end is the pod's address now."""
+    found = []
+    for rule in placed:
+        ends = [rule[i + 1].split("/")[0] for i, w in enumerate(rule[:-1]) if w in ("-s", "-d")]
+        if pod_ip not in ends and (_jumps(rule) or len(ends) == 2):
+            found.append(rule)
+    return found
+
+
+def _jumps(rule: list[str]) -> bool:
+    return "-j" in rule and rule[rule.index("-j") + 1].startswith(FENCE_PREFIX)
 
 
 def _net(cidr: str) -> str:

@@ -107,22 +107,40 @@ class Session:
 
 
 def exec_sessions(processes: Iterable[Process], pod_netns: str) -> list[Session]:
-    """The exec sessions among the processes: started from outside the pod (their parent
-    is not in its network namespace) into a container that already had a first process."""
+    """The exec sessions among the processes: started from outside the pod (their parent is
+    known, and not in its network namespace) into a container that already had a first
+    process, by that first process's parent (the container's shim). A process whose parent
+    is not known (it went while the table was read) is never one: nothing is ended on a
+    guess."""
     table = {p.pid: p for p in processes}
     roots = [
         p
         for p in table.values()
-        if p.netns == pod_netns and (p.ppid not in table or table[p.ppid].netns != pod_netns)
+        if p.netns == pod_netns and p.ppid in table and table[p.ppid].netns != pod_netns
     ]
     by_container: dict[str, list[Process]] = {}
     for process in roots:
         by_container.setdefault(process.cgroup, []).append(process)
     sessions = []
     for started in by_container.values():
-        _first, *later = sorted(started, key=lambda p: (p.started, p.pid))
-        sessions += [Session(p.pid, p.command, p.started) for p in later]
+        first, *later = sorted(started, key=lambda p: (p.started, p.pid))
+        sessions += [Session(p.pid, p.command, p.started) for p in later if p.ppid == first.ppid]
     return sorted(sessions, key=lambda s: (s.started, s.pid))
+
+
+def descendants(processes: Iterable[Process], pid: int) -> list[int]:
+    """The processes below ``pid`` (an exec session's shell and what it started), deepest
+    first: ended before it, so that none is left to its container."""
+    children: dict[int, list[int]] = {}
+    for process in processes:
+        children.setdefault(process.ppid, []).append(process.pid)
+    found: list[int] = []
+    stack = list(children.get(pid, ()))
+    while stack:
+        child = stack.pop()
+        found.append(child)
+        stack.extend(children.get(child, ()))
+    return found[::-1]
 
 
 def parse_stat(text: str) -> tuple[int, int]:
