@@ -456,6 +456,7 @@ BREAKER_INDEXES: dict[str, Indexed] = {
         (kueue.GROUP, kueue.LOCAL_QUEUES), _by(inventory.breaker_local_queues)
     ),
     "breaker_pods": Indexed(("", "pods"), _by(inventory.breaker_pods)),
+    "breaker_quarantined": Indexed(("", "pods"), _by(inventory.breaker_quarantined)),
     "breaker_services": Indexed(("", "services"), _by(inventory.breaker_services)),
     "breaker_netpols": Indexed(
         ("networking.k8s.io", "networkpolicies"), _by(inventory.breaker_netpols)

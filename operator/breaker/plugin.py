@@ -254,6 +254,7 @@ def explain(breaker: Mapping[str, Any], events: Sequence[Mapping[str, Any]] = ()
     if status.get("reason"):
         lines.append(f"  reason    {status['reason']}")
     lines.extend(containment_lines(status))
+    lines.extend(exposure_lines(status))
     moments = timeline(breaker, events)
     lines.append("")
     lines.append("Timeline" if moments else "Timeline: nothing has happened yet")
@@ -268,6 +269,27 @@ def explain(breaker: Mapping[str, Any], events: Sequence[Mapping[str, Any]] = ()
             f"-n {meta.get('namespace')}"
         )
     return "\n".join(lines)
+
+
+def exposure_lines(status: Mapping[str, Any]) -> list[str]:
+    """What still reaches the held pods, and the workload's earlier uids it followed."""
+    exposure = status.get("exposure") or {}
+    lines = [
+        f"  exposed   by Service {service}: what comes in is refused by the quarantine"
+        for service in exposure.get("services") or []
+    ]
+    for session in exposure.get("sessions") or []:
+        how = "ended" if session.get("ended") else "OPEN"
+        lines.append(
+            f"  exec      {how}: pod {session.get('pod')} (node {session.get('node')}, pid "
+            f"{session.get('pid')}, since {session.get('started')}): {session.get('command')}"
+        )
+    for earlier in status.get("followed") or []:
+        lines.append(
+            f"  followed  the workload was made again under its name; it had uid "
+            f"{earlier.get('uid')} until {_clock(str(earlier.get('until')))}"
+        )
+    return lines
 
 
 def guarding(breakers: Iterable[Mapping[str, Any]], name: str, kind: str | None) -> list[Any]:

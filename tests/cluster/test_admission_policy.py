@@ -167,10 +167,13 @@ def test_without_a_mutating_policy_new_pods_are_quarantined_on_the_next_pass(
             took,
         )
     )
-    said = [
-        e.message or ""
-        for e in c.core.list_namespaced_event(
-            c.ns, field_selector=f"involvedObject.name={HELPER},reason=ContainmentRestored"
-        ).items
-    ]
-    assert any("new" in m for m in said), said
+
+    def said() -> list[str]:
+        return [
+            e.message or ""
+            for e in c.core.list_namespaced_event(
+                c.ns, field_selector=f"involvedObject.name={HELPER},reason=ContainmentRestored"
+            ).items
+        ]
+
+    wait_for(lambda: any("new" in m for m in said()), "the operator's Warning for the new pod")

@@ -149,6 +149,27 @@ def held_ways_around(c: Cluster, tries: Escapes, tenant: Tenant) -> None:
         lambda: helpers_held(c),
     )
     born(c, tries, tenant)
+    tries.escape(
+        HELPER,
+        "change the held Deployment's pod template (a rollout of pods unlike its own)",
+        lambda: tenant.apps.patch_namespaced_deployment(
+            "helper", ns, {"spec": {"template": {"metadata": {"annotations": {"x": "y"}}}}}
+        ),
+        lambda: helpers_held(c),
+    )
+    host = {
+        "metadata": {"name": "on-the-host"},
+        "spec": {"hostNetwork": True, "containers": [{"name": "c", "image": "x:1"}]},
+    }
+    tries.admitted(
+        HELPER,
+        "run a pod on the host's network (the node's address, let in past the quarantine)",
+        lambda: tenant.core.create_namespaced_pod(ns, as_body(host)),
+        "not covered: a NetworkPolicy cannot isolate it, the node agent never cuts the "
+        "node's address",
+    )
+    if not tries.policy_on:
+        c.core.delete_namespaced_pod("on-the-host", ns, grace_period_seconds=0)
     uid = str(meta_of(c.apps.read_namespaced_deployment("helper", ns)).uid)
     tries.escape(
         HELPER,

@@ -34,7 +34,7 @@ from kubernetes import client
 from breaker.api import containment
 from breaker_tooling.localcluster import outside, packets
 from breaker_tooling.localcluster.realnode import RealNode
-from tests.cluster.scenes import Cluster, person
+from tests.cluster.scenes import Cluster, batch_job, person
 from tests.cluster.tenant import ATTEMPTS, Escapes, Tenant, policy_on
 from tests.cluster.test_live_tunnel import CUTS, Live, trip_time
 from tests.conftest import NodeAgent
@@ -471,3 +471,36 @@ def all_held(c: Cluster) -> bool:
     return bool(found) and all(
         "breaker.dev/quarantined" in (meta_of(p).labels or {}) for p in found
     )
+
+
+def test_pause_ends_the_pod_and_every_session_into_it(
+    live: Live, node_agent: NodeAgent, opened: list[Any]
+) -> None:
+    """A policy that pauses (and does not revoke egress): the exec session and the
+    port-forward the tenant opened before the trip end with the pod, which the pause ends
+    (an attach would too). Nothing to list or cut: no pod is left."""
+    c = live.c
+    tenant_config = person(c, "tenant", "edit")
+    template = packets.pod_template("rl", packets.play(listen=PORT), grace=2)
+    c.batch.create_namespaced_job(c.ns, as_body(batch_job("rl", template)))
+    body = guard()
+    body["spec"]["targets"]["kinds"] = ["Job"]
+    body["spec"]["actions"] = [{"type": "pause"}]
+    c.create("breakerpolicies", body)
+    pod = live.pod("rl")
+    stream = Stream(c, tenant_config, name_of(pod))
+    session = Session(c, tenant_config, name_of(pod))
+    opened += [stream, session]
+    wait_for(lambda: stream.last and session.last, "the port-forward and the exec flowing")
+    wait_for(lambda: c.breaker("rl-guard").get("status"), "the breaker")
+    tripped = trip_time(live.trip("rl-guard")["status"])
+    wait_for(lambda: stream.ended and session.ended, "both ended with the pod", timeout=60)
+    assert stream.ended is not None
+    assert session.ended is not None
+    CUTS.append(("port-forward (pause ends the pod)", stream.ended - tripped))
+    CUTS.append(("exec session (pause ends the pod)", session.ended - tripped))
+    wait_for(
+        lambda: not c.core.list_namespaced_pod(c.ns, label_selector="app=rl").items,
+        "the paused job's pod gone",
+    )
+    live.reset("rl-guard")

@@ -33,11 +33,13 @@ def test_params_name_the_quarantined_pods_and_the_scaled_workloads_per_namespace
             breakers=["helper-guard", "rl-guard"],
             pods={"rl-0": "rl-guard", "helper-1": "helper-guard"},
             scaled={"deployments/helper": "helper-guard"},
+            pausing=["helper-guard", "rl-guard"],
             workloads={"trainingjobs/rl": "rl-guard", "deployments/helper": "helper-guard"},
         ),
         "team-b": BreakerHoldSpec(
             breakers=["set-guard"],
             scaled={"statefulsets/set": "set-guard"},
+            pausing=["set-guard"],
             workloads={"statefulsets/set": "set-guard"},
         ),
         "team-c": BreakerHoldSpec(
@@ -74,6 +76,7 @@ def test_the_hold_is_labelled_as_breakers_own_and_keeps_empty_maps() -> None:
         "breakers": ["x"],
         "pods": {},
         "scaled": {},
+        "pausing": [],
         "workloads": {},
         "kin": [],
         "services": {},

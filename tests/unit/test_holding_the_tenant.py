@@ -58,6 +58,23 @@ def test_kin_are_the_labels_every_pod_carries_less_an_incarnations() -> None:
     assert kin.of({"app": "else"}, "agent")  # the agent's identity
     assert not kin.of({"app": "else"}, "other")
     assert kin_core.Kin.read(kin.record()) == kin
+    # A ServiceAccount other workloads of the namespace run as tells nobody apart.
+    shared = kin_core.kin_of(pods, [*pods, view("other", {"app": "db"})])
+    assert shared == kin_core.Kin({"app": "web"}, None)
+
+
+def test_a_kin_pod_another_breaker_quarantines_stays_its_own_a_forged_one_is_claimed() -> None:
+    kin = kin_core.Kin({"app": "web"})
+    own = [view("web-1", {"app": "web"})]
+    others = [
+        view("by-other", {"app": "web", QUARANTINE_LABEL: "other-guard"}),
+        view("forged", {"app": "web", QUARANTINE_LABEL: "pause-only"}),
+        view("fresh", {"app": "web"}),
+        view("old", {"app": "web-v0", QUARANTINE_LABEL: "web-guard"}),
+        view("stranger", {"app": "db"}),
+    ]
+    held = kin_core.held_pods(kin, [*own, *others], own, "web-guard", {"other-guard"})
+    assert [p.name for p in held] == ["web-1", "forged", "fresh", "old"]
 
 
 def test_the_services_that_reach_held_pods_from_outside() -> None:

@@ -151,3 +151,27 @@ def test_names_resolve_to_the_breaker_or_else_the_workloads_breakers() -> None:
     assert guarding([a, b], "rl", "trainingjob") == [a, b]
     assert guarding([a, b], "rl", "Deployment") == []
     assert guarding([a, b], "other", None) == []
+
+
+def test_explain_says_what_still_reaches_the_held_pods_and_what_it_followed() -> None:
+    held = tripped()
+    held["status"]["exposure"] = {
+        "services": ["rl-np (NodePort)"],
+        "sessions": [
+            {"pod": "rl-0", "node": "n1", "pid": 42, "command": "sh", "started": "t1"},
+            {
+                "pod": "rl-0",
+                "node": "n1",
+                "pid": 43,
+                "command": "sh",
+                "started": "t0",
+                "ended": True,
+            },
+        ],
+    }
+    held["status"]["followed"] = [{"uid": "u-old", "until": "2026-11-23T11:59:00Z"}]
+    text = explain(held)
+    assert "exposed   by Service rl-np (NodePort)" in text
+    assert "exec      OPEN: pod rl-0 (node n1, pid 42, since t1): sh" in text
+    assert "exec      ended: pod rl-0 (node n1, pid 43" in text
+    assert "it had uid u-old until 2026-11-23 11:59:00Z" in text

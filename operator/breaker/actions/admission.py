@@ -70,12 +70,15 @@ def params(
     whose breaker holds nothing any more is left out; ``services`` are (namespace, name,
     selector): those that pick a quarantined pod are named."""
     holders: dict[str, set[str]] = {}
+    pausing: dict[str, set[str]] = {}
     pods: dict[str, dict[str, str]] = {}
     scaled: dict[str, dict[str, str]] = {}
     workloads: dict[str, dict[str, str]] = {}
     kin: dict[str, list[KinRule]] = {}
     for held in holding:
         holders.setdefault(held.namespace, set()).add(held.breaker)
+        if held.paused_kind:
+            pausing.setdefault(held.namespace, set()).add(held.breaker)
         plural = SCALED.get(held.paused_kind or "")
         if plural is not None and held.paused_name:
             scaled.setdefault(held.namespace, {})[f"{plural}/{held.paused_name}"] = held.breaker
@@ -100,6 +103,7 @@ def params(
             breakers=sorted(names),
             pods=pods.get(namespace, {}),
             scaled=scaled.get(namespace, {}),
+            pausing=sorted(pausing.get(namespace, ())),
             workloads=workloads.get(namespace, {}),
             kin=sorted(kin.get(namespace, []), key=lambda k: k.breaker),
             services=selecting.get(namespace, {}),

@@ -39,6 +39,8 @@ from breaker.constants import (
 log = logging.getLogger("breaker.actions")
 
 MANAGED = {"app.kubernetes.io/managed-by": "breaker"}
+# The pods of a scrape's namespace the node agent is told about, at most.
+MAX_SCRAPERS = 64
 
 
 @dataclass
@@ -66,6 +68,8 @@ class Scene:
     services: list[dict[str, Any]] = field(default_factory=list)
     # The pod addresses of a namespace (where a scrape of the quarantined pods comes from).
     addresses: Callable[[str], tuple[str, ...]] = lambda _: ()
+    # The namespace's breakers whose quarantine is applied (a pod carries one label).
+    quarantining: frozenset[str] = frozenset()
 
 
 # -- revokeEgress -----------------------------------------------------------------------
@@ -89,11 +93,12 @@ async def revoke_egress(
     those."""
     name = quarantine_name(scene.breaker)
     before = before or {}
-    kin = kin_core.Kin.read(before["kin"]) if "kin" in before else kin_core.kin_of(scene.pods)
-    held = [
-        *scene.pods,
-        *kin_core.kin_pods(kin, scene.namespace_pods, scene.pods, scene.breaker),
-    ]
+    kin = (
+        kin_core.Kin.read(before["kin"])
+        if "kin" in before
+        else kin_core.kin_of(scene.pods, scene.namespace_pods)
+    )
+    held = held_pods(scene, kin)
     labelled = [{**p.labels, QUARANTINE_LABEL: scene.breaker} for p in held]
     scrape = settings.allow_scrape_from or []
     plan = egress.plan_revocation(
@@ -131,6 +136,13 @@ async def revoke_egress(
     return changed
 
 
+def held_pods(scene: Scene, kin: kin_core.Kin) -> list[PodView]:
+    """The pods the breaker's quarantine holds on this scene (``kin.held_pods``)."""
+    return kin_core.held_pods(
+        kin, scene.namespace_pods, scene.pods, scene.breaker, scene.quarantining
+    )
+
+
 def kept_record(
     settings: RevokeEgressAction, services: Iterable[str], since: float
 ) -> dict[str, Any]:
@@ -163,7 +175,9 @@ def kept_text(kept: Mapping[str, Any], addresses: Callable[[str], tuple[str, ...
     ]
     for source in kept.get("inboundNamespaces") or []:
         ports = tuple(source.get("ports") or ())
-        for address in addresses(str(source["namespace"])):
+        # A scrape's namespace runs a few pods; a bound keeps the annotation (and the
+        # BreakerHold, which carries it) small whatever runs there.
+        for address in addresses(str(source["namespace"]))[:MAX_SCRAPERS]:
             bits = 128 if ":" in address else 32
             inbound.append(connections.Inbound(f"{address}/{bits}", ports))
     since = kept.get("since")

@@ -89,9 +89,11 @@ class Kin:
         )
 
 
-def kin_of(pods: Iterable[PodView]) -> Kin:
+def kin_of(pods: Iterable[PodView], others: Iterable[PodView] = ()) -> Kin:
     """The labels every pod carries (less an incarnation's), and their ServiceAccount when
-    they share one other than ``default``."""
+    they share one other than ``default`` that no other pod of the namespace (``others``)
+    runs as: a ServiceAccount every workload of a namespace shares (Kubeflow's
+    default-editor) tells nobody apart."""
     pods = list(pods)
     if not pods:
         return Kin()
@@ -101,24 +103,35 @@ def kin_of(pods: Iterable[PodView]) -> Kin:
     labels = {k: v for k, v in common.items() if not _incarnation(k)}
     accounts = {pod.service_account for pod in pods}
     account = accounts.pop() if len(accounts) == 1 else None
+    mine = {pod.name for pod in pods}
+    if any(p.service_account == account for p in others if p.name not in mine):
+        account = None
     return Kin(labels, account if account and account != DEFAULT_ACCOUNT else None)
 
 
-def kin_pods(
-    kin: Kin, namespace_pods: Iterable[PodView], own: Iterable[PodView], breaker: str
+def held_pods(
+    kin: Kin,
+    namespace_pods: Iterable[PodView],
+    own: Iterable[PodView],
+    breaker: str,
+    quarantining: Iterable[str] = (),
 ) -> list[PodView]:
-    """The namespace's pods that are kin of the held workload and not its own (those are
-    held anyway), nor held by another breaker (a pod carries one quarantine label), nor
-    on the host's network (its address is the node's)."""
-    mine = {pod.name for pod in own}
-    return [
-        pod
-        for pod in namespace_pods
-        if pod.name not in mine
-        and kin.of(pod.labels, pod.service_account)
-        and pod.labels.get(QUARANTINE_LABEL, breaker) == breaker
-        and not pod.host_network
-    ]
+    """The pods a breaker that revokes egress holds: the workload's own (``own``, its
+    terminating ones too), the namespace's pods that are its kin, and whatever else carries
+    its label (a pod of the workload's earlier incarnation). A kin pod another breaker
+    quarantines (``quarantining``: the namespace's breakers that do) stays that one's (a
+    pod carries one label); one labelled with a name that quarantines nothing is claimed.
+    Never a pod on the host's network: its address is the node's."""
+    others = set(quarantining) - {breaker}
+    mine = [pod for pod in own if not pod.host_network]
+    names = {pod.name for pod in own}
+    for pod in namespace_pods:
+        if pod.name in names or pod.host_network:
+            continue
+        label = pod.labels.get(QUARANTINE_LABEL)
+        if label == breaker or (kin.of(pod.labels, pod.service_account) and label not in others):
+            mine.append(pod)
+    return mine
 
 
 def exposing(services: Iterable[Mapping[str, Any]], held: Iterable[Mapping[str, str]]) -> list[str]:

@@ -36,7 +36,7 @@ class KinRule(ApiModel):
         ),
     )
     kept: str = Field(
-        max_length=4096,
+        max_length=65536,
         description=(
             "The breaker.dev/egress-kept annotation a kin pod is born with: what the node "
             "agent leaves open of its connections."
@@ -64,6 +64,13 @@ class BreakerHoldSpec(ApiModel):
             "Each Deployment or StatefulSet a breaker paused by scaling it to zero "
             "(deployments/NAME, statefulsets/NAME), and that Breaker: its scale subresource "
             "may not scale it up."
+        ),
+    )
+    pausing: list[str] = Field(
+        default_factory=list,
+        description=(
+            "The Breakers whose pause is applied: their held pods may be deleted (the "
+            "workload's controller ends them as the pause takes effect)."
         ),
     )
     workloads: dict[str, str] = Field(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -421,6 +422,9 @@ class Actuator:
         at_trip = set(record.get("pods") or [])
         unlabelled = [p for p in held if p.labels.get(QUARANTINE_LABEL) != scene.breaker]
         rewritten = [p for p in held if p not in unlabelled and p.kept != text]
+        # The scrape's pods moved (their addresses are in the annotation): written again,
+        # not an escape.
+        quiet = {p.name for p in rewritten if _same_but_scrapers(p.kept, text)}
         escapes = []
         lost = [p.name for p in unlabelled if p.name in at_trip]
         new = [p.name for p in unlabelled if p.name not in at_trip]
@@ -434,7 +438,7 @@ class Actuator:
                 f"pods {', '.join(new)}, new, of the held workload or its kin, were not "
                 "quarantined: quarantined"
             )
-        if written := [p.name for p in rewritten if p.name in labelled]:
+        if written := [p.name for p in rewritten if p.name in labelled and p.name not in quiet]:
             escapes.append(
                 f"pods {', '.join(written)}: what the node agent is to keep of their "
                 "connections was not what the breaker says: written again"
@@ -500,25 +504,28 @@ class Actuator:
 
 
 def held_pods(scene: executor.Scene, record: Mapping[str, Any]) -> list[PodView]:
-    """The pods a revokeEgress record holds now: the workload's own, terminating or not,
-    and its kin in the namespace."""
-    kin = kin_core.Kin.read(_kin(record, scene)["kin"])
-    found = [*scene.pods, *kin_core.kin_pods(kin, scene.namespace_pods, scene.pods, scene.breaker)]
-    names = {p.name for p in found}
-    # And whatever else carries this breaker's label (a pod of the workload's earlier
-    # incarnation, still terminating): what it keeps is the breaker's to say.
-    return found + [
-        p
-        for p in scene.namespace_pods
-        if p.labels.get(QUARANTINE_LABEL) == scene.breaker and p.name not in names
-    ]
+    """The pods a revokeEgress record holds now (``kin.held_pods``)."""
+    return executor.held_pods(scene, kin_core.Kin.read(_kin(record, scene)["kin"]))
 
 
 def _kin(record: Mapping[str, Any], scene: executor.Scene) -> dict[str, Any]:
     """The kin a record holds (one written before kin were recorded: the workload's pods')."""
     if "kin" in record:
         return {"kin": record["kin"]}
-    return {"kin": kin_core.kin_of(scene.pods).record()}
+    return {"kin": kin_core.kin_of(scene.pods, scene.namespace_pods).record()}
+
+
+def _same_but_scrapers(found: str | None, wanted: str) -> bool:
+    """Two egress-kept annotations that differ in the scrape's addresses alone."""
+    try:
+        a, b = json.loads(found or ""), json.loads(wanted)
+    except ValueError:
+        return False
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return False
+    return {k: v for k, v in a.items() if k != "inbound"} == {
+        k: v for k, v in b.items() if k != "inbound"
+    }
 
 
 def _kept(actions: ActionSettings) -> dict[str, Any]:

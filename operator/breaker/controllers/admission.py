@@ -9,6 +9,7 @@ what it wrote. Nobody else may write them (no role but the operator's grants it)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -35,9 +36,16 @@ class AdmissionParams:
         self.written: dict[str, BreakerHoldSpec | None] | None = None
         self.listed_at = 0.0
         self.absent_until = 0.0  # the CRD was missing: not asked again before then
+        self.lock = asyncio.Lock()
 
-    async def sync(self, wanted: Mapping[str, BreakerHoldSpec]) -> bool:
-        """Write and delete what differs from ``wanted``; True if a call failed."""
+    async def sync(self, wanted: Callable[[], Mapping[str, BreakerHoldSpec]]) -> bool:
+        """Write and delete what differs from what ``wanted()`` gives; True if a call
+        failed. One at a time, ``wanted`` worked out once the others are done: a reset
+        lets go of its breaker while the loop's pass may be writing."""
+        async with self.lock:
+            return await self._sync(wanted())
+
+    async def _sync(self, wanted: Mapping[str, BreakerHoldSpec]) -> bool:
         if time.monotonic() < self.absent_until:
             return False
         try:
@@ -77,7 +85,7 @@ class AdmissionParams:
                                 namespace, ADMISSION_PARAMS, kube.api_problem(error))  # fmt: skip
                     failed = True
                     continue
-            del written[namespace]
+            written.pop(namespace, None)
         return failed
 
     async def _written(self) -> dict[str, BreakerHoldSpec | None]:

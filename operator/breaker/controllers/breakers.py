@@ -23,10 +23,11 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import kopf
+import pydantic
 from kubernetes import client
 
 from breaker import events, failpoints, heap, kopf_tuning, kube, leadership, metrics
@@ -71,8 +72,9 @@ RETRY_CAP_SECONDS = 300.0  # a retry that keeps failing backs off to this
 RESYNC_SECONDS = 300.0
 # How long a handoff waits for the paused pods to go and the queue to admit a job.
 HANDOFF_PATIENCE_SECONDS = 600.0
-# How long after a reset the pods of its namespace are looked at for its label.
-SWEEP_SECONDS = 30.0
+# The quarantine label, as a JSON patch names it.
+LABEL_PATH = "/metadata/labels/" + QUARANTINE_LABEL.replace("/", "~1")
+KEPT_PATH = "/metadata/annotations/" + KEPT_ANNOTATION.replace("/", "~1")
 
 
 class BreakerController:
@@ -118,8 +120,6 @@ class BreakerController:
         self.handoff_due: dict[BreakerKey, float] = {}  # next look at an awaited handoff
         # Breakers a reset is letting go of: the admission policy's params leave them out.
         self.releasing: set[BreakerKey] = set()
-        # Namespaces where a breaker let go lately: pods still labelled by it are freed.
-        self.sweep: dict[str, float] = {}
         self.admission = AdmissionParams(api, RESYNC_SECONDS, serves)
         self.disowner = Disowner(
             api,
@@ -238,7 +238,7 @@ class BreakerController:
             )
             failed = not await self._isolated(key, advanced) or failed
         await self._write_policy_statuses(existing)
-        failed = await self.admission.sync(self._admission_params(existing)) or failed
+        failed = await self.admission.sync(lambda: self._admission_params(existing)) or failed
         await self._sweep(existing)
         self._forget_written(existing)
         self.backoff.keep_only(existing)
@@ -385,11 +385,13 @@ class BreakerController:
                 )
             )
         namespaces = {held.namespace for held in holding}
-        quarantined = (
-            admission.Quarantined(pod.namespace, pod.name, pod.labels[QUARANTINE_LABEL], pod.labels)
-            for (namespace, _), pod in items(self.indexes["breaker_pods"])
-            if namespace in namespaces and QUARANTINE_LABEL in pod.labels
-        )
+        quarantined = [
+            admission.Quarantined(namespace, name, breaker, pod.labels)
+            for (namespace, breaker), names in self._quarantined()
+            if namespace in namespaces
+            for name in names
+            if (pod := only(self.indexes["breaker_pods"], (namespace, name))) is not None
+        ]
         services = (
             (namespace, name, (svc["spec"].get("selector") or {}))
             for (namespace, name), svc in items(self.indexes["breaker_services"])
@@ -402,37 +404,46 @@ class BreakerController:
         breaker, so that the pods the workload makes as it resumes are not born quarantined."""
         self.releasing.add(key)
         existing = {k: body for k, body in items(self.indexes["breaker_breakers"])}
-        await self.admission.sync(self._admission_params(existing))
+        await self.admission.sync(lambda: self._admission_params(existing))
+
+    def _quarantined(self) -> Iterator[tuple[tuple[str, str], list[str]]]:
+        """(namespace, Breaker) -> the pods carrying its quarantine label."""
+        index = self.indexes["breaker_quarantined"]
+        for key in list(index):
+            yield key, list(index.get(key, []))
 
     async def _sweep(self, existing: Mapping[BreakerKey, dict[str, Any]]) -> None:
-        """In a namespace where a breaker let go lately, take the quarantine label off the
-        pods that carry a breaker's that holds nothing (born while the admission policy's
-        params still named it)."""
-        now = time.monotonic()
-        for namespace in [ns for ns, until in self.sweep.items() if until < now]:
-            del self.sweep[namespace]
-        if not self.sweep:
-            return
+        """Take the quarantine label off the pods that carry the name of a breaker that
+        holds nothing (born quarantined while the admission policy's params still named it,
+        as a reset let go): only where the label is still that breaker's, so that a trip
+        meanwhile keeps its own."""
         core = client.CoreV1Api(self.api)
-        for (namespace, _), pod in items(self.indexes["breaker_pods"]):
-            breaker = pod.labels.get(QUARANTINE_LABEL)
-            key = (namespace, breaker or "")
-            if namespace not in self.sweep or key not in existing or key in self.busy:
+        for key, names in self._quarantined():
+            if key not in existing or key in self.busy or key in self.releasing:
                 continue
             status = self.written.get(key) or existing[key].get("status") or {}
             if status.get("contained"):
                 continue
-            unlabel = {"metadata": {"labels": {QUARANTINE_LABEL: None},
-                                    "annotations": {KEPT_ANNOTATION: None}}}  # fmt: skip
-            try:
-                await kube.merge_patch(core.patch_namespaced_pod, pod.name, namespace, unlabel)
-            except client.ApiException as error:
-                if error.status != 404:
-                    log.warning("pod %s/%s: quarantine label not taken off: %s",
-                                namespace, pod.name, kube.api_problem(error))  # fmt: skip
-                continue
-            log.info("pod %s/%s: born quarantined by Breaker %s as it let go: label taken off",
-                     namespace, pod.name, breaker)  # fmt: skip
+            for name in names:
+                unlabel = [
+                    {"op": "test", "path": LABEL_PATH, "value": key[1]},
+                    {"op": "remove", "path": LABEL_PATH},
+                ]
+                pod = only(self.indexes["breaker_pods"], (key[0], name))
+                if pod is not None and pod.kept is not None:
+                    unlabel.append({"op": "remove", "path": KEPT_PATH})
+                try:
+                    await kube.call(
+                        core.patch_namespaced_pod, name, key[0], unlabel,
+                        _content_type="application/json-patch+json",
+                    )  # fmt: skip
+                except client.ApiException as error:
+                    if error.status not in (404, 422):  # gone, or labelled anew meanwhile
+                        log.warning("pod %s/%s: quarantine label not taken off: %s",
+                                    key[0], name, kube.api_problem(error))  # fmt: skip
+                    continue
+                log.info("pod %s/%s: labelled by Breaker %s, which holds nothing: label "
+                         "taken off", key[0], name, key[1])  # fmt: skip
 
     def _kin_rule(self, breaker: str, quarantine: Mapping[str, Any] | None) -> KinRule | None:
         """What makes a new pod the held workload's own, as its quarantine recorded it, and
@@ -443,12 +454,17 @@ class BreakerController:
         kin = kin_core.Kin.read(quarantine["kin"])
         if not kin:
             return None
-        return KinRule(
-            breaker=breaker,
-            labels=dict(kin.labels),
-            service_account=kin.service_account,
-            kept=executor.kept_text(quarantine["kept"], self._addresses),
-        )
+        try:
+            return KinRule(
+                breaker=breaker,
+                labels=dict(kin.labels),
+                service_account=kin.service_account,
+                kept=executor.kept_text(quarantine["kept"], self._addresses),
+            )
+        except pydantic.ValidationError as error:  # a record no operator writes
+            log.warning("Breaker %s: its kin not given to the admission policy: %s",
+                        breaker, error.errors()[0].get("msg"))  # fmt: skip
+            return None
 
     def _forget_written(self, existing: Mapping[BreakerKey, dict[str, Any]]) -> None:
         """Drop the statuses kept for Breakers that are gone, and where the index has
@@ -628,9 +644,6 @@ class BreakerController:
                              *key, key[0], debt["job"], debt["from"])  # fmt: skip
                 await self._release(key)
                 records = await self.actuator.undo(scene, records, only_types=None)
-                # The mutating policy may still have labelled a pod the workload made as it
-                # resumed (it reads the BreakerHold from a cache): looked for a while.
-                self.sweep[key[0]] = time.monotonic() + SWEEP_SECONDS
         written = await self._write(key, body, status, after, records, settings, extra, history)
         failpoints.hit("reset.recorded" if "revert" in transition.effects else "trip.recorded")
         event = transition.event
@@ -955,7 +968,22 @@ class BreakerController:
                 svc for (ns, _), svc in items(self.indexes["breaker_services"]) if ns == namespace
             ],
             addresses=self._addresses,
+            quarantining=self._quarantining(namespace),
         )
+
+    def _quarantining(self, namespace: str) -> frozenset[str]:
+        """The namespace's breakers whose quarantine is applied."""
+        found = set()
+        for (ns, name), body in items(self.indexes["breaker_breakers"]):
+            if ns != namespace:
+                continue
+            status = self.written.get((ns, name)) or body.get("status") or {}
+            if status.get("contained") and any(
+                r.get("type") == "revokeEgress" and not r.get("dryRun")
+                for r in status.get("actions") or []
+            ):
+                found.add(name)
+        return frozenset(found)
 
     def _addresses(self, namespace: str) -> tuple[str, ...]:
         """The addresses of a namespace's running pods (a scrape's sources)."""

@@ -25,7 +25,7 @@ from breaker.actions.pause import KINDS, field_value, is_paused, with_field
 from breaker.api.quantity import pod_gpus
 from breaker.circuit.ownership import OwnerRef
 from breaker.circuit.views import PodView, WorkloadView
-from breaker.constants import GROUP, KEPT_ANNOTATION, PAUSED_BY, VERSION
+from breaker.constants import GROUP, KEPT_ANNOTATION, PAUSED_BY, QUARANTINE_LABEL, VERSION
 from breaker.controllers import compact, config
 
 
@@ -169,6 +169,16 @@ async def breaker_pods(
     }
 
 
+@kopf.index("pods", when=config.serves_breakers)
+async def breaker_quarantined(
+    namespace: str | None, name: str, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str | None, str], str]:
+    """The pods carrying the quarantine label, by (namespace, the Breaker it names): what
+    the admission policy's params list, and what a breaker that let go frees."""
+    breaker = labels.get(QUARANTINE_LABEL)
+    return {(namespace, breaker): name} if breaker else {}
+
+
 @kopf.index("services", when=config.serves_breakers)
 async def breaker_services(
     namespace: str | None, name: str, spec: kopf.Spec, **_: Any
@@ -268,6 +278,7 @@ INDEX_NAMES = (
     "breaker_kueue_workloads",
     "breaker_local_queues",
     "breaker_pods",
+    "breaker_quarantined",
     "breaker_services",
     "breaker_netpols",
     "breaker_quotas",
