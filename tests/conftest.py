@@ -170,10 +170,7 @@ def install_chart(local_cluster: LocalCluster, chart_dir: Path, *values: str) ->
             "nodeAgent.enabled=true",
             "--set-json",
             'nodeAgent.nodeSelector={"breaker.dev/nowhere":"true"}',
-            # The local cluster's controllers outside kube-system: they delete the pods of a
-            # job Kueue evicts or a RayCluster KubeRay suspends, held pods included.
-            "--set-json",
-            f"admissionPolicy.controllers={json.dumps([pki.KUEUE.user, pki.KUBERAY.user])}",
+            *_controllers(chart_dir),
             *(arg for value in values for arg in ("--set", value)),
             "--wait",
             "--timeout",
@@ -185,6 +182,20 @@ def install_chart(local_cluster: LocalCluster, chart_dir: Path, *values: str) ->
         text=True,
     )
     assert done.returncode == 0, f"helm upgrade --install {chart_dir}: {done.stderr}"
+
+
+def _controllers(chart_dir: Path) -> list[str]:
+    """The local cluster's controllers outside kube-system, for a chart that takes them:
+    they delete the pods of a job Kueue evicts or a RayCluster KubeRay suspends, held pods
+    included (an earlier release's chart, which the upgrade test installs, does not)."""
+    schema = json.loads((chart_dir / "values.schema.json").read_text())
+    takes = schema["properties"].get("admissionPolicy", {}).get("properties", {})
+    if "controllers" not in takes:
+        return []
+    return [
+        "--set-json",
+        f"admissionPolicy.controllers={json.dumps([pki.KUEUE.user, pki.KUBERAY.user])}",
+    ]
 
 
 @pytest.fixture(scope="session")

@@ -235,21 +235,26 @@ def born(c: Cluster, tries: Escapes, tenant: Tenant) -> None:
     labelled by the mutating admission policy as it is created; off: by the operator on
     its next pass)."""
     ns = c.ns
-    before = len(restored_events(c, HELPER))
+    before = {meta_of(e).uid for e in restored_events(c, HELPER)}
+
+    def said_new() -> list[Any]:
+        """The operator's Warnings since the scale that it quarantined new pods."""
+        return [
+            e
+            for e in restored_events(c, HELPER)
+            if meta_of(e).uid not in before and "new" in (e.message or "")
+        ]
+
     scaled = time.monotonic()
     tenant.apps.patch_namespaced_deployment_scale("helper", ns, {"spec": {"replicas": 3}})
     wait_for(lambda: helpers_held(c, 3), "the new pod quarantined", interval=0.02)
     took = time.monotonic() - scaled
-    restored = restored_events(c, HELPER)[before:]
     if tries.policy_on:
         # Labelled at its creation: the operator found nothing to do.
-        assert not [e for e in restored if "new" in (e.message or "")], restored
+        assert not said_new(), said_new()
         tries.record("scale the revoke-only Deployment up", "born quarantined (at admission)")
     else:
-        wait_for(
-            lambda: any("new" in (e.message or "") for e in restored_events(c, HELPER)[before:]),
-            "the operator's Warning for the new pod",
-        )
+        wait_for(said_new, "the operator's Warning for the new pod")
         tries.record("scale the revoke-only Deployment up", "quarantined by the operator", took)
     tenant.apps.patch_namespaced_deployment_scale("helper", ns, {"spec": {"replicas": 2}})
     wait_for(lambda: helpers_held(c), "back to two pods")

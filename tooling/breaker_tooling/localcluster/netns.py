@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -143,7 +144,16 @@ def make_cgroup(name: str) -> None:
 
 
 def remove_cgroup(name: str) -> list[str]:
-    """Remove our cgroup from every hierarchy, children first; the paths that would not go."""
+    """Remove our cgroup from every hierarchy, children first; the paths that would not go.
+    A process still in it (a pod's sandbox whose shim went first) is the node's: killed."""
+    for _ in range(20):
+        left = _processes_in(name)
+        if not left:
+            break
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
     stuck = []
     for hierarchy in cgroup_hierarchies():
         top = hierarchy / name
@@ -159,6 +169,17 @@ def remove_cgroup(name: str) -> list[str]:
         except OSError:
             stuck.append(str(top))
     return stuck
+
+
+def _processes_in(name: str) -> set[int]:
+    found: set[int] = set()
+    for hierarchy in cgroup_hierarchies():
+        top = hierarchy / name
+        if top.is_dir():
+            for procs in top.rglob("cgroup.procs"):
+                with contextlib.suppress(OSError, ValueError):
+                    found.update(int(line) for line in procs.read_text().split())
+    return found
 
 
 def remove_if_empty(directories: Iterable[Path]) -> None:
