@@ -485,6 +485,7 @@ def _report_containment(terminalreporter: pytest.TerminalReporter) -> None:
     from tests.cluster.test_bad_input import OUTCOMES
     from tests.cluster.test_crash_consistency import CRASHES
     from tests.cluster.test_demo import DEMO_RUNS
+    from tests.cluster.test_hostile_tenant_node import ENDED
     from tests.cluster.test_live_tunnel import CUTS
 
     if CUTS:
@@ -493,6 +494,10 @@ def _report_containment(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(
                 f"{mode}: the tunnel's far end got its reset {took:.3f}s after the trip"
             )
+    if ENDED:
+        terminalreporter.section("streams and sessions into held pods, ended (real node)")
+        for what, took in ENDED:
+            terminalreporter.write_line(f"{what}: ended {took:.3f}s after the trip")
     for took, timeline in DEMO_RUNS:
         terminalreporter.section(f"breaker demo: exit 0 in {took:.0f}s, cluster start included")
         terminalreporter.write_line(timeline.strip("\n"))

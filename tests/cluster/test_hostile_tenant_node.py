@@ -36,12 +36,16 @@ from breaker_tooling.localcluster import outside, packets
 from breaker_tooling.localcluster.realnode import RealNode
 from tests.cluster.scenes import Cluster, batch_job, person
 from tests.cluster.tenant import ATTEMPTS, Escapes, Tenant, policy_on
-from tests.cluster.test_live_tunnel import CUTS, Live, trip_time
+from tests.cluster.test_live_tunnel import Live, trip_time
 from tests.conftest import NodeAgent
 from tests.helpers import wait_for
 from tests.kube import as_body, meta_of, name_of, spec_of, status_of
 
 __all__ = ["policy_on"]  # the fixture, used by name
+
+# (what, seconds from the trip to its end as the tenant's kubectl saw it): printed after
+# the run.
+ENDED: list[tuple[str, float]] = []
 
 BREAKER = "svc-guard"
 PORT = 2222  # the pods' listener: the outside dials in, the port-forward goes to it
@@ -299,10 +303,10 @@ def test_a_tripped_tenant_gets_nothing_out_or_in_on_the_real_node(
     assert set(held.detail.pods) == {name_of(first), name_of(second)}  # the terminating one too
     wait_for(lambda: stream.ended, "the port-forward opened before the trip cut", timeout=30)
     assert stream.ended is not None
-    CUTS.append((f"port-forward ({tries.mode})", stream.ended - tripped))
+    ENDED.append((f"a port-forward opened before the trip ({tries.mode})", stream.ended - tripped))
     wait_for(lambda: session.ended, "the exec session begun before the trip ended", timeout=30)
     assert session.ended is not None
-    CUTS.append((f"exec session ({tries.mode})", session.ended - tripped))
+    ENDED.append((f"an exec session begun before the trip ({tries.mode})", session.ended - tripped))
     sessions = wait_for(
         lambda: (c.breaker(BREAKER)["status"].get("exposure") or {}).get("sessions"),
         "the exec session in the Breaker's status",
@@ -497,8 +501,8 @@ def test_pause_ends_the_pod_and_every_session_into_it(
     wait_for(lambda: stream.ended and session.ended, "both ended with the pod", timeout=60)
     assert stream.ended is not None
     assert session.ended is not None
-    CUTS.append(("port-forward (pause ends the pod)", stream.ended - tripped))
-    CUTS.append(("exec session (pause ends the pod)", session.ended - tripped))
+    ENDED.append(("a port-forward into a pod the pause ended", stream.ended - tripped))
+    ENDED.append(("an exec session into a pod the pause ended", session.ended - tripped))
     wait_for(
         lambda: not c.core.list_namespaced_pod(c.ns, label_selector="app=rl").items,
         "the paused job's pod gone",
