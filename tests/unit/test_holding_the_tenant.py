@@ -27,10 +27,14 @@ from tests.unit.test_breaker_controller import (
     Operator,
     _ctl,
     job,
+    queue,
     records,
     scene,
     status,
+    tripped,
 )
+
+__all__ = ["queue", "tripped"]  # test_breaker_controller's fixtures, over this cluster
 
 pytestmark = pytest.mark.usefixtures("fresh_discovery")
 
@@ -106,20 +110,6 @@ def cluster() -> FakeCluster:
     c = scene()
     c.edit(PODS, NS, "rl-0", {"spec": {"serviceAccountName": "agent"}})
     return c
-
-
-@pytest.fixture
-def queue() -> FakeQueue:
-    return FakeQueue()
-
-
-@pytest.fixture
-async def tripped(cluster: FakeCluster, queue: FakeQueue, clock: Clock) -> Operator:
-    operator = Operator(cluster, queue, clock)
-    await operator.guarding()
-    await operator.converge(trip=True)
-    assert status(cluster)["state"] == "Open"
-    return operator
 
 
 def labelled(cluster: FakeCluster, name: str) -> str | None:
