@@ -299,3 +299,22 @@ def test_clusters_a_whole_thousand_apart_share_no_port() -> None:
     run a second one at another thousand: no two ports may end alike."""
     ports = list(Ports().__dict__.values())
     assert len({port % 1000 for port in ports}) == len(ports), sorted(p % 1000 for p in ports)
+
+
+def test_a_cluster_that_did_not_stop_cleanly_starts_from_an_empty_store(tmp_path: Path) -> None:
+    """etcd left by a killed run holds that run's cordoned nodes and GPU pods: never reused."""
+    said: list[str] = []
+    cluster = LocalCluster(directory=tmp_path, say=said.append)
+    for sub in ("etcd/member", "pki", "logs", "prometheus/targets"):
+        (tmp_path / sub).mkdir(parents=True)
+    (tmp_path / "etcd" / "member" / "wal").write_text("the last run")
+    (tmp_path / "logs" / "etcd.log").write_text("why it died")
+    (tmp_path / "kubeconfig").write_text("old")
+    cluster._forget_last_run()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs"]
+    assert (tmp_path / "logs" / "etcd.log").read_text() == "why it died"
+    assert len(said) == 1
+    assert "did not stop cleanly" in said[0]
+    said.clear()
+    cluster._forget_last_run()  # nothing left to forget: silent
+    assert said == []

@@ -200,6 +200,7 @@ class LocalCluster:
             if leftovers:
                 self.say(f"Restarting a half-running cluster (running: {', '.join(leftovers)})")
                 self._stop_all()
+            self._forget_last_run()
             tools = ensure_built(say=self.say)
             prometheus.binary()  # fail before starting anything if it is missing
             self._check_ports()
@@ -210,6 +211,21 @@ class LocalCluster:
                 self._stop_all()
                 raise
             self.say(f"The local cluster is up; export KUBECONFIG={self.kubeconfig}")
+
+    def _forget_last_run(self) -> None:
+        """A cluster that did not stop cleanly (killed, the machine restarted) left its etcd
+        as the last run had it half-way: cordoned nodes, a test's GPU pods, held namespaces.
+        A start is always from an empty store; only the logs are kept, to read what went wrong."""
+        if not (self.directory / "etcd").exists():
+            return
+        self.say(f"Starting afresh: {self.directory} held a cluster that did not stop cleanly")
+        for child in self.directory.iterdir():
+            if child.name == "logs":
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
 
     def restart_apiserver(self, down_seconds: float = 0.0, flags: tuple[str, ...] = ()) -> None:
         """Stop the API server and start it again, as an upgrade of the control plane
