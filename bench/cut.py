@@ -7,14 +7,19 @@ breaker is reset, and again, ``--trips`` times in each mode:
 
 - ``revoke-only``: a Deployment guarded by revokeEgress alone; its pod keeps running;
 - ``pause``: a Job guarded by revokeEgress and pause; its pod, ignoring SIGTERM, lives out
-  its grace period cut off.
+  its grace period cut off;
+- ``pause, Prometheus hung``: the same Job, its policy evaluated every second with a
+  minute's query timeout, and the cluster's Prometheus stopped (SIGSTOP) from before the
+  ForcedOpen until after the reset: the kill switch with every evaluation hung.
 
 Per trip it takes, from the outside host's record and the trip's time in the Breaker's
 status (one clock: the same machine): ``cut``, when the tunnel's far end received the
 reset, and ``last_byte``, the last byte either way of any tunnel or pool connection of the
-pod (reconnections that slipped through before the dataplane caught up included). It
-prints p50 and p99 of each and writes ``bench/results/cut.json``. A benchmark, never a
-test: the machine is shared and noisy.
+pod (reconnections that slipped through before the dataplane caught up included), both
+from the trip; ``written``, from the admin's write of the ForcedOpen to the far end's reset
+(the kill switch, end to end); and ``undone``, from the reset's write to the Breaker saying
+it is not tripped. It prints p50 and p99 of each and writes ``bench/results/cut.json``.
+A benchmark, never a test: the machine is shared and noisy.
 
     .venv/bin/python bench/cut.py [--trips 20] [--keep]
 """
@@ -41,6 +46,8 @@ RESULTS = Path(__file__).parent / "results"
 # as the model: the `type: ignore[arg-type]` on the create calls below say only that.
 NAMESPACE = "cut-bench"
 TICK = 0.1
+HUNG = "pause, Prometheus hung"
+MODES = ("revoke-only", "pause", HUNG)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -175,7 +182,23 @@ class Bench:
         assert isinstance(found, dict), found  # annotated `object`: a JSON object
         return found
 
+    def hang_prometheus_evaluations(self, name: str) -> None:
+        """The policy of ``name`` evaluated every second, a query waiting up to a minute:
+        once Prometheus stops, an evaluation is always hung on it."""
+        patch = {"spec": {"prometheus": {"interval": "1s", "timeout": "60s"}}}
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, "breakerpolicies", f"{name}-guard", patch
+        )
+
     def trip_once(self, mode: str, app: str, breaker: str) -> dict[str, float]:
+        prometheus = self.cluster.process("prometheus").pid() if mode == HUNG else None
+        try:
+            return self._trip_once(app, breaker, prometheus)
+        finally:
+            if prometheus is not None:
+                os.kill(prometheus, signal.SIGCONT)
+
+    def _trip_once(self, app: str, breaker: str, prometheus: int | None) -> dict[str, float]:
         from breaker.api import containment
         from breaker_tooling.localcluster import packets
 
@@ -183,7 +206,11 @@ class Bench:
         ip = self.pod_ip(app)
         packets.wait(lambda: self.breaker(breaker).get("status"), f"Breaker {breaker}", 60)
         packets.wait(lambda: packets.flowing(node.outside(), ip), f"{app}'s tunnel", 60)
+        if prometheus is not None:
+            os.kill(prometheus, signal.SIGSTOP)
+            time.sleep(2)  # the evaluations of every second since are hung on it
         patch = {"spec": {"override": "ForcedOpen"}}
+        written = time.time()
         self.custom.patch_namespaced_custom_object(
             GROUP, VERSION, NAMESPACE, "breakers", breaker, patch
         )
@@ -198,8 +225,8 @@ class Bench:
         cut = packets.wait(lambda: packets.cut_at(node.outside(), ip, tripped), "the cut", 30)
         time.sleep(3)  # anything that still slips through shows in the record meanwhile
         last = packets.last_byte(node.outside(), ip)
-        token = str(time.time())
-        reset = {"spec": {"override": None, "reset": token}}
+        reset_at = time.time()
+        reset = {"spec": {"override": None, "reset": str(reset_at)}}
         self.custom.patch_namespaced_custom_object(
             GROUP, VERSION, NAMESPACE, "breakers", breaker, reset
         )
@@ -210,8 +237,14 @@ class Bench:
             ),
             "the reset",
             60,
+            interval=0.02,
         )
-        return {"cut_s": cut - tripped, "last_byte_s": max(0.0, last - tripped)}
+        return {
+            "cut_s": cut - tripped,
+            "last_byte_s": max(0.0, last - tripped),
+            "written_s": cut - written,
+            "undone_s": time.time() - reset_at,
+        }
 
 
 def main() -> int:
@@ -228,8 +261,12 @@ def main() -> int:
     result: dict[str, Any] = {"trips_per_mode": args.trips, "tick_s": TICK, "modes": {}}
     try:
         bench.start()
-        for mode in ("revoke-only", "pause"):
-            _, name = bench.workload(mode)
+        name = ""
+        for mode in MODES:
+            if mode == HUNG:
+                bench.hang_prometheus_evaluations(name)  # the pause mode's Job, again
+            else:
+                _, name = bench.workload(mode)
             runs = []
             for trip in range(args.trips):
                 run = bench.trip_once(mode, name, f"{name}-{name}-guard")
@@ -238,6 +275,8 @@ def main() -> int:
             result["modes"][mode] = {
                 "cut": summary([r["cut_s"] for r in runs]),
                 "last_byte": summary([r["last_byte_s"] for r in runs]),
+                "written": summary([r["written_s"] for r in runs]),
+                "undone": summary([r["undone_s"] for r in runs]),
                 "runs": runs,
             }
     finally:
@@ -246,13 +285,11 @@ def main() -> int:
         result["measured_at"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "cut.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{'mode':<12} {'cut p50':>8} {'cut p99':>8} {'last byte p50':>14} {'p99':>6}")
+    columns = ("cut", "last_byte", "written", "undone")
+    print("\n" + f"{'mode':<24}" + "".join(f" {c + ' p50':>15} {'p99':>6}" for c in columns))
     for mode, row in result["modes"].items():
-        cut, last = row["cut"], row["last_byte"]
-        print(
-            f"{mode:<12} {cut['p50_s']:>7.3f}s {cut['p99_s']:>7.3f}s "
-            f"{last['p50_s']:>13.3f}s {last['p99_s']:>5.3f}s"
-        )
+        figures = "".join(f" {row[c]['p50_s']:>14.3f}s {row[c]['p99_s']:>5.3f}s" for c in columns)
+        print(f"{mode:<24}{figures}")
     return 0
 
 

@@ -10,7 +10,8 @@ The parts, each a script of its own that writes its JSON under bench/results/:
   namespace shards and the queue in an operator of its own, as the chart's ``shards``
   runs them: time to contain at 1,000 jobs, each operator's memory at 10,000;
 - ``cut.py`` (part ``cut``): time to cut, from a trip to the end of a reverse tunnel open
-  before it, on the real node with the node agent, 20 trips in each of two modes.
+  before it, on the real node with the node agent, 20 trips in each of three modes (the
+  third with Prometheus hung: the kill switch, from the admin's write).
 
 The summary is computed here from those files as this run wrote them, never by hand;
 ``--summarize`` rebuilds it from the files alone (after a part was rerun by itself).
@@ -54,6 +55,7 @@ TARGETS = [
     ("eval_cpu_s", "10000", 1.0, "one evaluation of 10,000 pods <= 1 s operator CPU"),
     ("rss_mb", "10000", 300.0, "resident memory <= 300 MB at 10,000 guarded jobs"),
 ]
+KILL_SWITCH_TARGET_S = 1.0  # an admin's ForcedOpen to the far end's reset, Prometheus hung
 CUT_TARGET_S = 1.0  # the tunnel's last byte, p99, in each mode
 # A restarted operator's peak over its settled memory, at the largest fleet (issue 23).
 RESTART_PEAK_OVER_SETTLED = 1.5
@@ -268,7 +270,7 @@ def summarize() -> dict[str, Any]:
     if cut_file.exists():
         cut = json.loads(cut_file.read_text())
         summary["cut"] = {
-            mode: {"cut": row["cut"], "last_byte": row["last_byte"]}
+            mode: {k: row[k] for k in ("cut", "last_byte", "written", "undone") if k in row}
             for mode, row in cut["modes"].items()
         }
         summary["measured_at"]["cut"] = cut["measured_at"]
@@ -281,6 +283,16 @@ def summarize() -> dict[str, Any]:
                     "met": p99 < CUT_TARGET_S,
                 }
             )
+            if "written" in row and "hung" in mode:
+                p99 = row["written"]["p99_s"]
+                summary["targets"].append(
+                    {
+                        "target": "the kill switch with Prometheus hung: an admin's ForcedOpen "
+                        "written to the tunnel's far end reset, p99 <= 1 s",
+                        "measured": p99,
+                        "met": p99 <= KILL_SWITCH_TARGET_S,
+                    }
+                )
     return summary
 
 
@@ -329,6 +341,13 @@ def table(summary: dict[str, Any]) -> str:
             f"p99 {fmt(cut['p99_s'])} s; last byte p50 {fmt(last['p50_s'])} s, "
             f"p99 {fmt(last['p99_s'])} s"
         )
+        if "written" in row:
+            written, undone = row["written"], row["undone"]
+            lines.append(
+                f"  admin's ForcedOpen written to far end reset p50 {fmt(written['p50_s'])} s, "
+                f"p99 {fmt(written['p99_s'])} s; reset written to undone p50 "
+                f"{fmt(undone['p50_s'])} s, p99 {fmt(undone['p99_s'])} s"
+            )
     lines.append("")
     for target in summary["targets"]:
         lines.append(

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
+import signal
+import subprocess
 import threading
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
 
 from breaker.constants import GROUP, VERSION
-from tests.cluster.scenes import Cluster, policy, trainingjob
+from tests.cluster.scenes import ALLOW_ALL, OUTSIDE_POOL, Cluster, policy, trainingjob
 from tests.conftest import (
     FORGIVEN_END,
     FORGIVEN_START,
@@ -146,6 +150,83 @@ def test_prometheus_down_slow_or_garbled_holds_says_why_and_recovers(cluster: Cl
     assert c.state("rl") == "Running"
     tripped = [e for e in c.core.list_namespaced_event(c.ns).items if e.reason == "BreakerTripped"]
     assert not tripped
+
+
+def test_the_kill_switch_never_waits_on_a_hung_prometheus(cluster: Cluster) -> None:
+    """The session's Prometheus stopped (SIGSTOP): every query hangs, for the policy's
+    timeout (a minute here). An admin's ForcedOpen is contained, and then a reset undone,
+    while it is still stopped and before any query could have timed out: the breaker still
+    says its signals are Available, which a timed-out evaluation would have made Unknown."""
+    c = cluster
+    c.create("trainingjobs", trainingjob("rl", 1, 8))
+    pods = c.running("rl", 1)
+    c.net.create_namespaced_network_policy(c.ns, as_body(ALLOW_ALL))
+    body = policy()
+    body["spec"]["prometheus"]["timeout"] = "60s"
+    c.create("breakerpolicies", body)
+    before = c.specs()
+    with c.sim(pods, [{"at": "0s", "do": "train-mixed"}]):
+        wait_for(
+            lambda: signals(c)[0] == "Available" and c.settled_state("rl-guard") == "Closed",
+            "the breaker evaluating",
+        )
+        prometheus = c.local.process("prometheus").pid()
+        assert prometheus is not None
+        os.kill(prometheus, signal.SIGSTOP)
+        try:
+            # Evaluations are every second: wait until one has hung on the stopped server.
+            wait_for(lambda: _hung_queries(prometheus), "a query hung on Prometheus", 10)
+            c.patch(
+                "breakers",
+                "rl-guard",
+                {"spec": {"override": "ForcedOpen", "overrideReason": "kill switch"}},
+            )
+            wait_for(
+                lambda: c.settled_state("rl-guard") == "ForcedOpen",
+                "the ForcedOpen contained",
+                timeout=45,
+            )
+            assert _stopped(prometheus)
+            assert signals(c)[0] == "Available", "contained only after a query timed out"
+            assert c.get("trainingjobs", "rl")["spec"]["suspend"] is True
+            assert not c.egress_of(pods[0]).allows(OUTSIDE_POOL, c.ns)
+
+            c.patch("breakers", "rl-guard", {"spec": {"override": None, "reset": "kill-1"}})
+            wait_for(
+                lambda: c.settled_state("rl-guard") == "Closed" and c.specs() == before,
+                "the reset undone",
+                timeout=45,
+            )
+            assert _stopped(prometheus)
+            assert signals(c)[0] == "Available", "undone only after a query timed out"
+            FAULTS.append(
+                ("Prometheus hung (SIGSTOP), ForcedOpen and reset", "both done while it hung")
+            )
+        finally:
+            os.kill(prometheus, signal.SIGCONT)
+    wait_for(lambda: signals(c)[0] == "Available", "evaluating again", timeout=90)
+
+
+def _stopped(pid: int) -> bool:
+    """The process is stopped (SIGSTOP): its state in /proc is T."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] == "T"
+
+
+def _hung_queries(pid: int) -> bool:
+    """A connection to the stopped Prometheus waits with a request unread (its receive
+    queue not empty): an evaluation is hung on it."""
+    listening = {
+        line.split()[3]
+        for line in subprocess.run(
+            ["ss", "-Hltnp"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        if f"pid={pid}," in line
+    }
+    waiting = subprocess.run(
+        ["ss", "-Htn", "state", "established"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    return any(int(line.split()[0]) > 0 and line.split()[2] in listening for line in waiting)
 
 
 def test_the_api_server_restarted_mid_run_is_ridden_out(

@@ -8,9 +8,11 @@ One asyncio task does everything for every breaker:
   workloads, admin overrides and resets carried out, and containment enforced (a workload
   unsuspended while its breaker is open is suspended again, a widened NetworkPolicy is
   narrowed again), all from kopf's in-memory indexes;
-- every policy's ``prometheus.interval`` it evaluates that policy: one instant query per
-  signal for all pods at once (``detect/live.py``), the decisions mapped from pods to their
-  workloads, then each breaker's state machine stepped.
+- every policy's ``prometheus.interval`` a task beside it (``evaluation.Evaluator``)
+  evaluates that policy: one instant query per signal for all pods at once
+  (``detect/live.py``), the decisions mapped from pods to their workloads, handed to the
+  loop, which steps each breaker's state machine. The loop never waits on Prometheus: an
+  admin's override or reset is acted on while a query hangs.
 
 Nothing here is per object: no kopf timer or daemon per Breaker. With nothing changing and
 nothing firing, the loop makes no API call; the Breaker's status is written only when its
@@ -52,6 +54,8 @@ from breaker.controllers.disown import Disowner
 from breaker.controllers.evaluation import (
     BreakerKey,
     Compiled,
+    Evaluator,
+    Inputs,
     Policies,
     PolicyKey,
     Trip,
@@ -103,9 +107,11 @@ class BreakerController:
             debounce=DEBOUNCE_SECONDS,
             retry=RETRY_SECONDS,
             resync=RESYNC_SECONDS,
-            due=self._next_evaluation,
         )
         self.policies = Policies(prometheus_url)
+        self.evaluator = Evaluator(
+            self.policies, self._evaluation_inputs, self.loop.nudge, lambda: self.loop.ready
+        )
         # The status last written per Breaker: the index may lag our own writes, and acting
         # twice on a stale status would apply the actions twice.
         self.written: dict[BreakerKey, dict[str, Any]] = {}
@@ -147,10 +153,12 @@ class BreakerController:
         return self.loop.ready
 
     async def run(self) -> None:
-        await self.loop.run()
-
-    def _next_evaluation(self) -> float:
-        return self.policies.next_due()
+        evaluating = asyncio.create_task(self.evaluator.run(), name="breaker-evaluation")
+        try:
+            await self.loop.run()
+        finally:
+            evaluating.cancel()
+            await asyncio.gather(evaluating, return_exceptions=True)
 
     @property
     def compiled(self) -> dict[PolicyKey, Compiled]:
@@ -159,17 +167,19 @@ class BreakerController:
     def _compile_policies(self) -> None:
         self.policies.compile(self._policy_bodies())
 
-    async def evaluate_due(self) -> tuple[dict[BreakerKey, Trip], dict[PolicyKey, bool]]:
-        """Evaluate every policy whose interval has come (see ``evaluation.Policies``)."""
+    def _evaluation_inputs(self) -> Inputs:
+        """What the evaluator reads, with the policies compiled as they are now."""
         self._compile_policies()
-        return await self.policies.evaluate_due(
+        return Inputs(
             self._breakers_by_policy(), self.indexes["breaker_pods"], self._owner_lookup()
         )
 
     async def one_pass(self) -> bool:
-        """Evaluate what is due and converge; True if something is to be retried."""
-        trips, known = await self.evaluate_due()
-        retry = await self.converge(trips, known)
+        """Converge with what the evaluations decided since the last pass; True if
+        something is to be retried. Nothing here waits on Prometheus."""
+        retry = await self.converge(self.evaluator.take(), {})
+        if self.policies.next_due() <= time.monotonic():
+            self.evaluator.nudge()  # a new or changed policy: evaluated at once
         if not leadership.ACTIVE["acted"]:
             log.info("first pass done: this operator is the one acting")
             leadership.ACTIVE["acted"] = True

@@ -1,17 +1,20 @@
 """The breaker loop's detection half: each policy compiled once into typed settings and a
-detector, and every due policy evaluated with one query per signal for all its pods.
+detector, and every due policy evaluated with one query per signal for all its pods, in a
+task beside the breaker loop (``Evaluator``), never in front of it.
 
-The controller hands in what it read from kopf's indexes (each policy's Breakers, the pod
+The controller hands in what it reads from kopf's indexes (each policy's Breakers, the pod
 index, the owner lookup); the decisions come from ``detect.driver``, as for backtests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +30,7 @@ from breaker.circuit.views import PodView
 from breaker.controllers.inventory import items, only
 from breaker.detect import driver, engine, live
 from breaker.detect.policy_check import problems
-from breaker.detect.prom import Prom
+from breaker.detect.prom import LiveProm
 
 log = logging.getLogger("breaker.breakers")
 
@@ -63,10 +66,13 @@ class Trip:
 class Policies:
     """The compiled policies, their ``for`` clocks and their Prometheus clients."""
 
-    def __init__(self, prometheus_url: str) -> None:
+    def __init__(
+        self, prometheus_url: str, connect: Callable[[str, float], LiveProm] = LiveProm
+    ) -> None:
         self.prometheus_url = prometheus_url  # where a policy without its own url asks
+        self.connect = connect  # a client for a url and a timeout
         self.compiled: dict[PolicyKey, Compiled] = {}
-        self.proms: dict[tuple[str, float], Prom] = {}
+        self.proms: dict[tuple[str, float], LiveProm] = {}
 
     def next_due(self) -> float:
         """When the next policy is due to be evaluated (monotonic); within a minute."""
@@ -112,72 +118,164 @@ class Policies:
         for key in set(self.compiled) - seen:
             del self.compiled[key]
 
-    async def evaluate_due(
+    def due(
         self,
         breakers_of: Mapping[PolicyKey, list[tuple[BreakerKey, dict[str, Any]]]],
-        pods: kopf.Index[Any, Any],
-        owners: Any,
-    ) -> tuple[dict[BreakerKey, Trip], dict[PolicyKey, bool]]:
-        """Evaluate every policy whose interval has come: one query per signal each.
-
-        ``breakers_of`` are each policy's Breakers, ``pods`` the pod index and ``owners``
-        the owner lookup: what the controller read from kopf's indexes on the event loop."""
-        trips: dict[BreakerKey, Trip] = {}
-        known: dict[PolicyKey, bool] = {}
-        wanted = self._due(breakers_of)
-        if not wanted:
-            return trips, known
-        # The queries of every due policy run at once, off the event loop (kopf's indexes
-        # change on it, so they are read here, never from a worker thread): a slow
-        # Prometheus behind one policy costs the others nothing.
-        started = time.monotonic()
-        answers = await asyncio.gather(
-            *(
-                asyncio.to_thread(live.read, prom, detector, time.time())
-                for _, prom, detector in wanted
-            )
-        )
-        for (key, _, detector), (readings, errors, queries) in zip(wanted, answers, strict=True):
-            compiled = self.compiled[key]
-            unit_of, units_on_node = _units(pods, owners, compiled.kinds)
-            firing, decisions = driver.tick(
-                detector, compiled.state, readings, time.time(), unit_of, units_on_node
-            )
-            evaluation = live.Evaluation(firing, decisions, errors, queries)
-            seen_at = time.monotonic()
-            _observe(policy_label(key), evaluation, seen_at - started)
-            compiled.known = known[key] = not evaluation.errors
-            compiled.error = next(iter(evaluation.errors.values()), None)
-            by_workload = {unit: found for unit, found in evaluation.decisions.items() if unit}
-            for breaker_key, body in breakers_of[key]:
-                target = body["spec"]["targetRef"]
-                unit = (breaker_key[0], target["kind"], target["name"])
-                if unit in by_workload:
-                    trips[breaker_key] = Trip(by_workload[unit], detector, seen_at)
-        return trips, known
-
-    def _due(
-        self, breakers_of: Mapping[PolicyKey, list[tuple[BreakerKey, dict[str, Any]]]]
-    ) -> list[tuple[PolicyKey, Prom, engine.Detector]]:
-        """The policies due now that guard something, with their Prometheus; each one's
-        next evaluation set."""
-        now = time.monotonic()
+        running: Container[PolicyKey],
+    ) -> list[Due]:
+        """The policies due now that guard something and are not being evaluated still,
+        each with its Prometheus and the instant to ask about; each one's next evaluation
+        set on its interval's grid of wall-clock time."""
+        now, wall = time.monotonic(), time.time()
         wanted = []
         for key, compiled in self.compiled.items():
             if compiled.detector is None or compiled.spec is None or compiled.due > now:
                 continue
             settings = compiled.spec.prometheus
-            compiled.due = now + seconds(settings.interval)
-            if breakers_of.get(key):
-                prom = self.prom(settings.url or self.prometheus_url, seconds(settings.timeout))
-                wanted.append((key, prom, compiled.detector))
+            at, following = instants(wall, seconds(settings.interval))
+            compiled.due = now + (following - wall)
+            if key in running or not breakers_of.get(key):
+                continue  # one evaluation of a policy at a time; nothing to guard
+            prom = self.prom(settings.url or self.prometheus_url, seconds(settings.timeout))
+            wanted.append(Due(key, compiled, compiled.detector, prom, at))
         return wanted
 
-    def prom(self, url: str, timeout: float) -> Prom:
+    def prom(self, url: str, timeout: float) -> LiveProm:
         key = (url, timeout)
         if key not in self.proms:
-            self.proms[key] = Prom(url, timeout)
+            self.proms[key] = self.connect(url, timeout)
         return self.proms[key]
+
+    async def close(self) -> None:
+        for prom in self.proms.values():
+            await prom.close()
+
+
+# How far off its interval's grid an evaluation may start and still ask about the grid's
+# instant (the loop's timers fire a little early or late).
+GRID_SLACK_SECONDS = 0.1
+
+
+def instants(now: float, interval: float) -> tuple[float, float]:
+    """The instant an evaluation starting at ``now`` (seconds since the epoch) asks about,
+    and when the next one starts: the instants are multiples of ``interval``, so policies
+    of one interval ask about the same ones and their identical queries are sent once; a
+    policy's first evaluation, off the grid, asks about ``now``."""
+    tick = math.floor((now + GRID_SLACK_SECONDS) / interval) * interval
+    at = tick if now - tick <= GRID_SLACK_SECONDS else now
+    return at, tick + interval
+
+
+@dataclass(frozen=True)
+class Due:
+    key: PolicyKey
+    compiled: Compiled
+    detector: engine.Detector
+    prom: LiveProm
+    at: float  # seconds since the epoch: the instant asked about
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What an evaluation reads from kopf's indexes, on the event loop: each policy's
+    Breakers, the pod index and the owner lookup."""
+
+    breakers_of: Mapping[PolicyKey, list[tuple[BreakerKey, dict[str, Any]]]]
+    pods: kopf.Index[Any, Any]
+    owners: Any
+
+
+class Evaluator:
+    """Evaluation beside convergence, never in front of it. Each due policy is evaluated
+    in a task of its own; what it decides is handed over (``take``) and the breaker loop
+    nudged as soon as that policy's answers are in, whatever the others' Prometheus does.
+    An admin's override or reset is converged meanwhile: no query is waited on there."""
+
+    def __init__(
+        self,
+        policies: Policies,
+        inputs: Callable[[], Inputs],
+        handed: Callable[[], None],
+        ready: Callable[[], bool],
+    ) -> None:
+        self.policies = policies
+        self.inputs = inputs  # compiles the policies too
+        self.handed = handed
+        self.ready = ready  # the indexes are filled (a standby's never are)
+        self.trips: dict[BreakerKey, Trip] = {}
+        self.running: dict[PolicyKey, asyncio.Task[None]] = {}
+        self.asked = live.Asked()
+        self.wake = asyncio.Event()
+
+    def nudge(self) -> None:
+        """A policy or a Breaker may have changed: look at what is due now."""
+        self.wake.set()
+
+    def take(self) -> dict[BreakerKey, Trip]:
+        """The trips decided since the last take."""
+        trips, self.trips = self.trips, {}
+        return trips
+
+    async def run(self) -> None:
+        try:
+            while True:
+                if self.ready():
+                    self.start_due()
+                timeout = max(0.0, self.policies.next_due() - time.monotonic())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout=timeout)
+                self.wake.clear()
+        finally:
+            for task in self.running.values():
+                task.cancel()
+            await asyncio.gather(*self.running.values(), return_exceptions=True)
+            await self.policies.close()
+
+    def start_due(self) -> None:
+        for due in self.policies.due(self.inputs().breakers_of, self.running):
+            label = policy_label(due.key)
+            self.running[due.key] = asyncio.create_task(
+                self._evaluate(due), name=f"evaluate {label}"
+            )
+
+    async def _evaluate(self, due: Due) -> None:
+        try:
+            self._decide(due, await self._read(due))
+        except Exception:  # a bug, not Prometheus: said, and the next tick tries again
+            log.exception("%s: evaluation failed", policy_label(due.key))
+        finally:
+            self.running.pop(due.key, None)
+
+    async def _read(self, due: Due) -> tuple[live.Readings, dict[str, str], int, float]:
+        started = time.monotonic()
+        readings, errors, queries = await live.aread(due.prom, due.detector, due.at, self.asked)
+        return readings, errors, queries, started
+
+    def _decide(self, due: Due, read: tuple[live.Readings, dict[str, str], int, float]) -> None:
+        readings, errors, queries, started = read
+        inputs = self.inputs()  # read now: the pods and Breakers as they are
+        if self.policies.compiled.get(due.key) is not due.compiled:
+            return  # the policy changed (or went) while its queries ran: its clocks restart
+        compiled = due.compiled
+        unit_of, units_on_node = _units(inputs.pods, inputs.owners, compiled.kinds)
+        firing, decisions = driver.tick(
+            due.detector, compiled.state, readings, due.at, unit_of, units_on_node
+        )
+        seen_at = time.monotonic()
+        _observe(
+            policy_label(due.key),
+            live.Evaluation(firing, decisions, errors, queries),
+            seen_at - started,
+        )
+        compiled.known = not errors
+        compiled.error = next(iter(errors.values()), None)
+        by_workload = {unit: found for unit, found in decisions.items() if unit}
+        for breaker_key, body in inputs.breakers_of.get(due.key, []):
+            target = body["spec"]["targetRef"]
+            unit = (breaker_key[0], target["kind"], target["name"])
+            if unit in by_workload:
+                self.trips[breaker_key] = Trip(by_workload[unit], due.detector, seen_at)
+        self.handed()
 
 
 def policy_key(ref: Mapping[str, Any]) -> PolicyKey:

@@ -6,12 +6,13 @@ This is the only place the live loop touches Prometheus for detection; what it d
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from breaker.detect import driver, engine
-from breaker.detect.prom import Prom, QueryError
+from breaker.detect.prom import LiveProm, Prom, QueryError
 
 Unit = TypeVar("Unit", bound=Hashable)
 
@@ -24,24 +25,90 @@ class Evaluation(Generic[Unit]):
     queries: int = 0
 
 
+Readings = dict[str, Mapping[engine.PodKey, engine.Sample] | None]
+
+
 def read(
     prom: Prom, detector: engine.Detector, at: float | None = None
-) -> tuple[dict[str, Mapping[engine.PodKey, engine.Sample] | None], dict[str, str], int]:
+) -> tuple[Readings, dict[str, str], int]:
     """Every signal's current vector (None where the query failed), the errors as
     ``"Kind: message"`` (QueryError's kinds), and the count."""
-    readings: dict[str, Mapping[engine.PodKey, engine.Sample] | None] = {}
+    readings: Readings = {}
     errors: dict[str, str] = {}
     for signal in detector.signals:
         try:
-            result = prom.instant(signal.query, at)
-            readings[signal.name] = engine.read(signal, result)
+            answer: list[dict[str, Any]] | QueryError = prom.instant(signal.query, at)
         except QueryError as error:
-            readings[signal.name] = None
-            errors[signal.name] = f"{error.kind}: {error}"
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            readings[signal.name] = None
-            errors[signal.name] = f"BadResponse: {signal.query[:120]}: series unreadable: {error}"
+            answer = error
+        _take(signal, answer, readings, errors)
     return readings, errors, len(detector.signals)
+
+
+async def aread(
+    prom: LiveProm, detector: engine.Detector, at: float, asked: Asked
+) -> tuple[Readings, dict[str, str], int]:
+    """``read`` for the live loop: every signal asked at once, each identical query of this
+    instant (another policy's too) sent once."""
+    answers = await asyncio.gather(
+        *(asked.ask(prom, signal.query, at) for signal in detector.signals),
+        return_exceptions=True,
+    )
+    readings: Readings = {}
+    errors: dict[str, str] = {}
+    for signal, answer in zip(detector.signals, answers, strict=True):
+        if isinstance(answer, BaseException) and not isinstance(answer, QueryError):
+            raise answer
+        _take(signal, answer, readings, errors)
+    return readings, errors, len(detector.signals)
+
+
+def _take(
+    signal: engine.SignalSpec,
+    answer: list[dict[str, Any]] | QueryError,
+    readings: Readings,
+    errors: dict[str, str],
+) -> None:
+    readings[signal.name] = None
+    if isinstance(answer, QueryError):
+        errors[signal.name] = f"{answer.kind}: {answer}"
+        return
+    try:
+        readings[signal.name] = engine.read(signal, answer)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        errors[signal.name] = f"BadResponse: {signal.query[:120]}: series unreadable: {error}"
+
+
+class Asked:
+    """The queries of the instants being evaluated, shared: the same PromQL to the same
+    server about the same instant is sent once, whatever the number of policies (or
+    shards of one operator) that use it. The answers of an earlier instant are let go
+    when a later one is asked about."""
+
+    def __init__(self) -> None:
+        self.latest = float("-inf")
+        self.pending: dict[tuple[LiveProm, str, float], asyncio.Task[list[dict[str, Any]]]] = {}
+        self.sent = 0  # queries sent to a server (a benchmark's and a test's count)
+
+    async def ask(self, prom: LiveProm, query: str, at: float) -> list[dict[str, Any]]:
+        if at > self.latest:
+            self.latest = at
+            for key in [k for k, task in self.pending.items() if k[2] < at and task.done()]:
+                del self.pending[key]
+        key = (prom, query, at)
+        task = self.pending.get(key)
+        if task is None:
+            task = asyncio.create_task(prom.instant(query, at), name=f"query {query[:40]}")
+            task.add_done_callback(_retrieved)
+            self.pending[key] = task
+            self.sent += 1
+        # One policy's evaluation cancelled (its policy changed) cancels no other's query.
+        return await asyncio.shield(task)
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Every asker may have gone: the error is theirs, never asyncio's to warn about."""
+    if not task.cancelled():
+        task.exception()
 
 
 def evaluate(

@@ -1,16 +1,22 @@
-"""The thin Prometheus client the engine is fed through (prometheus-api-client).
+"""The thin Prometheus clients the engine is fed through.
 
-Instant queries for the live loop, range queries for backtests; both return the raw
-result lists that ``engine.normalize`` reads. Failures raise ``QueryError`` with what
+``LiveProm`` is the live loop's: asyncio (aiohttp), so a hung Prometheus holds no thread
+(the operator's API calls run on the default executor, and a kill switch must not queue
+behind a query) and a policy's signals are asked at once. ``Prom`` (prometheus-api-client)
+is the blocking one for backtests and tools: instant and range queries. Both return the
+raw result lists that ``engine.normalize`` reads, and raise ``QueryError`` with what
 Prometheus said, so the caller can hold state and report Unknown.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import json
 import re
 from typing import Any
 
+import aiohttp
 import requests
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
@@ -26,6 +32,12 @@ class QueryError(RuntimeError):
     def __init__(self, message: str, kind: str = "Unreachable") -> None:
         super().__init__(message)
         self.kind = kind
+
+
+def failure(query: str, why: str, kind: str) -> QueryError:
+    # Stable text: it lands in a condition, and a new message each tick is a new write.
+    why = re.sub(r" at 0x[0-9a-f]+", "", why)
+    return QueryError(f"{query[:120]}: {why}"[:1000], kind)
 
 
 # A slow Prometheus must not hold the loop: the client gives up a little after the
@@ -61,9 +73,7 @@ class Prom:
             kind, why = "Refused", str(error)
         else:
             kind, why = "BadResponse", f"not a Prometheus answer ({type(error).__name__}: {error})"
-        # Stable text: it lands in a condition, and a new message each tick is a new write.
-        why = re.sub(r" at 0x[0-9a-f]+", "", why)
-        return QueryError(f"{query[:120]}: {why}"[:1000], kind)
+        return failure(query, why, kind)
 
     def _params(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"timeout": f"{self.timeout:g}s", **(extra or {})}
@@ -99,3 +109,74 @@ class Prom:
         ) as error:
             raise self._failed(query, error) from error
         return result
+
+
+class LiveProm:
+    """Instant queries without a thread: a query is a coroutine, cancelled or timed out
+    where it waits. One quick retry of a refused connection or a 429/5xx, as ``Prom``; a
+    query that timed out is not retried. Bodies go as a POST form (long PromQL fits)."""
+
+    def __init__(self, url: str, timeout_seconds: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout_seconds
+        self.client_timeout = timeout_seconds + CLIENT_GRACE_SECONDS
+        self._session: aiohttp.ClientSession | None = None
+
+    async def instant(self, query: str, at: float | None = None) -> list[dict[str, Any]]:
+        form = {"query": query, "timeout": f"{self.timeout:g}s"}
+        if at is not None:
+            form["time"] = f"{at:.3f}"
+        for attempt in (1, 2):
+            try:
+                async with asyncio.timeout(self.client_timeout):
+                    status, text = await self._post(form)
+            except TimeoutError:
+                raise failure(
+                    query, f"no answer within {self.client_timeout:g}s", "Timeout"
+                ) from None
+            except aiohttp.ClientConnectorError as error:
+                if attempt == 1:
+                    await asyncio.sleep(0.1)
+                    continue
+                raise failure(query, str(error), "Unreachable") from error
+            except aiohttp.ClientError as error:
+                raise failure(query, f"{type(error).__name__}: {error}", "Unreachable") from error
+            if status in RETRY_ON and attempt == 1:
+                await asyncio.sleep(0.1)
+                continue
+            return vector(query, status, text)
+        raise AssertionError("unreachable")
+
+    async def _post(self, form: dict[str, str]) -> tuple[int, str]:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        async with self._session.post(f"{self.url}/api/v1/query", data=form) as response:
+            return response.status, await response.text(errors="replace")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def vector(query: str, status: int, text: str) -> list[dict[str, Any]]:
+    """The result list of an instant query's answer, or the QueryError it is."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        if status >= 400:
+            raise failure(query, f"HTTP Status Code {status} ({text[:200]!r})", "Refused") from None
+        raise failure(query, "not a Prometheus answer (JSONDecodeError)", "BadResponse") from None
+    if not isinstance(body, dict):
+        raise failure(
+            query, f"not a Prometheus answer (a JSON {type(body).__name__})", "BadResponse"
+        )
+    if status >= 400 or body.get("status") != "success":
+        said = f"{body.get('errorType', '')}: {body.get('error', '')}".strip(": ")
+        raise failure(query, f"HTTP Status Code {status} ({said[:300]})", "Refused")
+    data = body.get("data")
+    result = data.get("result") if isinstance(data, dict) else None
+    if not isinstance(result, list):
+        raise failure(
+            query, f"not a Prometheus answer (result is a {type(result).__name__})", "BadResponse"
+        )
+    return result
