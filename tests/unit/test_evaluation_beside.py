@@ -9,17 +9,22 @@ the client, one policy's hung while another's answers.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from pathlib import Path
+from typing import Protocol
 
 import pytest
 from aiohttp import web
 
-from breaker.api.policy import BreakerPolicySpec
-from breaker.controllers.evaluation import instants
+from breaker.api.policy import BreakerPolicySpec, PrometheusSettings, SecretKeyRef
+from breaker.circuit.tally import policy_status_patch
+from breaker.controllers.evaluation import Policies, instants
+from breaker.controllers.secrets import SecretUnreadable
 from breaker.detect import engine, live
-from breaker.detect.prom import LiveProm, QueryError
+from breaker.detect.prom import Answer, LiveProm, QueryError, Target
+from breaker_tooling.localcluster.pki import Pki
 from tests.fakes import Clock, FakeQueue, Json
 from tests.unit.test_breaker_controller import (
     BREAKERS,
@@ -60,20 +65,24 @@ def test_a_first_evaluation_off_the_grid_asks_about_now_and_joins_the_grid() -> 
 # -- the live client ----------------------------------------------------------------------
 
 
+class Serve(Protocol):
+    def __call__(self, handler: Handler, tls: ssl.SSLContext | None = None) -> Awaitable[str]: ...
+
+
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
+async def serve() -> AsyncIterator[Serve]:
+    """Starts a Prometheus on loopback, in the test's own event loop; its url."""
     runners: list[web.AppRunner] = []
 
-    async def start(handler: Handler) -> str:
+    async def start(handler: Handler, tls: ssl.SSLContext | None = None) -> str:
         app = web.Application()
         app.router.add_route("*", "/api/v1/query", handler)
         runner = web.AppRunner(app)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls).start()
         runners.append(runner)
         port = runner.addresses[0][1]
-        return f"http://127.0.0.1:{port}"
+        return f"{'https' if tls else 'http'}://127.0.0.1:{port}"
 
     yield start
     for runner in runners:
@@ -81,7 +90,7 @@ async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
 
 
 async def test_an_answer_is_its_result_list_and_the_query_goes_as_a_form(
-    serve: Callable[[Handler], Awaitable[str]],
+    serve: Serve,
 ) -> None:
     seen: list[dict[str, str]] = []
 
@@ -91,11 +100,14 @@ async def test_an_answer_is_its_result_list_and_the_query_goes_as_a_form(
 
     prom = LiveProm(await serve(prometheus), 5)
     try:
-        result = await prom.instant("up", at=1000.5)
+        found = await prom.instant("up", at=1000.5)
     finally:
         await prom.close()
-    assert result == VECTOR["data"]["result"]
-    assert seen == [{"query": "up", "timeout": "5s", "time": "1000.500"}]
+    assert found == Answer(VECTOR["data"]["result"])
+    # partial_response is sent always: a Thanos querier's own default may be on.
+    assert seen == [
+        {"query": "up", "timeout": "5s", "time": "1000.500", "partial_response": "false"}
+    ]
 
 
 REFUSED: Json = {"status": "error", "errorType": "bad_data", "error": "parse error"}
@@ -116,7 +128,7 @@ REFUSED: Json = {"status": "error", "errorType": "bad_data", "error": "parse err
     ids=["refused", "not-json", "wrong-shape", "gateway"],
 )
 async def test_a_failed_answer_is_a_query_error_of_its_kind(
-    serve: Callable[[Handler], Awaitable[str]],
+    serve: Serve,
     answer: Callable[[], web.Response],
     kind: str,
     said: str,
@@ -136,7 +148,7 @@ async def test_a_failed_answer_is_a_query_error_of_its_kind(
 
 
 async def test_a_hung_prometheus_is_a_timeout_just_after_the_query_s_own(
-    serve: Callable[[Handler], Awaitable[str]],
+    serve: Serve,
 ) -> None:
     async def hung(_: web.Request) -> web.Response:
         await asyncio.sleep(30)
@@ -155,7 +167,7 @@ async def test_a_hung_prometheus_is_a_timeout_just_after_the_query_s_own(
 
 
 async def test_a_refused_connection_is_unreachable_and_a_5xx_is_tried_once_more(
-    serve: Callable[[Handler], Awaitable[str]],
+    serve: Serve,
 ) -> None:
     prom = LiveProm("http://127.0.0.1:9", 1)  # discard: nothing listens on loopback
     with pytest.raises(QueryError) as failed:
@@ -170,7 +182,7 @@ async def test_a_refused_connection_is_unreachable_and_a_5xx_is_tried_once_more(
 
     prom = LiveProm(await serve(flaky), 1)
     try:
-        assert await prom.instant("up") == VECTOR["data"]["result"]
+        assert (await prom.instant("up")).result == VECTOR["data"]["result"]
     finally:
         await prom.close()
     assert answers == []
@@ -182,18 +194,17 @@ async def test_a_refused_connection_is_unreachable_and_a_5xx_is_tried_once_more(
 class FakeProm(LiveProm):
     """Answers each query with ``answer``, after ``gate`` opens (a hung Prometheus until)."""
 
-    def __init__(self, answer: Json | None = None) -> None:
-        super().__init__("http://prometheus.invalid")
+    def __init__(self, answer: Json | None = None, target: Target | None = None) -> None:
+        super().__init__(target or Target(f"http://prometheus-{id(self)}.invalid"))
         self.answer = answer or VECTOR
         self.gate = asyncio.Event()
         self.gate.set()
         self.asked: list[tuple[str, float | None]] = []
 
-    async def instant(self, query: str, at: float | None = None) -> list[dict[str, Any]]:
+    async def instant(self, query: str, at: float | None = None) -> Answer:
         self.asked.append((query, at))
         await self.gate.wait()
-        result: list[dict[str, Any]] = self.answer["data"]["result"]
-        return result
+        return Answer(self.answer["data"]["result"], tuple(self.answer.get("warnings", ())))
 
 
 async def test_the_same_query_of_one_instant_is_sent_once_and_a_later_instant_again() -> None:
@@ -202,7 +213,7 @@ async def test_the_same_query_of_one_instant_is_sent_once_and_a_later_instant_ag
     waiting = [asyncio.create_task(asked.ask(prom, "up", 15.0)) for _ in range(3)]
     await asyncio.sleep(0)
     prom.gate.set()
-    assert [len(r) for r in await asyncio.gather(*waiting)] == [1, 1, 1]
+    assert [len(r.result) for r in await asyncio.gather(*waiting)] == [1, 1, 1]
     await asked.ask(prom, "up", 30.0)
     await asked.ask(prom, "other", 30.0)
     await asked.ask(FakeProm(), "up", 30.0)  # another server (or tenant): its own
@@ -218,7 +229,7 @@ async def test_one_asker_cancelled_cancels_no_other_s_query() -> None:
     await asyncio.sleep(0)
     first.cancel()
     prom.gate.set()
-    assert len(await second) == 1
+    assert len((await second).result) == 1
 
 
 # -- the evaluator beside the loop --------------------------------------------------------
@@ -246,7 +257,7 @@ async def test_a_policy_s_trip_is_handed_over_while_another_s_prometheus_hangs()
     hung, well = FakeProm(), FakeProm()
     hung.gate.clear()
     proms = {"http://hung.invalid": hung, "http://well.invalid": well}
-    controller.policies.connect = lambda url, _: proms[url]
+    controller.policies.connect = lambda target: proms[target.url]
     for name, url in (("guard", "http://well.invalid"), ("watch", "http://hung.invalid")):
         body = cluster.get(("breaker.dev", "breakerpolicies"), NS, name)
         assert body is not None
@@ -330,3 +341,149 @@ async def test_the_evaluator_runs_once_ready_and_stops_cleanly() -> None:
 
 def _detector() -> engine.Detector:
     return engine.compile_policy(BreakerPolicySpec.model_validate(POLICY_SPEC))
+
+
+# -- a distributed Prometheus: tenants, tokens, TLS, partial answers -----------------------
+
+
+async def test_a_target_s_headers_and_token_go_with_every_query(
+    serve: Serve,
+) -> None:
+    seen: list[dict[str, str]] = []
+
+    async def mimir(request: web.Request) -> web.Response:
+        seen.append({k: v for k, v in request.headers.items() if k.startswith(("X-", "Auth"))})
+        return web.json_response(VECTOR)
+
+    url = await serve(mimir)
+    prom = LiveProm(Target(url, 5, headers=(("X-Scope-OrgID", "team-a"),), token="s3cret"))
+    try:
+        await prom.instant("up")
+        await prom.instant("up")
+    finally:
+        await prom.close()
+    assert seen == [{"X-Scope-OrgID": "team-a", "Authorization": "Bearer s3cret"}] * 2
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> tuple[ssl.SSLContext, str]:
+    """A server context with a certificate for 127.0.0.1 signed by a CA of its own, and
+    the CA's PEM."""
+    keys = Pki(tmp_path)
+    keys.ensure()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(keys.serving_cert, keys.serving_key)
+    return context, keys.ca_cert.read_text()
+
+
+async def test_an_https_prometheus_is_verified_by_default_and_trusted_through_its_ca(
+    serve: Serve, tls: tuple[ssl.SSLContext, str]
+) -> None:
+    async def prometheus(_: web.Request) -> web.Response:
+        return web.json_response(VECTOR)
+
+    context, ca = tls
+    url = await serve(prometheus, context)
+    unverified = LiveProm(Target(url, 5))
+    with pytest.raises(QueryError) as failed:
+        await unverified.instant("up")
+    await unverified.close()
+    assert failed.value.kind == "Unreachable"
+    assert "certificate" in str(failed.value).lower()
+
+    for target in (Target(url, 5, ca=ca), Target(url, 5, verify=False)):
+        prom = LiveProm(target)
+        try:
+            assert (await prom.instant("up")).result == VECTOR["data"]["result"]
+        finally:
+            await prom.close()
+
+
+async def test_a_partial_answer_names_its_warnings(
+    serve: Serve,
+) -> None:
+    warned = {**VECTOR, "warnings": ["No StoreAPIs matched for this query: store-b"]}
+
+    async def thanos(_: web.Request) -> web.Response:
+        return web.json_response(warned)
+
+    prom = LiveProm(Target(await serve(thanos), 5, partial_response=True))
+    try:
+        found = await prom.instant("up")
+    finally:
+        await prom.close()
+    assert found.warnings == ("No StoreAPIs matched for this query: store-b",)
+
+
+def test_a_pod_missing_from_a_partial_answer_keeps_its_clock() -> None:
+    spec = {**POLICY_SPEC, "signals": [{**POLICY_SPEC["signals"][0], "for": "30s"}]}
+    detector = engine.compile_policy(BreakerPolicySpec.model_validate(spec))
+    state = engine.State()
+    both = {(NS, "rl-0"): engine.Sample(4.0), (NS, "rl-1"): engine.Sample(4.0)}
+    engine.step(detector, state, {"pool": both}, 100.0)
+    # A store down: rl-1's series did not come back. Unseen, not quiet: its clock stays.
+    seen_one = engine.Partial({(NS, "rl-0"): engine.Sample(4.0)})
+    engine.step(detector, state, {"pool": seen_one}, 115.0)
+    assert state.since == {("pool", (NS, "rl-0")): 100.0, ("pool", (NS, "rl-1")): 100.0}
+    # A whole answer without it: quiet, its clock cleared.
+    engine.step(detector, state, {"pool": dict(seen_one)}, 130.0)
+    assert state.since == {("pool", (NS, "rl-0")): 100.0}
+
+
+async def test_partial_answers_are_read_as_partial_only_where_the_policy_allows() -> None:
+    detector = _detector()
+    warned: Json = {**VECTOR, "warnings": ["store-b: unavailable"]}
+    for allowed in (True, False):
+        prom = FakeProm(warned, Target("http://thanos.invalid", partial_response=allowed))
+        read = await live.aread(prom, detector, 15.0, live.Asked())
+        assert isinstance(read.readings["pool"], engine.Partial) is allowed
+        assert read.partial == ({"pool": "store-b: unavailable"} if allowed else {})
+        assert read.errors == {}
+
+
+async def test_a_policy_s_token_is_read_from_its_secret_cached_and_refused_saying_why() -> None:
+    reads: list[tuple[str, str | None]] = []
+    answers: list[str | SecretUnreadable] = ["t0ken", SecretUnreadable("Secret a/prom not found")]
+
+    async def read_secret(ref: SecretKeyRef, namespace: str | None, lines: bool) -> str:
+        reads.append((ref.name, namespace))
+        found = answers.pop(0)
+        if isinstance(found, SecretUnreadable):
+            raise found
+        return found
+
+    made: list[Target] = []
+
+    def connect(target: Target) -> LiveProm:
+        made.append(target)
+        return FakeProm(target=target)
+
+    policies = Policies("http://prometheus.invalid", connect, read_secret)
+    settings = PrometheusSettings.model_validate(
+        {
+            "url": "https://mimir.invalid",
+            "headers": {"X-Scope-OrgID": "team-a"},
+            "bearerTokenSecretRef": {"name": "prom", "key": "token"},
+        }
+    )
+    key = ("BreakerPolicy", "a", "guard")
+    first = await policies.client(key, settings)
+    again = await policies.client(key, settings)  # within the TTL: not read again
+    assert first is again
+    assert reads == [("prom", "a")]
+    assert made == [
+        Target("https://mimir.invalid", 5.0, (("X-Scope-OrgID", "team-a"),), token="t0ken")
+    ]
+    policies.secrets[("a", "prom", "token")] = (float("-inf"), "t0ken")  # the TTL ran out
+    with pytest.raises(QueryError) as failed:
+        await policies.client(key, settings)
+    assert failed.value.kind == "Misconfigured"
+    assert "Secret a/prom not found" in str(failed.value)
+
+
+def test_a_policy_s_status_says_its_answers_were_partial_and_when_they_are_whole_again() -> None:
+    counts = {"breakers": 1, "open": 0, "unknown": 0}
+    note = "partial answers for pool (...): store-b: unavailable"
+    assert policy_status_patch(counts, counts, None, note) == {"incomplete": note}
+    assert policy_status_patch(counts, {**counts, "incomplete": note}, None, note) is None
+    assert policy_status_patch(counts, {**counts, "incomplete": note}, None) == {"incomplete": None}

@@ -191,8 +191,11 @@ def secret_namespace_allowed(
     return bool(policy_namespace) and secret_namespace == policy_namespace
 
 
-def decode_secret(secret_data: Mapping[str, str] | None, key: str, secret_name: str) -> str:
-    """The token at ``key`` of a Secret's ``data`` (base64, as the API returns it).
+def decode_secret(
+    secret_data: Mapping[str, str] | None, key: str, secret_name: str, *, lines: bool = False
+) -> str:
+    """The token at ``key`` of a Secret's ``data`` (base64, as the API returns it); with
+    ``lines``, text of several lines (a PEM bundle).
 
     Surrounding whitespace is dropped: ``echo $TOKEN | kubectl create secret ...`` stores a
     trailing newline, which no HTTP header may carry.
@@ -208,7 +211,7 @@ def decode_secret(secret_data: Mapping[str, str] | None, key: str, secret_name: 
         ) from error
     if not token:
         raise ValueError(f"Secret {secret_name} key {key} is empty")
-    if "\r" in token or "\n" in token:
+    if not lines and ("\r" in token or "\n" in token):
         raise ValueError(f"Secret {secret_name} key {key} holds more than one line")
     return token
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, field_validator
@@ -409,6 +410,36 @@ class Recovery(ApiModel):
     )
 
 
+HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
+RESERVED_HEADERS = ("authorization", "host")
+HEADERS_RULE = (
+    "self.all(k, k.matches('^[A-Za-z0-9-]{1,64}$') && "
+    "!(k.lowerAscii() in ['authorization', 'host']) && !k.lowerAscii().startsWith('content-'))"
+)
+
+
+class PrometheusTLS(ApiModel):
+    """The server certificate check of an https Prometheus."""
+
+    ca_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "A Secret key holding the PEM CA bundle that signs the server's certificate "
+            "(the system's CAs otherwise); read from the policy's namespace (a "
+            "ClusterBreakerPolicy: the operator's)."
+        ),
+    )
+    server_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="The name the certificate must carry, when it is not the URL's host.",
+    )
+    insecure_skip_verify: bool = Field(
+        default=False,
+        description="Accept any certificate. Only for a trial: a query's answer decides trips.",
+    )
+
+
 class PrometheusSettings(ApiModel):
     """Where the signals come from and what an outage means."""
 
@@ -426,6 +457,67 @@ class PrometheusSettings(ApiModel):
             "Hold keeps each breaker's state and reports Unknown; Trip treats silence as a trip."
         ),
     )
+    partial_response: bool = Field(
+        default=False,
+        description=(
+            "Thanos: let a query answer from the stores that answered (a warning names the "
+            "others). The pods missing from such an answer are read as Unknown: their `for` "
+            "clocks kept, not reset, and the policy's status says so. Off (the default), a "
+            "store that does not answer fails the query: Unknown for every pod."
+        ),
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=16,
+        description=(
+            "HTTP headers sent with every query, e.g. `X-Scope-OrgID` for a Mimir or Cortex "
+            "tenant. Not Authorization (`bearerTokenSecretRef`), Host or Content-*."
+        ),
+        json_schema_extra={
+            "maxProperties": 16,
+            "additionalProperties": {"type": "string", "maxLength": 1024},
+            "x-kubernetes-validations": [
+                {
+                    "rule": HEADERS_RULE,
+                    "message": "a header's name is letters, digits and '-' (at most 64), and "
+                    "not Authorization (use bearerTokenSecretRef), Host or Content-*",
+                },
+                {
+                    "rule": "self.all(k, !self[k].contains('\\n') && !self[k].contains('\\r'))",
+                    "message": "a header's value is one line",
+                },
+            ],
+        },
+    )
+    bearer_token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "A Secret key sent as `Authorization: Bearer <value>`; read from the policy's "
+            "namespace (a ClusterBreakerPolicy: the operator's), again every few minutes."
+        ),
+    )
+    tls: PrometheusTLS = Field(
+        default_factory=lambda: PrometheusTLS(),
+        description="How an https URL's certificate is checked: verified by default.",
+        json_schema_extra={"default": {}},
+    )
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if (
+                not HEADER_NAME.fullmatch(name)
+                or name.lower() in RESERVED_HEADERS
+                or (name.lower().startswith("content-"))
+            ):
+                raise ValueError(
+                    f"header {name!r}: a name is letters, digits and '-' (at most 64), and not "
+                    "Authorization (use bearerTokenSecretRef), Host or Content-*"
+                )
+            if "\n" in text or "\r" in text or len(text) > 1024:
+                raise ValueError(f"header {name!r}: the value must be one line of at most 1024")
+        return value
 
 
 TRIP_RULES_NAME_SIGNALS: JsonDict = {
@@ -549,6 +641,15 @@ class PolicyStatus(ApiModel):
         description=(
             "With the operator sharded by namespace: each shard's count, by shard name; "
             "the totals above are their sum."
+        ),
+    )
+    incomplete: str | None = Field(
+        default=None,
+        max_length=1024,
+        description=(
+            "Set while the last evaluation's answers were partial (partialResponse: a store "
+            "behind the query did not answer): the signals, and the server's warning. The "
+            "pods missing from them are read as Unknown, their clocks kept."
         ),
     )
     observed_generation: int | None = Field(

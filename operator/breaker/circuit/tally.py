@@ -7,9 +7,23 @@ from typing import Any
 
 
 def policy_status_patch(
+    tally: Mapping[str, int],
+    current: Mapping[str, Any],
+    shard: str | None,
+    incomplete: str | None = None,
+) -> dict[str, Any] | None:
+    """The status patch that brings a policy's counts and ``incomplete`` (what its last
+    evaluation's partial answers were, None when whole) up to date (None: they are)."""
+    patch = _counts_patch(tally, current, shard)
+    if current.get("incomplete") != incomplete:
+        patch = {**(patch or {}), "incomplete": incomplete}
+    return patch
+
+
+def _counts_patch(
     tally: Mapping[str, int], current: Mapping[str, Any], shard: str | None
 ) -> dict[str, Any] | None:
-    """The status patch that brings a policy's counts up to date (None: they are).
+    """The patch of the counts alone.
 
     Unsharded, the counts are the tally. A shard writes its tally under ``shards`` (a
     merge patch leaves the other shards' entries alone) and the totals as the sum of every

@@ -39,6 +39,7 @@ from breaker.actions import kin as kin_core
 from breaker.actions.pause import KINDS
 from breaker.actions.settings import ActionSettings
 from breaker.api.hold import BreakerHoldSpec, KinRule
+from breaker.api.policy import SecretKeyRef
 from breaker.circuit import machine, plan
 from breaker.circuit import records as protocol
 from breaker.circuit import status as status_core
@@ -65,6 +66,7 @@ from breaker.controllers.evaluation import (
 from breaker.controllers.handoff import Handoffs, RemoteQueue
 from breaker.controllers.inventory import items, only
 from breaker.controllers.reconciler import Backoff, Reconciler
+from breaker.controllers.secrets import read_key
 from breaker.controllers.webhooks import Webhooks
 from breaker.detect import engine
 
@@ -108,7 +110,7 @@ class BreakerController:
             retry=RETRY_SECONDS,
             resync=RESYNC_SECONDS,
         )
-        self.policies = Policies(prometheus_url)
+        self.policies = Policies(prometheus_url, read_secret=self._read_secret)
         self.evaluator = Evaluator(
             self.policies, self._evaluation_inputs, self.loop.nudge, lambda: self.loop.ready
         )
@@ -116,7 +118,8 @@ class BreakerController:
         # twice on a stale status would apply the actions twice.
         self.written: dict[BreakerKey, dict[str, Any]] = {}
         self.busy: dict[BreakerKey, asyncio.Task[None]] = {}
-        self.policy_status: dict[PolicyKey, dict[str, Any]] = {}
+        # Each policy's counts and partial-answer note as last written.
+        self.policy_status: dict[PolicyKey, tuple[dict[str, int], str | None]] = {}
         # When a breaker whose actions failed may be tried again.
         self.backoff: Backoff[BreakerKey] = Backoff(
             RETRY_SECONDS,
@@ -166,6 +169,17 @@ class BreakerController:
 
     def _compile_policies(self) -> None:
         self.policies.compile(self._policy_bodies())
+
+    async def _read_secret(self, ref: SecretKeyRef, namespace: str | None, lines: bool) -> str:
+        """A policy's Prometheus token or CA (see ``secrets.read_key``)."""
+        return await read_key(
+            self.api,
+            ref,
+            namespace,
+            self.operator_namespace,
+            role="breaker-prometheus",
+            lines=lines,
+        )
 
     def _evaluation_inputs(self) -> Inputs:
         """What the evaluator reads, with the policies compiled as they are now."""
@@ -854,13 +868,15 @@ class BreakerController:
             tally["unknown"] += status.get("signals") == "Unknown"
         for key, body in self._policy_bodies():
             tally = counts.get(key, {"breakers": 0, "open": 0, "unknown": 0})
+            compiled = self.compiled.get(key)
+            incomplete = compiled.partial if compiled else None
             # A cluster policy spans the shards: each writes its own count and the sum.
             shard = self.shard if key[0] == "ClusterBreakerPolicy" else None
-            if shard is None and self.policy_status.get(key) == tally:
+            if shard is None and self.policy_status.get(key) == (tally, incomplete):
                 continue
-            wanted = policy_status_patch(tally, body.get("status") or {}, shard)
+            wanted = policy_status_patch(tally, body.get("status") or {}, shard, incomplete)
             if wanted is None:
-                self.policy_status[key] = tally
+                self.policy_status[key] = (tally, incomplete)
                 continue
             objects = client.CustomObjectsApi(self.api)
             try:
@@ -883,7 +899,7 @@ class BreakerController:
                         key[2],
                         {"status": wanted},
                     )
-                self.policy_status[key] = tally
+                self.policy_status[key] = (tally, incomplete)
             except client.ApiException as error:
                 log.warning("%s: status not written: %s", policy_label(key), error.reason)
 

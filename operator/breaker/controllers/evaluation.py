@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,19 +23,30 @@ import kopf
 from breaker import metrics
 from breaker.actions.settings import ActionSettings
 from breaker.api.common import parse_duration
-from breaker.api.policy import BreakerPolicySpec, ClusterBreakerPolicySpec, PolicySpecBase
+from breaker.api.policy import (
+    BreakerPolicySpec,
+    ClusterBreakerPolicySpec,
+    PolicySpecBase,
+    PrometheusSettings,
+    SecretKeyRef,
+)
 from breaker.circuit import machine, plan
 from breaker.circuit.ownership import WorkloadKey, workload_of
 from breaker.circuit.views import PodView
 from breaker.controllers.inventory import items, only
+from breaker.controllers.secrets import SecretUnreadable
 from breaker.detect import driver, engine, live
 from breaker.detect.policy_check import problems
-from breaker.detect.prom import LiveProm
+from breaker.detect.prom import LiveProm, QueryError, Target
 
 log = logging.getLogger("breaker.breakers")
 
 BreakerKey = tuple[str, str]
 PolicyKey = tuple[str, str | None, str]  # (kind, namespace, name)
+# A policy's Secret key: (ref, the policy's namespace or None, several lines allowed).
+ReadSecret = Callable[[SecretKeyRef, str | None, bool], Awaitable[str]]
+SECRET_TTL_SECONDS = 300.0  # a rotated token or CA is read again within this
+SECRET_RETRY_SECONDS = 30.0  # an unreadable one is tried again after this
 
 
 @dataclass
@@ -52,6 +63,7 @@ class Compiled:
     due: float = 0.0  # monotonic time of the next evaluation
     known: bool = True  # the last evaluation read every signal
     error: str | None = None  # when it did not: the first failure, "Kind: message"
+    partial: str | None = None  # when some answers were partial: which, and the warning
 
 
 @dataclass(frozen=True)
@@ -67,12 +79,19 @@ class Policies:
     """The compiled policies, their ``for`` clocks and their Prometheus clients."""
 
     def __init__(
-        self, prometheus_url: str, connect: Callable[[str, float], LiveProm] = LiveProm
+        self,
+        prometheus_url: str,
+        connect: Callable[[Target], LiveProm] = LiveProm,
+        read_secret: ReadSecret | None = None,
     ) -> None:
         self.prometheus_url = prometheus_url  # where a policy without its own url asks
-        self.connect = connect  # a client for a url and a timeout
+        self.connect = connect  # a client for a target
+        self.read_secret = read_secret  # a policy's Secret key: (ref, namespace, lines)
         self.compiled: dict[PolicyKey, Compiled] = {}
-        self.proms: dict[tuple[str, float], LiveProm] = {}
+        self.proms: dict[Target, LiveProm] = {}
+        self.used: dict[PolicyKey, Target] = {}  # each policy's target, as last resolved
+        # (namespace, name, key) -> (monotonic time read, the text or why it is unreadable)
+        self.secrets: dict[tuple[str | None, str, str], tuple[float, str | SecretUnreadable]] = {}
 
     def next_due(self) -> float:
         """When the next policy is due to be evaluated (monotonic); within a minute."""
@@ -117,6 +136,7 @@ class Policies:
             )
         for key in set(self.compiled) - seen:
             del self.compiled[key]
+            self.used.pop(key, None)
 
     def due(
         self,
@@ -136,15 +156,54 @@ class Policies:
             compiled.due = now + (following - wall)
             if key in running or not breakers_of.get(key):
                 continue  # one evaluation of a policy at a time; nothing to guard
-            prom = self.prom(settings.url or self.prometheus_url, seconds(settings.timeout))
-            wanted.append(Due(key, compiled, compiled.detector, prom, at))
+            wanted.append(Due(key, compiled, compiled.detector, settings, at))
         return wanted
 
-    def prom(self, url: str, timeout: float) -> LiveProm:
-        key = (url, timeout)
-        if key not in self.proms:
-            self.proms[key] = self.connect(url, timeout)
-        return self.proms[key]
+    async def client(self, key: PolicyKey, settings: PrometheusSettings) -> LiveProm:
+        """The client of a policy's target, its Secrets read (again every few minutes: a
+        rotated token is picked up). A Secret it cannot read is a QueryError of kind
+        ``Misconfigured`` that says why and what to grant."""
+        target = Target(
+            settings.url or self.prometheus_url,
+            seconds(settings.timeout),
+            headers=tuple(sorted(settings.headers.items())),
+            token=await self._secret(key, settings.bearer_token_secret_ref),
+            ca=await self._secret(key, settings.tls.ca_secret_ref, lines=True),
+            server_name=settings.tls.server_name,
+            verify=not settings.tls.insecure_skip_verify,
+            partial_response=settings.partial_response,
+        )
+        self.used[key] = target
+        if target not in self.proms:
+            self.proms[target] = self.connect(target)
+        return self.proms[target]
+
+    async def _secret(
+        self, key: PolicyKey, ref: SecretKeyRef | None, lines: bool = False
+    ) -> str | None:
+        if ref is None:
+            return None
+        cached = (key[1], ref.name, ref.key)
+        now = time.monotonic()
+        read_at, found = self.secrets.get(cached, (float("-inf"), ""))
+        fresh = SECRET_RETRY_SECONDS if isinstance(found, SecretUnreadable) else SECRET_TTL_SECONDS
+        if now - read_at >= fresh:
+            try:
+                if self.read_secret is None:
+                    raise SecretUnreadable("this operator reads no Secrets")
+                found = await self.read_secret(ref, key[1], lines)
+            except SecretUnreadable as error:
+                found = error
+            self.secrets[cached] = (now, found)
+        if isinstance(found, SecretUnreadable):
+            raise QueryError(f"{ref.name}: {found}", "Misconfigured")
+        return found
+
+    async def close_unused(self) -> None:
+        """Close the clients no policy uses now (its token rotated, its url changed)."""
+        used = set(self.used.values())
+        for target in [t for t in self.proms if t not in used]:
+            await self.proms.pop(target).close()
 
     async def close(self) -> None:
         for prom in self.proms.values():
@@ -171,7 +230,7 @@ class Due:
     key: PolicyKey
     compiled: Compiled
     detector: engine.Detector
-    prom: LiveProm
+    settings: PrometheusSettings
     at: float  # seconds since the epoch: the instant asked about
 
 
@@ -225,6 +284,7 @@ class Evaluator:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout=timeout)
                 self.wake.clear()
+                await self.policies.close_unused()
         finally:
             for task in self.running.values():
                 task.cancel()
@@ -239,36 +299,37 @@ class Evaluator:
             )
 
     async def _evaluate(self, due: Due) -> None:
+        started = time.monotonic()
         try:
-            self._decide(due, await self._read(due))
+            try:
+                prom = await self.policies.client(due.key, due.settings)
+                read = await live.aread(prom, due.detector, due.at, self.asked)
+            except QueryError as error:  # a Secret it needs is unreadable
+                read = live.unread(due.detector, error)
+            self._decide(due, read, started)
         except Exception:  # a bug, not Prometheus: said, and the next tick tries again
             log.exception("%s: evaluation failed", policy_label(due.key))
         finally:
             self.running.pop(due.key, None)
 
-    async def _read(self, due: Due) -> tuple[live.Readings, dict[str, str], int, float]:
-        started = time.monotonic()
-        readings, errors, queries = await live.aread(due.prom, due.detector, due.at, self.asked)
-        return readings, errors, queries, started
-
-    def _decide(self, due: Due, read: tuple[live.Readings, dict[str, str], int, float]) -> None:
-        readings, errors, queries, started = read
+    def _decide(self, due: Due, read: live.Read, started: float) -> None:
         inputs = self.inputs()  # read now: the pods and Breakers as they are
         if self.policies.compiled.get(due.key) is not due.compiled:
             return  # the policy changed (or went) while its queries ran: its clocks restart
         compiled = due.compiled
         unit_of, units_on_node = _units(inputs.pods, inputs.owners, compiled.kinds)
         firing, decisions = driver.tick(
-            due.detector, compiled.state, readings, due.at, unit_of, units_on_node
+            due.detector, compiled.state, read.readings, due.at, unit_of, units_on_node
         )
         seen_at = time.monotonic()
         _observe(
             policy_label(due.key),
-            live.Evaluation(firing, decisions, errors, queries),
+            live.Evaluation(firing, decisions, read.errors, read.queries),
             seen_at - started,
         )
-        compiled.known = not errors
-        compiled.error = next(iter(errors.values()), None)
+        compiled.known = not read.errors
+        compiled.error = next(iter(read.errors.values()), None)
+        compiled.partial = _partial(read.partial)
         by_workload = {unit: found for unit, found in decisions.items() if unit}
         for breaker_key, body in inputs.breakers_of.get(due.key, []):
             target = body["spec"]["targetRef"]
@@ -311,6 +372,18 @@ def _units(
         return found
 
     return unit_of, units_on_node
+
+
+def _partial(warnings: Mapping[str, str]) -> str | None:
+    """What a policy's status says of partial answers: the signals, the first warning."""
+    if not warnings:
+        return None
+    names = ", ".join(sorted(warnings))
+    first = next(iter(warnings.values()))
+    return (
+        f"partial answers for {names} (the pods missing from them are read as Unknown: "
+        f"their clocks kept): {first}"
+    )[:1024]
 
 
 def _observe(label: str, evaluation: live.Evaluation[Any], took: float) -> None:

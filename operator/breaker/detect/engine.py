@@ -210,6 +210,11 @@ def combine(
 Readings = Mapping[str, Mapping[PodKey, Sample] | None]  # None: the query failed
 
 
+class Partial(dict[PodKey, Sample]):
+    """The samples of a partial answer (a store behind Thanos did not answer): a pod
+    missing from it is unseen, not quiet, so its clocks are kept rather than cleared."""
+
+
 @dataclass
 class State:
     """Since when each condition has held, in seconds since the epoch: by (signal, pod),
@@ -237,8 +242,9 @@ def step(
     """Advance the ``for`` clocks to ``now``; return what fires, by pod.
 
     A signal whose query failed (None) keeps its clocks as they were: missing data neither
-    starts nor clears a condition. An ``Across`` signal is combined per workload first
-    (``unit_of``), and its clock is the workload's: it fires for the pod with the most.
+    starts nor clears a condition; so does a pod missing from a ``Partial`` answer. An
+    ``Across`` signal is combined per workload first (``unit_of``), and its clock is the
+    workload's: it fires for the pod with the most.
     """
     last: dict[tuple[str, Hashable], tuple[PodKey, Sample]] = {}
     for signal in detector.signals:
@@ -254,8 +260,9 @@ def step(
         else:  # each pod is its own clock (no copy: most signals read every pod)
             clocked = samples
             entries = ((pod, (pod, sample)) for pod, sample in samples.items())
-        for key in [k for k in state.since if k[0] == signal.name and k[1] not in clocked]:
-            del state.since[key]
+        if not isinstance(samples, Partial):
+            for key in [k for k in state.since if k[0] == signal.name and k[1] not in clocked]:
+                del state.since[key]
         for whose, (pod, sample) in entries:
             clock = (signal.name, whose)
             if signal.holds(sample.value):

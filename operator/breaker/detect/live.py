@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from breaker.detect import driver, engine
-from breaker.detect.prom import LiveProm, Prom, QueryError
+from breaker.detect.prom import Answer, LiveProm, Prom, QueryError, Target
 
 Unit = TypeVar("Unit", bound=Hashable)
 
@@ -44,22 +44,46 @@ def read(
     return readings, errors, len(detector.signals)
 
 
-async def aread(
-    prom: LiveProm, detector: engine.Detector, at: float, asked: Asked
-) -> tuple[Readings, dict[str, str], int]:
+@dataclass
+class Read:
+    """What one evaluation read: every signal's vector (None where its query failed), the
+    errors as ``"Kind: message"``, and the warnings of the answers that were partial."""
+
+    readings: Readings
+    errors: dict[str, str]
+    partial: dict[str, str]
+    queries: int
+
+
+async def aread(prom: LiveProm, detector: engine.Detector, at: float, asked: Asked) -> Read:
     """``read`` for the live loop: every signal asked at once, each identical query of this
-    instant (another policy's too) sent once."""
+    instant (another policy's too) sent once. An answer with warnings is read as partial
+    when the target let it be (a Thanos store down): its missing pods keep their clocks."""
     answers = await asyncio.gather(
         *(asked.ask(prom, signal.query, at) for signal in detector.signals),
         return_exceptions=True,
     )
     readings: Readings = {}
     errors: dict[str, str] = {}
+    partial: dict[str, str] = {}
     for signal, answer in zip(detector.signals, answers, strict=True):
         if isinstance(answer, BaseException) and not isinstance(answer, QueryError):
             raise answer
-        _take(signal, answer, readings, errors)
-    return readings, errors, len(detector.signals)
+        if isinstance(answer, Answer):
+            if answer.warnings and prom.target.partial_response:
+                partial[signal.name] = answer.warnings[0]
+            _take(signal, answer.result, readings, errors, partial=signal.name in partial)
+        else:
+            _take(signal, answer, readings, errors)
+    return Read(readings, errors, partial, len(detector.signals))
+
+
+def unread(detector: engine.Detector, error: QueryError) -> Read:
+    """An evaluation that could not ask (its Secret unreadable): every signal unknown."""
+    failed = f"{error.kind}: {error}"
+    return Read(
+        {s.name: None for s in detector.signals}, {s.name: failed for s in detector.signals}, {}, 0
+    )
 
 
 def _take(
@@ -67,13 +91,15 @@ def _take(
     answer: list[dict[str, Any]] | QueryError,
     readings: Readings,
     errors: dict[str, str],
+    partial: bool = False,
 ) -> None:
     readings[signal.name] = None
     if isinstance(answer, QueryError):
         errors[signal.name] = f"{answer.kind}: {answer}"
         return
     try:
-        readings[signal.name] = engine.read(signal, answer)
+        samples = engine.read(signal, answer)
+        readings[signal.name] = engine.Partial(samples) if partial else samples
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         errors[signal.name] = f"BadResponse: {signal.query[:120]}: series unreadable: {error}"
 
@@ -86,15 +112,15 @@ class Asked:
 
     def __init__(self) -> None:
         self.latest = float("-inf")
-        self.pending: dict[tuple[LiveProm, str, float], asyncio.Task[list[dict[str, Any]]]] = {}
+        self.pending: dict[tuple[Target, str, float], asyncio.Task[Answer]] = {}
         self.sent = 0  # queries sent to a server (a benchmark's and a test's count)
 
-    async def ask(self, prom: LiveProm, query: str, at: float) -> list[dict[str, Any]]:
+    async def ask(self, prom: LiveProm, query: str, at: float) -> Answer:
         if at > self.latest:
             self.latest = at
             for key in [k for k, task in self.pending.items() if k[2] < at and task.done()]:
                 del self.pending[key]
-        key = (prom, query, at)
+        key = (prom.target, query, at)
         task = self.pending.get(key)
         if task is None:
             task = asyncio.create_task(prom.instant(query, at), name=f"query {query[:40]}")

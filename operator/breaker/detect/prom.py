@@ -11,9 +11,12 @@ Prometheus said, so the caller can hold state and report Unknown.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import re
+import ssl
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -111,21 +114,51 @@ class Prom:
         return result
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where and how a policy's queries go. Policies with equal targets share one client,
+    and each of their identical queries of an instant is sent once."""
+
+    url: str
+    timeout: float = 5.0
+    headers: tuple[tuple[str, str], ...] = ()
+    token: str | None = None  # sent as `Authorization: Bearer`
+    ca: str | None = None  # PEM: the CAs that sign an https server's certificate
+    server_name: str | None = None  # the name its certificate must carry, if not the host
+    verify: bool = True
+    partial_response: bool = False  # Thanos's partial_response: answer from the stores up
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An instant query's result list, and what the server warned of: Thanos names the
+    stores that did not answer (a partial answer), Prometheus a query's oddities."""
+
+    result: list[dict[str, Any]]
+    warnings: tuple[str, ...] = ()
+
+
 class LiveProm:
     """Instant queries without a thread: a query is a coroutine, cancelled or timed out
-    where it waits. One quick retry of a refused connection or a 429/5xx, as ``Prom``; a
-    query that timed out is not retried. Bodies go as a POST form (long PromQL fits)."""
+    where it waits. One quick retry of a dropped connection or a 429/5xx, as ``Prom``; a
+    query that timed out is not retried. Bodies go as a POST form (long PromQL fits); an
+    https server's certificate is verified unless the target says not to."""
 
-    def __init__(self, url: str, timeout_seconds: float = 5.0) -> None:
-        self.url = url.rstrip("/")
-        self.timeout = timeout_seconds
-        self.client_timeout = timeout_seconds + CLIENT_GRACE_SECONDS
+    def __init__(self, target: Target | str, timeout_seconds: float = 5.0) -> None:
+        """A ``Target``, or a url and timeout (a target with nothing else)."""
+        if isinstance(target, str):
+            target = Target(target, timeout_seconds)
+        self.target = dataclasses.replace(target, url=target.url.rstrip("/"))
+        self.timeout = target.timeout
+        self.client_timeout = target.timeout + CLIENT_GRACE_SECONDS
         self._session: aiohttp.ClientSession | None = None
 
-    async def instant(self, query: str, at: float | None = None) -> list[dict[str, Any]]:
+    async def instant(self, query: str, at: float | None = None) -> Answer:
         form = {"query": query, "timeout": f"{self.timeout:g}s"}
         if at is not None:
             form["time"] = f"{at:.3f}"
+        # Sent always: Thanos's own default (--query.partial-response) may be on.
+        form["partial_response"] = "true" if self.target.partial_response else "false"
         for attempt in (1, 2):
             try:
                 async with asyncio.timeout(self.client_timeout):
@@ -134,23 +167,33 @@ class LiveProm:
                 raise failure(
                     query, f"no answer within {self.client_timeout:g}s", "Timeout"
                 ) from None
-            except aiohttp.ClientConnectorError as error:
-                if attempt == 1:
+            except aiohttp.ClientConnectionError as error:
+                if attempt == 1 and not isinstance(error, aiohttp.ClientSSLError):
                     await asyncio.sleep(0.1)
                     continue
-                raise failure(query, str(error), "Unreachable") from error
+                raise failure(query, f"{type(error).__name__}: {error}", "Unreachable") from error
             except aiohttp.ClientError as error:
                 raise failure(query, f"{type(error).__name__}: {error}", "Unreachable") from error
             if status in RETRY_ON and attempt == 1:
                 await asyncio.sleep(0.1)
                 continue
-            return vector(query, status, text)
+            return answer(query, status, text)
         raise AssertionError("unreachable")
 
     async def _post(self, form: dict[str, str]) -> tuple[int, str]:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        async with self._session.post(f"{self.url}/api/v1/query", data=form) as response:
+            target = self.target
+            headers = dict(target.headers)
+            if target.token:
+                headers["Authorization"] = f"Bearer {target.token}"
+            self._session = aiohttp.ClientSession(
+                headers=headers, connector=aiohttp.TCPConnector(ssl=tls_context(target))
+            )
+        async with self._session.post(
+            f"{self.target.url}/api/v1/query",
+            data=form,
+            server_hostname=self.target.server_name,
+        ) as response:
             return response.status, await response.text(errors="replace")
 
     async def close(self) -> None:
@@ -158,8 +201,19 @@ class LiveProm:
             await self._session.close()
 
 
-def vector(query: str, status: int, text: str) -> list[dict[str, Any]]:
-    """The result list of an instant query's answer, or the QueryError it is."""
+def tls_context(target: Target) -> ssl.SSLContext:
+    """The system's CAs, or the target's; no check at all only when it says so."""
+    context = (
+        ssl.create_default_context(cadata=target.ca) if target.ca else ssl.create_default_context()
+    )
+    if not target.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def answer(query: str, status: int, text: str) -> Answer:
+    """An instant query's answer, or the QueryError it is."""
     try:
         body = json.loads(text)
     except ValueError:
@@ -179,4 +233,6 @@ def vector(query: str, status: int, text: str) -> list[dict[str, Any]]:
         raise failure(
             query, f"not a Prometheus answer (result is a {type(result).__name__})", "BadResponse"
         )
-    return result
+    warnings = body.get("warnings")
+    warned = tuple(str(w)[:500] for w in warnings[:8]) if isinstance(warnings, list) else ()
+    return Answer(result, warned)
