@@ -58,6 +58,7 @@ class Scene:
         self.breaker = "rl-guard" if setting == "gpus" else f"rl-{c.ns[:50]}"[:63]
         self.before: dict[str, Any] = {}
         self.nodes: set[str] = set()
+        self.handoff_before_reset: dict[str, Any] | None = None
 
     def trip(self) -> None:
         self.c.patch(
@@ -65,6 +66,10 @@ class Scene:
         )
 
     def reset(self, token: str) -> None:
+        # What the reset had to go on, for a failure after it (the reset clears it).
+        self.handoff_before_reset = next(
+            (a for a in self.status().get("actions") or [] if a["type"] == "reassignGPUs"), None
+        )
         self.c.patch("breakers", self.breaker, {"spec": {"override": None, "reset": token}})
 
     def status(self) -> dict[str, Any]:
@@ -161,7 +166,12 @@ class Scene:
         c = self.c
         # Generous: on a loaded machine the scheduler and kwok take their time, and
         # speed is not what this test is about.
-        c.running_again("rl", self.breaker)
+        try:
+            c.running_again("rl", self.breaker)
+        except AssertionError as error:
+            raise AssertionError(
+                f"{error}\n  the handoff as the reset found it: {self.handoff_before_reset}"
+            ) from None
         pods = c.running("rl", 2)
         self.nodes = {p.spec.node_name for p in pods}
         if self.setting == "gpus":

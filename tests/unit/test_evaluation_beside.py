@@ -430,15 +430,19 @@ def test_a_pod_missing_from_a_partial_answer_keeps_its_clock() -> None:
     assert state.since == {("pool", (NS, "rl-0")): 100.0}
 
 
-async def test_partial_answers_are_read_as_partial_only_where_the_policy_allows() -> None:
+async def test_a_partial_answer_is_never_read_as_whole_whatever_the_policy_asked() -> None:
+    """Thanos v0.41 answers in part, with warnings, even to partial_response=false."""
     detector = _detector()
     warned: Json = {**VECTOR, "warnings": ["store-b: unavailable"]}
-    for allowed in (True, False):
-        prom = FakeProm(warned, Target("http://thanos.invalid", partial_response=allowed))
+    for asked in (True, False):
+        prom = FakeProm(warned, Target("http://thanos.invalid", partial_response=asked))
         read = await live.aread(prom, detector, 15.0, live.Asked())
-        assert isinstance(read.readings["pool"], engine.Partial) is allowed
-        assert read.partial == ({"pool": "store-b: unavailable"} if allowed else {})
+        assert isinstance(read.readings["pool"], engine.Partial)
+        assert read.partial == {"pool": "store-b: unavailable"}
         assert read.errors == {}
+    whole = await live.aread(FakeProm(VECTOR), detector, 15.0, live.Asked())
+    assert not isinstance(whole.readings["pool"], engine.Partial)
+    assert whole.partial == {}
 
 
 async def test_a_policy_s_token_is_read_from_its_secret_cached_and_refused_saying_why() -> None:

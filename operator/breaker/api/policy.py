@@ -460,10 +460,11 @@ class PrometheusSettings(ApiModel):
     partial_response: bool = Field(
         default=False,
         description=(
-            "Thanos: let a query answer from the stores that answered (a warning names the "
-            "others). The pods missing from such an answer are read as Unknown: their `for` "
-            "clocks kept, not reset, and the policy's status says so. Off (the default), a "
-            "store that does not answer fails the query: Unknown for every pod."
+            "Thanos: ask for answers from the stores that answered (a warning names the "
+            "others). Off (the default) asks for an error instead, which holds every breaker "
+            "of the policy. An answer that comes back partial anyway (Thanos does, when a "
+            "replica or every store is down) is never read as whole: the pods missing from it "
+            "are read as Unknown, their `for` clocks kept, and the policy's status says so."
         ),
     )
     headers: dict[str, str] = Field(

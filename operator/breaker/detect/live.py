@@ -58,7 +58,7 @@ class Read:
 async def aread(prom: LiveProm, detector: engine.Detector, at: float, asked: Asked) -> Read:
     """``read`` for the live loop: every signal asked at once, each identical query of this
     instant (another policy's too) sent once. An answer with warnings is read as partial
-    when the target let it be (a Thanos store down): its missing pods keep their clocks."""
+    (a Thanos store down): its missing pods keep their clocks."""
     answers = await asyncio.gather(
         *(asked.ask(prom, signal.query, at) for signal in detector.signals),
         return_exceptions=True,
@@ -70,7 +70,9 @@ async def aread(prom: LiveProm, detector: engine.Detector, at: float, asked: Ask
         if isinstance(answer, BaseException) and not isinstance(answer, QueryError):
             raise answer
         if isinstance(answer, Answer):
-            if answer.warnings and prom.target.partial_response:
+            # Never read as whole: a Thanos querier answers in part with warnings even when
+            # asked not to (a replica of a deduplicated group down, or every store).
+            if answer.warnings:
                 partial[signal.name] = answer.warnings[0]
             _take(signal, answer.result, readings, errors, partial=signal.name in partial)
         else:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from breaker.constants import GPU_RESOURCE
-from breaker_tooling.localcluster import paths, pki, prometheus
+from breaker_tooling.localcluster import paths, pki, prometheus, thanos
 from breaker_tooling.localcluster.errors import ClusterError
 from breaker_tooling.localcluster.kuberay import KubeRay
 from breaker_tooling.localcluster.kueue import Kueue, KueuePorts, install_crds
@@ -61,6 +61,14 @@ class Ports:
     kueue_health: int = 28082
     ray_dashboard: int = 28265
     ray_operator_health: int = 28083
+    # The distributed Prometheus: a second replica, a Thanos sidecar beside each, a querier.
+    prometheus_b: int = 29091
+    thanos_sidecar_a_grpc: int = 20901
+    thanos_sidecar_a_http: int = 20902
+    thanos_sidecar_b_grpc: int = 20903
+    thanos_sidecar_b_http: int = 20904
+    thanos_query: int = 20905
+    thanos_query_grpc: int = 20906
 
     @classmethod
     def from_env(cls) -> Ports:
@@ -181,6 +189,10 @@ class LocalCluster:
         "kube-scheduler",
         "kwok",
         "prometheus",
+        "prometheus-b",
+        "thanos-sidecar-a",
+        "thanos-sidecar-b",
+        "thanos-query",
         "kube-state-metrics",
         "kueue",
         "ray-dashboard",
@@ -265,6 +277,10 @@ class LocalCluster:
         self._step("kwok", "running", self._start_kwok, tools, timeout=30)
         self._register_nodes()
         self._step("prometheus", "ready", self._start_prometheus, tools, timeout=60)
+        self._step("prometheus-b", "ready", self._start_prometheus_b, tools, timeout=60)
+        for sidecar in self.sidecars:
+            self._step(sidecar.name, "ready", self._sidecar_starter(sidecar), tools, timeout=60)
+        self._step("thanos-query", "deduplicating 2 stores", self._start_thanos_query, tools, 60)
         self._step("kube-state-metrics", "serving", self._start_kube_state_metrics, tools, 60)
         self._wait_for_cluster()
         self._install_training_crds(tools)
@@ -308,6 +324,16 @@ class LocalCluster:
             "kube-scheduler": (self.ports.scheduler,),
             "kwok": (self.ports.kwok,),
             "prometheus": (self.ports.prometheus,),
+            "prometheus-b": (self.ports.prometheus_b,),
+            "thanos-sidecar-a": (
+                self.ports.thanos_sidecar_a_grpc,
+                self.ports.thanos_sidecar_a_http,
+            ),
+            "thanos-sidecar-b": (
+                self.ports.thanos_sidecar_b_grpc,
+                self.ports.thanos_sidecar_b_http,
+            ),
+            "thanos-query": (self.ports.thanos_query, self.ports.thanos_query_grpc),
             "kube-state-metrics": (
                 self.ports.kube_state_metrics,
                 self.ports.kube_state_metrics_telemetry,
@@ -433,13 +459,66 @@ class LocalCluster:
         return lambda: _get(f"http://127.0.0.1:{self.ports.kwok}/healthz") == "ok"
 
     def _start_prometheus(self, tools: Toolbox) -> Callable[[], bool]:
+        return self._start_replica("a", self.ports.prometheus)
+
+    def _start_prometheus_b(self, tools: Toolbox) -> Callable[[], bool]:
+        return self._start_replica("b", self.ports.prometheus_b)
+
+    def _start_replica(self, replica: str, port: int) -> Callable[[], bool]:
+        """One Prometheus replica: the same targets, its own data and ``replica`` label
+        (what the Thanos querier deduplicates by)."""
         base = self.directory / "prometheus"
-        config = base / "prometheus.yml"
-        prometheus.write_config(config, self.targets, self.kubelets)
-        self.process("prometheus").start(
-            prometheus.command(config, base / "data", self.ports.prometheus)
+        suffix = "" if replica == "a" else f"-{replica}"
+        config = base / f"prometheus{suffix}.yml"
+        labels = {thanos.REPLICA_LABEL: replica}
+        prometheus.write_config(config, self.targets, self.kubelets, labels)
+        self.process(f"prometheus{suffix}").start(
+            prometheus.command(config, self._tsdb(replica), port)
         )
-        return lambda: _get(f"{self.prometheus_url}/-/ready").startswith("Prometheus")
+        return lambda: _get(f"http://127.0.0.1:{port}/-/ready").startswith("Prometheus")
+
+    def _tsdb(self, replica: str) -> Path:
+        base = self.directory / "prometheus"
+        return base / "data" if replica == "a" else base / f"data-{replica}"
+
+    @property
+    def sidecars(self) -> tuple[thanos.Sidecar, ...]:
+        p = self.ports
+        return (
+            thanos.Sidecar("a", p.thanos_sidecar_a_grpc, p.thanos_sidecar_a_http),
+            thanos.Sidecar("b", p.thanos_sidecar_b_grpc, p.thanos_sidecar_b_http),
+        )
+
+    @property
+    def thanos_query(self) -> thanos.Query:
+        return thanos.Query(self.ports.thanos_query, self.ports.thanos_query_grpc)
+
+    @property
+    def thanos_url(self) -> str:
+        """The Thanos querier's Prometheus API, over both replicas."""
+        return self.thanos_query.url
+
+    def _sidecar_starter(self, sidecar: thanos.Sidecar) -> Callable[[Toolbox], Callable[[], bool]]:
+        def start(tools: Toolbox) -> Callable[[], bool]:
+            self.start_sidecar(sidecar, tools)
+            return sidecar.ready
+
+        return start
+
+    def start_sidecar(self, sidecar: thanos.Sidecar, tools: Toolbox | None = None) -> None:
+        """Start (or, after a test stopped it, start again) a replica's sidecar."""
+        tools = tools or ensure_built(say=lambda _: None)
+        port = self.ports.prometheus if sidecar.replica == "a" else self.ports.prometheus_b
+        self.process(sidecar.name).start(
+            sidecar.command(
+                tools["thanos"], f"http://127.0.0.1:{port}", self._tsdb(sidecar.replica)
+            )
+        )
+
+    def _start_thanos_query(self, tools: Toolbox) -> Callable[[], bool]:
+        query = self.thanos_query
+        self.process("thanos-query").start(query.command(tools["thanos"], self.sidecars))
+        return lambda: query.stores() == len(self.sidecars)
 
     def _start_kube_state_metrics(self, tools: Toolbox) -> Callable[[], bool]:
         """kube_pod_owner, kube_pod_info and friends, from the real exporter, scraped by the

@@ -53,11 +53,21 @@ class Targets:
         (self.directory / f"{name}.json").unlink(missing_ok=True)
 
 
-def write_config(path: Path, targets: Targets, kubelets: Kubelets | None = None) -> None:
+def write_config(
+    path: Path,
+    targets: Targets,
+    kubelets: Kubelets | None = None,
+    external_labels: dict[str, str] | None = None,
+) -> None:
     """Scrape every file-SD target; keep the exporters' own labels (namespace, pod, ...);
-    and the kubelets' cAdvisor, as a cluster's monitoring stack does."""
+    and the kubelets' cAdvisor, as a cluster's monitoring stack does. ``external_labels``
+    name a replica to a Thanos sidecar."""
     config: dict[str, Any] = {
-        "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+        "global": {
+            "scrape_interval": SCRAPE_INTERVAL,
+            "evaluation_interval": SCRAPE_INTERVAL,
+            **({"external_labels": external_labels} if external_labels else {}),
+        },
         "scrape_configs": [
             {
                 "job_name": "breaker-local",
