@@ -198,3 +198,20 @@ async def test_the_remote_queue_lists_once_then_follows_the_watch(remote: Remote
     await remote.close()
     assert remote.task is not None
     assert remote.task.done()
+
+
+async def test_the_local_queue_s_own_admission_counts_before_its_index_shows_it() -> None:
+    """A restarted operator finishing a trip: its queue admits the waiting job (and no
+    longer counts it as waiting) before the watch brings the job's status back; the
+    handoff must learn of it all the same, or a reset owes nothing (CI, 2026-12-07)."""
+    index: dict[Any, list[Any]] = {("b", "waiting"): [job("b", "waiting", "Queued")]}
+    queue = TrainingController(None, {"trainingjobs": index})  # type: ignore[arg-type,dict-item]
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    later(0.05, lambda: asyncio.ensure_future(queue._record_admission(("b", "waiting"))))
+    started = time.monotonic()
+    assert await queue.admitted_after(before, 30) == [("b", "waiting")]
+    assert time.monotonic() - started < 1
+    # Once the index shows it too, it is named once.
+    index[("b", "waiting")] = [job("b", "waiting", "Admitted", dt.datetime.now(dt.UTC))]
+    assert await queue.admitted_after(before, 0) == [("b", "waiting")]
+    assert await queue.admitted_after(before + dt.timedelta(hours=1), 0) == []

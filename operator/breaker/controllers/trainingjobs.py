@@ -205,8 +205,9 @@ class TrainingController:
         self.written: dict[Key, str] = {}  # the state last written, for transition Events
         self.unschedulable_until: dict[Key, float] = {}
         self.nodes_seen: dict[str, Any] = {}
-        # Admissions, for the breaker's GPU hand-off to learn who got the freed GPUs.
-        self.admissions: list[tuple[float, Key]] = []
+        # Admissions, for the breaker's GPU hand-off to learn who got the freed GPUs:
+        # (monotonic time, wall-clock time, job).
+        self.admissions: list[tuple[float, float, Key]] = []
         self.queued: tuple[Key, ...] | None = None  # waiting for GPUs after the latest pass
         self.admitted = asyncio.Condition()
         self.changes = Changes()  # the indexes changed: for waits on the TrainingJobs' status
@@ -216,7 +217,7 @@ class TrainingController:
         deadline = time.monotonic() + wait_seconds
         async with self.admitted:
             while True:
-                found = [key for at, key in self.admissions if at >= since]
+                found = [key for at, _, key in self.admissions if at >= since]
                 left = deadline - time.monotonic()
                 if found or left <= 0:
                     return found
@@ -238,14 +239,18 @@ class TrainingController:
         among: Callable[[Key], bool] | None = None,
     ) -> list[Key]:
         """Jobs whose status says they were admitted at or after ``moment`` (those ``among``
-        accepts): what a restarted operator knows of the queue's past. Waits up to
-        ``wait_seconds`` for the index to show the first."""
+        accepts): what a restarted operator knows of the queue's past; and those this queue
+        admitted since, before the index shows their status (its next pass no longer counts
+        them as waiting, so they must be found here). Waits up to ``wait_seconds`` for the
+        first."""
         if moment is None:
             return []
         index = self.indexes["trainingjobs"]
+        since = moment.timestamp()
 
         def found() -> list[Key]:
             admitted = queue.admitted_since((_only(index, key) or {} for key in index), moment)
+            admitted += [k for _, at, k in self.admissions if at >= since and k not in admitted]
             return [key for key in admitted if among is None or among(key)]
 
         return await self.changes.until(found, wait_seconds)
@@ -432,10 +437,10 @@ class TrainingController:
     async def _record_admission(self, key: Key) -> None:
         async with self.admitted:
             now = time.monotonic()
-            self.admissions = [(at, k) for at, k in self.admissions if now - at < 300] + [
-                (now, key)
-            ]
+            kept = [(at, wall, k) for at, wall, k in self.admissions if now - at < 300]
+            self.admissions = [*kept, (now, time.time(), key)]
             self.admitted.notify_all()
+        self.changes.notify()  # a handoff waiting on admitted_after sees it now
 
     def _reclaims(self) -> tuple[dict[Key, Key], dict[Key, Key]]:
         """(recipient -> the job it owes, owed job -> the Breaker that recorded the debt)."""
