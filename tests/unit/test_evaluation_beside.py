@@ -491,3 +491,56 @@ def test_a_policy_s_status_says_its_answers_were_partial_and_when_they_are_whole
     assert policy_status_patch(counts, counts, None, note) == {"incomplete": note}
     assert policy_status_patch(counts, {**counts, "incomplete": note}, None, note) is None
     assert policy_status_patch(counts, {**counts, "incomplete": note}, None) == {"incomplete": None}
+
+
+def test_an_interval_under_a_second_or_a_zero_timeout_is_refused_naming_it() -> None:
+    for field, value, said in (
+        ("interval", "0s", "at least 1s"),
+        ("timeout", "0s", "more than 0s"),
+    ):
+        with pytest.raises(ValueError, match=said):
+            PrometheusSettings.model_validate({field: value})
+
+
+def test_a_workload_seen_in_part_keeps_its_across_clock() -> None:
+    spec = {
+        **POLICY_SPEC,
+        "signals": [
+            {
+                "name": "fanout",
+                "query": "sum by (namespace, pod, dst) (flows)",
+                "across": {"label": "dst", "operator": ">=", "threshold": 2},
+                "for": "30s",
+            }
+        ],
+    }
+    detector = engine.compile_policy(BreakerPolicySpec.model_validate(spec))
+    state = engine.State()
+    one = (NS, "rl-0")
+    both = {one: engine.Sample(1.0, {}, frozenset({"a", "b"}))}
+    engine.step(detector, state, {"fanout": both}, 100.0)
+    assert list(state.since.values()) == [100.0]
+    seen_part = engine.Partial({one: engine.Sample(1.0, {}, frozenset({"a"}))})
+    engine.step(detector, state, {"fanout": seen_part}, 115.0)
+    assert list(state.since.values()) == [100.0]  # the unseen part may still hold it
+
+
+async def test_prometheus_s_own_query_annotations_are_not_a_partial_answer() -> None:
+    noted: Json = {**VECTOR, "warnings": ["PromQL warning: encountered a mix of histograms"]}
+    read = await live.aread(FakeProm(noted), _detector(), 15.0, live.Asked())
+    assert read.partial == {}
+    assert not isinstance(read.readings["pool"], engine.Partial)
+
+
+async def test_a_ca_bundle_that_does_not_load_is_misconfigured_not_a_crash() -> None:
+    async def read_secret(ref: SecretKeyRef, namespace: str | None, lines: bool) -> str:
+        return "-----BEGIN CERTIFICATE-----\nnot one\n-----END CERTIFICATE-----"
+
+    policies = Policies("http://prometheus.invalid", lambda t: FakeProm(target=t), read_secret)
+    settings = PrometheusSettings.model_validate(
+        {"url": "https://p.invalid", "tls": {"caSecretRef": {"name": "ca", "key": "ca.crt"}}}
+    )
+    with pytest.raises(QueryError) as failed:
+        await policies.client(("BreakerPolicy", "a", "guard"), settings)
+    assert failed.value.kind == "Misconfigured"
+    assert "tls.caSecretRef" in str(failed.value)

@@ -17,6 +17,7 @@ from breaker.api.common import (
     KubeObject,
     LabelSelector,
     defaults_of,
+    parse_duration,
 )
 
 SignalName = Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
@@ -443,6 +444,23 @@ class PrometheusTLS(ApiModel):
 class PrometheusSettings(ApiModel):
     """Where the signals come from and what an outage means."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.interval) || duration(self.interval) >= duration('1s')",
+                    "message": "interval must be at least 1s",
+                    "fieldPath": ".interval",
+                },
+                {
+                    "rule": "!has(self.timeout) || duration(self.timeout) > duration('0s')",
+                    "message": "timeout must be more than 0s",
+                    "fieldPath": ".timeout",
+                },
+            ]
+        }
+    )
+
     url: str | None = Field(
         default=None,
         max_length=2048,
@@ -502,6 +520,20 @@ class PrometheusSettings(ApiModel):
         description="How an https URL's certificate is checked: verified by default.",
         json_schema_extra={"default": {}},
     )
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: str) -> str:
+        if parse_duration(value).total_seconds() < 1:
+            raise ValueError(f"interval {value!r}: must be at least 1s")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: str) -> str:
+        if parse_duration(value).total_seconds() <= 0:
+            raise ValueError(f"timeout {value!r}: must be more than 0s")
+        return value
 
     @field_validator("headers")
     @classmethod

@@ -157,6 +157,7 @@ class BreakerController:
 
     async def run(self) -> None:
         evaluating = asyncio.create_task(self.evaluator.run(), name="breaker-evaluation")
+        evaluating.add_done_callback(_ended)
         try:
             await self.loop.run()
         finally:
@@ -870,6 +871,9 @@ class BreakerController:
             tally = counts.get(key, {"breakers": 0, "open": 0, "unknown": 0})
             compiled = self.compiled.get(key)
             incomplete = compiled.partial if compiled else None
+            if tally["breakers"] == 0 and key[0] == "ClusterBreakerPolicy":
+                # A shard that guards nothing of it evaluates nothing: the shards that do say.
+                incomplete = (body.get("status") or {}).get("incomplete")
             # A cluster policy spans the shards: each writes its own count and the sum.
             shard = self.shard if key[0] == "ClusterBreakerPolicy" else None
             if shard is None and self.policy_status.get(key) == (tally, incomplete):
@@ -1051,6 +1055,12 @@ def _intend(
         executor.freed_gpus(scene.pods),
         lambda held: executor.nodes_named(scene, nodes | held),
     )
+
+
+def _ended(task: asyncio.Task[None]) -> None:
+    """The evaluation loop must run while the operator does: its end is an error."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the evaluation loop ended: %r", task.exception())
 
 
 def _as_workload(view: WorkloadView) -> Workload:

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from breaker.controllers.inventory import items, only
 from breaker.controllers.secrets import SecretUnreadable
 from breaker.detect import driver, engine, live
 from breaker.detect.policy_check import problems
-from breaker.detect.prom import LiveProm, QueryError, Target
+from breaker.detect.prom import LiveProm, QueryError, Target, tls_context
 
 log = logging.getLogger("breaker.breakers")
 
@@ -47,6 +48,7 @@ PolicyKey = tuple[str, str | None, str]  # (kind, namespace, name)
 ReadSecret = Callable[[SecretKeyRef, str | None, bool], Awaitable[str]]
 SECRET_TTL_SECONDS = 300.0  # a rotated token or CA is read again within this
 SECRET_RETRY_SECONDS = 30.0  # an unreadable one is tried again after this
+RETRY_SECONDS = 5.0  # after a turn of the evaluation loop failed
 
 
 @dataclass
@@ -175,6 +177,11 @@ class Policies:
         )
         self.used[key] = target
         if target not in self.proms:
+            try:
+                tls_context(target)  # a CA bundle that does not load says so, here
+            except (ssl.SSLError, ValueError) as error:
+                why = f"tls.caSecretRef: not a PEM CA bundle: {error}"
+                raise QueryError(why, "Misconfigured") from error
             self.proms[target] = self.connect(target)
         return self.proms[target]
 
@@ -278,17 +285,22 @@ class Evaluator:
     async def run(self) -> None:
         try:
             while True:
-                if self.ready():
-                    self.start_due()
+                try:
+                    if self.ready():
+                        self.start_due()
+                    await self.policies.close_unused()
+                except Exception:  # a bug: said, and the loop goes on (detection must)
+                    log.exception("evaluation loop: a turn failed; going on")
+                    await asyncio.sleep(RETRY_SECONDS)
                 timeout = max(0.0, self.policies.next_due() - time.monotonic())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout=timeout)
                 self.wake.clear()
-                await self.policies.close_unused()
         finally:
             for task in self.running.values():
                 task.cancel()
             await asyncio.gather(*self.running.values(), return_exceptions=True)
+            await self.asked.cancel()
             await self.policies.close()
 
     def start_due(self) -> None:
@@ -304,10 +316,14 @@ class Evaluator:
             try:
                 prom = await self.policies.client(due.key, due.settings)
                 read = await live.aread(prom, due.detector, due.at, self.asked)
-            except QueryError as error:  # a Secret it needs is unreadable
+            except QueryError as error:  # a Secret or CA it needs is unusable
                 read = live.unread(due.detector, error)
+            except Exception as error:  # a bug, not Prometheus: said, and read as Unknown
+                log.exception("%s: evaluation failed", policy_label(due.key))
+                failed = QueryError(f"evaluation failed: {type(error).__name__}", "Internal")
+                read = live.unread(due.detector, failed)
             self._decide(due, read, started)
-        except Exception:  # a bug, not Prometheus: said, and the next tick tries again
+        except Exception:
             log.exception("%s: evaluation failed", policy_label(due.key))
         finally:
             self.running.pop(due.key, None)

@@ -263,12 +263,13 @@ def step(
         if not isinstance(samples, Partial):
             for key in [k for k in state.since if k[0] == signal.name and k[1] not in clocked]:
                 del state.since[key]
+        partial = isinstance(samples, Partial)
         for whose, (pod, sample) in entries:
             clock = (signal.name, whose)
             if signal.holds(sample.value):
                 state.since.setdefault(clock, now)
                 last[clock] = (pod, sample)
-            else:
+            elif not partial:  # a workload seen in part (Across) may hold in what is unseen
                 state.since.pop(clock, None)
 
     firing: dict[PodKey, list[Firing]] = {}

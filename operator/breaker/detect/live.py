@@ -72,8 +72,10 @@ async def aread(prom: LiveProm, detector: engine.Detector, at: float, asked: Ask
         if isinstance(answer, Answer):
             # Never read as whole: a Thanos querier answers in part with warnings even when
             # asked not to (a replica of a deduplicated group down, or every store).
-            if answer.warnings:
-                partial[signal.name] = answer.warnings[0]
+            # Prometheus's own annotations of a query ("PromQL warning: ...") are not that.
+            missing = [w for w in answer.warnings if not w.startswith(PROMQL_ANNOTATION)]
+            if missing:
+                partial[signal.name] = missing[0]
             _take(signal, answer.result, readings, errors, partial=signal.name in partial)
         else:
             _take(signal, answer, readings, errors)
@@ -106,6 +108,9 @@ def _take(
         errors[signal.name] = f"BadResponse: {signal.query[:120]}: series unreadable: {error}"
 
 
+PROMQL_ANNOTATION = "PromQL "  # how Prometheus's query annotations begin
+
+
 class Asked:
     """The queries of the instants being evaluated, shared: the same PromQL to the same
     server about the same instant is sent once, whatever the number of policies (or
@@ -131,6 +136,13 @@ class Asked:
             self.sent += 1
         # One policy's evaluation cancelled (its policy changed) cancels no other's query.
         return await asyncio.shield(task)
+
+    async def cancel(self) -> None:
+        """At shutdown: the queries still out are given up."""
+        for task in self.pending.values():
+            task.cancel()
+        await asyncio.gather(*self.pending.values(), return_exceptions=True)
+        self.pending.clear()
 
 
 def _retrieved(task: asyncio.Task[Any]) -> None:

@@ -152,6 +152,7 @@ class LiveProm:
         self.timeout = target.timeout
         self.client_timeout = target.timeout + CLIENT_GRACE_SECONDS
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     async def instant(self, query: str, at: float | None = None) -> Answer:
         form = {"query": query, "timeout": f"{self.timeout:g}s"}
@@ -181,6 +182,8 @@ class LiveProm:
         raise AssertionError("unreachable")
 
     async def _post(self, form: dict[str, str]) -> tuple[int, str]:
+        if self._closed:
+            raise aiohttp.ClientConnectionError("the client was closed")
         if self._session is None or self._session.closed:
             target = self.target
             headers = dict(target.headers)
@@ -197,6 +200,7 @@ class LiveProm:
             return response.status, await response.text(errors="replace")
 
     async def close(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
 

@@ -56,7 +56,8 @@ class Query:
             f"--http-address=127.0.0.1:{self.http}",
             f"--grpc-address=127.0.0.1:{self.grpc}",
             # Strict: always asked, down or not, so a store that is down makes an answer
-            # partial (or, without partial_response, an error) rather than vanish.
+            # partial (with a warning naming it; Thanos 0.41 answers so even to
+            # partial_response=false) rather than vanish from the set.
             *(f"--endpoint-strict=127.0.0.1:{sidecar.grpc}" for sidecar in sidecars),
             f"--query.replica-label={REPLICA_LABEL}",
             # Its own default lets a query answer without a store; a client says which
