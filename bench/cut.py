@@ -89,7 +89,10 @@ class Bench:
             manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
             self.cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
         env = self.cluster.env()
-        run = [sys.executable, "-m", "breaker.cli", "run", "--metrics-port=0"]
+        run = [
+            sys.executable, "-m", "breaker.cli", "run", "--metrics-port=0",
+            f"--prometheus-url={self.cluster.prometheus_url}",
+        ]  # fmt: skip
         agent = self.cluster.real_node.agent_command()
         for name, command in (("operator", run), ("node-agent", agent)):
             log = (self.work / f"{name}.log").open("wb")

@@ -231,6 +231,18 @@ class NodeAgent:
             node = self._node_addresses()
             for comment, pod in todo.items():
                 try:
+                    if comment not in self.fenced:
+                        # Reset what it has open first: once fenced, the data it sends is
+                        # dropped, its sequence runs ahead of what the far end received,
+                        # and a reset sent then is out of the far end's window (RFC 5961:
+                        # answered with a challenge ACK the fence drops), so the far end
+                        # would never learn the connection is gone.
+                        assert pod.ip is not None
+                        open_now = flows.to_cut(
+                            self._conntrack(pod.ip), pod.ip, pod.kept, self.settings.cluster_dns,
+                            node,
+                        )  # fmt: skip
+                        self._reset_sockets(pod, open_now)
                     self._fence(pod, comment, listing, node)
                     self.fenced.add(comment)
                 except RuntimeError as error:  # one pod's trouble is not the others'
@@ -431,13 +443,7 @@ class NodeAgent:
         assert pod.ip is not None
         assert pod.breaker is not None
         # 1. The sockets, in the pod's namespace: the far end gets a reset.
-        netns = self._netns_of(pod.ip)
-        if netns is not None:
-            for option, where in flows.sockets(cut, pod.ip).items():
-                kill = ["ss", "-K", "-n", option, where]
-                subprocess.run(
-                    ["nsenter", f"--net={netns}", *kill], capture_output=True, check=False
-                )
+        self._reset_sockets(pod, cut)
         # 2. The packets, both ways, ahead of conntrack.
         for flow in cut:
             for spec in flows.drop_rules(flow, comment, pod.ip, self.settings.cluster_cidrs):
@@ -454,6 +460,17 @@ class NodeAgent:
         said += flows.summary(cut, pod.ip)
         log.info("%s/%s: %s", pod.namespace, pod.breaker, said)
         self._event(pod, "ConnectionsCut", said)
+
+    def _reset_sockets(self, pod: Pod, cut: list[flows.Flow]) -> None:
+        """Destroy the pod's sockets of these flows in its network namespace: its kernel
+        sends the far end a reset."""
+        assert pod.ip is not None
+        netns = self._netns_of(pod.ip) if cut else None
+        if netns is None:
+            return
+        for option, where in flows.sockets(cut, pod.ip).items():
+            kill = ["ss", "-K", "-n", option, where]
+            subprocess.run(["nsenter", f"--net={netns}", *kill], capture_output=True, check=False)
 
     def _streams(self, pod: Pod) -> None:
         """Cut the port-forward streams into the pod: loopback connections in its namespace
