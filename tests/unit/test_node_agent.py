@@ -4,6 +4,7 @@ filters that cut them, what a pod keeps, and whether a node's agent is there."""
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
 
 from breaker.actions.connections import (
     Inbound,
@@ -269,3 +270,26 @@ def test_a_held_pod_is_fenced_off_the_world_both_ways_but_its_scrape() -> None:
     assert flows.chains(listing) == [out, into]
     assert flows.chain_rules(listing, out) == found[out]
     assert flows.chain_rules(listing, into) == []
+
+
+def test_a_newly_held_pod_s_sockets_are_reset_before_it_is_fenced() -> None:
+    """Fenced first, a pod's sends are dropped and its sequence runs ahead of what the far
+    end received: a reset sent then is out of the far end's window (RFC 5961) and the far
+    end never learns the connection is gone. So the reset comes first."""
+    from breaker.nodeagent.agent import NodeAgent, Pod, Settings
+
+    agent = NodeAgent(None, Settings(node="n", namespace="breaker-system", flow_interval=0))  # type: ignore[arg-type]
+    pod = Pod("a", "rl-0", "uid", "10.244.1.5", "rl-guard", Kept())
+    steps: list[str] = []
+    tunnel = flows.Flow("tcp", "10.244.1.5", 40000, "198.51.100.4", 22, "ESTABLISHED",
+                        "198.51.100.4", "10.244.1.5", 22, 40000)  # fmt: skip
+    agent.held = lambda: {"a/rl-0": pod}  # type: ignore[method-assign]
+    agent._iptables = lambda *args, **kwargs: subprocess.CompletedProcess(args, 0, "", "")  # type: ignore[method-assign]
+    agent._node_addresses = lambda: ("10.250.0.2",)  # type: ignore[method-assign]
+    agent._conntrack = lambda ip: [tunnel]  # type: ignore[method-assign]
+    agent._reset_sockets = lambda pod, cut: steps.append(f"reset {len(cut)}")  # type: ignore[method-assign]
+    agent._fence = lambda *args: steps.append("fence")  # type: ignore[method-assign]
+    agent._fence_pass(everything=False)
+    assert steps == ["reset 1", "fence"]
+    agent._fence_pass(everything=True)  # fenced already: checked, nothing reset again
+    assert steps == ["reset 1", "fence", "fence"]
