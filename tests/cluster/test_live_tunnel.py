@@ -256,8 +256,9 @@ def test_rome_on_the_real_node_the_tunnel_and_the_pool_are_cut_and_the_job_pause
     assert live.agree(neighbour) == EVERYTHING
     live.flowing(other_ip, ("tunnel",))
     cuts = [e for e in c.core.list_namespaced_event(c.ns).items if e.reason == "ConnectionsCut"]
-    assert cuts
-    assert "tcp 198.51.100.4:22" in (cuts[0].message or "")
+    # The fence resets what was open as it goes up; a later pass cuts what is left: the
+    # tunnel is named in one of their Events.
+    assert any("tcp 198.51.100.4:22" in (e.message or "") for e in cuts), [e.message for e in cuts]
 
     live.reset("rl-guard")
     again = live.pod("rl")

@@ -289,7 +289,12 @@ def test_a_newly_held_pod_s_sockets_are_reset_before_it_is_fenced() -> None:
     agent._conntrack = lambda ip: [tunnel]  # type: ignore[method-assign]
     agent._reset_sockets = lambda pod, cut: steps.append(f"reset {len(cut)}")  # type: ignore[method-assign]
     agent._fence = lambda *args: steps.append("fence")  # type: ignore[method-assign]
+    said: list[str] = []
+    agent._event = lambda pod, reason, message: said.append(f"{reason}: {message}")  # type: ignore[method-assign]
     agent._fence_pass(everything=False)
     assert steps == ["reset 1", "fence"]
+    # What was reset is said: the later passes see the tunnel closed and do not name it.
+    assert len(said) == 1
+    assert "tcp 198.51.100.4:22" in said[0]
     agent._fence_pass(everything=True)  # fenced already: checked, nothing reset again
     assert steps == ["reset 1", "fence", "fence"]

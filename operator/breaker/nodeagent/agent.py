@@ -243,6 +243,8 @@ class NodeAgent:
                             node,
                         )  # fmt: skip
                         self._reset_sockets(pod, open_now)
+                        if open_now:
+                            self._said_cut(pod, open_now, "as it was fenced")
                     self._fence(pod, comment, listing, node)
                     self.fenced.add(comment)
                 except RuntimeError as error:  # one pod's trouble is not the others'
@@ -455,8 +457,14 @@ class NodeAgent:
             subprocess.run(
                 ["conntrack", "-D", *flows.conntrack_delete(flow)], capture_output=True, check=False
             )
+        self._said_cut(pod, cut)
+
+    def _said_cut(self, pod: Pod, cut: list[flows.Flow], when: str = "") -> None:
+        """Count, log and record as an Event the connections of a pod just cut."""
+        assert pod.ip is not None
         self.metrics.cut.labels(pod.namespace, pod.name).inc(len(cut))
-        said = f"{self.settings.node}: cut {len(cut)} connections of pod {pod.name}: "
+        said = f"{self.settings.node}: cut {len(cut)} connections of pod {pod.name}"
+        said += f" {when}: " if when else ": "
         said += flows.summary(cut, pod.ip)
         log.info("%s/%s: %s", pod.namespace, pod.breaker, said)
         self._event(pod, "ConnectionsCut", said)
