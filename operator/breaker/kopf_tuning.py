@@ -1,4 +1,4 @@
-"""Three changes to kopf's internals, for start-up at scale.
+"""Changes to kopf's internals, for start-up at scale and a busy API server.
 
 On start, kopf holds every object's handlers until every indexed object has been indexed
 once: each object gets a toggle in one set, and each object's worker waits for the whole
@@ -19,35 +19,29 @@ set to be on before it runs the object's handlers.
   indexes with it in them. The set goes off again whenever kopf starts a watch (a new
   CRD, a namespace), not only at start, and each such time is paid again. Any other kind
   (the policies' create and update handlers, the nodes' capacity) goes kopf's way.
-- **Listing.** kopf lists in pages (this operator asks for 500 at a time, so that 30,000
-  pods are not one response parsed whole). The next page is asked for only when the
-  last one has been queued; on a loaded API server a big list can take longer than etcd
-  keeps the snapshot the pages come from, and the next page is refused with 410 (the
-  continue token is too old). kopf treats that as fatal and stops the operator. Here the
-  list is read again, whole and unpaged (``fetch_objs``), as client-go's pager does: the
-  pages already read come again, which is a relist and harmless.
+- **Listing and watching** are ``kopf_watch``'s: ghosts removed after a relist, any
+  watch error a relist, a paged list whose token expires started again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from kopf._cogs.aiokits import aiotoggles
-from kopf._cogs.clients import errors, fetching
-from kopf._cogs.configs import configuration
+from kopf._cogs.clients import watching
 from kopf._cogs.structs import bodies, references
 from kopf._core.actions import loggers
 from kopf._core.engines import indexing
 from kopf._core.intents import registries
 from kopf._core.reactor import processing
 
+from breaker import kopf_watch
+
 _KopfToggleSet = aiotoggles.ToggleSet
 _kopf_process_resource_event = processing.process_resource_event
-_kopf_fetch_objs = fetching.fetch_objs
 log = logging.getLogger("breaker.kopf")
 _Fn = TypeVar("_Fn", bound=Callable[..., Any])
 
@@ -124,7 +118,17 @@ def only_wakes(registry: registries.OperatorRegistry, resource: references.Resou
 
 async def process_resource_event(**kwargs: Any) -> str | None:
     """kopf's, except for an event of a kind that ``only_wakes`` which comes while the
-    indexes are being filled: indexed, and let go (see the module's docstring)."""
+    indexes are being filled: indexed, and let go (see the module's docstring). A deletion
+    a relist revealed (``kopf_watch.VANISHED``) wakes the loops once processed: the
+    handlers' filters cannot read an object of which only the name is left."""
+    found = await _process(**kwargs)
+    if kwargs["raw_event"].get(kopf_watch.VANISHED):
+        for wake in READY:
+            wake(kwargs["memobase"])
+    return found
+
+
+async def _process(**kwargs: Any) -> str | None:
     ready: aiotoggles.ToggleSet | None = kwargs.get("operator_indexed")
     registry: registries.OperatorRegistry = kwargs["registry"]
     if (
@@ -156,30 +160,10 @@ async def process_resource_event(**kwargs: Any) -> str | None:
     return None
 
 
-async def fetch_objs(
-    *, settings: configuration.OperatorSettings, resource: references.Resource, **kwargs: Any
-) -> AsyncIterator[tuple[Collection[bodies.RawBody], str]]:
-    """kopf's paged list; if a page is refused as too old (410), the list again, whole."""
-    try:
-        async for page in _kopf_fetch_objs(settings=settings, resource=resource, **kwargs):
-            yield page
-        return
-    except errors.APIClientError as refused:
-        if refused.status != 410:
-            raise
-        log.warning(
-            "listing %s: a page was refused (%s); listing it again, whole", resource, refused
-        )
-    whole = copy.copy(settings)
-    whole.watching = copy.copy(settings.watching)
-    whole.watching.chunk_size = None
-    async for page in _kopf_fetch_objs(settings=whole, resource=resource, **kwargs):
-        yield page
-
-
 def install() -> None:
     """Make kopf build its toggle sets as QuietToggleSets, process events through
-    ``process_resource_event``, and list through ``fetch_objs`` (before ``kopf.run``)."""
+    ``process_resource_event``, and list and watch through ``kopf_watch`` (before
+    ``kopf.run``)."""
     aiotoggles.ToggleSet = QuietToggleSet  # type: ignore[misc]
     processing.process_resource_event = process_resource_event  # type: ignore[assignment]
-    fetching.fetch_objs = fetch_objs
+    watching.continuous_watch = kopf_watch.continuous_watch

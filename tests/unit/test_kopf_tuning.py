@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import kopf
-import pytest
 from kopf._cogs.aiokits import aiotoggles
-from kopf._cogs.clients import errors
 from kopf._cogs.structs import references
 from kopf._core.engines import indexing
 from kopf._core.reactor import inventory
 
-from breaker import kopf_tuning
+from breaker import kopf_tuning, kopf_watch
 from breaker.kopf_tuning import QuietToggleSet
 
 
@@ -207,49 +204,27 @@ def test_a_kind_with_any_other_handler_goes_kopfs_way() -> None:
     assert kopf_tuning.only_wakes(registry, pods)
 
 
-def test_a_list_whose_next_page_is_refused_as_too_old_is_read_again_whole(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A 410 on a continue token stopped the whole operator; the list is read again without
-    pages, and the pages already read come again (a relist)."""
-    asked: list[int | None] = []
+def test_a_deletion_a_relist_revealed_is_indexed_out_and_wakes_the_loops() -> None:
+    """Of a vanished object only its name is left, so the handlers' filters cannot pass it:
+    the loops are woken once kopf has taken it out of the indexes."""
+    woken: list[str] = []
+    common = _pods_scene(_wake_only_pods(woken))
 
-    async def kopf_list(
-        *, settings: kopf.OperatorSettings, **_: Any
-    ) -> AsyncIterator[tuple[list[str], str]]:
-        asked.append(settings.watching.chunk_size)
-        if settings.watching.chunk_size is None:
-            yield ["a", "b", "c"], "7"
-            return
-        yield ["a"], "5"
-        raise errors.APIClientError("continue parameter is too old", status=410, headers={})
+    async def scene() -> None:
+        ready = kopf_tuning.QuietToggleSet(all)
+        common["operator_indexed"] = ready
+        await kopf_tuning.process_resource_event(raw_event=_pod("a"), **common)
+        (index,) = common["indexers"].indices.values()
+        assert list(index) == ["a"]
+        pods = references.Resource("", "v1", "pods", kind="Pod")
+        gone = kopf_watch.tombstone(pods, "a", ("ns", "a"))
+        woken.clear()
+        await kopf_tuning.process_resource_event(raw_event=gone, **common)
+        assert list(index) == []
+        assert "ready" in woken
 
-    monkeypatch.setattr(kopf_tuning, "_kopf_fetch_objs", kopf_list)
-    settings = kopf.OperatorSettings()
-    settings.watching.chunk_size = 500
-
-    async def listed() -> list[Any]:
-        pages = kopf_tuning.fetch_objs(
-            settings=settings, resource=references.Resource("", "v1", "pods")
-        )
-        return [list(page) async for page, _ in pages]
-
-    assert asyncio.run(listed()) == [["a"], ["a", "b", "c"]]
-    assert asked == [500, None]
-    assert settings.watching.chunk_size == 500  # the operator's own settings are untouched
-
-
-def test_any_other_refusal_of_a_list_is_kopfs_to_handle(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def kopf_list(**_: Any) -> AsyncIterator[tuple[list[str], str]]:
-        raise errors.APIForbiddenError("forbidden", status=403, headers={})
-        yield [], ""
-
-    monkeypatch.setattr(kopf_tuning, "_kopf_fetch_objs", kopf_list)
-
-    async def listed() -> None:
-        pods = references.Resource("", "v1", "pods")
-        async for _ in kopf_tuning.fetch_objs(settings=kopf.OperatorSettings(), resource=pods):
-            pass
-
-    with pytest.raises(errors.APIForbiddenError):
-        asyncio.run(listed())
+    kopf_tuning.READY.append(lambda memo: woken.append("ready"))
+    try:
+        asyncio.run(scene())
+    finally:
+        kopf_tuning.READY.pop()
