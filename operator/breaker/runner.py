@@ -19,6 +19,7 @@ from breaker.controllers import breakers, config, inventory, policies, trainingj
 from breaker.serving import Serving
 
 CONTROLLERS = (policies, trainingjobs, inventory, breakers)
+LIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 log = logging.getLogger("breaker.runner")
 
 
@@ -45,6 +46,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # a shard is one peering group over all its namespaces, so it peers cluster-wide.
     # kopf reads this after the startup handlers, when it starts its peering tasks.
     settings.peering.clusterwide = True
+    if not config.of(memo).serving.breakers():
+        # The queue reads only the pods that hold or wait for GPUs; a finished pod holds
+        # none, and on a busy cluster most pods are finished. The breakers keep them: a
+        # pod that mined and exited still has samples in Prometheus for a signal's window,
+        # and its owner is found through it.
+        settings.watching.field_selectors["", "v1", "pods"] = LIVE_PODS
 
 
 @kopf.on.startup()
