@@ -161,6 +161,9 @@ class FaultyApiServer:
             headers=headers,
             data=await request.read() if request.can_read_body else None,
             ssl=self.tls,
+            # Kubernetes' Python client sends its JSON with no Content-Type, which the API
+            # server takes; aiohttp would add application/octet-stream, which it refuses.
+            skip_auto_headers=() if "Content-Type" in headers else ("Content-Type",),
         )
         if not watching or upstream.status != 200:
             async with upstream:

@@ -3,7 +3,7 @@ token refused as too old, ERROR events in watch streams, objects deleted while t
 was not watching. No ghost is left in the queue's view, and the operator never exits.
 
 The proxy refuses streamed lists (WatchList) here, as an API server without them does, so
-that the operator's lists are paged (3 objects a page) and a page can be refused; every
+that the operator's lists are paged (2 objects a page) and a page can be refused; every
 other test runs with the local API server's own, streamed, lists."""
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ def proxied(
     cluster: Cluster, operator_process: Operator, local_cluster: LocalCluster, tmp_path: Path
 ) -> Iterator[FaultyApiServer]:
     """The session's operator, restarted to talk to the API server through the proxy; a
-    continue token of its first list of pods is refused as too old."""
+    continue token of its first list of nodes (every cluster has two or more) is refused
+    as too old."""
     proxy = FaultyApiServer(local_cluster.server, local_cluster.keys.ca_cert)
-    proxy.page_limit, proxy.watchlist, proxy.expire = 3, False, {"pods"}
+    proxy.page_limit, proxy.watchlist, proxy.expire = 2, False, {"nodes"}
     own = operator_process.kubeconfig
     operator_process.stop()
     operator_process.kubeconfig = proxied_kubeconfig(own, proxy, tmp_path / "kubeconfig")
@@ -46,11 +47,11 @@ def test_a_busy_api_server_leaves_no_ghost_and_never_stops_the_operator(
     cluster: Cluster, operator_process: Operator, proxied: FaultyApiServer
 ) -> None:
     c = cluster
-    # At start, a page of the pods' list was refused as too old: the list began again.
-    wait_for(lambda: not proxied.expire, "a continued page of pods asked for")
+    # At start, a page of the nodes' list was refused as too old: the list began again.
+    wait_for(lambda: not proxied.expire, "a continued page of nodes asked for")
     wait_for(
         lambda: "from page 1 again" in operator_process.log.read_text(),
-        "the list of pods started again from its first page",
+        "the list of nodes started again from its first page",
     )
     # rl and filler hold the 32 GPUs; another tenant's job waits.
     full_cluster(c)
