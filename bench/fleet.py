@@ -52,6 +52,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+import realistic
 from breaker.api import containment
 from breaker.constants import GROUP, VERSION
 from breaker.wait import wait_for
@@ -71,6 +72,7 @@ def agents(size: int) -> str:
 
 ACCOUNT = ("default", "bench-operator")
 GPUS_PER_NODE = 64
+REALISTIC_GPUS_PER_NODE = 8
 ATTACK_START, ATTACK_GAP = 30, 4  # seconds into the simulation; one attack every ATTACK_GAP
 EXPORTER_INTERVAL = "5s"  # how often the simulator's series change
 EVALUATION_INTERVAL = "2s"
@@ -174,6 +176,8 @@ class Bench:
         work: Path,
         attacked: list[int],
         shards: int = 1,
+        realistic: bool = False,
+        apiserver_flags: tuple[str, ...] = (),
     ) -> None:
         from kubernetes import client, config
 
@@ -182,14 +186,22 @@ class Bench:
 
         self.design, self.attacks, self.work = design, attacks, work
         self.agents = [agents(size) for size in attacked]
-        self.gpu_nodes = GpuNodes(count=1, gpus=GPUS_PER_NODE)
+        # Realistic: pods and nodes the size real ones are (bench/realistic.py), 8 GPUs a
+        # node as on real GPU servers, so 1,250 nodes at 10,000 GPUs.
+        self.realistic = realistic
+        self.gpus_per_node = REALISTIC_GPUS_PER_NODE if realistic else GPUS_PER_NODE
+        self.gpu_nodes = GpuNodes(count=1, gpus=self.gpus_per_node)
         self.nodes = 1  # more are added as the fleet grows
         self.cluster = LocalCluster(nodes=self.gpu_nodes)
+        self.cluster.apiserver_flags = apiserver_flags
         self.processes: list[subprocess.Popen[bytes]] = []
         self.jobs = 0
         self.shards = shards
         self.measured: dict[str, int] = {}  # the operators under test, by name: their pids
-        print(f"bench cluster ({design}): kwok nodes of {GPUS_PER_NODE} GPUs", flush=True)
+        sized = ", pods and nodes of real size" if realistic else ""
+        print(
+            f"bench cluster ({design}): kwok nodes of {self.gpus_per_node} GPUs{sized}", flush=True
+        )
         self.cluster.up()
         self.env = self.cluster.env()
         config.load_kube_config(str(self.cluster.kubeconfig))  # type: ignore[no-untyped-call]
@@ -363,19 +375,22 @@ class Bench:
     def grow(self, guarded_jobs: int, room: int) -> None:
         """``guarded_jobs`` batch Jobs and room for ``room`` agent pods, on just enough
         nodes; the filler takes the GPUs left, so that nothing is free for queued jobs."""
-        wanted = math.ceil((guarded_jobs + room) / GPUS_PER_NODE)
+        wanted = math.ceil((guarded_jobs + room) / self.gpus_per_node)
         while self.nodes < wanted:
             node = self.gpu_nodes.manifest(f"gpu-node-{self.nodes}")
+            if self.realistic:
+                node = real_size_node(node, self.gpus_per_node)
             self.core.create_node(node)  # type: ignore[arg-type]
             self.nodes += 1
-        filler = self.nodes * GPUS_PER_NODE - guarded_jobs - room
+        filler = self.nodes * self.gpus_per_node - guarded_jobs - room
         self.apps.patch_namespaced_deployment_scale(
             "filler", FILLER, {"spec": {"replicas": filler}}
         )
         began = time.monotonic()
         while self.jobs < guarded_jobs:
             namespace = FLEET[self.jobs % len(FLEET)]
-            self.batch.create_namespaced_job(namespace, job(self.jobs))  # type: ignore[arg-type]
+            made = job(self.jobs, self.realistic)
+            self.batch.create_namespaced_job(namespace, made)  # type: ignore[arg-type]
             self.jobs += 1
         want = guarded_jobs + filler
         wait(
@@ -681,17 +696,32 @@ def gpu_container(name: str) -> dict[str, Any]:
     return {"name": name, "image": f"{name}:1", "resources": {"limits": {"nvidia.com/gpu": "1"}}}
 
 
-def job(index: int) -> dict[str, Any]:
+def job(index: int, real_size: bool = False) -> dict[str, Any]:
+    template = (
+        realistic.pod_template(1)
+        if real_size
+        else {"spec": {"restartPolicy": "Never", "containers": [gpu_container("trainer")]}}
+    )
     return {
         "metadata": {"name": f"job-{index}"},
-        "spec": {
-            "parallelism": 1,
-            "completions": 1,
-            "template": {
-                "spec": {"restartPolicy": "Never", "containers": [gpu_container("trainer")]}
-            },
-        },
+        "spec": {"parallelism": 1, "completions": 1, "template": template},
     }
+
+
+def real_size_node(kwok: dict[str, Any], gpus: int) -> dict[str, Any]:
+    """A kwok node (its annotation and labels, which kwok looks for) the size of a real one:
+    a real node's labels, annotations, addresses, node info and forty images."""
+    name = kwok["metadata"]["name"]
+    real = realistic.node(name, gpus)
+    metadata = real["metadata"]
+    for key in ("uid", "resourceVersion", "creationTimestamp", "managedFields"):
+        metadata.pop(key)
+    metadata["labels"] |= kwok["metadata"]["labels"]
+    metadata["annotations"] |= kwok["metadata"]["annotations"]
+    real["status"].pop("conditions")  # kwok's to report
+    real["status"]["capacity"] = real["status"]["allocatable"] = kwok["status"]["capacity"]
+    real["spec"].pop("taints")  # the fleet's pods carry no toleration for them
+    return real
 
 
 def filler_deployment(replicas: int) -> dict[str, Any]:

@@ -124,7 +124,8 @@ def containers(gpus: int = 1) -> list[dict[str, Any]]:
 
 def volumes() -> list[dict[str, Any]]:
     return [
-        {"name": "data", "persistentVolumeClaim": {"claimName": "datasets", "readOnly": True}},
+        # The node's dataset cache (a claim would keep the fleet bench's pods unscheduled).
+        {"name": "data", "hostPath": {"path": "/mnt/datasets", "type": "Directory"}},
         {"name": "checkpoints", "emptyDir": {}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
         {"name": "run-config", "configMap": {"name": "run-config", "defaultMode": 420}},
