@@ -39,6 +39,7 @@ import fleet
 
 RESULTS = Path(__file__).parent / "results"
 CHART_LIMIT_MIB = 512  # helm/breaker/values.yaml: resources.limits.memory
+DONE = "first pass done"  # what an operator serving breakers logs after its first pass
 
 
 def audit_flags(work: Path) -> tuple[str, ...]:
@@ -100,13 +101,25 @@ def relists(events: list[dict[str, Any]], restarted: float) -> dict[str, list[fl
     return dict(sorted(found.items()))
 
 
-def measured(bench: fleet.Bench, shards: int, size: int) -> dict[str, Any]:
-    """The operators of this layout started on the fleet: settled memory, then a restart's."""
+def measured(bench: fleet.Bench, shards: int, settle_minutes: float) -> dict[str, Any]:
+    """The operators of this layout on the whole fleet: settled memory (``settle_minutes``
+    after their first pass), then a restart's peak."""
     bench.stop()
     bench.measured.clear()
     bench.shards = shards
+    logs = {name: bench.work / f"{name}.log" for name, _ in fleet.operators(shards)}
+    before = {
+        name: log.read_text().count(DONE) if log.exists() else 0 for name, log in logs.items()
+    }
     bench.start()
-    bench.settle(size)
+    serving = [name for name in logs if name != "queue"]
+    fleet.wait(
+        lambda: all(logs[n].read_text().count(DONE) > before[n] for n in serving),
+        "the operators' first pass",
+        3600,
+        every=1,
+    )
+    time.sleep(settle_minutes * 60)
     settled = {name: fleet.rss_mb(pid) for name, pid in bench.measured.items()}
     restart = bench.restart()
     peaks = restart["restart_peak_rss_mb_by_operator"]
@@ -128,6 +141,7 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=2, help="0: the combined operator only")
     parser.add_argument("--rest-minutes", type=float, default=30.0)
     parser.add_argument("--after-minutes", type=float, default=5.0)
+    parser.add_argument("--settle-minutes", type=float, default=3.0)
     parser.add_argument("--keep", action="store_true", help="leave the bench cluster up")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -138,7 +152,12 @@ def main() -> int:
     began = time.monotonic()
     flags = audit_flags(work)
     bench = fleet.Bench("breaker", [args.size], 0, work, [], realistic=True, apiserver_flags=flags)
-    result: dict[str, Any] = {"size": args.size, "nodes": 0, "memory": {}}
+    result: dict[str, Any] = {
+        "size": args.size,
+        "nodes": 0,
+        "settle_minutes": args.settle_minutes,
+        "memory": {},
+    }
     try:
         bench.set_up()
         bench.start()
@@ -148,7 +167,7 @@ def main() -> int:
         layouts = ([args.shards] if args.shards > 1 else []) + [1]
         for shards in layouts:  # the combined operator last: it is the one counted at rest
             name = "combined" if shards == 1 else f"queue and {shards} shards"
-            result["memory"][name] = measured(bench, shards, args.size)
+            result["memory"][name] = measured(bench, shards, args.settle_minutes)
             print(f"  {name}: {json.dumps(result['memory'][name])}", flush=True)
 
         log = work / "audit.log"

@@ -11,7 +11,11 @@ The parts, each a script of its own that writes its JSON under bench/results/:
   runs them: time to contain at 1,000 jobs, each operator's memory at 10,000;
 - ``cut.py`` (part ``cut``): time to cut, from a trip to the end of a reverse tunnel open
   before it, on the real node with the node agent, 20 trips in each of three modes (the
-  third with Prometheus hung: the kill switch, from the admin's write).
+  third with Prometheus hung: the kill switch, from the admin's write);
+- ``apiload.py`` (part ``apiload``): on a fleet of 10,000 real-sized Jobs and 1,250 real-
+  sized nodes, each operator's settled and restart-peak memory (combined; the queue and
+  two shards), and the operator's requests from the API server's audit log at rest and
+  after an API server restart.
 
 The summary is computed here from those files as this run wrote them, never by hand;
 ``--summarize`` rebuilds it from the files alone (after a part was rerun by itself).
@@ -45,6 +49,7 @@ QUICK = {
     "fleet": ["--ttc-sizes", "10,100", "--rss-sizes", "100,500", "--rest-size", "100"],
     "sharded": ["--ttc-sizes", "100", "--rss-sizes", "500", "--rest-size", "100"],
     "cut": ["--trips", "5"],
+    "apiload": ["--size", "500", "--rest-minutes", "2", "--after-minutes", "2"],
 }
 SHARDS = 2
 # Sharded, the figures that change: time to contain at 1,000 jobs, memory at 10,000.
@@ -64,7 +69,7 @@ RESTART_FIRST_PASS_BEFORE_S = 59.2
 CHART_VALUES = HERE.parent / "helm" / "breaker" / "values.yaml"
 
 
-PARTS = ("evaluation", "breaker", "baseline", "sharded", "cut")
+PARTS = ("evaluation", "breaker", "baseline", "sharded", "cut", "apiload")
 
 
 def run_parts(quick: bool, wanted: list[str]) -> None:
@@ -89,6 +94,7 @@ def run_parts(quick: bool, wanted: list[str]) -> None:
             ],
         ),
         ("fleet (cut)", [HERE / "cut.py", *(QUICK["cut"] if quick else [])]),
+        ("fleet (apiload)", [HERE / "apiload.py", *(QUICK["apiload"] if quick else [])]),
     ]
     for name, command in parts:
         if name.removeprefix("fleet (").removesuffix(")") not in wanted:
@@ -293,7 +299,60 @@ def summarize() -> dict[str, Any]:
                         "met": p99 <= KILL_SWITCH_TARGET_S,
                     }
                 )
+    apiload_file = RESULTS / "apiload.json"
+    if apiload_file.exists():
+        apiload = json.loads(apiload_file.read_text())
+        summary["apiload"] = apiload
+        summary["measured_at"]["apiload"] = apiload["measured_at"]
+        summary["targets"] += apiload_targets(apiload)
     return summary
+
+
+def apiload_targets(apiload: dict[str, Any]) -> list[dict[str, Any]]:
+    """On the real-sized fleet: each operator's restart peak against its settled memory and
+    the chart's limit; no list at rest; after an API server restart, one list per kind."""
+    found = []
+    size, limit = f"{apiload['size']:,}", chart_memory_limit_mib()
+    for layout, row in apiload.get("memory", {}).items():
+        for name, figures in row["operators"].items():
+            found += [
+                {
+                    "target": f"real-sized {size}, {layout}, {name}: restart peak RSS <= "
+                    f"{RESTART_PEAK_OVER_SETTLED} x settled",
+                    "measured": figures["peak_over_settled"],
+                    "met": figures["peak_over_settled"] <= RESTART_PEAK_OVER_SETTLED,
+                },
+                {
+                    "target": f"real-sized {size}, {layout}, {name}: restart peak RSS under "
+                    f"the chart's limit ({limit} MiB)",
+                    "measured": figures["restart_peak_rss_mb"],
+                    "met": figures["restart_peak_rss_mb"] < limit,
+                },
+            ]
+    if "at_rest" in apiload:
+        lists = apiload["at_rest"]["lists"]
+        found.append(
+            {
+                "target": f"no list at rest ({apiload['at_rest']['minutes']:g} min, audit log)",
+                "measured": lists,
+                "met": lists == 0,
+            }
+        )
+    if "after_restart" in apiload:
+        listed = apiload["after_restart"]["relists_by_resource_s"]
+        # CustomResourceDefinitions are watched twice: kopf's own observer, and the
+        # operator's handler that forgets the deny APIs it discovered.
+        most = max(
+            (len(v) for k, v in listed.items() if k != "customresourcedefinitions"), default=0
+        )
+        found.append(
+            {
+                "target": "after an API server restart: one list per kind (audit log)",
+                "measured": most,
+                "met": most == 1,
+            }
+        )
+    return found
 
 
 def table(summary: dict[str, Any]) -> str:
