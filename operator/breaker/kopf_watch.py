@@ -32,6 +32,7 @@ import copy
 import dataclasses
 import logging
 import random
+import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, cast
 
@@ -107,7 +108,8 @@ def identity(body: bodies.RawBody) -> tuple[str, Identity] | None:
     uid, name = metadata.get("uid"), metadata.get("name")
     if not uid or not name:
         return None
-    return uid, (metadata.get("namespace"), name)
+    namespace = metadata.get("namespace")
+    return uid, (sys.intern(namespace) if namespace else None, name)
 
 
 def _trim(resource: references.Resource, body: bodies.RawBody) -> None:

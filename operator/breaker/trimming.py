@@ -68,12 +68,16 @@ JOB: Keep = {
 }
 # A ReplicaSet is read for its owner only.
 OWNED: Keep = {"apiVersion": None, "kind": None, "metadata": METADATA}
+# A Deployment or StatefulSet is read for its replica count (its pause switch).
+SCALED: Keep = {"apiVersion": None, "kind": None, "metadata": METADATA, "spec": {"replicas": None}}
 
 KEPT: dict[tuple[str, str], Keep] = {
     ("", "pods"): POD,
     ("", "nodes"): NODE,
     ("batch", "jobs"): JOB,
     ("apps", "replicasets"): OWNED,
+    ("apps", "deployments"): SCALED,
+    ("apps", "statefulsets"): SCALED,
 }
 
 

@@ -10,6 +10,7 @@ import importlib.util
 import inspect
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,6 +39,12 @@ RESOURCES = {
     ("batch", "jobs"): references.Resource("batch", "v1", "jobs", kind="Job", namespaced=True),
     ("apps", "replicasets"): references.Resource(
         "apps", "v1", "replicasets", kind="ReplicaSet", namespaced=True
+    ),
+    ("apps", "deployments"): references.Resource(
+        "apps", "v1", "deployments", kind="Deployment", namespaced=True
+    ),
+    ("apps", "statefulsets"): references.Resource(
+        "apps", "v1", "statefulsets", kind="StatefulSet", namespaced=True
     ),
 }
 
@@ -104,11 +111,32 @@ def replicasets() -> list[dict[str, Any]]:
     ]
 
 
-BODIES = {
+def scaled(kind: str) -> list[dict[str, Any]]:
+    metadata = realistic.pod("team-a", "web-0", "n")["metadata"]
+    del metadata["ownerReferences"]
+    paused: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": {**metadata, "name": "web", "annotations": {"breaker.dev/paused-by": "g"}},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": realistic.pod_template(1),
+        },
+        "status": {"replicas": 0, "observedGeneration": 4},
+    }
+    running = copy.deepcopy(paused)
+    running["spec"]["replicas"] = 3
+    return [paused, running]
+
+
+BODIES: dict[tuple[str, str], Callable[[], list[dict[str, Any]]]] = {
     ("", "pods"): pods,
     ("", "nodes"): nodes,
     ("batch", "jobs"): jobs,
     ("apps", "replicasets"): replicasets,
+    ("apps", "deployments"): lambda: scaled("Deployment"),
+    ("apps", "statefulsets"): lambda: scaled("StatefulSet"),
 }
 
 
