@@ -175,7 +175,8 @@ async def _listed(
     """The list's objects as kopf's listing events, noting who they are in ``listing``, and
     its version once whole (left None if it fails)."""
     initial: AsyncIterator[tuple[bodies.RawEvent | None, str]]
-    if await _watchlist_served(settings, resource, namespace):
+    streamed = await _watchlist_served(settings, resource, namespace)
+    if streamed:
         initial = _streamed(settings, resource, namespace, operator_pause_waiter)
     else:
         initial = _paged(settings, resource, namespace)
@@ -197,6 +198,8 @@ async def _listed(
     except errors.APIError as error:
         if isinstance(error, errors.APITooManyRequestsError):
             raise  # kopf's infinite watch retries it
+        if streamed and error.status in (400, 422):  # no longer served (a downgrade): ask
+            WATCHLIST.pop(resource, None)
         log.warning(
             "listing %s %s refused (%s); again after a backoff", resource, _where(namespace), error
         )
@@ -223,22 +226,32 @@ async def _watched(
             operator_pause_waiter=operator_pause_waiter,
         )
         got, started = False, asyncio.get_running_loop().time()
-        async for raw_input in events:
-            kind, obj = raw_input["type"], raw_input["object"]
-            if kind == "ERROR":
-                _watch_error(resource, namespace, stream, cast(bodies.RawError, obj))
-                return
-            if kind not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
-                log.warning("watching %s: ignoring an event of type %r", resource, kind)
-                continue
-            got = True
-            stream.failures = 0
-            body = cast(bodies.RawBody, obj)
-            resource_version = body.get("metadata", {}).get("resourceVersion", resource_version)
-            if kind != "BOOKMARK":
-                _remember(stream, kind, body)
-                _trim(resource, body)
-            yield cast(bodies.RawEvent, raw_input)
+        try:
+            async for raw_input in events:
+                kind, obj = raw_input["type"], raw_input["object"]
+                if kind == "ERROR":
+                    _watch_error(resource, namespace, stream, cast(bodies.RawError, obj))
+                    return
+                if kind not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
+                    log.warning("watching %s: ignoring an event of type %r", resource, kind)
+                    continue
+                got = True
+                stream.failures = 0
+                body = cast(bodies.RawBody, obj)
+                resource_version = body.get("metadata", {}).get("resourceVersion", resource_version)
+                if kind != "BOOKMARK":
+                    _remember(stream, kind, body)
+                    _trim(resource, body)
+                yield cast(bodies.RawEvent, raw_input)
+        except errors.APIError as refused:  # still refused after kopf's retries
+            if isinstance(refused, errors.APITooManyRequestsError):
+                raise  # kopf's infinite watch retries it
+            stream.failures += 1
+            log.warning(
+                "watching %s %s refused (%s); listing again after a backoff",
+                resource, _where(namespace), refused,
+            )  # fmt: skip
+            return
         quick = asyncio.get_running_loop().time() - started < 1.0
         if not got and quick and not operator_pause_waiter.done():
             # A watch that ended at once with nothing (a connection refused after kopf's

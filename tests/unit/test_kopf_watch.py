@@ -41,7 +41,7 @@ class Server:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.lists: list[list[Any]] = []  # each: pages, or an exception after some
-        self.watches: list[list[dict[str, Any]]] = []
+        self.watches: list[list[Any]] = []  # each: events, or an exception after some
         self.listed = 0
         self.watched_from: list[str | None] = []
         monkeypatch.setattr(fetching, "fetch_objs", self.fetch)
@@ -57,6 +57,8 @@ class Server:
     async def watch(self, *, since: str | None, **_: Any) -> AsyncIterator[dict[str, Any]]:
         self.watched_from.append(since)
         for event in self.watches.pop(0) if self.watches else []:
+            if isinstance(event, Exception):
+                raise event
             yield event
 
 
@@ -276,3 +278,26 @@ def test_the_backoff_doubles_to_its_cap_with_jitter() -> None:
     assert kopf_watch.backoff(1, rng=lambda: 1.0) == 1
     assert kopf_watch.backoff(3, rng=lambda: 0.0) == 2
     assert kopf_watch.backoff(30, rng=lambda: 1.0) == kopf_watch.BACKOFF_CAP
+
+
+def test_a_watch_refused_after_kopfs_retries_is_a_relist_after_a_backoff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = Server(monkeypatch)
+    server.lists = [[[pod("a")]]]
+    server.watches = [[errors.APIServerError("etcd leader changed", status=503, headers={})]]
+    assert said(run(watch_once())) == [(None, "a"), (watching.Bookmark.LISTED, "")]
+    assert kopf_watch.STREAMS[PODS, None].failures == 1
+
+
+def test_a_streamed_list_refused_as_unknown_is_asked_about_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server downgraded (or a proxy put in front) that no longer streams lists: the
+    next list asks again whether it does, instead of failing for ever."""
+    server = Server(monkeypatch)
+    kopf_watch.WATCHLIST[PODS] = True
+    refused = errors.APIClientError("sendInitialEvents is forbidden", status=422, headers={})
+    server.watches = [[refused]]
+    assert run(watch_once()) == []
+    assert PODS not in kopf_watch.WATCHLIST
