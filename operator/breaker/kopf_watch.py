@@ -6,10 +6,12 @@ the way client-go's reflector mends them:
 
 - **Ghosts.** Objects deleted while the operator was not watching (a 410, a partition, an
   API server restart) are simply absent from the next list, and kopf says nothing of them:
-  a vanished GPU pod kept its GPUs in the queue's index for ever. Each stream here keeps
-  the identity (uid, namespace, name) of every object it has seen, and after each list
-  sends a DELETED for every one the list no longer has (client-go's ``Replace``). Only the
-  identity is kept, not the body; the loops are woken once the deletion is processed.
+  a vanished GPU pod kept its GPUs in the queue's index for ever. Each watcher here keeps
+  the identity (uid, namespace, name) of every object it has handed kopf (a list cut short
+  or started again included), and after each whole list sends a DELETED for every one the
+  list no longer has (client-go's ``Replace``). Only the identity is kept, not the body;
+  the loops are woken once the deletion is processed. kopf's own watchers (CRDs, peering)
+  read more of a deleted object than that, and get none, as before.
 - **Errors.** kopf stops the whole operator on any watch ERROR but 410 (an HA API server's
   504 "Too large resource version", a 500) and on a list refused with 5xx after its
   retries. Here any ERROR, and any refused list, leads to a relist after a jittered,
@@ -33,6 +35,7 @@ import dataclasses
 import logging
 import random
 import sys
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, cast
 
@@ -65,16 +68,33 @@ Identity = tuple[str | None, str]  # namespace, name
 
 @dataclasses.dataclass
 class Stream:
-    """What one kind's stream (in one namespace, or cluster-wide) keeps between its lists."""
+    """What one watcher keeps between its lists (kopf's watcher of one kind in one
+    namespace, or cluster-wide; two watchers of the same kind keep their own)."""
 
     known: dict[str, Identity] = dataclasses.field(default_factory=dict)  # by uid
     listed: int = 0
     failures: int = 0
+    streamed_failures: int = 0  # streamed initial lists cut short in a row
 
 
-STREAMS: dict[tuple[references.Resource, references.Namespace], Stream] = {}
+# By watcher: kopf runs each watcher as a task of its own for as long as it watches.
+STREAMS: weakref.WeakKeyDictionary[object, Stream] = weakref.WeakKeyDictionary()
 # Whether the API server streams a kind's initial list (WatchList), once probed.
 WATCHLIST: dict[references.Resource, bool] = {}
+# Kinds whose watchers are kopf's own (its CRD observer, its peering) and read more of a
+# deleted object than a tombstone has: no tombstones for them, as kopf did.
+KOPFS_OWN = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ("kopf.dev", "clusterkopfpeerings"),
+    ("kopf.dev", "kopfpeerings"),
+}
+# A streamed initial list cut short this many times in a row: the kind is listed in pages.
+STREAMED_TRIES = 3
+
+
+def _owner() -> object:
+    """The watcher a stream belongs to: the task iterating it (kopf's watcher task)."""
+    return asyncio.current_task()
 
 
 def backoff(failures: int, rng: Callable[[], float] = random.random) -> float:
@@ -130,7 +150,7 @@ async def continuous_watch(
 ) -> AsyncIterator[watching.Bookmark | bodies.RawEvent]:
     """kopf's ``continuous_watch`` (list, then watch until the watch cannot go on), with the
     deletions a list reveals, and every error ending in a relist (see the module)."""
-    stream = STREAMS.setdefault((resource, namespace), Stream())
+    stream = STREAMS.setdefault(_owner(), Stream())
     wait = backoff(stream.failures)
     if not wait and stream.listed:
         wait = random.uniform(0, RELIST_JITTER)
@@ -139,22 +159,28 @@ async def continuous_watch(
     listing = _Listing()
     async for raw_event in _listed(settings, resource, namespace, operator_pause_waiter, listing):
         yield raw_event
+    # What the list handed kopf is known to it, whole or not: a later list that lacks it
+    # must say it is gone.
+    candidates = {**stream.known, **listing.abandoned, **listing.seen}
     if listing.version is None:
+        stream.known = candidates
         stream.failures += 1
         return
-    gone = vanished(stream.known, listing.seen)
+    gone = vanished(candidates, listing.seen)
+    if (resource.group, resource.plural) in KOPFS_OWN:
+        gone = []
     if gone:
         log.info(
             "listing %s %s: %d objects gone while not watched; deleting them from memory",
             resource, _where(namespace), len(gone),
         )  # fmt: skip
     for uid in gone:
-        yield tombstone(resource, uid, stream.known[uid])
+        yield tombstone(resource, uid, candidates[uid])
     stream.known = listing.seen
     stream.listed += 1
     yield watching.Bookmark.LISTED
     async for raw_event in _watched(
-        settings, resource, namespace, operator_pause_waiter, stream, listing.version
+        settings, resource, namespace, operator_pause_waiter, stream, listing
     ):
         yield raw_event
 
@@ -162,7 +188,15 @@ async def continuous_watch(
 @dataclasses.dataclass
 class _Listing:
     seen: dict[str, Identity] = dataclasses.field(default_factory=dict)
+    # Seen by an attempt given up (a paged list started again): handed to kopf all the same.
+    abandoned: dict[str, Identity] = dataclasses.field(default_factory=dict)
     version: str | None = None  # the list's, once it is whole
+    # A streamed list's watch, open still: the watch goes on in it.
+    events: AsyncGenerator[bodies.RawInput, None] | None = None
+
+
+# Yielded by a paged list when it starts again from page 1.
+_RESTART = "restart"
 
 
 async def _listed(
@@ -174,15 +208,20 @@ async def _listed(
 ) -> AsyncIterator[bodies.RawEvent]:
     """The list's objects as kopf's listing events, noting who they are in ``listing``, and
     its version once whole (left None if it fails)."""
+    stream = STREAMS.setdefault(_owner(), Stream())
     initial: AsyncIterator[tuple[bodies.RawEvent | None, str]]
     streamed = await _watchlist_served(settings, resource, namespace)
     if streamed:
-        initial = _streamed(settings, resource, namespace, operator_pause_waiter)
+        initial = _streamed(settings, resource, namespace, operator_pause_waiter, listing)
     else:
         initial = _paged(settings, resource, namespace)
     version = ""
     try:
         async for raw_event, at in initial:
+            if at == _RESTART:
+                listing.abandoned.update(listing.seen)
+                listing.seen = {}
+                continue
             version = at
             if raw_event is None:
                 continue
@@ -191,20 +230,36 @@ async def _listed(
                 listing.seen[found[0]] = found[1]
             yield raw_event
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as error:
-        log.warning(
-            "listing %s %s failed (%r); again after a backoff", resource, _where(namespace), error
-        )
+        _list_failed(resource, namespace, stream, streamed, f"failed ({error!r})")
         return
     except errors.APIError as error:
         if isinstance(error, errors.APITooManyRequestsError):
             raise  # kopf's infinite watch retries it
         if streamed and error.status in (400, 422):  # no longer served (a downgrade): ask
             WATCHLIST.pop(resource, None)
-        log.warning(
-            "listing %s %s refused (%s); again after a backoff", resource, _where(namespace), error
-        )
+        _list_failed(resource, namespace, stream, streamed, f"refused ({error})")
         return
+    stream.streamed_failures = 0
     listing.version = version
+
+
+def _list_failed(
+    resource: references.Resource,
+    namespace: references.Namespace,
+    stream: Stream,
+    streamed: bool,
+    how: str,
+) -> None:
+    log.warning("listing %s %s %s; again after a backoff", resource, _where(namespace), how)
+    if not streamed:
+        return
+    stream.streamed_failures += 1
+    if stream.streamed_failures >= STREAMED_TRIES:
+        # Streamed lists of this kind keep being cut short (by a proxy, or a timeout
+        # shorter than the stream): this kind is listed in pages from now on.
+        WATCHLIST[resource] = False
+        stream.streamed_failures = 0
+        log.warning("listing %s in pages from now on: its streamed lists were cut short", resource)
 
 
 async def _watched(
@@ -213,24 +268,46 @@ async def _watched(
     namespace: references.Namespace,
     operator_pause_waiter: aiotasks.Future,
     stream: Stream,
-    resource_version: str,
+    listing: _Listing,
 ) -> AsyncIterator[bodies.RawEvent]:
-    """Watch from the list's version, again from the last seen after each disconnect, until
-    an ERROR (a relist, after a backoff unless it was 410) or the operator pauses."""
+    """Watch from the list's version (in the streamed list's own watch, where it was one),
+    again from the last seen after each disconnect, until an ERROR (a relist, after a
+    backoff unless it was 410) or the operator pauses."""
+    resource_version, opened = listing.version, listing.events
+    try:
+        async for raw_event in _watching(
+            settings, resource, namespace, operator_pause_waiter, stream, resource_version, opened
+        ):
+            yield raw_event
+    finally:
+        if listing.events is not None:
+            await listing.events.aclose()
+
+
+async def _watching(
+    settings: configuration.OperatorSettings,
+    resource: references.Resource,
+    namespace: references.Namespace,
+    operator_pause_waiter: aiotasks.Future,
+    stream: Stream,
+    resource_version: str | None,
+    opened: AsyncGenerator[bodies.RawInput, None] | None,
+) -> AsyncIterator[bodies.RawEvent]:
     while not operator_pause_waiter.done():
-        events = watching.watch_objs(
+        events = opened or watching.watch_objs(
             settings=settings,
             resource=resource,
             namespace=namespace,
             since=resource_version,
             operator_pause_waiter=operator_pause_waiter,
         )
+        opened = None
         got, started = False, asyncio.get_running_loop().time()
         try:
             async for raw_input in events:
                 kind, obj = raw_input["type"], raw_input["object"]
                 if kind == "ERROR":
-                    _watch_error(resource, namespace, stream, cast(bodies.RawError, obj))
+                    _watch_error(resource, namespace, stream, cast(bodies.RawError, obj), got)
                     return
                 if kind not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
                     log.warning("watching %s: ignoring an event of type %r", resource, kind)
@@ -265,9 +342,12 @@ def _watch_error(
     namespace: references.Namespace,
     stream: Stream,
     status: bodies.RawError,
+    got: bool,
 ) -> None:
     if status.get("code") == 410:
         log.debug("watching %s %s: too old; listing again", resource, _where(namespace))
+        if not got:  # too old at once, again and again: back off as for a failure
+            stream.failures += 1
         return
     stream.failures += 1
     log.warning(
@@ -313,6 +393,7 @@ async def _paged(
                 resource, _where(namespace), refused, wait,
             )  # fmt: skip
             await asyncio.sleep(wait)
+            yield None, _RESTART
 
 
 async def _streamed(
@@ -320,10 +401,12 @@ async def _streamed(
     resource: references.Resource,
     namespace: references.Namespace,
     operator_pause_waiter: aiotasks.Future,
+    listing: _Listing,
 ) -> AsyncIterator[tuple[bodies.RawEvent | None, str]]:
     """The initial list as a WatchList stream: ADDED events until the bookmark that ends
-    them, as listing events; the stream is closed there (the watch that follows resumes
-    from the bookmark's version)."""
+    them, as listing events. The stream is left open in ``listing``: the watch goes on in
+    it, as client-go's does (a new watch from the bookmark's version could reach an HA API
+    server that has not seen it yet, and be refused)."""
     streaming = copy.copy(settings)
     streaming.watching = copy.copy(settings.watching)
     streaming.watching.initial_streaming = True
@@ -347,7 +430,7 @@ async def _streamed(
         version = metadata.get("resourceVersion", version)
         if kind == "BOOKMARK":
             if (metadata.get("annotations") or {}).get(INITIAL_EVENTS_END) == "true":
-                await events.aclose()
+                listing.events = events
                 yield None, version  # the version the watch goes on from
                 return
             continue
@@ -401,8 +484,11 @@ async def _probe(
                 annotations = metadata.get("annotations") or {}
                 if event.get("type") == "BOOKMARK" and annotations.get(INITIAL_EVENTS_END):
                     return True
-    except errors.APIClientError as refused:  # parameters it does not take
-        log.debug("WatchList probe of %s refused: %s", resource, refused)
+    except errors.APIClientError as refused:
+        if refused.status in (401, 403, 429):  # not let in, or not now: no answer
+            log.debug("WatchList probe of %s: no answer: %s", resource, refused)
+            return None
+        log.debug("WatchList probe of %s refused: %s", resource, refused)  # its parameters
         return False
     except (errors.APIError, aiohttp.ClientError, TimeoutError) as error:
         log.debug("WatchList probe of %s: no answer: %r", resource, error)

@@ -4,6 +4,7 @@ every watch error a relist and never an exit, a paged list started again from pa
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,10 +23,23 @@ def pod(name: str, version: str = "1") -> dict[str, Any]:
                          "resourceVersion": version}}  # fmt: skip
 
 
+class Watcher:
+    """Who a stream belongs to (kopf's watcher task, in the operator)."""
+
+
+WATCHER = Watcher()
+
+
+def state() -> kopf_watch.Stream:
+    return kopf_watch.STREAMS[WATCHER]
+
+
 @pytest.fixture(autouse=True)
 def fresh(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """No state kept from another test; sleeps recorded, not slept; pages, not WatchList."""
-    monkeypatch.setattr(kopf_watch, "STREAMS", {})
+    """No state kept from another test; every stream the one watcher's, across runs;
+    sleeps recorded, not slept; pages, not WatchList."""
+    monkeypatch.setattr(kopf_watch, "STREAMS", weakref.WeakKeyDictionary())
+    monkeypatch.setattr(kopf_watch, "_owner", lambda: WATCHER)
     monkeypatch.setattr(kopf_watch, "WATCHLIST", {PODS: False})
     slept: list[float] = []
 
@@ -92,7 +106,7 @@ def said(events: list[Any]) -> list[tuple[Any, str]]:
     return [
         (e, "")
         if isinstance(e, watching.Bookmark)
-        else (e["type"], e["object"]["metadata"]["name"])
+        else (e["type"], e["object"]["metadata"].get("name", ""))
         for e in events
     ]
 
@@ -102,9 +116,20 @@ def test_objects_gone_between_two_lists_are_deleted_with_their_names_and_the_mar
 ) -> None:
     server = Server(monkeypatch)
     server.lists = [[[pod("a"), pod("b"), pod("c")]], [[pod("b")]]]
-    server.watches = [[{"type": "ERROR", "object": {"code": 410, "message": "too old"}}]]
+    server.watches = [
+        [
+            {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "12"}}},
+            {"type": "ERROR", "object": {"code": 410, "message": "too old"}},
+        ]
+    ]
     first = run(watch_once())
-    assert said(first) == [(None, "a"), (None, "b"), (None, "c"), (watching.Bookmark.LISTED, "")]
+    assert said(first) == [
+        (None, "a"),
+        (None, "b"),
+        (None, "c"),
+        (watching.Bookmark.LISTED, ""),
+        ("BOOKMARK", ""),
+    ]
     # The watch ended with 410: the next list, a while later, has only b.
     again = run(watch_once(), stop_after=4)
     assert said(again) == [
@@ -121,9 +146,10 @@ def test_objects_gone_between_two_lists_are_deleted_with_their_names_and_the_mar
         "metadata": {"name": "a", "namespace": "ns", "uid": "uid-a"},
     }
     # A relist after the first waits a jittered while (an API server restart ends every
-    # kind's watch at once); a 410 is no failure, so no backoff.
+    # kind's watch at once); a 410 after a while watching is no failure, so no backoff.
     assert len(fresh) == 1
     assert 0 <= fresh[0] <= kopf_watch.RELIST_JITTER
+    assert state().failures == 0
 
 
 def test_what_the_watch_saw_come_and_go_is_what_the_next_list_is_compared_with(
@@ -141,7 +167,7 @@ def test_what_the_watch_saw_come_and_go_is_what_the_next_list_is_compared_with(
         ]
     ]
     run(watch_once())
-    assert kopf_watch.STREAMS[PODS, None].known == {"uid-b": ("ns", "b"), "uid-c": ("ns", "c")}
+    assert state().known == {"uid-b": ("ns", "b"), "uid-c": ("ns", "c")}
     assert said(run(watch_once(), stop_after=3)) == [
         (None, "b"),
         ("DELETED", "c"),
@@ -162,7 +188,7 @@ def test_any_watch_error_is_a_relist_after_a_backoff_that_grows_never_an_exit(
         events = run(watch_once())
         assert said(events) == [(None, "a"), (watching.Bookmark.LISTED, "")]
     assert server.listed == 4
-    assert kopf_watch.STREAMS[PODS, None].failures == 4
+    assert state().failures == 4
     # Jittered between half and all of 1, 2, 4 s.
     assert [round(s / c, 1) >= 0.5 for s, c in zip(fresh, (1, 2, 4), strict=True)] == [True] * 3
     assert [s <= c for s, c in zip(fresh, (1, 2, 4), strict=True)] == [True] * 3
@@ -175,7 +201,7 @@ def test_a_list_refused_after_kopfs_retries_fails_the_stream_not_the_operator(
     refused = errors.APIServerError("etcdserver: request timed out", status=500, headers={})
     server.lists = [[refused], [[pod("a")]]]
     assert run(watch_once()) == []
-    assert kopf_watch.STREAMS[PODS, None].failures == 1
+    assert state().failures == 1
     assert said(run(watch_once(), stop_after=2)) == [(None, "a"), (watching.Bookmark.LISTED, "")]
 
 
@@ -201,14 +227,14 @@ def test_a_list_whose_pages_keep_expiring_is_given_up_and_tried_again_later(
     server.lists = [[[pod("a")], expired] for _ in range(kopf_watch.PAGED_TRIES)]
     run(watch_once())
     assert server.listed == kopf_watch.PAGED_TRIES
-    assert kopf_watch.STREAMS[PODS, None].failures == 1
+    assert state().failures == 1
 
 
 def test_where_the_server_streams_the_initial_list_it_is_read_as_a_list(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """WatchList: the initial objects come as ADDED, then a bookmark that ends them; they
-    are handed on as a list's, and the watch goes on from the bookmark's version."""
+    are handed on as a list's, and the watch goes on in the same stream."""
     server = Server(monkeypatch)
     kopf_watch.WATCHLIST[PODS] = True
     end = {"resourceVersion": "20", "annotations": {kopf_watch.INITIAL_EVENTS_END: "true"}}
@@ -217,18 +243,19 @@ def test_where_the_server_streams_the_initial_list_it_is_read_as_a_list(
             {"type": "ADDED", "object": pod("a", "5")},
             {"type": "ADDED", "object": pod("b", "6")},
             {"type": "BOOKMARK", "object": {"metadata": end}},
-            {"type": "ADDED", "object": pod("never", "21")},
+            {"type": "ADDED", "object": pod("c", "21")},
         ],
-        [{"type": "ADDED", "object": pod("c", "22")}],
+        [{"type": "ADDED", "object": pod("d", "22")}],
     ]
-    events = run(watch_once(), stop_after=4)
+    events = run(watch_once(), stop_after=5)
     assert said(events) == [
         (None, "a"),
         (None, "b"),
         (watching.Bookmark.LISTED, ""),
         ("ADDED", "c"),
+        ("ADDED", "d"),
     ]
-    assert server.watched_from == [None, "20"]
+    assert server.watched_from == [None, "21"]  # the next watch from the last event seen
     assert server.listed == 0
 
 
@@ -237,8 +264,8 @@ def test_initial_events_cut_short_are_no_list(monkeypatch: pytest.MonkeyPatch) -
     kopf_watch.WATCHLIST[PODS] = True
     server.watches = [[{"type": "ADDED", "object": pod("a")}]]
     assert run(watch_once()) == [{"type": None, "object": pod("a")}]
-    assert kopf_watch.STREAMS[PODS, None].failures == 1
-    assert kopf_watch.STREAMS[PODS, None].listed == 0
+    assert state().failures == 1
+    assert state().listed == 0
 
 
 def test_the_objects_are_trimmed_before_they_are_handed_on(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -287,7 +314,7 @@ def test_a_watch_refused_after_kopfs_retries_is_a_relist_after_a_backoff(
     server.lists = [[[pod("a")]]]
     server.watches = [[errors.APIServerError("etcd leader changed", status=503, headers={})]]
     assert said(run(watch_once())) == [(None, "a"), (watching.Bookmark.LISTED, "")]
-    assert kopf_watch.STREAMS[PODS, None].failures == 1
+    assert state().failures == 1
 
 
 def test_a_streamed_list_refused_as_unknown_is_asked_about_again(
@@ -301,3 +328,99 @@ def test_a_streamed_list_refused_as_unknown_is_asked_about_again(
     server.watches = [[refused]]
     assert run(watch_once()) == []
     assert PODS not in kopf_watch.WATCHLIST
+
+
+def test_each_watcher_of_a_kind_compares_with_what_it_saw_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two watchers of one kind (kopf's CRD observer and a handler's): what one saw come is
+    never taken as gone by the other's list."""
+    server = Server(monkeypatch)
+    other = Watcher()
+    server.lists = [[[pod("a")]], [[pod("a")]]]
+    server.watches = [[{"type": "ADDED", "object": pod("b", "11")}]]
+    run(watch_once(), stop_after=3)  # this watcher saw b come
+    monkeypatch.setattr(kopf_watch, "_owner", lambda: other)
+    assert said(run(watch_once(), stop_after=2)) == [(None, "a"), (watching.Bookmark.LISTED, "")]
+
+
+def test_what_a_list_cut_short_handed_on_is_deleted_if_the_next_list_lacks_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = Server(monkeypatch)
+    refused = errors.APIServerError("etcdserver: request timed out", status=500, headers={})
+    server.lists = [[[pod("a"), pod("b")], refused], [[pod("a")]]]
+    assert said(run(watch_once())) == [(None, "a"), (None, "b")]
+    assert said(run(watch_once(), stop_after=3)) == [
+        (None, "a"),
+        ("DELETED", "b"),
+        (watching.Bookmark.LISTED, ""),
+    ]
+
+
+def test_what_a_list_started_again_no_longer_has_is_deleted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """b was on the first attempt's first page, and deleted before the second attempt."""
+    server = Server(monkeypatch)
+    expired = errors.APIClientError("too old", status=410, headers={})
+    server.lists = [[[pod("a"), pod("b")], expired], [[pod("a")], [pod("c")]]]
+    assert said(run(watch_once(), stop_after=6)) == [
+        (None, "a"),
+        (None, "b"),
+        (None, "a"),
+        (None, "c"),
+        ("DELETED", "b"),
+        (watching.Bookmark.LISTED, ""),
+    ]
+
+
+def test_kopfs_own_watchers_get_no_deletions_made_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf's CRD observer reads a deleted CRD's spec: a tombstone would stop it."""
+    crds = references.Resource(
+        "apiextensions.k8s.io", "v1", "customresourcedefinitions", kind="CustomResourceDefinition"
+    )
+    server = Server(monkeypatch)
+    kopf_watch.WATCHLIST[crds] = False
+    server.lists = [[[pod("a"), pod("b")]], [[pod("a")]]]
+    server.watches = [[{"type": "ERROR", "object": {"code": 410}}]]
+
+    def once() -> AsyncIterator[Any]:
+        async def stream() -> AsyncIterator[Any]:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            async for event in kopf_watch.continuous_watch(
+                settings=kopf.OperatorSettings(),
+                resource=crds,
+                namespace=None,
+                operator_pause_waiter=waiter,
+            ):
+                yield event
+
+        return stream()
+
+    run(once())
+    assert said(run(once(), stop_after=2)) == [(None, "a"), (watching.Bookmark.LISTED, "")]
+
+
+def test_a_kind_whose_streamed_lists_keep_being_cut_short_is_listed_in_pages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = Server(monkeypatch)
+    kopf_watch.WATCHLIST[PODS] = True
+    server.watches = [[{"type": "ADDED", "object": pod("a")}] for _ in range(3)]
+    for _ in range(3):
+        run(watch_once())
+    assert kopf_watch.WATCHLIST[PODS] is False
+    server.lists = [[[pod("a")]]]
+    assert said(run(watch_once(), stop_after=2)) == [(None, "a"), (watching.Bookmark.LISTED, "")]
+
+
+def test_too_old_at_once_again_and_again_backs_off(
+    monkeypatch: pytest.MonkeyPatch, fresh: list[float]
+) -> None:
+    server = Server(monkeypatch)
+    server.lists = [[[pod("a")]] for _ in range(3)]
+    server.watches = [[{"type": "ERROR", "object": {"code": 410}}] for _ in range(3)]
+    for _ in range(3):
+        run(watch_once())
+    assert state().failures == 3
