@@ -6,12 +6,13 @@ one-GPU Jobs whose pods are the size real ones are and 8-GPU nodes the size real
 - **memory**: each operator's resident memory once settled, and its peak on a restart on
   the whole fleet (VmHWM), against the chart's default limit: for the operator serving
   everything, and (``--shards``) for the queue alone and each namespace shard;
-- **requests at rest**: every request of the operator's ServiceAccount that the API
-  server's audit log records over ``--rest-minutes``, by verb and resource (no list after
-  the start, no polling: watches, their renewals, and the writes the work needs);
-- **after an API server restart**: the same, for ``--after-minutes`` from the restart,
-  and when each kind was listed again (a streamed initial list counts as one: WatchList
-  lists are watches with ``sendInitialEvents``), to see one relist per kind, spread.
+- **after an API server restart**: every request of the operator's ServiceAccount that
+  the API server's audit log records for ``--after-minutes`` from the restart, by verb and
+  resource, and when each kind was listed again (a streamed initial list counts as one:
+  WatchList lists are watches with ``sendInitialEvents``): one relist per kind, spread;
+- **requests at rest**: the same over ``--rest-minutes`` after that (no list, no
+  polling: watches, their renewals, and the writes the work needs). Last, so that a run
+  stopped early (SIGTERM) still counts the window it waited.
 
 Figures, not assertions. Writes ``bench/results/apiload.json``.
 
@@ -171,18 +172,6 @@ def main() -> int:
             print(f"  {name}: {json.dumps(result['memory'][name])}", flush=True)
 
         log = work / "audit.log"
-        rest_from = time.time()
-        print(f"  at rest for {args.rest_minutes:g} min", flush=True)
-        time.sleep(args.rest_minutes * 60)
-        at_rest = requests(log, rest_from, time.time())
-        result["at_rest"] = {
-            "minutes": args.rest_minutes,
-            "requests": len(at_rest),
-            "by_verb_and_resource": by_verb_and_resource(at_rest),
-            "lists": sum(1 for e in at_rest if kind_of(e) in ("list", "watch-list")),
-        }
-        print(f"  {json.dumps(result['at_rest'])}", flush=True)
-
         restarted = time.time()
         bench.cluster.restart_apiserver(flags=flags)
         print(f"  API server restarted; {args.after_minutes:g} min after", flush=True)
@@ -202,6 +191,22 @@ def main() -> int:
             ),
         }
         print(f"  {json.dumps(result['after_restart'])}", flush=True)
+
+        # At rest last: stopped early (SIGTERM), the window counted is what was waited.
+        rest_from = time.time()
+        print(f"  at rest for {args.rest_minutes:g} min", flush=True)
+        try:
+            time.sleep(args.rest_minutes * 60)
+        finally:
+            rest_until = time.time()
+            at_rest = requests(log, rest_from, rest_until)
+            result["at_rest"] = {
+                "minutes": round((rest_until - rest_from) / 60, 1),
+                "requests": len(at_rest),
+                "by_verb_and_resource": by_verb_and_resource(at_rest),
+                "lists": sum(1 for e in at_rest if kind_of(e) in ("list", "watch-list")),
+            }
+            print(f"  {json.dumps(result['at_rest'])}", flush=True)
     finally:
         bench.stop()
         result["wall_s"] = round(time.monotonic() - began, 1)
