@@ -120,7 +120,13 @@ def test_a_shard_writes_its_count_and_the_sum_of_all_seen() -> None:
         "shards": {"b": {"breakers": 5, "open": 0, "unknown": 2}},
     }
     patch = policy_status_patch(TALLY, current, "a")
-    assert patch == {"breakers": 8, "open": 1, "unknown": 2, "shards": {"a": TALLY}}
+    assert patch == {
+        "breakers": 8,
+        "open": 1,
+        "unknown": 2,
+        "shards": {"a": {**TALLY, "incomplete": None}},
+        "incomplete": None,
+    }
 
 
 def test_shards_settle_without_writing_again() -> None:
@@ -143,8 +149,34 @@ def test_a_total_written_on_a_stale_view_is_corrected_by_the_next_look() -> None
         "breakers": 8,
         "open": 1,
         "unknown": 2,
-        "shards": {"a": TALLY},
+        "shards": {"a": {**TALLY, "incomplete": None}},
+        "incomplete": None,
     }
+
+
+def test_two_shards_one_with_partial_answers_each_keep_their_note_and_settle() -> None:
+    """One shard's answers partial, the other's whole: each writes its own note, the
+    top-level one is both; neither undoes the other's, so both settle."""
+    b = {"breakers": 5, "open": 0, "unknown": 2}
+    status: dict[str, Any] = {
+        "breakers": 8,
+        "open": 1,
+        "unknown": 2,
+        "shards": {"a": TALLY, "b": b},
+    }
+    note = "pool: store 127.0.0.1:20901 did not answer"
+    patch = policy_status_patch(TALLY, status, "a", note)
+    assert patch is not None
+    assert patch["shards"] == {"a": {**TALLY, "incomplete": note}}
+    assert patch["incomplete"] == f"a: {note}"
+    status = {**status, **patch, "shards": {"a": {**TALLY, "incomplete": note}, "b": b}}
+    assert policy_status_patch(b, status, "b", None) is None  # b's whole answers: no write
+    assert policy_status_patch(TALLY, status, "a", note) is None
+    # a's answers whole again: its note goes, and with it the top-level one.
+    cleared = policy_status_patch(TALLY, status, "a", None)
+    assert cleared is not None
+    assert cleared["shards"] == {"a": {**TALLY, "incomplete": None}}
+    assert cleared["incomplete"] is None
 
 
 def tj(

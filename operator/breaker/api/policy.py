@@ -659,6 +659,11 @@ class Tally(ApiModel):
     breakers: int = Field(ge=0, description="Breakers of the policy in the shard's namespaces.")
     open: int = Field(ge=0, description="Of them, how many are not Closed.")
     unknown: int = Field(ge=0, description="Of them, how many cannot read their signals now.")
+    incomplete: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Set while this shard's last evaluation's answers were partial.",
+    )
 
 
 class PolicyStatus(ApiModel):
@@ -682,7 +687,8 @@ class PolicyStatus(ApiModel):
         description=(
             "Set while the last evaluation's answers were partial (partialResponse: a store "
             "behind the query did not answer): the signals, and the server's warning. The "
-            "pods missing from them are read as Unknown, their clocks kept."
+            "pods missing from them are read as Unknown, their clocks kept. Sharded: each "
+            "shard's note, by shard name."
         ),
     )
     observed_generation: int | None = Field(

@@ -871,10 +871,8 @@ class BreakerController:
             tally = counts.get(key, {"breakers": 0, "open": 0, "unknown": 0})
             compiled = self.compiled.get(key)
             incomplete = compiled.partial if compiled else None
-            if tally["breakers"] == 0 and key[0] == "ClusterBreakerPolicy":
-                # A shard that guards nothing of it evaluates nothing: the shards that do say.
-                incomplete = (body.get("status") or {}).get("incomplete")
-            # A cluster policy spans the shards: each writes its own count and the sum.
+            # A cluster policy spans the shards: each writes its own count and note, and
+            # the sums as far as it has seen them.
             shard = self.shard if key[0] == "ClusterBreakerPolicy" else None
             if shard is None and self.policy_status.get(key) == (tally, incomplete):
                 continue
