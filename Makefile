@@ -57,7 +57,7 @@ unit: deps ## the tests that need no cluster
 
 # lint first, so a CI run fails fast before any Go or apt work (.ci/run is `make test`).
 test: lint deps ## lint, then every test against the real local cluster and Prometheus
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
 
 corpus: deps ## the detection-quality table: every scenario through `breaker backtest`, into the README
 	$(BIN)/python -m breaker_tooling.corpus
