@@ -93,6 +93,21 @@ def test_a_pid_file_for_someone_elses_process_is_not_ours(sleeper: Process) -> N
         other.wait()
 
 
+def test_a_process_started_elsewhere_and_adopted_is_stopped_by_name(sleeper: Process) -> None:
+    """The demo's operator kept running (--keep) is stopped with the cluster."""
+    kept = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        sleeper.adopt(kept.pid)
+        assert sleeper.pid() == kept.pid
+        assert sleeper.stop()
+        kept.wait(timeout=10)  # ended (its status already reaped by the stop)
+        assert sleeper.pid() is None
+    finally:
+        if kept.poll() is None:
+            kept.kill()
+            kept.wait()
+
+
 def test_a_process_that_dies_fails_fast_and_names_its_log(sleeper: Process) -> None:
     sleeper.start([sys.executable, "-c", "import sys; print('bad flag --x'); sys.exit(3)"])
     with pytest.raises(ClusterError) as failure:

@@ -96,6 +96,7 @@ class Demo:
         self.started_cluster = False
         self.cluster_up = False  # a start that failed keeps its logs for the reader
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.named: dict[str, subprocess.Popen[bytes]] = {}  # the same, by name
         self.workdir = Path(tempfile.mkdtemp(prefix="breaker-demo-"))
         self.t0 = time.monotonic()
         self.epoch = 0.0  # wall time the replay starts, for the simulator and the agent
@@ -227,6 +228,7 @@ class Demo:
             command, env=self.cluster.env(), stdout=log, stderr=subprocess.STDOUT
         )
         self.processes.append(process)
+        self.named[name] = process
         return process
 
     def fleet(self) -> None:
@@ -611,14 +613,15 @@ def run(keep: bool) -> int:
             if not (keep and ok):
                 demo.cleanup()
     if ok and keep:
-        pids = " ".join(str(p.pid) for p in demo.processes)
+        for name, process in demo.named.items():
+            demo.cluster.process(f"demo-{name}").adopt(process.pid)
         print(
             "\n--keep: everything is still running.\n"
             f"  export KUBECONFIG={demo.cluster.kubeconfig}\n"
             f"  export PATH={demo.cluster.bin_dir}:$PATH\n"
             "  kubectl get trainingjobs,breakers -A\n"
             f"  logs: {demo.workdir}\n"
-            f"  stop the operator, node agent and simulator: kill {pids}"
-            "\n  then the cluster: make cluster-down"
+            "  stop it all, the operator, node agent and simulator with the cluster: "
+            "make cluster-down"
         )
     return 0 if ok else 1

@@ -705,6 +705,11 @@ class LocalCluster:
         if api_up and self.process("kueue").running():
             with contextlib.suppress(ClusterError):
                 self.kueue.remove_webhooks(self.kubectl)
+        # What other tools left running with the cluster (adopted): before the API server.
+        guests = sorted(p.stem for p in (self.directory / "pids").glob("*.pid"))
+        for name in guests:
+            if name not in self.COMPONENTS and self.process(name).stop():
+                stopped.append(name)
         for name in reversed(self.COMPONENTS):
             if self.process(name).stop():
                 stopped.append(name)

@@ -83,6 +83,12 @@ class Process:
         self.pid_file.write_text(f"{child.pid} {started}\n")
         return child.pid
 
+    def adopt(self, pid: int) -> None:
+        """Name a process started elsewhere (the demo's operator, kept running), so that
+        the cluster's stop stops it too."""
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_file.write_text(f"{pid} {_start_time(pid)}\n")
+
     def stop(self, timeout: float = 10.0) -> bool:
         """SIGTERM, then SIGKILL after the timeout. True if something was stopped."""
         pid = self.pid()
