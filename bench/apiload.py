@@ -26,7 +26,6 @@ import collections
 import datetime as dt
 import json
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -208,16 +207,7 @@ def main() -> int:
             }
             print(f"  {json.dumps(result['at_rest'])}", flush=True)
     finally:
-        bench.stop()
-        result["wall_s"] = round(time.monotonic() - began, 1)
-        result["measured_at"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / "apiload.json"
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {path}", flush=True)
-        if not args.keep:
-            bench.cluster.down()
-            shutil.rmtree(work, ignore_errors=True)
+        bench.finish(result, "apiload.json", began, args.keep)
     return 0
 
 

@@ -370,6 +370,20 @@ class Bench:
             "restart_rss_mb_after_30s": self.memory()["rss_mb"],
         }
 
+    def finish(self, result: dict[str, Any], name: str, began: float, keep: bool) -> None:
+        """Stop the operators, write the result under bench/results/, and take the bench
+        cluster down (unless kept)."""
+        self.stop()
+        result["wall_s"] = round(time.monotonic() - began, 1)
+        result["measured_at"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        RESULTS.mkdir(exist_ok=True)
+        path = RESULTS / name
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}", flush=True)
+        if not keep:
+            self.cluster.down()
+            shutil.rmtree(self.work, ignore_errors=True)
+
     # -- the fleet ------------------------------------------------------------------------
 
     def grow(self, guarded_jobs: int, room: int) -> None:
@@ -858,17 +872,8 @@ def main() -> int:
             result["sizes"][str(size)] = row
             print(f"  {json.dumps(row)}", flush=True)
     finally:
-        bench.stop()
-        result["wall_s"] = round(time.monotonic() - began, 1)
-        result["measured_at"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        RESULTS.mkdir(exist_ok=True)
         sharded = f"-{args.shards}-shards" if args.shards > 1 else ""
-        path = RESULTS / f"fleet-{args.design}{sharded}.json"
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {path}", flush=True)
-        if not args.keep:
-            bench.cluster.down()
-            shutil.rmtree(work, ignore_errors=True)
+        bench.finish(result, f"fleet-{args.design}{sharded}.json", began, args.keep)
     return 0
 
 

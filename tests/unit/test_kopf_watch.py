@@ -88,12 +88,12 @@ def run(stream: AsyncIterator[Any], stop_after: int | None = None) -> list[Any]:
     return asyncio.run(read())
 
 
-def watch_once(pause: asyncio.Future[None] | None = None) -> AsyncIterator[Any]:
+def watch_once(resource: references.Resource = PODS) -> AsyncIterator[Any]:
     async def stream() -> AsyncIterator[Any]:
-        waiter: asyncio.Future[None] = pause or asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         async for event in kopf_watch.continuous_watch(
             settings=kopf.OperatorSettings(),
-            resource=PODS,
+            resource=resource,
             namespace=None,
             operator_pause_waiter=waiter,
         ):
@@ -385,21 +385,11 @@ def test_kopfs_own_watchers_get_no_deletions_made_up(monkeypatch: pytest.MonkeyP
     server.lists = [[[pod("a"), pod("b")]], [[pod("a")]]]
     server.watches = [[{"type": "ERROR", "object": {"code": 410}}]]
 
-    def once() -> AsyncIterator[Any]:
-        async def stream() -> AsyncIterator[Any]:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            async for event in kopf_watch.continuous_watch(
-                settings=kopf.OperatorSettings(),
-                resource=crds,
-                namespace=None,
-                operator_pause_waiter=waiter,
-            ):
-                yield event
-
-        return stream()
-
-    run(once())
-    assert said(run(once(), stop_after=2)) == [(None, "a"), (watching.Bookmark.LISTED, "")]
+    run(watch_once(crds))
+    assert said(run(watch_once(crds), stop_after=2)) == [
+        (None, "a"),
+        (watching.Bookmark.LISTED, ""),
+    ]
 
 
 def test_a_kind_whose_streamed_lists_keep_being_cut_short_is_listed_in_pages(
