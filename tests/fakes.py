@@ -470,6 +470,7 @@ BREAKER_INDEXES: dict[str, Indexed] = {
         ("breaker.dev", "clusterbreakerpolicies"), _by(inventory.breaker_cluster_policies)
     ),
     "breaker_breakers": Indexed(("breaker.dev", "breakers"), _by(inventory.breaker_breakers)),
+    "breaker_holds": Indexed(("breaker.dev", "breakerholds"), _by(inventory.breaker_holds)),
 }
 
 

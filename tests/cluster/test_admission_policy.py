@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from breaker.constants import GROUP, VERSION
 from breaker_tooling.localcluster import LocalCluster
 from breaker_tooling.localcluster.paths import repo_root
 from tests.cluster.scenes import Cluster, deployment, deployment_policy, force_open
@@ -61,6 +62,17 @@ def test_a_namespace_holding_containment_is_deleted_like_any_other(cluster: Clus
     c = cluster
     contain_helper(c)
     wait_for(lambda: c.get("breakerholds", "breaker-containment"), "the BreakerHold")
+    # The operator watches its params: deleted by hand, they are put back at once.
+    first = c.get("breakerholds", "breaker-containment")["metadata"]["uid"]
+    c.custom.delete_namespaced_custom_object(
+        GROUP, VERSION, c.ns, "breakerholds", "breaker-containment"
+    )
+    wait_for(
+        lambda: c.get("breakerholds", "breaker-containment")["metadata"]["uid"] != first,
+        "the BreakerHold put back",
+        timeout=30,
+        ignore=(client.ApiException,),
+    )
     # And a tenant's own policy whose selector names the quarantine label.
     c.net.create_namespaced_network_policy(
         c.ns,

@@ -13,6 +13,7 @@ import asyncio
 import json
 import re
 
+import kopf
 import pytest
 
 from breaker import failpoints
@@ -300,19 +301,36 @@ async def test_the_admission_params_follow_what_the_breaker_holds(
     assert cluster.get(HOLDS, NS, "breaker-containment") is None
 
 
+async def test_params_deleted_by_hand_are_put_back_at_the_pass_the_watch_wakes(
+    tripped: Operator, cluster: FakeCluster
+) -> None:
+    """The params are watched: one deleted by hand is written again at the next pass, and
+    nothing lists them, at start or at rest."""
+    await tripped.converge()  # written
+    await tripped.converge()  # and seen by the watch
+    assert cluster.get(HOLDS, NS, "breaker-containment") is not None
+    del cluster.objects[HOLDS][(NS, "breaker-containment")]
+    await tripped.converge()
+    assert cluster.get(HOLDS, NS, "breaker-containment") is not None
+    assert not cluster.requests("GET", "/breakerholds")
+    woken_by = [h.id for h in kopf.get_default_registry()._watching.get_all_handlers()]
+    assert f"wake-breakers-{GROUP}.{VERSION}.breakerholds" in woken_by
+
+
 async def test_without_the_breakerhold_crd_containment_goes_on_and_the_loop_does_not_spin(
     cluster: FakeCluster, queue: FakeQueue, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An upgrade that skipped `crds/`: the params cannot be kept, which is said once per
-    resync; the trip is applied all the same, and the loop is not kept busy retrying."""
-    cluster.fail("GET", "/breakerholds$", 404, times=1000)
+    ABSENT_SECONDS; the trip is applied all the same, and the loop is not kept busy
+    retrying."""
+    cluster.fail("POST", "/breakerholds$", 404, times=1000)
     operator = Operator(cluster, queue, clock)
     await operator.guarding()
     await operator.converge(trip=True)
     assert not await operator.converge()
     assert status(cluster)["state"] == "Open"
     assert job(cluster)["spec"]["suspend"] is True
-    assert len(cluster.requests("GET", "/breakerholds$")) == 1
+    assert len(cluster.requests("POST", "/breakerholds$")) == 1
     said = [m for r in caplog.records if "BreakerHolds are not served" in (m := r.getMessage())]
     assert len(said) == 1
     assert "kubectl apply --server-side -f crds/" in said[0]

@@ -2,20 +2,23 @@
 ``actions/admission.py`` for what they hold and why).
 
 One BreakerHold per namespace where a breaker holds containment, written when what it
-should hold changes and deleted when nothing is held there any more. The operator does not
-watch them: it lists its own at its first pass and at every resync, and otherwise trusts
-what it wrote. Nobody else may write them (no role but the operator's grants it).
+should hold changes and deleted when nothing is held there any more. The operator watches
+them (``inventory.breaker_holds``): a BreakerHold someone deleted or edited is put back at
+the pass its event wakes, and nothing is listed again at rest. A pass that comes before
+the watch shows the operator's own last write may send it again: every write is the whole
+spec (a create that finds it there replaces it; a delete that finds it gone is done), so a
+second one changes nothing. Nobody else may write them (no role but the operator's grants
+it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
-import pydantic
 from kubernetes import client
 
 from breaker import kube
@@ -27,15 +30,24 @@ log = logging.getLogger("breaker.admission")
 JSON_PATCH = "application/json-patch+json"
 
 
+# A BreakerHold kind not served (its CRD missing) is not asked for again before this.
+ABSENT_SECONDS = 300.0
+Held = Mapping[str, BreakerHoldSpec | None]  # namespace -> spec, None if it does not read
+
+
 class AdmissionParams:
-    def __init__(self, api: client.ApiClient, resync: float, serves: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        held: Callable[[], Held],
+        serves: Callable[[str], bool],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.objects = client.CustomObjectsApi(api)
-        self.resync = resync
+        self.held = held  # what the watch last showed, every namespace's
         self.serves = serves  # this operator's namespaces (a shard keeps to its own)
-        # None: not listed yet. A BreakerHold whose spec does not read is kept as None.
-        self.written: dict[str, BreakerHoldSpec | None] | None = None
-        self.listed_at = 0.0
-        self.absent_until = 0.0  # the CRD was missing: not asked again before then
+        self.clock = clock
+        self.absent_until = 0.0  # the CRD was missing: not written again before then
         self.lock = asyncio.Lock()
 
     async def sync(self, wanted: Callable[[], Mapping[str, BreakerHoldSpec]]) -> bool:
@@ -46,30 +58,24 @@ class AdmissionParams:
             return await self._sync(wanted())
 
     async def _sync(self, wanted: Mapping[str, BreakerHoldSpec]) -> bool:
-        if time.monotonic() < self.absent_until:
+        if self.clock() < self.absent_until:
             return False
-        try:
-            written = await self._written()
-        except client.ApiException as error:
-            if error.status == 404:
-                # Not served: the CRD is missing (an upgrade that skipped `crds/`). The
-                # chart's policy refuses to render without it, and nothing is lost by not
-                # retrying before the resync.
-                self.absent_until = time.monotonic() + self.resync
-                log.warning("BreakerHolds are not served (%s): the admission policy's params "
-                            "are not kept; apply the CRDs (kubectl apply --server-side -f "
-                            "crds/)", kube.api_problem(error))  # fmt: skip
-                return False
-            log.warning("BreakerHolds not listed: %s", kube.api_problem(error))
-            return True
+        written = {ns: spec for ns, spec in self.held().items() if self.serves(ns)}
         write, delete = admission.changes(wanted, written)
         failed = False
         for namespace, spec in write.items():
             try:
                 await self._put(namespace, spec, exists=namespace in written)
-                written[namespace] = spec
             except client.ApiException as error:
-                if not kube.namespace_terminating(error):
+                if _not_served(error):
+                    # An upgrade that skipped `crds/`. The chart's policy refuses to render
+                    # without it, and nothing is lost by not retrying for a while.
+                    self.absent_until = self.clock() + ABSENT_SECONDS
+                    log.warning("BreakerHolds are not served (%s): the admission policy's "
+                                "params are not kept; apply the CRDs (kubectl apply "
+                                "--server-side -f crds/)", kube.api_problem(error))  # fmt: skip
+                    return False
+                if not kube.namespace_terminating(error) and not _namespace_gone(error):
                     log.warning("BreakerHold %s/%s not written: %s",
                                 namespace, ADMISSION_PARAMS, kube.api_problem(error))  # fmt: skip
                     failed = True
@@ -84,29 +90,7 @@ class AdmissionParams:
                     log.warning("BreakerHold %s/%s not deleted: %s",
                                 namespace, ADMISSION_PARAMS, kube.api_problem(error))  # fmt: skip
                     failed = True
-                    continue
-            written.pop(namespace, None)
         return failed
-
-    async def _written(self) -> dict[str, BreakerHoldSpec | None]:
-        """What the BreakerHolds hold: as last listed, with this operator's writes since."""
-        now = time.monotonic()
-        if self.written is None or now - self.listed_at >= self.resync:
-            listed: Any = await kube.call(
-                self.objects.list_cluster_custom_object, GROUP, VERSION, BREAKERHOLDS
-            )
-            self.written = {}
-            for item in listed.get("items") or []:
-                meta = item.get("metadata") or {}
-                namespace = str(meta.get("namespace") or "")
-                if meta.get("name") != ADMISSION_PARAMS or not self.serves(namespace):
-                    continue
-                try:
-                    self.written[namespace] = BreakerHoldSpec.model_validate(item.get("spec"))
-                except pydantic.ValidationError:
-                    self.written[namespace] = None  # written again, or deleted
-            self.listed_at = now
-        return self.written
 
     async def _put(self, namespace: str, spec: BreakerHoldSpec, exists: bool) -> None:
         if exists and await self._replace_spec(namespace, spec):
@@ -137,3 +121,24 @@ class AdmissionParams:
                 return False
             raise
         return True
+
+
+def _missing(error: client.ApiException) -> str | None:
+    """What a 404 says is missing: the kind it names (``namespaces`` when the namespace is
+    gone), "" when it names nothing (BreakerHolds are not served), None if not a 404."""
+    if error.status != 404:
+        return None
+    try:
+        details = json.loads(error.body or "{}").get("details") or {}
+    except (ValueError, AttributeError):
+        return ""  # "404 page not found": no such kind at this group version
+    return str(details.get("kind") or "") if details.get("name") else ""
+
+
+def _namespace_gone(error: client.ApiException) -> bool:
+    """A create refused because the namespace itself is gone: nothing left to hold."""
+    return _missing(error) == "namespaces"
+
+
+def _not_served(error: client.ApiException) -> bool:
+    return _missing(error) == ""

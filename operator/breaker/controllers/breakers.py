@@ -47,7 +47,7 @@ from breaker.circuit.ownership import WorkloadKey, workload_of
 from breaker.circuit.selection import Policy, Workload
 from breaker.circuit.tally import policy_status_patch
 from breaker.circuit.views import WorkloadView
-from breaker.constants import GROUP, KEPT_ANNOTATION, QUARANTINE_LABEL, VERSION
+from breaker.constants import BREAKERHOLDS, GROUP, KEPT_ANNOTATION, QUARANTINE_LABEL, VERSION
 from breaker.controllers import config, inventory
 from breaker.controllers.actuator import Actuator, target_nodes
 from breaker.controllers.admission import AdmissionParams
@@ -129,7 +129,9 @@ class BreakerController:
         self.handoff_due: dict[BreakerKey, float] = {}  # next look at an awaited handoff
         # Breakers a reset is letting go of: the admission policy's params leave them out.
         self.releasing: set[BreakerKey] = set()
-        self.admission = AdmissionParams(api, RESYNC_SECONDS, serves)
+        self.admission = AdmissionParams(
+            api, lambda: inventory.holds(self.indexes.get("breaker_holds", {})), serves
+        )
         self.disowner = Disowner(
             api,
             self.written,
@@ -1134,6 +1136,7 @@ for _resource in dict.fromkeys(
         (GROUP, VERSION, "breakerpolicies"),
         (GROUP, VERSION, "clusterbreakerpolicies"),
         (GROUP, VERSION, "breakers"),
+        (GROUP, VERSION, BREAKERHOLDS),  # one deleted or edited by hand is put back
         ("namespaces",),
         ("networking.k8s.io", "v1", "networkpolicies"),
         ("resourcequotas",),

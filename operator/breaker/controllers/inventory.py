@@ -1,8 +1,9 @@
 """What the breaker loop knows about the cluster, kept by kopf indexes from watches.
 
-Policies, Breakers, namespaces' labels, every kind of workload a policy can guard, the
-owners between pods and workloads (Jobs, ReplicaSets, JobSets, RayClusters), pods with an
-owner, every NetworkPolicy and ResourceQuota, and Kueue's Workloads and LocalQueues. The
+Policies, Breakers, the admission policy's params (BreakerHolds), namespaces' labels, every
+kind of workload a policy can guard, the owners between pods and workloads (Jobs,
+ReplicaSets, JobSets, RayClusters), pods with an owner, every NetworkPolicy and
+ResourceQuota, and Kueue's Workloads and LocalQueues. The
 loop reads these in memory, so an evaluation of thousands of workloads lists nothing.
 Each index keeps only the fields the loop reads.
 
@@ -15,17 +16,27 @@ pending event in memory meanwhile.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import kopf
+import pydantic
 
 from breaker.actions import kueue
 from breaker.actions.pause import KINDS, field_value, is_paused, with_field
+from breaker.api.hold import BreakerHoldSpec
 from breaker.api.quantity import pod_gpus
 from breaker.circuit.ownership import OwnerRef
 from breaker.circuit.views import PodView, WorkloadView
-from breaker.constants import GROUP, KEPT_ANNOTATION, PAUSED_BY, QUARANTINE_LABEL, VERSION
+from breaker.constants import (
+    ADMISSION_PARAMS,
+    BREAKERHOLDS,
+    GROUP,
+    KEPT_ANNOTATION,
+    PAUSED_BY,
+    QUARANTINE_LABEL,
+    VERSION,
+)
 from breaker.controllers import compact, config
 
 
@@ -240,6 +251,25 @@ async def breaker_breakers(
     return {(namespace, name): _slim(body, status=True)}
 
 
+@kopf.index(GROUP, VERSION, BREAKERHOLDS, when=config.serves_breakers)
+async def breaker_holds(
+    namespace: str | None, name: str, spec: kopf.Spec, **_: Any
+) -> dict[str | None, BreakerHoldSpec | None]:
+    """The admission policy's params as the API server holds them, by namespace; None for
+    one whose spec does not read (written again, or deleted)."""
+    if name != ADMISSION_PARAMS:
+        return {}
+    try:
+        return {namespace: BreakerHoldSpec.model_validate(dict(spec))}
+    except pydantic.ValidationError:
+        return {namespace: None}
+
+
+def holds(index: Mapping[Any, Any]) -> Mapping[str, BreakerHoldSpec | None]:
+    """``breaker_holds`` as namespace -> spec (``items`` would leave out the unreadable)."""
+    return {key: values[0] for key, store in list(index.items()) if (values := list(store))}
+
+
 def _slim(body: kopf.Body, status: bool = False) -> dict[str, Any]:
     meta = body["metadata"]
     kept: dict[str, Any] = {
@@ -286,6 +316,7 @@ INDEX_NAMES = (
     "breaker_policies",
     "breaker_cluster_policies",
     "breaker_breakers",
+    "breaker_holds",
 )
 
 
