@@ -160,9 +160,8 @@ def main() -> int:
     }
     try:
         bench.set_up()
-        bench.start()
         print(f"{args.size} guarded Jobs, real-sized:", flush=True)
-        bench.grow(args.size, 0)
+        bench.grow(args.size, 0)  # with no operator yet: each layout is started on it whole
         result["nodes"] = bench.nodes
         layouts = ([args.shards] if args.shards > 1 else []) + [1]
         for shards in layouts:  # the combined operator last: it is the one counted at rest

@@ -345,7 +345,8 @@ def _watch_error(
     got: bool,
 ) -> None:
     if status.get("code") == 410:
-        log.debug("watching %s %s: too old; listing again", resource, _where(namespace))
+        log.info("watching %s %s: %s; listing again",
+                 resource, _where(namespace), status.get("message") or "too old")  # fmt: skip
         if not got:  # too old at once, again and again: back off as for a failure
             stream.failures += 1
         return
