@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 import kopf
+from kopf._core.intents import registries
 
 from breaker import heap, kopf_tuning, kube, leadership, metrics
 
@@ -54,6 +55,38 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         settings.watching.field_selectors["", "v1", "pods"] = LIVE_PODS
 
 
+def drop_unserved(registry: registries.OperatorRegistry, serving: Serving) -> int:
+    """Drop the handlers of the parts this operator does not serve, before kopf starts.
+
+    Their filters are false here for every object, but kopf watches every kind some
+    handler names, filter or not: a shard watched every node for the queue's sake, and the
+    queue every Service for the breakers'. Returns how many were dropped."""
+    dropped = 0
+    resource_registries: tuple[registries.ResourceRegistry[Any, Any], ...] = (
+        registry._indexing,
+        registry._watching,
+        registry._spawning,
+        registry._changing,
+    )
+    for handlers in resource_registries:
+        # kopf has no way to take a handler out; its registries are plain lists.
+        kept = [h for h in handlers._handlers if config.part_of(h.when) in (None, *serving.parts)]
+        dropped += len(handlers._handlers) - len(kept)
+        handlers._handlers[:] = kept
+    return dropped
+
+
+def watched_kinds(registry: registries.OperatorRegistry) -> list[str]:
+    """The kinds kopf will watch for this registry's handlers, by plural (and group)."""
+    selectors = (
+        registry._indexing.get_all_selectors()
+        | registry._watching.get_all_selectors()
+        | registry._spawning.get_all_selectors()
+        | registry._changing.get_all_selectors()
+    )
+    return sorted(".".join(str(part) for part in (s.any_name, s.group) if part) for s in selectors)
+
+
 @kopf.on.startup()
 async def start_heap_trimming(memo: kopf.Memo, **_: Any) -> None:
     memo["heap_task"] = asyncio.create_task(heap.keep_trimmed(), name="heap-trim")
@@ -94,6 +127,13 @@ def run(
     watched = serving.watched_namespaces()
     scope: dict[str, Any] = {"namespaces": watched} if watched else {"clusterwide": True}
     log.info("serving %s", serving.describe())
+    registry = kopf.get_default_registry()
+    if dropped := drop_unserved(registry, serving):
+        log.info(
+            "%d handlers of parts not served here dropped; watching %s",
+            dropped,
+            ", ".join(watched_kinds(registry)),
+        )
     if peering is None:
         kopf.run(standalone=True, liveness_endpoint=liveness, memo=memo, **scope)
         return

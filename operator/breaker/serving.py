@@ -3,9 +3,9 @@
 A large cluster shards the breakers across operators by namespace, each shard a peering
 group of its own. The TrainingJob queue cannot be sharded: it hands one cluster's free
 GPUs to one priority order, so exactly one operator serves it, cluster-wide. The parts an
-operator does not serve are neither started nor indexed, and a shard indexes only its
-namespaces' objects (kopf still watches what another part or shard needs, and keeps a
-small record of each object it sees).
+operator does not serve are neither started, indexed nor watched (their handlers are
+dropped before kopf starts), and a shard indexes only its namespaces' objects (kopf still
+watches what another shard needs, and keeps a small record of each object it sees).
 
 A shard that names its namespaces exactly watches each of them; one with globs (the
 "rest" shard above all, `*` less the others) watches cluster-wide and keeps only its own:

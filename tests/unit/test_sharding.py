@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 import pytest
 
-from breaker import serving
+from breaker import runner, serving
 from breaker.circuit.tally import policy_status_patch
 from breaker.cli import main
 from breaker.controllers import config
@@ -199,3 +199,46 @@ def test_admissions_are_read_from_status_to_the_second() -> None:
     ]
     assert queue.admitted_since(bodies, T0) == [("b", "same-second"), ("c", "later")]
     assert queue.waiting(bodies) == [("e", "queued")]
+
+
+@pytest.fixture
+def registry() -> Any:
+    """kopf's registry as the controllers filled it, put back after the test."""
+    found = kopf.get_default_registry()
+    parts = (found._indexing, found._watching, found._spawning, found._changing)
+    saved = [list(handlers._handlers) for handlers in parts]
+    yield found
+    for handlers, kept in zip(parts, saved, strict=True):
+        handlers._handlers[:] = kept
+
+
+def watched_by(registry: Any, parts: list[str]) -> set[str]:
+    runner.drop_unserved(registry, Serving.of(parts, [], None))
+    return set(runner.watched_kinds(registry))
+
+
+def test_the_queue_alone_watches_only_the_kinds_the_queue_reads(registry: Any) -> None:
+    queue = watched_by(registry, ["queue"])
+    assert queue == {
+        "trainingjobs.breaker.dev",
+        "jobs.batch",
+        "pods",
+        "nodes",
+        "resourcequotas",
+        "networkpolicies.networking.k8s.io",
+        "breakers.breaker.dev",  # a reset's reclaim debt
+        "clusterbreakerpolicies.breaker.dev",  # the queue writes their status
+    }
+    assert runner.drop_unserved(registry, Serving()) == 0  # what is left is all served
+
+
+def test_the_combined_operator_drops_nothing(registry: Any) -> None:
+    assert runner.drop_unserved(registry, Serving()) == 0
+
+
+def test_a_breakers_shard_watches_no_node(registry: Any) -> None:
+    everything = set(runner.watched_kinds(registry))
+    shard = watched_by(registry, ["breakers"])
+    assert "nodes" not in shard
+    assert {"pods", "services", "breakerholds.breaker.dev", "namespaces"} <= shard
+    assert everything - shard == {"nodes"}

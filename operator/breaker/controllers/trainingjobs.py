@@ -66,6 +66,7 @@ QUOTA_KEY = "requests.nvidia.com/gpu"
 # -- what the indexes hold ---------------------------------------------------------------
 
 
+@config.part("queue")
 def _gpu_or_training_pod(spec: kopf.Spec, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> bool:
     return config.serves_queue(memo) and (JOB_LABEL in labels or pod_gpus(dict(spec)) > 0)
 
@@ -722,19 +723,26 @@ async def stop_training_controller(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
 
 
+@config.part("queue")
 def _owes_gpus(status: kopf.Status, memo: kopf.Memo, **_: Any) -> bool:
     """A Breaker whose reset recorded that a job is owed its GPUs back (status.reclaim)."""
     return config.serves_queue(memo) and bool(status.get("reclaim"))
 
 
-@kopf.on.event(*TJ)
+@kopf.on.event(*TJ, when=config.serves_queue)
 # The reset writes the debt after its undos: their events may have woken the queue before
 # the debt was there to read, and nothing else would until the resync.
 @kopf.on.event(GROUP, VERSION, BREAKERS, when=_owes_gpus)
-@kopf.on.event("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT})
-@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels={JOB_LABEL: kopf.PRESENT})
+@kopf.on.event("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT}, when=config.serves_queue)
+@kopf.on.event(
+    "networking.k8s.io",
+    "v1",
+    "networkpolicies",
+    labels={JOB_LABEL: kopf.PRESENT},
+    when=config.serves_queue,
+)
 @kopf.on.event("pods", when=_gpu_or_training_pod)
-@kopf.on.event("resourcequotas")
+@kopf.on.event("resourcequotas", when=config.serves_queue)
 @kopf_tuning.wake_only
 async def wake_training_controller(memo: kopf.Memo, **_: Any) -> None:
     _nudge(memo)
@@ -749,7 +757,7 @@ def _nudge(memo: kopf.Memo) -> None:
 kopf_tuning.READY.append(_nudge)  # after events let go while the indexes were filled
 
 
-@kopf.on.event("nodes")
+@kopf.on.event("nodes", when=config.serves_queue)
 async def wake_on_node_capacity(
     memo: kopf.Memo, name: str, type: str | None, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> None:
