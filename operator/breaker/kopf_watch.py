@@ -19,9 +19,10 @@ the way client-go's reflector mends them:
 - **Lists.** A paged list whose continue token expires (410) starts again from page 1,
   after a jittered backoff. Where the API server streams the initial list as watch events
   (WatchList: ``sendInitialEvents``), it is used: probed once per kind, never assumed, as
-  a server that does not know the parameters silently starts the watch at "now". Lists are
-  never asked with ``resourceVersion=0`` (a stale read from one HA server's cache): with
-  none, 1.34+ serves them from the watch cache, consistent.
+  a server that does not know the parameters silently starts the watch at "now"; a stream
+  cut short after objects came means a slow server, and that kind is listed in pages from
+  then on. Lists are never asked with ``resourceVersion=0`` (a stale read from one HA
+  server's cache): with none, 1.34+ serves them from the watch cache, consistent.
 
 Every relist (other than the first) waits a random share of ``RELIST_JITTER`` first: after
 an API server restart every kind's watch ends at once, and the lists are spread out.
@@ -61,6 +62,10 @@ PAGED_TRIES = 5
 VANISHED = "breaker.dev/vanished"
 # The WatchList probe waits this long for the end of the initial events.
 PROBE_TIMEOUT = 10
+# The server's timeout of a streamed initial list (and of the watch that goes on in it).
+# The watches' own 300 s cut 10,000 pods' initial events short on a server at load 8 just
+# restarted, and every try began again from the first object.
+STREAM_TIMEOUT = 1800
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 Identity = tuple[str | None, str]  # namespace, name
@@ -230,7 +235,8 @@ async def _listed(
                 listing.seen[found[0]] = found[1]
             yield raw_event
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as error:
-        _list_failed(resource, namespace, stream, streamed, f"failed ({error!r})")
+        progressed = bool(listing.seen or listing.abandoned)
+        _list_failed(resource, namespace, stream, streamed, f"failed ({error!r})", progressed)
         return
     except errors.APIError as error:
         if isinstance(error, errors.APITooManyRequestsError):
@@ -249,14 +255,17 @@ def _list_failed(
     stream: Stream,
     streamed: bool,
     how: str,
+    progressed: bool = False,
 ) -> None:
     log.warning("listing %s %s %s; again after a backoff", resource, _where(namespace), how)
     if not streamed:
         return
     stream.streamed_failures += 1
-    if stream.streamed_failures >= STREAMED_TRIES:
-        # Streamed lists of this kind keep being cut short (by a proxy, or a timeout
-        # shorter than the stream): this kind is listed in pages from now on.
+    # A stream cut after objects came is slow, not refused (a proxy's timeout, a server at
+    # load): another would start again from the first object, where pages each get a
+    # request of their own. A stream refused before any object (a server restarting) is
+    # given its tries.
+    if progressed or stream.streamed_failures >= STREAMED_TRIES:
         WATCHLIST[resource] = False
         stream.streamed_failures = 0
         log.warning("listing %s in pages from now on: its streamed lists were cut short", resource)
@@ -411,6 +420,7 @@ async def _streamed(
     streaming = copy.copy(settings)
     streaming.watching = copy.copy(settings.watching)
     streaming.watching.initial_streaming = True
+    streaming.watching.server_timeout = max(settings.watching.server_timeout or 0, STREAM_TIMEOUT)
     events = cast(
         AsyncGenerator[bodies.RawInput, None],
         watching.watch_objs(

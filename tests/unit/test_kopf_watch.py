@@ -259,6 +259,21 @@ def test_where_the_server_streams_the_initial_list_it_is_read_as_a_list(
     assert server.listed == 0
 
 
+def test_a_streamed_list_is_given_longer_than_a_watch_before_the_server_ends_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    timeouts: list[int | None] = []
+
+    async def watch(*, settings: kopf.OperatorSettings, **_: Any) -> AsyncIterator[Any]:
+        timeouts.append(settings.watching.server_timeout)
+        yield {"type": "ADDED", "object": pod("a")}
+
+    kopf_watch.WATCHLIST[PODS] = True
+    monkeypatch.setattr(watching, "watch_objs", watch)
+    run(watch_once())
+    assert timeouts == [kopf_watch.STREAM_TIMEOUT]
+
+
 def test_initial_events_cut_short_are_no_list(monkeypatch: pytest.MonkeyPatch) -> None:
     server = Server(monkeypatch)
     kopf_watch.WATCHLIST[PODS] = True
@@ -392,14 +407,28 @@ def test_kopfs_own_watchers_get_no_deletions_made_up(monkeypatch: pytest.MonkeyP
     ]
 
 
-def test_a_kind_whose_streamed_lists_keep_being_cut_short_is_listed_in_pages(
+def test_a_kind_whose_streamed_lists_keep_ending_at_once_is_listed_in_pages(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     server = Server(monkeypatch)
     kopf_watch.WATCHLIST[PODS] = True
-    server.watches = [[{"type": "ADDED", "object": pod("a")}] for _ in range(3)]
-    for _ in range(3):
+    server.watches = [[] for _ in range(kopf_watch.STREAMED_TRIES)]  # ended before any object
+    for tried in range(1, kopf_watch.STREAMED_TRIES + 1):
         run(watch_once())
+        assert kopf_watch.WATCHLIST[PODS] is (tried < kopf_watch.STREAMED_TRIES)
+    server.lists = [[[pod("a")]]]
+    assert said(run(watch_once(), stop_after=2)) == [(None, "a"), (watching.Bookmark.LISTED, "")]
+
+
+def test_a_streamed_list_cut_after_objects_came_is_listed_in_pages_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slow stream (a server at load, a proxy's timeout) would be cut again, and start
+    again from the first object each time: the next list is in pages."""
+    server = Server(monkeypatch)
+    kopf_watch.WATCHLIST[PODS] = True
+    server.watches = [[{"type": "ADDED", "object": pod("a")}]]
+    run(watch_once())
     assert kopf_watch.WATCHLIST[PODS] is False
     server.lists = [[[pod("a")]]]
     assert said(run(watch_once(), stop_after=2)) == [(None, "a"), (watching.Bookmark.LISTED, "")]
