@@ -453,9 +453,6 @@ class LocalCluster:
                 f"--config={stages}",
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                # Heartbeats as a kubelet's: a Lease renewed every 10 s (a quarter of
-                # its duration); the node's status only about every 5 minutes (the stages).
-                "--node-lease-duration-seconds=40",
                 # Fake pod addresses: never routed, never contacted. The nodes' own address
                 # is on loopback: the API server asking a kwok "kubelet" for logs is refused
                 # on this machine, never sent off it.
