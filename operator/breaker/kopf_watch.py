@@ -235,7 +235,9 @@ async def _listed(
                 listing.seen[found[0]] = found[1]
             yield raw_event
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as error:
-        progressed = bool(listing.seen or listing.abandoned)
+        # The operator pausing (a standby's peering) cuts the stream too, and says nothing
+        # of the server.
+        progressed = bool(listing.seen or listing.abandoned) and not operator_pause_waiter.done()
         _list_failed(resource, namespace, stream, streamed, f"failed ({error!r})", progressed)
         return
     except errors.APIError as error:

@@ -259,6 +259,21 @@ def test_where_the_server_streams_the_initial_list_it_is_read_as_a_list(
     assert server.listed == 0
 
 
+def test_a_streamed_list_cut_by_the_operator_pausing_is_streamed_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A standby's peering pauses the operator mid-list: nothing said of the server."""
+
+    async def watch(*, operator_pause_waiter: asyncio.Future[None], **_: Any) -> AsyncIterator[Any]:
+        yield {"type": "ADDED", "object": pod("a")}
+        operator_pause_waiter.set_result(None)
+
+    kopf_watch.WATCHLIST[PODS] = True
+    monkeypatch.setattr(watching, "watch_objs", watch)
+    run(watch_once())
+    assert kopf_watch.WATCHLIST[PODS] is True
+
+
 def test_a_streamed_list_is_given_longer_than_a_watch_before_the_server_ends_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -761,7 +761,8 @@ kopf_tuning.READY.append(_nudge)  # after events let go while the indexes were f
 async def wake_on_node_capacity(
     memo: kopf.Memo, name: str, type: str | None, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> None:
-    """Nodes heartbeat every few seconds; only a change of GPUs or readiness matters."""
+    """A node's status is rewritten every few minutes; only a change of GPUs or readiness
+    matters."""
     controller: TrainingController | None = memo.get("training")
     if controller is None:
         return
