@@ -171,7 +171,7 @@ def main() -> int:
 
         log = work / "audit.log"
         restarted = time.time()
-        bench.cluster.restart_apiserver(flags=flags)
+        bench.cluster.restart_apiserver(flags=flags, ready_within=900)  # 120 s was short at 10,000
         print(f"  API server restarted; {args.after_minutes:g} min after", flush=True)
         time.sleep(args.after_minutes * 60)
         after = requests(log, restarted, time.time())
