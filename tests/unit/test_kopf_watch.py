@@ -277,7 +277,7 @@ def test_a_streamed_list_cut_by_the_operator_pausing_is_streamed_again(
 def test_a_streamed_list_is_given_longer_than_a_watch_before_the_server_ends_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    timeouts: list[int | None] = []
+    timeouts: list[float | None] = []
 
     async def watch(*, settings: kopf.OperatorSettings, **_: Any) -> AsyncIterator[Any]:
         timeouts.append(settings.watching.server_timeout)
