@@ -24,13 +24,29 @@ LIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 log = logging.getLogger("breaker.runner")
 
 
+class ShardDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff base (the last handled spec, in an annotation), written only on this
+    operator's own objects.
+
+    kopf writes it on every object whose change it processed, even when every handler's
+    filter said no. A shard that watches cluster-wide (a glob) wrote it on the other
+    shards' BreakerPolicies, and the shard serving one could then see an edit of it as no
+    change at all, and never apply it."""
+
+    def __init__(self, serving: Serving) -> None:
+        super().__init__(prefix="breaker.dev", key="last-handled-configuration")
+        self.serving = serving
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        if self.serving.here(body.metadata.namespace):
+            super().store(body=body, patch=patch, essence=essence)
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = "breaker.dev/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="breaker.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="breaker.dev", key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = ShardDiffBase(config.of(memo).serving)
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 30

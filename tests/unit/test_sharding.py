@@ -248,3 +248,15 @@ def test_a_breakers_shard_watches_no_node(registry: Any) -> None:
     assert "nodes" not in shard
     assert {"pods", "services", "breakerholds.breaker.dev", "namespaces"} <= shard
     assert everything - shard == {"nodes"}
+
+
+def test_a_glob_shard_leaves_the_other_shards_objects_diff_base_alone() -> None:
+    """kopf writes its diff base on every object whose change it processed, filtered
+    handlers or not: another shard's BreakerPolicy edited would look unchanged to it."""
+    rest = runner.ShardDiffBase(Serving.of(["breakers"], ["*,!team-a-*"], "rest"))
+    essence: Any = {"spec": {"allowDNS": False}}
+    for namespace, written in (("team-a-1", False), ("team-b", True)):
+        body = kopf.Body({"metadata": {"namespace": namespace, "name": "p"}})
+        patch = kopf.Patch()
+        rest.store(body=body, patch=patch, essence=essence)
+        assert bool(patch) is written, namespace
