@@ -71,6 +71,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         settings.watching.field_selectors["", "v1", "pods"] = LIVE_PODS
 
 
+def resource_registries(
+    registry: registries.OperatorRegistry,
+) -> tuple[registries.ResourceRegistry[Any, Any], ...]:
+    """kopf's registries of handlers of a kind: the kinds they name are the ones watched."""
+    return (registry._indexing, registry._watching, registry._spawning, registry._changing)
+
+
 def drop_unserved(registry: registries.OperatorRegistry, serving: Serving) -> int:
     """Drop the handlers of the parts this operator does not serve, before kopf starts.
 
@@ -78,13 +85,7 @@ def drop_unserved(registry: registries.OperatorRegistry, serving: Serving) -> in
     handler names, filter or not: a shard watched every node for the queue's sake, and the
     queue every Service for the breakers'. Returns how many were dropped."""
     dropped = 0
-    resource_registries: tuple[registries.ResourceRegistry[Any, Any], ...] = (
-        registry._indexing,
-        registry._watching,
-        registry._spawning,
-        registry._changing,
-    )
-    for handlers in resource_registries:
+    for handlers in resource_registries(registry):
         # kopf has no way to take a handler out; its registries are plain lists.
         kept = [h for h in handlers._handlers if config.part_of(h.when) in (None, *serving.parts)]
         dropped += len(handlers._handlers) - len(kept)
@@ -94,12 +95,7 @@ def drop_unserved(registry: registries.OperatorRegistry, serving: Serving) -> in
 
 def watched_kinds(registry: registries.OperatorRegistry) -> list[str]:
     """The kinds kopf will watch for this registry's handlers, by plural (and group)."""
-    selectors = (
-        registry._indexing.get_all_selectors()
-        | registry._watching.get_all_selectors()
-        | registry._spawning.get_all_selectors()
-        | registry._changing.get_all_selectors()
-    )
+    selectors = set().union(*(r.get_all_selectors() for r in resource_registries(registry)))
     return sorted(".".join(str(part) for part in (s.any_name, s.group) if part) for s in selectors)
 
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import kopf
 import pytest
-from kopf._core.intents import registries
 
 from breaker import runner, serving
 from breaker.circuit.tally import policy_status_patch
@@ -206,12 +205,7 @@ def test_admissions_are_read_from_status_to_the_second() -> None:
 def registry() -> Any:
     """kopf's registry as the controllers filled it, put back after the test."""
     found = kopf.get_default_registry()
-    parts: tuple[registries.ResourceRegistry[Any, Any], ...] = (
-        found._indexing,
-        found._watching,
-        found._spawning,
-        found._changing,
-    )
+    parts = runner.resource_registries(found)
     saved = [list(handlers._handlers) for handlers in parts]
     yield found
     for handlers, kept in zip(parts, saved, strict=True):
